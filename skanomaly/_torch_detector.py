@@ -1,0 +1,165 @@
+"""Shared by every torch detector: scaling, seeding, the skorch net, batched scoring."""
+
+from abc import abstractmethod
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import ProgressBar
+
+from ._validation import validate_detector_input
+from .base import BaseDetector
+from .nets import TensorBatchIterator, torch_random_state
+
+__all__ = ["BaseTorchDetector"]
+
+
+class BaseTorchDetector(BaseDetector):
+    """Base for detectors trained with skorch (composition, not inheritance).
+
+    The detector builds its skorch net in ``fit`` from its own parameters
+    (``_make_net``) and keeps it as ``net_``; scoring runs the fitted module
+    in evaluation mode over batches (``_score_batch``). Inputs are scaled
+    with statistics of the training set: tabular features are standardised
+    per column, images are mapped from their training range to [-1, 1]
+    (the range of a tanh decoder).
+
+    Subclasses implement ``_make_net(input_shape)`` and
+    ``_score_batch(net, X_batch)`` (an anomaly score, higher = more
+    anomalous, for a batch already on the net's device).
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "callbacks": [list, None],
+    }
+
+    # AnoGAN searches latent codes by gradient descent when scoring.
+    _score_needs_grad = False
+
+    @abstractmethod
+    def _make_net(self, input_shape):
+        """Return an uninitialised skorch net for inputs of ``input_shape``."""
+
+    @abstractmethod
+    def _score_batch(self, net, X_batch):
+        """Anomaly scores (higher = more anomalous) of one batch tensor."""
+
+    def _net_kwargs(self):
+        """skorch arguments every detector passes through unchanged."""
+        callbacks = list(self.callbacks or [])
+        if self.verbose:
+            callbacks.insert(0, ("progress_bar", ProgressBar()))
+        return dict(
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            device=self.device,
+            train_split=None,
+            verbose=int(self.verbose),
+            callbacks=callbacks,
+            iterator_train=TensorBatchIterator,
+            iterator_train__shuffle=True,
+            iterator_valid=TensorBatchIterator,
+        )
+
+    def _check_device(self):
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={self.device!r} but CUDA is not available on this "
+                "machine; use device='cpu'."
+            )
+
+    def _fit(self, X):
+        self._check_device()
+        if X.ndim == 2:
+            center = X.mean(axis=0)
+            scale = X.std(axis=0)
+        else:
+            low, high = float(X.min()), float(X.max())
+            center, scale = np.float64((high + low) / 2), np.float64((high - low) / 2)
+        scale = np.where(scale > 1e-12, scale, 1.0)
+        self.input_center_ = np.asarray(center, dtype=np.float32)
+        self.input_scale_ = np.asarray(scale, dtype=np.float32)
+        self.random_seed_ = int(
+            check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        )
+        X = self._scale_input(X)
+        net = self._make_net(tuple(X.shape[1:]))
+        with torch_random_state(self.random_seed_, self.device):
+            net.fit(X, None)
+        self.net_ = net
+        return self
+
+    def _scale_input(self, X):
+        return ((X - self.input_center_) / self.input_scale_).astype(np.float32)
+
+    def _score_samples(self, X):
+        return -self._anomaly_scores(self._scale_input(X))
+
+    def _anomaly_scores(self, X):
+        return self._run_batched(self._score_batch, X, self._score_needs_grad)
+
+    def _run_batched(self, fn, X, needs_grad=False):
+        """Apply ``fn(net, X_batch)`` to batches of X in eval mode; concatenate."""
+        net = self.net_
+        for module in (net.module_, getattr(net, "discriminator_", None)):
+            if module is not None:
+                module.eval()
+        context = torch.enable_grad if needs_grad else torch.inference_mode
+        outputs = []
+        with context():
+            for X_batch, _ in TensorBatchIterator(X, batch_size=self.batch_size):
+                result = fn(net, X_batch.to(net.device))
+                outputs.append(result.double().cpu().numpy())
+        return np.concatenate(outputs)
+
+    def _reconstruct(self, net, X_batch):
+        """Reconstruction of a scaled batch; detectors that make one override it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not reconstruct its input, so it has no "
+            "anomaly_map."
+        )
+
+    def anomaly_map(self, X):
+        """Per-pixel anomaly map: squared reconstruction error, mean over channels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width) or \
+(n_samples, channels, height, width)
+            Images of the training shape.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, height, width)
+            Larger values mark pixels the model reconstructs badly (in the
+            scaled [-1, 1] image range).
+        """
+        check_is_fitted(self, "offset_")
+        if self.image_shape_ is None:
+            raise ValueError(
+                f"{type(self).__name__}.anomaly_map needs a detector fitted on "
+                "images; this one was fitted on tabular data."
+            )
+        X = self._scale_input(validate_detector_input(self, X, reset=False))
+
+        def pixel_error(net, X_batch):
+            return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)
+
+        return self._run_batched(pixel_error, X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags

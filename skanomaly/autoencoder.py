@@ -1,0 +1,131 @@
+"""AutoEncoder detector (Hinton & Salakhutdinov 2006)."""
+
+from numbers import Integral, Real
+
+import torch
+from sklearn.utils._param_validation import Interval
+
+from ._torch_detector import BaseTorchDetector
+from .nets import SelfSupervisedNet
+from .nn.autoencoders import AutoEncoderModule, ReconstructionLoss, per_sample_mean
+
+__all__ = ["AutoEncoder"]
+
+
+class AutoEncoder(BaseTorchDetector):
+    """Reconstruction-error detector: an autoencoder trained on inliers.
+
+    Tabular rows go through MLPs, images through a DCGAN-style convolutional
+    encoder and decoder (any image size; see :mod:`skanomaly.nn.dcgan`).
+    The anomaly score is the mean squared reconstruction error of a sample,
+    so ``score_samples`` returns its negative.
+
+    Parameters
+    ----------
+    latent_dim : int, default=8
+        Size of the code.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden layer widths of the tabular encoder (the decoder mirrors
+        them). Unused for images.
+    base_channels : int, default=32
+        Channels of the first convolution for images, doubled at every
+        halving of the resolution. Unused for tabular data.
+    lr : float, default=1e-3
+        Adam learning rate.
+    weight_decay : float, default=0.0
+        Adam weight decay.
+    batch_size : int, default=64
+        Training and scoring batch size (scoring memory is bounded by it).
+    max_epochs : int, default=30
+        Training epochs.
+    device : str or torch.device, default='cpu'
+        Where to train and score, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation and shuffling; an int makes scores
+        reproducible.
+    verbose : int, default=0
+        If > 0, print skorch's epoch log and a progress bar.
+    callbacks : list of skorch callbacks or None, default=None
+        Extra skorch callbacks (e.g. ``EarlyStopping`` on ``train_loss``).
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The trained net; ``net_.history`` holds the training losses.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+    image_shape_ : tuple or None
+    input_center_, input_scale_ : ndarray
+        Input scaling fitted on the training data.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skanomaly import AutoEncoder
+    >>> X, y = load_digits(return_X_y=True)
+    >>> det = AutoEncoder(max_epochs=5, random_state=0).fit(X[y == 0])
+    >>> det.predict(X[:3]).tolist()
+    [1, -1, -1]
+    """
+
+    _parameter_constraints: dict = {
+        **BaseTorchDetector._parameter_constraints,
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "hidden_sizes": [tuple, list],
+        "base_channels": [Interval(Integral, 1, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+    }
+    _fast_test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
+
+    def __init__(
+        self,
+        *,
+        latent_dim=8,
+        hidden_sizes=(64, 32),
+        base_channels=32,
+        lr=1e-3,
+        weight_decay=0.0,
+        batch_size=64,
+        max_epochs=30,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.base_channels = base_channels
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _make_net(self, input_shape):
+        return SelfSupervisedNet(
+            AutoEncoderModule,
+            module__input_shape=input_shape,
+            module__latent_dim=self.latent_dim,
+            module__hidden_sizes=tuple(self.hidden_sizes),
+            module__base_channels=self.base_channels,
+            criterion=ReconstructionLoss,
+            optimizer=torch.optim.Adam,
+            optimizer__weight_decay=self.weight_decay,
+            **self._net_kwargs(),
+        )
+
+    def _reconstruct(self, net, X_batch):
+        return net.module_(X_batch)
+
+    def _score_batch(self, net, X_batch):
+        return per_sample_mean((self._reconstruct(net, X_batch) - X_batch) ** 2)

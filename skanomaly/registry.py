@@ -1,0 +1,173 @@
+"""Detector discovery through the ``skanomaly.detectors`` entry-point group.
+
+Built-in detectors are declared in skanomaly's own ``pyproject.toml`` exactly
+like a plugin declares its own::
+
+    [project.entry-points."skanomaly.detectors"]
+    my_detector = "my_package.module:MyDetector"
+
+Discovery reads package metadata only; a detector's module is imported the
+first time the detector is asked for. A plugin that fails to import, or whose
+entry point is not a detector class, is skipped with a warning naming it;
+when two packages declare the same name, the first found wins with a warning.
+Results are cached; ``refresh_registry()`` rescans (e.g. after a pip install
+in a running session).
+"""
+
+import functools
+import warnings
+from importlib.metadata import entry_points
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "detector_entry_points",
+    "get_detector",
+    "list_detectors",
+    "make_detector",
+    "refresh_registry",
+]
+
+ENTRY_POINT_GROUP = "skanomaly.detectors"
+
+_DETECTOR_METHODS = ("fit", "predict", "score_samples", "decision_function")
+
+
+def _entry_points_in_group():
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _package_of(entry_point):
+    dist = getattr(entry_point, "dist", None)
+    return dist.name if dist is not None else "unknown"
+
+
+@functools.cache
+def detector_entry_points():
+    """Map each detector name to its entry point, first declaration winning.
+
+    Returns
+    -------
+    dict of str to importlib.metadata.EntryPoint
+    """
+    found = {}
+    for entry_point in _entry_points_in_group():
+        kept = found.get(entry_point.name)
+        if kept is None:
+            found[entry_point.name] = entry_point
+        elif kept.value != entry_point.value:
+            warnings.warn(
+                f"Detector name {entry_point.name!r} is declared twice: "
+                f"{kept.value!r} (package {_package_of(kept)}) and "
+                f"{entry_point.value!r} (package {_package_of(entry_point)}); "
+                f"using {kept.value!r}.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return dict(sorted(found.items()))
+
+
+def _is_detector_class(obj):
+    from sklearn.base import BaseEstimator
+
+    return (
+        isinstance(obj, type)
+        and issubclass(obj, BaseEstimator)
+        and all(callable(getattr(obj, name, None)) for name in _DETECTOR_METHODS)
+    )
+
+
+@functools.cache
+def _load(name):
+    """The detector class behind ``name``, or None (with a warning) if broken."""
+    entry_point = detector_entry_points()[name]
+    where = f"{entry_point.value!r} from package {_package_of(entry_point)}"
+    try:
+        obj = entry_point.load()
+    except Exception as exc:  # a broken plugin must not break the others
+        warnings.warn(
+            f"Detector plugin {name!r} ({where}) failed to import and is "
+            f"skipped: {type(exc).__name__}: {exc}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    if not _is_detector_class(obj):
+        warnings.warn(
+            f"Detector plugin {name!r} ({where}) is not a detector class (a "
+            "scikit-learn estimator with fit, predict, score_samples and "
+            "decision_function) and is skipped.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return obj
+
+
+def refresh_registry():
+    """Forget cached discovery results so the next call rescans entry points."""
+    detector_entry_points.cache_clear()
+    _load.cache_clear()
+
+
+def list_detectors():
+    """Names of every detector found, built-in and plugins, sorted.
+
+    Each detector is imported to check it; broken ones are left out with a
+    warning.
+
+    Returns
+    -------
+    names : list of str
+    """
+    return [name for name in detector_entry_points() if _load(name) is not None]
+
+
+def get_detector(name):
+    """The detector class registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    cls : type
+
+    Raises
+    ------
+    ValueError
+        If no working detector has that name; the message lists the known
+        names.
+    """
+    if name not in detector_entry_points() or _load(name) is None:
+        known = ", ".join(list_detectors()) or "none"
+        raise ValueError(f"Unknown detector {name!r}. Known detectors: {known}.")
+    return _load(name)
+
+
+def make_detector(name, **params):
+    """Instantiate the detector registered under ``name`` with ``params``.
+
+    Parameters
+    ----------
+    name : str
+    **params
+        Constructor parameters of that detector.
+
+    Returns
+    -------
+    detector : estimator
+
+    Examples
+    --------
+    >>> import skanomaly
+    >>> skanomaly.make_detector("autoencoder", max_epochs=5)
+    AutoEncoder(max_epochs=5)
+    """
+    cls = get_detector(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise ValueError(
+            f"Invalid parameters for detector {name!r} ({cls.__name__}): {exc}"
+        ) from exc

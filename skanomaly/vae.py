@@ -1,0 +1,164 @@
+"""Variational autoencoder detector (Kingma & Welling 2014; An & Cho 2015)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._torch_detector import BaseTorchDetector
+from .nets import SelfSupervisedNet
+from .nn.autoencoders import (
+    VAELoss,
+    VAEModule,
+    gaussian_nll,
+    kl_to_standard_normal,
+    per_sample_mean,
+)
+
+__all__ = ["VAE"]
+
+
+class VAE(BaseTorchDetector):
+    """Variational autoencoder scored by reconstruction probability.
+
+    A Gaussian encoder q(z|x) and a Gaussian decoder p(x|z) that predicts a
+    mean and a variance for every value, trained on inliers by minimising
+    the negative ELBO (reconstruction NLL + ``beta`` x KL).
+
+    Parameters
+    ----------
+    latent_dim : int, default=8
+        Size of z.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden widths of the tabular encoder (the decoder mirrors them).
+    base_channels : int, default=32
+        First conv width for images.
+    beta : float, default=1.0
+        Weight of the KL term in the training loss.
+    score_method : {'reconstruction_probability', 'reconstruction_error', \
+'elbo'}, default='reconstruction_probability'
+        - 'reconstruction_probability' (An & Cho 2015): the negative
+          log-likelihood of x under p(x|z), averaged over ``n_score_samples``
+          draws of z ~ q(z|x).
+        - 'reconstruction_error': mean squared error between x and the
+          decoder mean at the posterior mean of z.
+        - 'elbo': the negative ELBO (the NLL above plus the KL term).
+    n_score_samples : int, default=10
+        Draws of z per sample for the Monte-Carlo scores. The same draws
+        of the standard normal noise (fixed at ``fit``) are used for every
+        sample, so scores are deterministic and do not depend on what else
+        is in the batch.
+    lr, weight_decay, batch_size, max_epochs, device, random_state, verbose, \
+callbacks, contamination
+        As in :class:`~skanomaly.AutoEncoder`.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+    score_noise_ : ndarray of shape (n_score_samples, latent_dim)
+        The standard normal draws used when scoring.
+    offset_, n_features_in_, image_shape_, input_center_, input_scale_
+        As in :class:`~skanomaly.AutoEncoder`.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skanomaly import VAE
+    >>> X, y = load_digits(return_X_y=True)
+    >>> det = VAE(max_epochs=5, random_state=0).fit(X[y == 0])
+    >>> det.score_samples(X[:2]).shape
+    (2,)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseTorchDetector._parameter_constraints,
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "hidden_sizes": [tuple, list],
+        "base_channels": [Interval(Integral, 1, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "score_method": [
+            StrOptions({"reconstruction_probability", "reconstruction_error", "elbo"})
+        ],
+        "n_score_samples": [Interval(Integral, 1, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+    }
+    _fast_test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
+
+    def __init__(
+        self,
+        *,
+        latent_dim=8,
+        hidden_sizes=(64, 32),
+        base_channels=32,
+        beta=1.0,
+        score_method="reconstruction_probability",
+        n_score_samples=10,
+        lr=1e-3,
+        weight_decay=0.0,
+        batch_size=64,
+        max_epochs=30,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.base_channels = base_channels
+        self.beta = beta
+        self.score_method = score_method
+        self.n_score_samples = n_score_samples
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _make_net(self, input_shape):
+        return SelfSupervisedNet(
+            VAEModule,
+            module__input_shape=input_shape,
+            module__latent_dim=self.latent_dim,
+            module__hidden_sizes=tuple(self.hidden_sizes),
+            module__base_channels=self.base_channels,
+            criterion=VAELoss,
+            criterion__beta=self.beta,
+            optimizer=torch.optim.Adam,
+            optimizer__weight_decay=self.weight_decay,
+            **self._net_kwargs(),
+        )
+
+    def _fit(self, X):
+        super()._fit(X)
+        noise_rng = np.random.default_rng(self.random_seed_)
+        self.score_noise_ = noise_rng.standard_normal(
+            (self.n_score_samples, self.latent_dim)
+        ).astype(np.float32)
+        return self
+
+    def _reconstruct(self, net, X_batch):
+        z_mean, _ = net.module_.encode(X_batch)
+        return net.module_.decode(z_mean)[0]
+
+    def _score_batch(self, net, X_batch):
+        module = net.module_
+        if self.score_method == "reconstruction_error":
+            return per_sample_mean((self._reconstruct(net, X_batch) - X_batch) ** 2)
+        z_mean, z_logvar = module.encode(X_batch)
+        noise = torch.as_tensor(self.score_noise_, device=X_batch.device)
+        n_draws, batch = noise.shape[0], X_batch.shape[0]
+        # (batch, draws, latent) -> one decoder pass over batch x draws codes
+        z = z_mean[:, None, :] + torch.exp(0.5 * z_logvar)[:, None, :] * noise[None]
+        x_mean, x_logvar = module.decode(z.reshape(batch * n_draws, -1))
+        repeated = X_batch.repeat_interleave(n_draws, dim=0)
+        nll = gaussian_nll(repeated, x_mean, x_logvar).reshape(batch, n_draws)
+        score = nll.mean(dim=1)
+        if self.score_method == "elbo":
+            score = score + kl_to_standard_normal(z_mean, z_logvar)
+        return score
