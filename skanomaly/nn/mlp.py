@@ -54,7 +54,7 @@ class MLP(nn.Sequential):
     @property
     def features(self):
         """The stack without its last linear layer (a feature extractor)."""
-        return self[: self._last_linear_index()]
+        return nn.Sequential(*list(self)[: self._last_linear_index()])
 
     def _last_linear_index(self):
         return max(i for i, m in enumerate(self) if isinstance(m, nn.Linear))
