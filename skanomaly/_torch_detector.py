@@ -159,6 +159,15 @@ class BaseTorchDetector(BaseDetector):
 
         return self._run_batched(pixel_error, X)
 
+    def _expected_failed_checks(self):
+        return {
+            "check_methods_subset_invariance": (
+                "float32 networks: a row's score can differ by one float32 ulp "
+                "(~2e-7 relative) between batch sizes, as BLAS blocks matrix "
+                "products by shape; the check asks for 1e-7 absolute"
+            ),
+        }
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False

@@ -40,7 +40,7 @@ def validate_detector_input(estimator, X, *, reset, min_samples=1):
             ndim = None
     if ndim in (3, 4):
         return _validate_images(estimator, X, reset=reset, min_samples=min_samples)
-    if ndim not in (None, 2) and not hasattr(X, "tocsr"):
+    if ndim is not None and ndim > 4:
         raise ValueError(f"{_RANK_HELP}; got an array of rank {ndim}.")
     if not reset and getattr(estimator, "image_shape_", None) is not None:
         raise ValueError(

@@ -1,0 +1,199 @@
+"""Checks a detector (built-in or plugin) should pass, for use in its test suite.
+
+Example, in a plugin's tests::
+
+    from skanomaly.testing import parametrize_detector_checks
+
+    @parametrize_detector_checks([MyDetector(max_epochs=2)])
+    def test_my_detector(estimator, check):
+        check(estimator)
+
+This runs scikit-learn's estimator checks plus skanomaly's own contract
+checks (:func:`detector_contract_checks`).
+"""
+
+import pickle
+from functools import partial
+
+import numpy as np
+from sklearn.base import clone
+
+__all__ = [
+    "check_contamination_sets_offset",
+    "check_deterministic_under_random_state",
+    "check_fit_drops_labelled_outliers",
+    "check_image_input",
+    "check_pickle_keeps_scores",
+    "check_rejects_bad_input",
+    "detector_contract_checks",
+    "parametrize_detector_checks",
+]
+
+
+def _data(seed=0, n_samples=60, n_features=5):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n_samples, n_features))
+
+
+def check_contamination_sets_offset(name, detector):
+    """A float contamination flags that fraction of the training set."""
+    X = _data()
+    det = clone(detector).set_params(contamination=0.1).fit(X)
+    decision = det.decision_function(X)
+    np.testing.assert_allclose(decision, det.score_samples(X) - det.offset_)
+    assert set(np.unique(det.predict(X))) <= {-1, 1}
+    assert abs(np.mean(det.predict(X) == -1) - 0.1) <= 1.5 / len(X), name
+
+
+def check_fit_drops_labelled_outliers(name, detector):
+    """fit(X, y) with y = -1 rows trains as if those rows were not there."""
+    X = _data()
+    outliers = _data(seed=1, n_samples=10) * 10 + 50
+    y = np.r_[np.ones(len(X)), -np.ones(len(outliers))]
+    with_labels = clone(detector).fit(np.vstack([X, outliers]), y)
+    without = clone(detector).fit(X)
+    np.testing.assert_allclose(
+        with_labels.score_samples(X), without.score_samples(X), rtol=1e-6, atol=1e-8
+    )
+
+
+def check_pickle_keeps_scores(name, detector):
+    """A pickled and unpickled detector gives identical scores."""
+    X = _data()
+    det = clone(detector).fit(X)
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(det.score_samples(X), restored.score_samples(X))
+
+
+def check_deterministic_under_random_state(name, detector):
+    """Two fits with the same integer random_state give identical scores."""
+    if "random_state" not in detector.get_params():
+        return
+    X = _data()
+    first = clone(detector).set_params(random_state=7).fit(X).score_samples(X)
+    second = clone(detector).set_params(random_state=7).fit(X).score_samples(X)
+    np.testing.assert_array_equal(first, second)
+
+
+def check_rejects_bad_input(name, detector):
+    """NaN, wrong rank and wrong width give a ValueError that says what was wrong."""
+    X = _data()
+    det = clone(detector).fit(X)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    for X_bad, words in [
+        (bad, "NaN"),
+        (X[:, :-1], "features"),
+        (X.reshape(-1), "2D"),
+    ]:
+        try:
+            det.score_samples(X_bad)
+        except ValueError as exc:
+            message = str(exc).lower().replace("-", "")
+            assert words.lower() in message, (name, str(exc))
+        else:
+            raise AssertionError(f"{name} accepted bad input ({words}).")
+
+
+def check_image_input(name, detector):
+    """Detectors that take images fit (N, H, W) uint8 and (N, C, H, W) floats."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 8, 8), dtype=np.uint8)
+    det = clone(detector).fit(images)
+    assert det.image_shape_ == (1, 8, 8)
+    scores = det.score_samples(images)
+    assert scores.shape == (24,) and np.all(np.isfinite(scores))
+    # uint8 is read as value / 255
+    np.testing.assert_allclose(
+        det.score_samples(images.astype(np.float32) / 255), scores, rtol=1e-5
+    )
+    try:
+        det.score_samples(images[:, :6, :6])
+    except ValueError as exc:
+        assert "shape" in str(exc)
+    else:
+        raise AssertionError(f"{name} scored images of the wrong size.")
+
+
+_CONTRACT_CHECKS = [
+    check_contamination_sets_offset,
+    check_fit_drops_labelled_outliers,
+    check_pickle_keeps_scores,
+    check_deterministic_under_random_state,
+    check_rejects_bad_input,
+]
+
+
+def detector_contract_checks(detector, images=True):
+    """Yield skanomaly's contract checks, each a callable taking the detector.
+
+    Parameters
+    ----------
+    detector : estimator
+        An unfitted detector with small settings.
+    images : bool, default=True
+        Include :func:`check_image_input`.
+
+    Yields
+    ------
+    check : callable
+    """
+    name = type(detector).__name__
+    checks = _CONTRACT_CHECKS + ([check_image_input] if images else [])
+    for check in checks:
+        yield partial(check, name)
+
+
+def parametrize_detector_checks(detectors, expected_failed_checks=None, images=None):
+    """``pytest.mark.parametrize`` over scikit-learn's and skanomaly's checks.
+
+    Parameters
+    ----------
+    detectors : list of estimators
+        Unfitted detectors with small settings.
+    expected_failed_checks : callable, default=None
+        Given a detector, returns ``{check_name: reason}`` for checks
+        expected to fail; they are marked ``xfail`` (as in scikit-learn's
+        ``parametrize_with_checks``).
+    images : callable or None, default=None
+        Given a detector, whether to run :func:`check_image_input`; by
+        default for every subclass of :class:`~skanomaly.base.BaseDetector`
+        that does not reject images (see its ``_accepts_images``).
+
+    Returns
+    -------
+    decorator
+        Parametrises a test ``(estimator, check)`` that calls
+        ``check(estimator)``.
+    """
+    import pytest
+    from sklearn.utils.estimator_checks import estimator_checks_generator
+
+    from .base import BaseDetector
+
+    params = []
+    for detector in detectors:
+        expected = expected_failed_checks(detector) if expected_failed_checks else {}
+        # items are (estimator, check) pairs or pytest params marked xfail
+        params.extend(
+            estimator_checks_generator(
+                detector, expected_failed_checks=expected, mark="xfail"
+            )
+        )
+        if images is not None:
+            wants_images = images(detector)
+        else:
+            wants_images = isinstance(detector, BaseDetector) and getattr(
+                detector, "_accepts_images", True
+            )
+        for check in detector_contract_checks(detector, images=wants_images):
+            params.append((detector, check))
+    return pytest.mark.parametrize("estimator, check", params, ids=_param_id)
+
+
+def _param_id(value):
+    while isinstance(value, partial):
+        value = value.func
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return type(value).__name__
