@@ -12,9 +12,11 @@ from ._validation import select_inliers, validate_detector_input
 
 __all__ = ["BaseDetector"]
 
-# 'auto' threshold: a robust three-sigma rule on the training scores.
+# 'auto' threshold: a robust three-sigma rule on the training scores, flagging
+# at least the lowest 1% (training sets are rarely perfectly clean).
 _AUTO_N_MADS = 3.0
 _MAD_TO_STD = 1.4826
+_AUTO_MIN_PERCENT = 1.0
 
 
 class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
@@ -42,7 +44,8 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         that quantile of the training scores, so that fraction of the
         training set is predicted as outliers. With 'auto' it is a robust
         three-sigma rule, ``median - 3 * 1.4826 * MAD`` of the training
-        scores, which flags only training points far from the bulk.
+        scores, raised if needed so that at least the lowest 1% of the
+        training scores fall below it.
 
     Attributes
     ----------
@@ -117,7 +120,8 @@ width) or (n_samples, channels, height, width)
         if self.contamination == "auto":
             median = np.median(scores)
             mad = np.median(np.abs(scores - median))
-            return float(median - _AUTO_N_MADS * _MAD_TO_STD * mad)
+            robust_rule = median - _AUTO_N_MADS * _MAD_TO_STD * mad
+            return float(max(robust_rule, np.percentile(scores, _AUTO_MIN_PERCENT)))
         return float(np.percentile(scores, 100.0 * self.contamination))
 
     def _checked_scores(self, X):

@@ -1,0 +1,58 @@
+"""An example skanomaly plugin: distance to the training mean."""
+
+from numbers import Real
+
+import numpy as np
+from sklearn.utils._param_validation import Interval
+
+from skanomaly.base import BaseDetector
+
+__all__ = ["MeanDistance"]
+
+
+class MeanDistance(BaseDetector):
+    """Anomaly score = standardised Euclidean distance to the training mean.
+
+    Parameters
+    ----------
+    min_scale : float, default=1e-12
+        Floor on each feature's standard deviation.
+    contamination : 'auto' or float, default='auto'
+        See :class:`skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,)
+    scale_ : ndarray of shape (n_features,)
+    offset_ : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly_example_plugin import MeanDistance
+    >>> X = np.random.default_rng(0).normal(size=(100, 2))
+    >>> MeanDistance().fit(X).predict([[0.0, 0.0], [8.0, 8.0]]).tolist()
+    [1, -1]
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "min_scale": [Interval(Real, 0, None, closed="neither")],
+    }
+    _accepts_images = False
+
+    def __init__(self, *, min_scale=1e-12, contamination="auto"):
+        super().__init__(contamination=contamination)
+        self.min_scale = min_scale
+
+    def _fit(self, X):
+        if X.ndim != 2:
+            raise ValueError("MeanDistance takes 2-D tabular data only.")
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = np.maximum(X.std(axis=0), self.min_scale)
+        return self
+
+    def _score_samples(self, X):
+        if X.ndim != 2:
+            raise ValueError("MeanDistance takes 2-D tabular data only.")
+        return -np.linalg.norm((X - self.mean_) / self.scale_, axis=1)

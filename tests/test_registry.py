@@ -1,0 +1,136 @@
+"""Entry-point discovery, with fake entry points and the installed ones."""
+
+import sys
+import types
+from importlib.metadata import EntryPoint
+
+import pytest
+
+import skanomaly
+from skanomaly import registry
+from skanomaly.autoencoder import AutoEncoder
+
+
+class _Dist:
+    def __init__(self, name):
+        self.name = name
+
+
+def _entry_point(name, value, package="fake-plugin"):
+    ep = EntryPoint(name=name, value=value, group=registry.ENTRY_POINT_GROUP)
+    # EntryPoint is immutable; attach a distribution the way importlib does
+    object.__setattr__(ep, "dist", _Dist(package))
+    return ep
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """Replace discovery with a given list of entry points."""
+
+    def install(entry_points):
+        monkeypatch.setattr(registry, "_entry_points_in_group", lambda: entry_points)
+        registry.refresh_registry()
+
+    yield install
+    monkeypatch.undo()
+    registry.refresh_registry()
+
+
+@pytest.fixture
+def plugin_module(monkeypatch):
+    module = types.ModuleType("fake_plugin_module")
+
+    class NotADetector:
+        pass
+
+    module.MyDetector = type("MyDetector", (AutoEncoder,), {})
+    module.NotADetector = NotADetector
+    module.not_a_class = 3
+    monkeypatch.setitem(sys.modules, "fake_plugin_module", module)
+    return module
+
+
+def test_discovery_loads_good_and_warns_on_broken(fake_entry_points, plugin_module):
+    fake_entry_points(
+        [
+            _entry_point("good", "fake_plugin_module:MyDetector"),
+            _entry_point("missing", "no_such_module_xyz:Thing", package="broken-pkg"),
+            _entry_point("wrong_type", "fake_plugin_module:NotADetector"),
+            _entry_point("not_class", "fake_plugin_module:not_a_class"),
+        ]
+    )
+    with pytest.warns(RuntimeWarning) as record:
+        names = skanomaly.list_detectors()
+    assert names == ["good"]
+    messages = " ".join(str(w.message) for w in record)
+    assert "'missing'" in messages and "broken-pkg" in messages
+    assert "failed to import" in messages
+    assert "'wrong_type'" in messages and "not a detector" in messages
+    assert "'not_class'" in messages
+    assert skanomaly.get_detector("good") is plugin_module.MyDetector
+
+
+def test_duplicate_names_warn_and_first_wins(fake_entry_points, plugin_module):
+    fake_entry_points(
+        [
+            _entry_point("dup", "fake_plugin_module:MyDetector", package="first"),
+            _entry_point("dup", "skanomaly.vae:VAE", package="second"),
+        ]
+    )
+    with pytest.warns(RuntimeWarning, match="declared twice.*first.*second"):
+        assert skanomaly.get_detector("dup") is plugin_module.MyDetector
+
+
+def test_loading_is_lazy_and_cached(fake_entry_points, plugin_module):
+    calls = []
+    real = EntryPoint.load
+
+    def counting_load(self):
+        calls.append(self.name)
+        return real(self)
+
+    fake_entry_points(
+        [
+            _entry_point("a", "fake_plugin_module:MyDetector"),
+            _entry_point("b", "no_such_module_xyz:Thing"),
+        ]
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EntryPoint, "load", counting_load)
+        skanomaly.get_detector("a")
+        skanomaly.get_detector("a")
+        assert calls == ["a"]  # 'b' untouched, 'a' loaded once
+        registry.refresh_registry()
+        skanomaly.get_detector("a")
+        assert calls == ["a", "a"]
+
+
+def test_unknown_name_lists_known_ones(fake_entry_points, plugin_module):
+    fake_entry_points([_entry_point("good", "fake_plugin_module:MyDetector")])
+    with pytest.raises(ValueError, match=r"Unknown detector 'nope'.*good"):
+        skanomaly.make_detector("nope")
+
+
+def test_make_detector_rejects_unknown_parameter():
+    with pytest.raises(ValueError, match="autoencoder.*unexpected keyword"):
+        skanomaly.make_detector("autoencoder", no_such_param=1)
+
+
+def test_builtins_come_from_our_own_entry_points():
+    eps = registry.detector_entry_points()
+    assert eps["autoencoder"].value == "skanomaly.autoencoder:AutoEncoder"
+    assert eps["autoencoder"].dist.name == "skanomaly"
+    assert skanomaly.get_detector("vae") is skanomaly.VAE
+
+
+def test_example_plugin_is_found_when_installed():
+    """CI pip-installs examples/plugin; the registry must then find it."""
+    pytest.importorskip("skanomaly_example_plugin")
+    eps = registry.detector_entry_points()
+    assert eps["mean_distance"].dist.name == "skanomaly-example-plugin"
+    det = skanomaly.make_detector("mean_distance")
+    import numpy as np
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    scores = det.fit(X).score_samples(np.vstack([X[:1] * 0, X[:1] * 0 + 10]))
+    assert scores[0] > scores[1]
