@@ -1,0 +1,152 @@
+"""The contract in BaseDetector and the shared input validation."""
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from skanomaly import AutoEncoder
+from skanomaly.base import BaseDetector
+
+
+class _Distance(BaseDetector):
+    """Minimal detector: minus the distance to the training mean."""
+
+    def __init__(self, *, fail=False, contamination="auto"):
+        super().__init__(contamination=contamination)
+        self.fail = fail
+
+    def _fit(self, X):
+        self.center_ = X.reshape(len(X), -1).mean(axis=0)
+        if self.fail:
+            raise RuntimeError("training blew up")
+
+    def _score_samples(self, X):
+        return -np.linalg.norm(X.reshape(len(X), -1) - self.center_, axis=1)
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).normal(size=(200, 4))
+
+
+def test_decision_and_predict_follow_offset(X):
+    det = _Distance(contamination=0.1).fit(X)
+    decision = det.decision_function(X)
+    np.testing.assert_allclose(decision, det.score_samples(X) - det.offset_)
+    assert np.sum(det.predict(X) == -1) == 20
+    far = X[:1] + 100
+    assert det.predict(far).tolist() == [-1]
+
+
+def test_auto_contamination_is_robust_three_sigma_with_a_floor(X):
+    det = _Distance().fit(X)
+    scores = det.score_samples(X)
+    median = np.median(scores)
+    mad = np.median(np.abs(scores - median))
+    expected = max(median - 3 * 1.4826 * mad, np.percentile(scores, 1))
+    assert det.offset_ == pytest.approx(expected)
+    assert 0.01 <= np.mean(det.predict(X) == -1) <= 0.1
+
+
+def test_y_minus_one_rows_are_left_out_of_training(X):
+    outliers = X[:20] + 50
+    y = np.r_[np.ones(len(X)), -np.ones(20)]
+    det = _Distance().fit(np.vstack([X, outliers]), y)
+    np.testing.assert_allclose(det.center_, X.mean(axis=0))
+
+
+@pytest.mark.parametrize("labels", [[0, 1], [1, 2], ["a", "b"]])
+def test_other_label_encodings_warn_and_are_ignored(X, labels):
+    y = np.resize(np.asarray(labels), len(X))
+    with pytest.warns(UserWarning, match="ignores y"):
+        det = _Distance().fit(X, y)
+    np.testing.assert_allclose(det.center_, X.mean(axis=0))
+
+
+def test_all_outlier_labels_is_an_error(X):
+    with pytest.raises(ValueError, match="no inliers"):
+        _Distance().fit(X, -np.ones(len(X)))
+
+
+def test_failed_fit_leaves_nothing_half_fitted(X):
+    det = _Distance(fail=True)
+    with pytest.raises(RuntimeError, match="blew up"):
+        det.fit(X)
+    assert not hasattr(det, "center_") and not hasattr(det, "n_features_in_")
+    with pytest.raises(NotFittedError):
+        det.score_samples(X)
+    # a refit that fails restores the previous fitted state untouched
+    det.set_params(fail=False).fit(X)
+    center = det.center_.copy()
+    with pytest.raises(ValueError):
+        det.fit(np.full((5, 4), np.nan))
+    np.testing.assert_array_equal(det.center_, center)
+    assert det.n_features_in_ == 4
+
+
+def test_non_finite_scores_raise():
+    class _Broken(_Distance):
+        def _score_samples(self, X):
+            return np.full(len(X), np.nan)
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        _Broken().fit(np.ones((5, 2)))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((0, 4)), "0 sample"),
+        (np.zeros((1, 4)), "1 sample"),
+        (np.zeros((3, 2, 2, 2, 2)), "rank 5"),
+        (np.full((3, 4), np.inf), "infinity"),
+        (np.zeros((3, 8, 8, 3)), "channels-last"),
+    ],
+)
+def test_bad_fit_input_is_a_clear_value_error(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _Distance().fit(bad)
+
+
+def test_image_shapes_and_kinds_must_match_at_predict_time():
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 3, 8, 8))
+    det = _Distance().fit(images)
+    assert det.image_shape_ == (3, 8, 8) and det.n_features_in_ == 192
+    with pytest.raises(ValueError, match=r"fitted on images of shape \(3, 8, 8\)"):
+        det.score_samples(rng.random((2, 3, 6, 6)))
+    with pytest.raises(ValueError, match="got a 2-D tabular array"):
+        det.score_samples(rng.random((2, 192)))
+    tabular = _Distance().fit(rng.random((10, 5)))
+    assert tabular.image_shape_ is None
+    with pytest.raises(ValueError, match="fitted on 2-D tabular data"):
+        tabular.score_samples(rng.random((2, 1, 5, 5)))
+
+
+def test_grayscale_images_get_a_channel_and_uint8_is_scaled():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10, 8, 8), dtype=np.uint8)
+    det = _Distance().fit(images)
+    assert det.image_shape_ == (1, 8, 8)
+    expected = images.reshape(10, -1).mean(0) / 255
+    np.testing.assert_allclose(det.center_, expected, rtol=1e-6)
+
+
+def test_dataframe_feature_names_are_checked(X):
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    det = _Distance().fit(frame)
+    assert list(det.feature_names_in_) == list("abcd")
+    with pytest.warns(UserWarning, match="feature names"):
+        det.score_samples(X)
+
+
+def test_unknown_device_is_reported_before_training(X):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    det = AutoEncoder(device="cuda", max_epochs=1)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        det.fit(X)
+    assert not hasattr(det, "net_")
