@@ -1,0 +1,300 @@
+"""Scorers for outlier detectors and a converter between label conventions.
+
+Two label conventions meet in anomaly detection:
+
+- **1 = anomaly** (``0`` normal, ``1`` anomaly), used by most benchmarks
+  (ADBench, MVTec AD, ...);
+- scikit-learn's **outlier convention** (``+1`` inlier, ``-1`` outlier), the
+  output of ``predict`` and the labels ``fit(X, y)`` understands: it leaves
+  the samples labelled ``-1`` out of training.
+
+A detector's ``decision_function`` and ``score_samples`` grow with
+*normality*. scikit-learn's ``'roc_auc'`` scorer is right with outlier
+labels (AUROC of ranking inliers above outliers equals the AUROC of ranking
+outliers above inliers) but silently gives ``1 - AUROC`` with 1 = anomaly
+labels, and its ``'average_precision'`` and ``'f1'`` score the positive class
+``+1``, the *inliers*. The scorers here take the anomaly as the positive class
+and check the labels they get, so that a convention mix-up raises instead of
+inverting a score:
+
+========================== ===================== ==============================
+name                       labels ``y``          score
+========================== ===================== ==============================
+anomaly_roc_auc            1 = anomaly, 0 normal AUROC of the anomaly scores
+anomaly_average_precision  1 = anomaly, 0 normal AP, anomalies positive
+anomaly_f1                 1 = anomaly, 0 normal F1 of ``predict`` for anomalies
+outlier_roc_auc            +1 inlier, -1 outlier AUROC of the anomaly scores
+outlier_average_precision  +1 inlier, -1 outlier AP, outliers positive
+outlier_f1                 +1 inlier, -1 outlier F1 of ``predict`` for outliers
+========================== ===================== ==============================
+
+The anomaly score used by the ranking metrics is ``-decision_function(X)``
+(or ``-score_samples(X)`` for estimators without ``decision_function``), as
+for any scikit-learn outlier detector. In a cross-validated search, where
+``fit`` needs outlier labels to leave anomalies out of training, use the
+``outlier_*`` scorers (see :mod:`skanomaly.model_selection`).
+"""
+
+import copy
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    make_scorer,
+    roc_auc_score,
+)
+from sklearn.metrics import get_scorer as _sklearn_get_scorer
+from sklearn.metrics import get_scorer_names as _sklearn_get_scorer_names
+
+__all__ = [
+    "anomaly_average_precision_scorer",
+    "anomaly_f1_scorer",
+    "anomaly_roc_auc_scorer",
+    "get_scorer",
+    "get_scorer_names",
+    "outlier_average_precision_scorer",
+    "outlier_f1_scorer",
+    "outlier_roc_auc_scorer",
+    "to_outlier_labels",
+]
+
+# Detectors rank by normality: decision_function, else score_samples.
+_RANKING_METHODS = ("decision_function", "score_samples")
+
+
+def _distinct(y):
+    try:
+        return np.unique(y).tolist()
+    except TypeError:  # mixed types that do not sort
+        return list(dict.fromkeys(y.tolist()))
+
+
+def _is_member(value, allowed):
+    # bools compare equal to 0/1, which is what we want here; strings must not
+    # match numbers.
+    return not isinstance(value, str) and any(value == a for a in allowed)
+
+
+def to_outlier_labels(y, *, anomaly_label=1):
+    """Convert labels where ``anomaly_label`` marks anomalies to +1/-1 labels.
+
+    Returns scikit-learn's outlier convention (+1 inlier, -1 outlier): the
+    labels ``fit(X, y)`` uses to leave outliers out of training, and the
+    labels :class:`~skanomaly.model_selection.NoveltySplit` and the
+    ``outlier_*`` scorers expect.
+
+    The conversion refuses input it would have to guess about:
+
+    - labels that contain -1 (unless ``anomaly_label=-1``): they look like
+      the outlier convention already, and converting them would swap
+      inliers and outliers;
+    - more than two distinct labels (e.g. digit classes): say which are
+      normal with a boolean mask, ``to_outlier_labels(y != normal_class)``;
+    - two distinct labels of which none equals ``anomaly_label`` (e.g.
+      ``'good'``/``'defect'`` with the default): pass ``anomaly_label``.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels with at most two distinct values, e.g. 0 = normal and
+        1 = anomaly (ADBench, MVTec AD), or booleans (True = anomaly).
+    anomaly_label : int, float, bool or str, default=1
+        The label of the anomalies; every other label is normal.
+
+    Returns
+    -------
+    y_outlier : ndarray of shape (n_samples,), dtype int
+        +1 for normal samples, -1 for anomalies.
+
+    Examples
+    --------
+    >>> from skanomaly.metrics import to_outlier_labels
+    >>> to_outlier_labels([0, 1, 0, 1]).tolist()
+    [1, -1, 1, -1]
+    >>> to_outlier_labels(["good", "crack", "good"], anomaly_label="crack").tolist()
+    [1, -1, 1]
+    >>> to_outlier_labels([1, -1, 1])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: y contains -1, so it looks like it is in the outlier convention ...
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D; got an array of shape {y.shape}.")
+    labels = _distinct(y)
+    if len(labels) > 2:
+        shown = ", ".join(map(repr, labels[:5])) + (", ..." if len(labels) > 5 else "")
+        raise ValueError(
+            f"y has {len(labels)} distinct labels ({shown}); to_outlier_labels "
+            "needs two (normal and anomaly). Say which samples are anomalies "
+            "with a boolean mask, e.g. to_outlier_labels(y != normal_class)."
+        )
+    if _is_member(-1, labels) and not _is_member(anomaly_label, [-1]):
+        raise ValueError(
+            "y contains -1, so it looks like it is in the outlier convention "
+            "(+1 inlier, -1 outlier) already; converting it with "
+            f"anomaly_label={anomaly_label!r} would swap inliers and outliers. "
+            "Use it as it is, or pass anomaly_label=-1 if -1 marks anomalies."
+        )
+    is_anomaly = np.array([label == anomaly_label for label in y.tolist()], dtype=bool)
+    if len(labels) == 2 and not (is_anomaly.any() and not is_anomaly.all()):
+        raise ValueError(
+            f"None of the labels {labels!r} equals anomaly_label="
+            f"{anomaly_label!r}; pass the label that marks anomalies."
+        )
+    return np.where(is_anomaly, -1, 1)
+
+
+def _anomaly_mask(y_true, convention, scorer_name):
+    """``y_true == anomaly`` after checking ``y_true`` is in ``convention``."""
+    y_true = np.asarray(y_true)
+    labels = _distinct(y_true.reshape(-1))
+    if convention == "anomaly":
+        if _is_member(-1, labels):
+            raise ValueError(
+                f"{scorer_name} expects labels 1 = anomaly, 0 = normal, but y "
+                "contains -1: that is scikit-learn's outlier convention (+1 "
+                "inlier, -1 outlier), with which this scorer would invert the "
+                f"score. Use {scorer_name.replace('anomaly_', 'outlier_')} for "
+                "+1/-1 labels."
+            )
+        if not all(_is_member(label, (0, 1)) for label in labels):
+            raise ValueError(
+                f"{scorer_name} expects labels 1 = anomaly, 0 = normal; got "
+                f"{labels[:5]!r}. Convert them first, e.g. y != normal_class."
+            )
+        return y_true == 1
+    if _is_member(0, labels):
+        raise ValueError(
+            f"{scorer_name} expects scikit-learn's outlier convention (+1 "
+            "inlier, -1 outlier), but y contains 0: 0/1 labels (1 = anomaly) "
+            "would invert the score. Convert them with "
+            f"skanomaly.metrics.to_outlier_labels, or use "
+            f"{scorer_name.replace('outlier_', 'anomaly_')} for 0/1 labels."
+        )
+    if not all(_is_member(label, (-1, 1)) for label in labels):
+        raise ValueError(
+            f"{scorer_name} expects labels +1 (inlier) and -1 (outlier); got "
+            f"{labels[:5]!r}."
+        )
+    return y_true == -1
+
+
+def _predicted_anomalies(y_pred, scorer_name):
+    labels = _distinct(np.asarray(y_pred).reshape(-1))
+    if not all(_is_member(label, (-1, 1)) for label in labels):
+        raise ValueError(
+            f"{scorer_name} needs an estimator whose predict returns +1 "
+            f"(inlier) and -1 (outlier), as scikit-learn outlier detectors do; "
+            f"predict returned {labels[:5]!r}."
+        )
+    return np.asarray(y_pred) == -1
+
+
+# Score functions, module level so that the scorers pickle (e.g. to Dask
+# workers). ``normality`` is decision_function (or score_samples) output.
+
+
+def _anomaly_roc_auc(y_true, normality):
+    y = _anomaly_mask(y_true, "anomaly", "anomaly_roc_auc")
+    return roc_auc_score(y, -np.asarray(normality, dtype=np.float64))
+
+
+def _outlier_roc_auc(y_true, normality):
+    y = _anomaly_mask(y_true, "outlier", "outlier_roc_auc")
+    return roc_auc_score(y, -np.asarray(normality, dtype=np.float64))
+
+
+def _anomaly_average_precision(y_true, normality):
+    y = _anomaly_mask(y_true, "anomaly", "anomaly_average_precision")
+    return average_precision_score(y, -np.asarray(normality, dtype=np.float64))
+
+
+def _outlier_average_precision(y_true, normality):
+    y = _anomaly_mask(y_true, "outlier", "outlier_average_precision")
+    return average_precision_score(y, -np.asarray(normality, dtype=np.float64))
+
+
+def _anomaly_f1(y_true, y_pred):
+    y = _anomaly_mask(y_true, "anomaly", "anomaly_f1")
+    return f1_score(y, _predicted_anomalies(y_pred, "anomaly_f1"))
+
+
+def _outlier_f1(y_true, y_pred):
+    y = _anomaly_mask(y_true, "outlier", "outlier_f1")
+    return f1_score(y, _predicted_anomalies(y_pred, "outlier_f1"))
+
+
+anomaly_roc_auc_scorer = make_scorer(_anomaly_roc_auc, response_method=_RANKING_METHODS)
+anomaly_average_precision_scorer = make_scorer(
+    _anomaly_average_precision, response_method=_RANKING_METHODS
+)
+anomaly_f1_scorer = make_scorer(_anomaly_f1, response_method="predict")
+outlier_roc_auc_scorer = make_scorer(_outlier_roc_auc, response_method=_RANKING_METHODS)
+outlier_average_precision_scorer = make_scorer(
+    _outlier_average_precision, response_method=_RANKING_METHODS
+)
+outlier_f1_scorer = make_scorer(_outlier_f1, response_method="predict")
+
+_SCORERS = {
+    "anomaly_roc_auc": anomaly_roc_auc_scorer,
+    "anomaly_average_precision": anomaly_average_precision_scorer,
+    "anomaly_f1": anomaly_f1_scorer,
+    "outlier_roc_auc": outlier_roc_auc_scorer,
+    "outlier_average_precision": outlier_average_precision_scorer,
+    "outlier_f1": outlier_f1_scorer,
+}
+
+
+def get_scorer(scoring):
+    """Get a scorer by name: skanomaly's names, then scikit-learn's.
+
+    Parameters
+    ----------
+    scoring : str, callable or None
+        One of :func:`get_scorer_names` (skanomaly's anomaly scorers first,
+        then every scikit-learn scorer name), or a scorer callable / None,
+        returned as :func:`sklearn.metrics.get_scorer` does.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y)``; pass it as ``scoring`` to
+        ``GridSearchCV``, ``cross_validate`` and the like (alone or in a
+        dict for multi-metric evaluation).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.metrics import roc_auc_score
+    >>> from skanomaly import AutoEncoder
+    >>> from skanomaly.metrics import get_scorer
+    >>> X, digit = load_digits(return_X_y=True)
+    >>> det = AutoEncoder(max_epochs=5, random_state=0).fit(X[digit == 0])
+    >>> y = (digit != 0).astype(int)  # 1 = anomaly
+    >>> auroc = get_scorer("anomaly_roc_auc")(det, X, y)
+    >>> bool(auroc == roc_auc_score(y, -det.score_samples(X)))
+    True
+    >>> bool(auroc > 0.9)
+    True
+    """
+    if isinstance(scoring, str) and scoring in _SCORERS:
+        return copy.deepcopy(_SCORERS[scoring])
+    return _sklearn_get_scorer(scoring)
+
+
+def get_scorer_names():
+    """Names :func:`get_scorer` accepts: skanomaly's, then scikit-learn's.
+
+    Returns
+    -------
+    names : list of str
+
+    Examples
+    --------
+    >>> from skanomaly.metrics import get_scorer_names
+    >>> get_scorer_names()[:3]
+    ['anomaly_average_precision', 'anomaly_f1', 'anomaly_roc_auc']
+    """
+    return sorted(_SCORERS) + list(_sklearn_get_scorer_names())
