@@ -1,0 +1,221 @@
+"""AnoGAN (Schlegl et al., IPMI 2017)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval
+
+from ._gan_detector import BaseGANDetector
+from .nn.anogan_search import AnoGANGenerator, DCGANLoss, latent_search
+from .nn.gan import Discriminator
+
+__all__ = ["AnoGAN"]
+
+
+class AnoGAN(BaseGANDetector):
+    """AnoGAN: a DCGAN on inliers, scored by searching each query's latent code.
+
+    A DCGAN (generator ``G``, discriminator ``D``, standard
+    cross-entropy losses) is trained on inliers; there is no encoder. To
+    score a query ``x``, ``search_steps`` Adam steps (the paper's Gamma)
+    look for the code ``z`` minimising
+
+        L(z) = (1 - disc_weight) * sum|x - G(z)| + disc_weight * sum|f(x) - f(G(z))|
+
+    with ``f`` the discriminator's last hidden layer (feature matching);
+    the anomaly score is ``L`` at the final code and ``score_samples``
+    returns its negative. The search runs for a whole batch of queries at
+    once: one Adam step on the (batch, latent_dim) codes is that many
+    independent per-sample steps (see
+    :func:`~skanomaly.nn.anogan_search.latent_search`). The networks are
+    frozen during the search.
+
+    Every search starts from the same code ``latent_init_``, one draw of
+    N(0, I) made at ``fit`` from ``random_state``: each query still starts
+    from a random code, and its score depends neither on the other queries
+    nor on batching, and varies smoothly with the query.
+
+    Scoring costs ``search_steps`` forward and backward passes through G
+    and D per batch, also in ``fit``, which scores the training set to set
+    ``offset_``.
+
+    Images go through DCGAN convolutional stacks (any size), tabular rows
+    through MLPs.
+
+    Parameters
+    ----------
+    latent_dim : int, default=100
+        Size of z (DCGAN's nz).
+    base_channels : int, default=64
+        Conv width of the discriminator's first layer and the generator's
+        last (ndf = ngf), doubled at every halving of the resolution.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden widths of the tabular discriminator; the generator uses
+        them in reverse.
+    disc_weight : float, default=0.1
+        The paper's lambda: the weight of the discrimination
+        (feature-matching) term, ``1 - disc_weight`` weighting the residual.
+    search_steps : int, default=500
+        Adam steps of the latent search per query (the paper's Gamma); 0
+        scores the initial code.
+    search_lr : float, default=1e-3
+        Adam learning rate of the latent search.
+    lr : float, default=2e-4
+        Adam learning rate of the generator, and of the discriminator
+        unless ``lr_d`` is given (DCGAN's setting).
+    lr_d : float or None, default=None
+        Discriminator learning rate; None uses ``lr``.
+    beta1 : float, default=0.5
+        Adam's first-moment decay in training (DCGAN's setting).
+    batch_size : int, default=64
+        Training batch size, and the number of queries searched together.
+    max_epochs : int, default=15
+        Training epochs.
+    device : str or torch.device, default='cpu'
+        Where to train and score, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling, the sampled codes and
+        ``latent_init_``; an int makes scores reproducible.
+    verbose : int, default=0
+        If > 0, print skorch's epoch log and a progress bar.
+    callbacks : list of skorch callbacks or None, default=None
+        Extra skorch callbacks.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    net_ : skanomaly.nets.AdversarialNet
+        The trained DCGAN: ``net_.module_`` the generator,
+        ``net_.discriminator_`` the discriminator; ``net_.history`` records
+        ``train_loss`` (generator) and ``train_loss_d`` (discriminator).
+    latent_init_ : ndarray of shape (latent_dim,)
+        The code every latent search starts from.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+    image_shape_ : tuple or None
+    input_center_, input_scale_ : ndarray
+        Input scaling fitted on the training data.
+
+    See Also
+    --------
+    EGBAD : BiGAN detector whose encoder replaces the search.
+
+    Notes
+    -----
+    ``anomaly_map`` returns the squared error between the image and
+    ``G(z)`` at the end of the search (averaged over channels).
+
+    References
+    ----------
+    T. Schlegl, P. Seeböck, S. M. Waldstein, U. Schmidt-Erfurth and
+    G. Langs, "Unsupervised Anomaly Detection with Generative Adversarial
+    Networks to Guide Marker Discovery", IPMI 2017.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skanomaly import AnoGAN
+    >>> X, y = load_digits(return_X_y=True)
+    >>> det = AnoGAN(latent_dim=8, hidden_sizes=(32, 32), max_epochs=5,
+    ...              search_steps=20, search_lr=0.05, random_state=0)
+    >>> det = det.fit(X[y == 0])
+    >>> normal = det.score_samples(X[y == 0][:50])
+    >>> other = det.score_samples(X[y != 0][:50])
+    >>> bool(normal.mean() > other.mean())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseGANDetector._parameter_constraints,
+        "disc_weight": [Interval(Real, 0, 1, closed="both")],
+        "search_steps": [Interval(Integral, 0, None, closed="left")],
+        "search_lr": [Interval(Real, 0, None, closed="neither")],
+    }
+    _fast_test_params = {
+        "latent_dim": 4,
+        "hidden_sizes": (8,),
+        "base_channels": 4,
+        "batch_size": 32,
+        "max_epochs": 2,
+        "search_steps": 3,
+        "search_lr": 0.05,
+    }
+    _score_needs_grad = True
+
+    def __init__(
+        self,
+        *,
+        latent_dim=100,
+        base_channels=64,
+        hidden_sizes=(64, 32),
+        disc_weight=0.1,
+        search_steps=500,
+        search_lr=1e-3,
+        lr=2e-4,
+        lr_d=None,
+        beta1=0.5,
+        batch_size=64,
+        max_epochs=15,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.latent_dim = latent_dim
+        self.base_channels = base_channels
+        self.hidden_sizes = hidden_sizes
+        self.disc_weight = disc_weight
+        self.search_steps = search_steps
+        self.search_lr = search_lr
+        self.lr = lr
+        self.lr_d = lr_d
+        self.beta1 = beta1
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _fit(self, X):
+        super()._fit(X)
+        # before the training scores that set offset_, which need it
+        rng = np.random.default_rng(self.random_seed_)
+        self.latent_init_ = rng.standard_normal(self.latent_dim).astype(np.float32)
+        return self
+
+    def _make_net(self, input_shape):
+        return self._adversarial_net(
+            AnoGANGenerator,
+            Discriminator,
+            DCGANLoss,
+            input_shape,
+            module__latent_dim=self.latent_dim,
+            module__base_channels=self.base_channels,
+            module__hidden_sizes=tuple(self.hidden_sizes),
+        )
+
+    def _search(self, net, X_batch):
+        z_init = torch.as_tensor(self.latent_init_, device=X_batch.device)
+        return latent_search(
+            net.module_.generate,
+            net.discriminator_.features,
+            X_batch,
+            z_init.expand(X_batch.shape[0], -1),
+            steps=self.search_steps,
+            lr=self.search_lr,
+            disc_weight=self.disc_weight,
+        )
+
+    def _score_batch(self, net, X_batch):
+        return self._search(net, X_batch)[0]
+
+    def _reconstruct(self, net, X_batch):
+        return self._search(net, X_batch)[2]

@@ -1,0 +1,175 @@
+"""AnoGAN (Schlegl et al. 2017): DCGAN generator and losses, and the latent search.
+
+AnoGAN trains a plain DCGAN on normal data and scores a query ``x`` by
+searching the latent code whose image ``G(z)`` best explains it: starting
+from ``z_0``, ``steps`` Adam steps on
+
+    L(z) = (1 - disc_weight) * sum|x - G(z)| + disc_weight * sum|f(x) - f(G(z))|
+
+where ``f`` is an intermediate discriminator layer. The anomaly score is
+``L(z_steps)``.
+
+:func:`latent_search` runs the search for a whole batch at once. The batch
+loss is the *sum* of the per-sample losses, so the gradient with respect to
+row ``i`` of the (B, latent_dim) code tensor is that of sample ``i``'s loss
+alone; Adam's moments are kept per coordinate, so one Adam step on the
+batch is B independent per-sample steps. Only floating-point rounding of
+batched kernels differs from searching one sample at a time.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .dcgan import ConvDecoder, dcgan_init
+from .mlp import MLP
+
+__all__ = ["AnoGANGenerator", "DCGANLoss", "anogan_loss", "latent_search"]
+
+
+class AnoGANGenerator(nn.Module):
+    """DCGAN generator ``G(z)`` for images, an MLP generator for tabular rows.
+
+    Images: :class:`~skanomaly.nn.dcgan.ConvDecoder` (transposed conv +
+    BatchNorm + ReLU, tanh output for data scaled to [-1, 1]) with DCGAN
+    initialisation. Tabular: an MLP with ReLU and a linear output (the rows
+    are standardised).
+
+    ``forward(X)`` draws one ``z ~ N(0, I)`` per row of ``X`` from torch's
+    global generator and returns ``G(z)``: what the adversarial training
+    loop needs. ``generate(z)`` maps given codes.
+
+    Parameters
+    ----------
+    input_shape : tuple
+        ``(n_features,)`` or ``(channels, height, width)``.
+    latent_dim : int, default=100
+        Size of z.
+    base_channels : int, default=64
+        Channels of the last transposed convolution (ngf), doubled towards
+        the code.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden widths of the tabular discriminator; the generator uses them
+        in reverse order (from the code to the row).
+    """
+
+    def __init__(
+        self, input_shape, latent_dim=100, base_channels=64, hidden_sizes=(64, 32)
+    ):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.latent_dim = latent_dim
+        if len(self.input_shape) == 1:
+            self.net = MLP(latent_dim, tuple(hidden_sizes)[::-1], self.input_shape[0])
+        else:
+            self.net = ConvDecoder(self.input_shape, latent_dim, base_channels)
+            self.net.apply(dcgan_init)
+
+    def generate(self, z):
+        """Images (or rows) for codes ``z`` of shape (N, latent_dim)."""
+        return self.net(z)
+
+    def forward(self, X):
+        z = torch.randn(X.shape[0], self.latent_dim, device=X.device, dtype=X.dtype)
+        return self.generate(z)
+
+
+def _bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class DCGANLoss(nn.Module):
+    """The standard (non-saturating) DCGAN losses, on discriminator logits.
+
+    Discriminator: ``BCE(D(x), 1) + BCE(D(G(z)), 0)``; generator:
+    ``BCE(D(G(z)), 1)``. ``output`` is the generated batch ``G(z)``.
+    """
+
+    def discriminator_loss(self, output, X, discriminator):
+        return _bce(discriminator(X), 1.0) + _bce(discriminator(output), 0.0)
+
+    def generator_loss(self, output, X, discriminator):
+        return _bce(discriminator(output), 1.0)
+
+
+def anogan_loss(X, X_features, reconstruction, reconstruction_features, disc_weight):
+    """Per-sample AnoGAN loss: ``(1 - w) * residual + w * discrimination``.
+
+    Both terms are L1 norms summed over each sample's values (pixels,
+    discriminator features); ``disc_weight`` (the paper's lambda) weights
+    the discrimination term.
+
+    Returns
+    -------
+    loss : tensor of shape (N,)
+    """
+    residual = (X - reconstruction).abs().flatten(1).sum(dim=1)
+    discrimination = (X_features - reconstruction_features).abs().flatten(1).sum(dim=1)
+    return (1.0 - disc_weight) * residual + disc_weight * discrimination
+
+
+def latent_search(
+    generate, features, X, z_init, *, steps=500, lr=1e-3, disc_weight=0.1
+):
+    """AnoGAN's test-time search, for every sample of a batch at once.
+
+    ``steps`` Adam steps (betas (0.9, 0.999)) on the (N, latent_dim) codes,
+    minimising the sum over the batch of :func:`anogan_loss`; each sample's
+    search is independent of the others (see the module docstring). Only
+    the codes are optimised: gradients flow through ``generate`` and
+    ``features`` to ``z`` and are accumulated nowhere else, so the networks'
+    parameters stay untouched. The networks must be in evaluation mode
+    (BatchNorm in training mode would mix the samples of a batch).
+
+    Works whatever the caller's autograd mode (also inside
+    ``torch.inference_mode``).
+
+    Parameters
+    ----------
+    generate : callable
+        ``z -> G(z)``, e.g. ``AnoGANGenerator.generate``.
+    features : callable
+        ``x -> f(x)``, the discriminator's feature layer, e.g.
+        ``Discriminator.features``.
+    X : tensor of shape (N, ...)
+        Query batch, scaled as in training.
+    z_init : tensor of shape (N, latent_dim)
+        Starting codes; not modified.
+    steps : int, default=500
+        Number of Adam steps (the paper's Gamma); 0 scores ``z_init``.
+    lr : float, default=1e-3
+        Adam learning rate on z.
+    disc_weight : float, default=0.1
+        Weight of the discrimination term (the paper's lambda).
+
+    Returns
+    -------
+    loss : tensor of shape (N,)
+        :func:`anogan_loss` at the final codes: the anomaly score.
+    z : tensor of shape (N, latent_dim)
+        The final codes.
+    reconstruction : tensor of shape X.shape
+        ``G(z)`` at the final codes.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        # a plain copy: inference tensors cannot take part in autograd
+        X = X.detach().clone()
+        with torch.no_grad():
+            X_features = features(X)
+        z = z_init.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            reconstruction = generate(z)
+            loss = anogan_loss(
+                X, X_features, reconstruction, features(reconstruction), disc_weight
+            )
+            # sum, not mean: each sample's gradient must not depend on N
+            loss.sum().backward(inputs=[z])
+            optimizer.step()
+        with torch.no_grad():
+            reconstruction = generate(z)
+            loss = anogan_loss(
+                X, X_features, reconstruction, features(reconstruction), disc_weight
+            )
+    return loss, z.detach(), reconstruction

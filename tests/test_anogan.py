@@ -1,0 +1,218 @@
+"""AnoGAN: conformance, DCGAN losses, the batched latent search, images, weights."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from skanomaly.anogan import AnoGAN
+from skanomaly.nn.anogan_search import (
+    AnoGANGenerator,
+    DCGANLoss,
+    anogan_loss,
+    latent_search,
+)
+from skanomaly.nn.gan import Discriminator
+from skanomaly.testing import parametrize_detector_checks
+
+FAST = {**AnoGAN._fast_test_params, "random_state": 0}
+
+
+@parametrize_detector_checks([AnoGAN(**FAST)])
+def test_anogan_conformance(estimator, check):
+    check(estimator)
+
+
+def _images(n=40, shape=(1, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted_images():
+    X = _images()
+    det = AnoGAN(**{**FAST, "search_steps": 5, "batch_size": 16}).fit(X)
+    return det, X
+
+
+def test_dcgan_losses_label_real_and_fake():
+    # a stub critic whose logit is the first value of its input
+    discriminator = lambda x: x[:, 0]  # noqa: E731
+    real = torch.tensor([[2.0], [0.5]])
+    fake = torch.tensor([[-1.0], [3.0]])
+    loss = DCGANLoss()
+    expected_d = F.softplus(-real[:, 0]).mean() + F.softplus(fake[:, 0]).mean()
+    expected_g = F.softplus(-fake[:, 0]).mean()
+    torch.testing.assert_close(
+        loss.discriminator_loss(fake, real, discriminator), expected_d
+    )
+    torch.testing.assert_close(
+        loss.generator_loss(fake, real, discriminator), expected_g
+    )
+
+
+def _frozen_dcgan(image_shape=(1, 8, 8), latent_dim=6):
+    torch.manual_seed(0)
+    generator = AnoGANGenerator(image_shape, latent_dim, base_channels=4).eval()
+    discriminator = Discriminator(image_shape, base_channels=4).eval()
+    return generator, discriminator
+
+
+def test_batched_search_equals_per_sample_searches():
+    generator, discriminator = _frozen_dcgan()
+    X = torch.rand(7, 1, 8, 8) * 2 - 1
+    z_init = torch.randn(7, 6)
+    kwargs = dict(steps=15, lr=0.05, disc_weight=0.1)
+    loss, z, reconstruction = latent_search(
+        generator.generate, discriminator.features, X, z_init, **kwargs
+    )
+    for i in range(len(X)):
+        loss_i, z_i, rec_i = latent_search(
+            generator.generate,
+            discriminator.features,
+            X[i : i + 1],
+            z_init[i : i + 1],
+            **kwargs,
+        )
+        torch.testing.assert_close(loss[i : i + 1], loss_i, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(z[i : i + 1], z_i, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reconstruction[i : i + 1], rec_i)
+    # the codes moved, and the search lowered the loss it reports
+    assert not torch.allclose(z, z_init)
+    initial, _, _ = latent_search(
+        generator.generate, discriminator.features, X, z_init, steps=0
+    )
+    assert loss.mean() < initial.mean()
+
+
+def test_search_score_is_the_weighted_loss_at_the_final_code():
+    generator, discriminator = _frozen_dcgan()
+    X = torch.rand(5, 1, 8, 8) * 2 - 1
+    z_init = torch.randn(5, 6)
+    with torch.no_grad():
+        loss, z, reconstruction = latent_search(
+            generator.generate,
+            discriminator.features,
+            X,
+            z_init,
+            steps=4,
+            lr=0.05,
+            disc_weight=0.1,
+        )
+        torch.testing.assert_close(reconstruction, generator.generate(z))
+        residual = (X - reconstruction).abs().sum(dim=(1, 2, 3))
+        discrimination = (
+            (discriminator.features(X) - discriminator.features(reconstruction))
+            .abs()
+            .sum(dim=1)
+        )
+    # lambda = 0.1 weights the discrimination term (not the residual)
+    torch.testing.assert_close(loss, 0.9 * residual + 0.1 * discrimination)
+    torch.testing.assert_close(
+        anogan_loss(
+            X,
+            discriminator.features(X),
+            reconstruction,
+            discriminator.features(reconstruction),
+            1.0,
+        ),
+        discrimination,
+    )
+
+
+def test_search_leaves_the_networks_untouched(fitted_images):
+    det, X = fitted_images
+    modules = [det.net_.module_, det.net_.discriminator_]
+    for module in modules:  # training leaves gradients behind
+        module.zero_grad(set_to_none=True)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    det.score_samples(X[:5])
+    for module, state in zip(modules, before):
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+        assert all(p.grad is None for p in module.parameters())
+
+
+def test_scores_do_not_depend_on_batching(fitted_images):
+    det, X = fitted_images
+    batched = det.score_samples(X)
+    one_by_one = det.set_params(batch_size=1).score_samples(X)
+    det.set_params(batch_size=16)
+    np.testing.assert_allclose(one_by_one, batched, rtol=1e-5)
+    np.testing.assert_allclose(det.score_samples(X[7:9]), batched[7:9], rtol=1e-5)
+
+
+def test_trains_on_images_and_maps_anomalies(fitted_images):
+    det, X = fitted_images
+    history = det.net_.history
+    assert len(history) == FAST["max_epochs"]
+    assert np.all(np.isfinite(history[:, "train_loss"]))
+    assert np.all(np.isfinite(history[:, "train_loss_d"]))
+    maps = det.anomaly_map(X[:6])
+    assert maps.shape == (6, 8, 8)
+    # the map is the squared error against G(z) at the end of the same search
+    scaled = torch.as_tensor(det._scale_input(X[:6]))
+    net = det.net_
+    reconstruction = det._reconstruct(net, scaled)
+    np.testing.assert_allclose(
+        maps, ((reconstruction - scaled) ** 2).mean(dim=1).numpy(), rtol=1e-5
+    )
+
+
+def test_non_square_rgb_images():
+    X = _images(n=20, shape=(3, 6, 10))
+    det = AnoGAN(**{**FAST, "batch_size": 8}).fit(X)
+    assert det.image_shape_ == (3, 6, 10)
+    assert det.anomaly_map(X[:2]).shape == (2, 6, 10)
+
+
+def test_disc_weight_reaches_the_score(fitted_images):
+    det, X = fitted_images
+    scaled = torch.as_tensor(det._scale_input(X[:6]))
+    features = det.net_.discriminator_.features
+    det.set_params(disc_weight=0.0)
+    residual_only = -det.score_samples(X[:6])
+    reconstruction = det._reconstruct(det.net_, scaled)
+    np.testing.assert_allclose(
+        residual_only, (scaled - reconstruction).abs().sum(dim=(1, 2, 3)), rtol=1e-5
+    )
+    det.set_params(disc_weight=1.0)
+    features_only = -det.score_samples(X[:6])
+    reconstruction = det._reconstruct(det.net_, scaled)
+    with torch.no_grad():
+        expected = (features(scaled) - features(reconstruction)).abs().sum(dim=1)
+    np.testing.assert_allclose(features_only, expected, rtol=1e-5)
+    det.set_params(disc_weight=0.1)
+
+
+def test_search_parameters_reach_the_search(fitted_images):
+    det, X = fitted_images
+    searched = det.score_samples(X[:8])
+    det.set_params(search_steps=0)
+    unsearched = det.score_samples(X[:8])
+    det.set_params(search_lr=2e-3, search_steps=5)
+    slow = det.score_samples(X[:8])
+    det.set_params(search_steps=5, search_lr=FAST["search_lr"])
+    # scores are negated losses: the search raises them, less so with small steps
+    assert searched.mean() > slow.mean() > unsearched.mean()
+
+
+def test_lr_d_reaches_the_discriminator_optimizer():
+    X = _images(n=16)
+    det = AnoGAN(**{**FAST, "lr_d": 1e-2, "max_epochs": 1}).fit(X)
+    assert det.net_.optimizer_d_.param_groups[0]["lr"] == 1e-2
+    assert det.net_.optimizer_.param_groups[0]["lr"] == det.lr
+    assert det.net_.optimizer_.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_image_pickle_and_random_state(fitted_images):
+    det, X = fitted_images
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(restored.score_samples(X), det.score_samples(X))
+    again = AnoGAN(**det.get_params()).fit(X)
+    np.testing.assert_array_equal(again.latent_init_, det.latent_init_)
+    np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
+    other = AnoGAN(**{**det.get_params(), "random_state": 1}).fit(X)
+    assert not np.allclose(other.score_samples(X), det.score_samples(X))
