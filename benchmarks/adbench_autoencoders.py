@@ -75,8 +75,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--datasets", nargs="*", help="file stems to keep")
     parser.add_argument("--out", help="write the markdown table here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads for every model (1 avoids OpenMP "
+        "oversubscription when the machine is shared)",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     files = sorted(Path(args.folder).glob("*.npz"))
     if args.datasets:
@@ -113,7 +120,8 @@ def main():
     datasets = list(dict.fromkeys(r[0] for r in rows))
     lines = [
         f"epochs {args.epochs}, batch {args.batch_size}, lr {args.lr}, "
-        f"seeds {args.seeds}; AUROC (mean over seeds), fit seconds in brackets",
+        f"seeds {args.seeds}, torch threads {torch.get_num_threads()}; "
+        "AUROC (mean over seeds), fit seconds in brackets",
         "",
         "| dataset | " + " | ".join(models) + " |",
         "|---" * (len(models) + 1) + "|",
