@@ -1,0 +1,378 @@
+"""TimmFeatures: pooled multi-level features of a pretrained timm backbone."""
+
+import contextlib
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils import check_array, check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .nn.backbones import (
+    create_backbone,
+    describe_levels,
+    pooled_levels,
+    preprocess_images,
+)
+
+__all__ = ["TimmFeatures"]
+
+
+class TimmFeatures(TransformerMixin, BaseEstimator):
+    """Images to globally average-pooled features of every level of a timm model.
+
+    The backbone is frozen (no training): ``fit`` builds it and records its
+    levels, ``transform`` runs it over batches of images, averages each
+    level's feature map over space and concatenates the levels, so any
+    scikit-learn estimator can work on deep features, e.g.
+    ``make_pipeline(TimmFeatures("resnet18"), OneClassSVM())``.
+
+    Levels are what timm's ``forward_intermediates`` exposes (see
+    :mod:`skanomaly.nn.backbones`): for EfficientNets ``stem``,
+    ``blocks.0`` ... ``blocks.6`` and ``head`` (9 levels), for ResNets
+    ``act1``, ``layer1`` ... ``layer4``, for other models the modules of
+    their ``feature_info`` and ``head`` when it differs from the last stage.
+
+    Images are resized (antialiased, the backbone's interpolation) to the
+    backbone's evaluation resolution and normalised with its own mean and
+    std, both from timm's data config. Grayscale images are repeated to three
+    channels. Inference runs under ``torch.inference_mode`` in
+    channels-last layout, in batches of ``batch_size`` images (which bounds
+    memory), with bfloat16 autocast on CUDA.
+
+    Parameters
+    ----------
+    backbone : str, default='efficientnet_b4'
+        timm model name, optionally with a pretrained tag
+        (``'resnet18.a1_in1k'``).
+    weights : 'imagenet', None or path, default='imagenet'
+        ``'imagenet'``: timm's pretrained weights, from the Hugging Face hub
+        cache (downloaded when missing and the hub is reachable; otherwise
+        ``fit`` raises an ``OSError`` naming the remedies). ``None``: random
+        initialisation. A path to a local ``.safetensors`` file or a
+        ``torch.save``-d state dict (``.pth``), loaded without running any
+        pickled code and strictly (classifier weights are ignored).
+    levels : 'all' or list of str or int, default='all'
+        Levels to keep, by name or position in :attr:`all_levels_`.
+    image_size : int, (int, int) or None, default=None
+        ``(height, width)`` the backbone sees; None: the backbone's
+        evaluation resolution from timm's data config (e.g. 384 for
+        ``efficientnet_b4``, 224 for ``efficientnet_b0``).
+    batch_size : int, default=32
+        Images per forward pass.
+    device : str or torch.device, default='cpu'
+        Where the backbone runs, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initialisation when ``weights=None``; unused
+        otherwise.
+    verbose : int, default=0
+        If > 0, show a progress bar over batches.
+
+    Attributes
+    ----------
+    backbone_ : torch.nn.Module
+        The frozen timm model (without classifier), on ``device``.
+    all_levels_ : tuple of str
+        Every level the backbone exposes.
+    levels_ : tuple of str
+        The levels kept, in output order.
+    level_channels_ : tuple of int
+        Width of each kept level.
+    level_slices_ : dict of str to slice
+        Columns of the output that hold each kept level.
+    image_size_ : tuple of int
+        ``(height, width)`` the backbone sees.
+    n_features_in_ : int
+        Channels x height x width of the training images.
+    image_shape_ : tuple of int
+        ``(channels, height, width)`` of the training images. ``transform``
+        takes any height and width (images are resized) with the same
+        number of channels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import TimmFeatures
+    >>> images = np.random.default_rng(0).integers(0, 256, (4, 3, 40, 40), np.uint8)
+    >>> features = TimmFeatures("resnet18", weights=None, image_size=32,
+    ...                         random_state=0).fit(images)
+    >>> features.transform(images).shape
+    (4, 1024)
+    >>> features.levels_
+    ('act1', 'layer1', 'layer2', 'layer3', 'layer4')
+    >>> features.level_slices_["layer1"]
+    slice(64, 128, None)
+    >>> features.get_feature_names_out()[64]
+    'layer1_ch0'
+    """
+
+    # Fitted state: the backbone's weights (backbone_.state_dict(); the module
+    # is rebuilt from `backbone` with weights=None) and plain values: the
+    # tuples all_levels_, levels_, level_channels_, image_size_, image_shape_,
+    # mean_, std_, the str interpolation_ and the ints/bools in_chans_,
+    # has_head_, n_features_in_. level_slices_ is derived from them.
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],
+        "levels": [StrOptions({"all"}), list, tuple],
+        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_b4",
+        *,
+        weights="imagenet",
+        levels="all",
+        image_size=None,
+        batch_size=32,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.levels = levels
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Build the backbone and record its levels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width) or \
+(n_samples, channels, height, width)
+            Images, ``uint8`` or floats in [0, 1], with 1 or 3 channels.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        device = _check_device(self.device)
+        X = _check_images(self, X, reset=True)
+        in_chans = 3
+        if X.shape[1] not in (1, in_chans):
+            raise ValueError(
+                f"TimmFeatures takes images with 1 or {in_chans} channels; got "
+                f"{X.shape[1]}. Drop an alpha channel first."
+            )
+        if self.weights is None:
+            seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                model = create_backbone(self.backbone, None)
+        else:
+            model = create_backbone(self.backbone, self.weights)
+        model = model.to(device=device, memory_format=torch.channels_last)
+
+        from timm.data import resolve_model_data_config
+
+        config = resolve_model_data_config(model, use_test_size=True)
+        self.image_size_ = _resolve_size(self.image_size, config["input_size"][1:])
+        self.mean_ = tuple(float(v) for v in config["mean"])
+        self.std_ = tuple(float(v) for v in config["std"])
+        self.interpolation_ = str(config.get("interpolation", "bilinear"))
+        self.in_chans_ = in_chans
+
+        names, channels, has_head = describe_levels(model, self.image_size_, in_chans)
+        keep = _resolve_levels(self.levels, names)
+        self.backbone_ = model
+        self.has_head_ = bool(has_head)
+        self.all_levels_ = tuple(names)
+        self.levels_ = tuple(names[i] for i in keep)
+        self.level_channels_ = tuple(channels[i] for i in keep)
+        return self
+
+    @property
+    def level_slices_(self):
+        check_is_fitted(self, "levels_")
+        bounds = np.cumsum((0, *self.level_channels_)).tolist()
+        return {
+            name: slice(bounds[i], bounds[i + 1]) for i, name in enumerate(self.levels_)
+        }
+
+    def transform(self, X):
+        """Pooled features of each kept level, concatenated.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width) or \
+(n_samples, channels, height, width)
+            Images with the channels seen in ``fit``, any size.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, sum(level_channels_)), float32
+        """
+        check_is_fitted(self, "backbone_")
+        X = _check_images(self, X, reset=False)
+        return self._transform(X)
+
+    def _transform(self, X):
+        """Features of validated images ``X`` (uint8 or float, N x C x H x W)."""
+        from tqdm.auto import tqdm
+
+        device = _check_device(self.device)
+        model = self.backbone_.to(device)
+        keep = [self.all_levels_.index(name) for name in self.levels_]
+        if keep == list(range(len(self.all_levels_))):
+            keep = None
+        out = np.empty((X.shape[0], sum(self.level_channels_)), dtype=np.float32)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        starts = range(0, X.shape[0], self.batch_size)
+        progress = tqdm(
+            starts,
+            desc=f"TimmFeatures({self.backbone})",
+            unit="batch",
+            disable=not self.verbose,
+        )
+        with torch.inference_mode(), autocast:
+            for start in progress:
+                batch = X[start : start + self.batch_size]
+                if X.dtype != np.uint8 and X.dtype != np.float32:
+                    batch = batch.astype(np.float32)
+                elif not batch.flags.writeable:
+                    batch = batch.copy()
+                batch = torch.from_numpy(batch).to(device, non_blocking=True)
+                batch = preprocess_images(
+                    batch,
+                    size=self.image_size_,
+                    mean=self.mean_,
+                    std=self.std_,
+                    interpolation=self.interpolation_,
+                    in_chans=self.in_chans_,
+                )
+                features = pooled_levels(
+                    model, batch, has_head=self.has_head_, keep=keep
+                )
+                out[start : start + len(batch)] = features.float().cpu().numpy()
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``'<level>_ch<channel>'``.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored (inputs are pixels).
+
+        Returns
+        -------
+        names : ndarray of str
+        """
+        check_is_fitted(self, "levels_")
+        return np.asarray(
+            [
+                f"{name}_ch{c}"
+                for name, width in zip(self.levels_, self.level_channels_, strict=True)
+                for c in range(width)
+            ],
+            dtype=object,
+        )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
+def _check_device(device):
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} but CUDA is not available on this machine; "
+            "use device='cpu'."
+        )
+    return device
+
+
+def _check_images(estimator, X, *, reset):
+    """Images as an (N, C, H, W) array, uint8 kept (scaled per batch later)."""
+    name = type(estimator).__name__
+    if np.ndim(X) not in (3, 4):
+        raise ValueError(
+            f"{name} takes images (n_samples, height, width) or (n_samples, "
+            f"channels, height, width); got an array of rank {np.ndim(X)}."
+        )
+    is_uint8 = getattr(X, "dtype", None) == np.uint8
+    X = check_array(
+        X,
+        allow_nd=True,
+        dtype=None if is_uint8 else [np.float32, np.float64],
+        ensure_min_samples=1,
+        input_name="X",
+    )
+    if X.ndim == 3:
+        X = X[:, None]
+    if X.shape[1] > 4 and X.shape[-1] in (1, 3, 4):
+        raise ValueError(
+            f"{name} expects channels-first images (n_samples, channels, height, "
+            f"width); got shape {X.shape}, which looks channels-last. Use "
+            "X.transpose(0, 3, 1, 2)."
+        )
+    if reset:
+        estimator.image_shape_ = tuple(int(s) for s in X.shape[1:])
+        estimator.n_features_in_ = int(np.prod(X.shape[1:]))
+    elif X.shape[1] != estimator.image_shape_[0]:
+        raise ValueError(
+            f"{name} was fitted on images with {estimator.image_shape_[0]} "
+            f"channel(s) but got {X.shape[1]}."
+        )
+    return X
+
+
+def _resolve_size(image_size, native):
+    if image_size is None:
+        size = tuple(native)
+    elif isinstance(image_size, Integral):
+        size = (image_size, image_size)
+    else:
+        size = tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, Integral) and s > 0 for s in size):
+        raise ValueError(
+            f"image_size must be a positive int or (height, width); got {image_size!r}."
+        )
+    return tuple(int(s) for s in size)
+
+
+def _resolve_levels(levels, names):
+    """Positions of the requested levels in ``names``."""
+    if isinstance(levels, str) and levels == "all":
+        return list(range(len(names)))
+    if len(levels) == 0:
+        raise ValueError("levels is empty; use levels='all' or name some levels.")
+    keep = []
+    for level in levels:
+        if isinstance(level, Integral) and -len(names) <= level < len(names):
+            keep.append(int(level) % len(names))
+        elif isinstance(level, str) and level in names:
+            keep.append(names.index(level))
+        else:
+            raise ValueError(
+                f"Unknown level {level!r}; this backbone has levels {names} "
+                f"(or positions 0..{len(names) - 1})."
+            )
+    if len(set(keep)) != len(keep):
+        raise ValueError(f"levels lists a level twice: {list(levels)}.")
+    return keep
