@@ -1,0 +1,204 @@
+"""DeepMahalanobis detector (Rippel, Mertens & Merhof, ICPR 2020)."""
+
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._validation import validate_detector_input
+from .base import BaseDetector
+from .mahalanobis import _COVARIANCES, Mahalanobis
+from .timm_features import TimmFeatures
+
+__all__ = ["DeepMahalanobis"]
+
+
+class DeepMahalanobis(BaseDetector):
+    """Mahalanobis distance to Gaussians on pretrained deep features of images.
+
+    Nothing is trained: a frozen ImageNet backbone (by default
+    EfficientNet-B4, at its native resolution) turns each image into one
+    globally average-pooled vector per level (:class:`TimmFeatures`), and
+    each level gets its own Gaussian with a Ledoit-Wolf shrunk covariance
+    (:class:`Mahalanobis` with one group per level). The anomaly score of an
+    image is the sum over levels of its Mahalanobis distances, so
+    ``score_samples`` returns its negative.
+
+    Parameters
+    ----------
+    backbone : str, default='efficientnet_b4'
+        timm model name (see :class:`TimmFeatures` for the levels each
+        family exposes).
+    weights : 'imagenet', None or path, default='imagenet'
+        ``'imagenet'``: timm's pretrained weights from the Hugging Face hub
+        cache (or downloaded); without them ``fit`` raises an ``OSError``
+        that names the two remedies: a local ``.safetensors``/``.pth`` state
+        dict passed as ``weights=<path>`` (loaded without running pickled
+        code), or ``weights=None`` (random initialisation).
+    levels : 'all' or list of str or int, default='all'
+        Levels of the backbone to model, by name or position.
+    image_size : int, (int, int) or None, default=None
+        Resolution the backbone sees; None: its evaluation resolution from
+        timm's data config.
+    batch_size : int, default=32
+        Images per forward pass (bounds memory).
+    device : str or torch.device, default='cpu'
+        Where the backbone runs, e.g. 'cuda' (with bfloat16 autocast).
+    covariance : {'ledoit_wolf', 'oas', 'empirical'}, default='ledoit_wolf'
+        Covariance estimate of each level (see :class:`Mahalanobis`).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the backbone's initialisation when ``weights=None``.
+    verbose : int, default=0
+        If > 0, show a progress bar over batches.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    features_ : TimmFeatures
+        The fitted feature extractor (holds the backbone).
+    gaussian_ : Mahalanobis
+        The fitted per-level Gaussians.
+    levels_ : tuple of str
+        The levels modelled.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+        Channels x height x width of the training images.
+    image_shape_ : tuple of int
+        ``(channels, height, width)`` of the training images.
+
+    See Also
+    --------
+    Mahalanobis : The Gaussian stage alone, on any features.
+    TimmFeatures : The feature stage alone, for any scikit-learn estimator.
+
+    References
+    ----------
+    O. Rippel, P. Mertens and D. Merhof, "Modeling the Distribution of Normal
+    Data in Pre-Trained Deep Features for Anomaly Detection", ICPR 2020.
+
+    Examples
+    --------
+    Without network access, pass a local weights file or ``weights=None``
+    (random features, as here, only to show the API):
+
+    >>> import numpy as np
+    >>> from skanomaly import DeepMahalanobis
+    >>> rng = np.random.default_rng(0)
+    >>> good = rng.integers(100, 156, size=(40, 3, 32, 32), dtype=np.uint8)
+    >>> det = DeepMahalanobis(backbone="resnet18", weights=None, image_size=32,
+    ...                       random_state=0).fit(good)
+    >>> det.levels_
+    ('act1', 'layer1', 'layer2', 'layer3', 'layer4')
+    >>> bad = good[:2].copy()
+    >>> bad[:, :, 8:24, 8:24] = 255
+    >>> bool(det.score_samples(bad).max() < det.score_samples(good).min())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDetector._parameter_constraints,
+        "backbone": [str],
+        "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],
+        "levels": [StrOptions({"all"}), list, tuple],
+        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "covariance": [StrOptions(set(_COVARIANCES))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+    _fast_test_params = {
+        "backbone": "resnet18",
+        "weights": None,
+        "image_size": 32,
+        "random_state": 0,
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_b4",
+        *,
+        weights="imagenet",
+        levels="all",
+        image_size=None,
+        batch_size=32,
+        device="cpu",
+        covariance="ledoit_wolf",
+        random_state=None,
+        verbose=0,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.backbone = backbone
+        self.weights = weights
+        self.levels = levels
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.device = device
+        self.covariance = covariance
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _fit(self, X):
+        if X.ndim != 4:
+            raise ValueError(
+                "DeepMahalanobis takes images (n_samples, height, width) or "
+                "(n_samples, channels, height, width); got a 2-D array. For "
+                "tabular features use Mahalanobis."
+            )
+        extractor = TimmFeatures(
+            self.backbone,
+            weights=self.weights,
+            levels=self.levels,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            device=self.device,
+            random_state=self.random_state,
+            verbose=self.verbose,
+        ).fit(X)
+        features = extractor._transform(X)
+        # one integer label per column: the level it belongs to
+        groups = np.repeat(
+            np.arange(len(extractor.levels_)), extractor.level_channels_
+        ).tolist()
+        gaussian = Mahalanobis(covariance=self.covariance, groups=groups).fit(features)
+        self.features_ = extractor
+        self.gaussian_ = gaussian
+        self.levels_ = extractor.levels_
+        # BaseDetector.fit scores the training images right after _fit; keep
+        # their scores so the backbone does not run over them twice.
+        self._training_scores = (X, gaussian.score_samples(features))
+        return self
+
+    def _score_samples(self, X):
+        cached = self.__dict__.pop("_training_scores", None)
+        if cached is not None and cached[0] is X:
+            return cached[1]
+        return self.gaussian_.score_samples(self.features_._transform(X))
+
+    def level_distances(self, X):
+        """Mahalanobis distance of each image at each level.
+
+        Parameters
+        ----------
+        X : array-like of images of the training shape
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_levels)
+            Columns follow ``levels_``; ``score_samples`` is minus their sum.
+        """
+        check_is_fitted(self, "offset_")
+        X = validate_detector_input(self, X, reset=False)
+        return self.gaussian_.distances(self.features_._transform(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags

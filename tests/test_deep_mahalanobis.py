@@ -1,0 +1,118 @@
+"""DeepMahalanobis: TimmFeatures + one Gaussian per level, as one detector.
+
+Backbones are randomly initialised (seeded) resnet18s at 32x32: nothing is
+downloaded, and the checks are about the composition, not the accuracy of
+pretrained features.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import skanomaly
+from skanomaly import DeepMahalanobis, Mahalanobis, TimmFeatures
+from skanomaly.testing import check_image_input
+
+FAST = DeepMahalanobis._fast_test_params
+
+
+def _images(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(100, 156, size=(n, 3, 32, 32), dtype=np.uint8)
+
+
+def _with_squares(images):
+    bad = images.copy()
+    bad[:, :, 8:24, 8:24] = 255
+    return bad
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return DeepMahalanobis(**FAST).fit(_images())
+
+
+def test_is_features_then_one_gaussian_per_level(fitted):
+    train, test = _images(), _images(n=8, seed=1)
+    features = TimmFeatures(
+        "resnet18", weights=None, image_size=32, random_state=0
+    ).fit(train)
+    slices = list(features.level_slices_.values())
+    gaussian = Mahalanobis(groups=slices).fit(features.transform(train))
+    expected = gaussian.distances(features.transform(test))
+    assert fitted.levels_ == features.levels_
+    np.testing.assert_allclose(fitted.level_distances(test), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        fitted.score_samples(test), -expected.sum(axis=1), rtol=1e-5
+    )
+
+
+def test_flags_images_unlike_the_training_set(fitted):
+    good, bad = _images(n=10, seed=2), _with_squares(_images(n=5, seed=3))
+    assert fitted.score_samples(bad).max() < fitted.score_samples(good).min()
+    assert np.all(fitted.predict(bad) == -1)
+
+
+def test_training_scores_are_the_scores_of_the_training_images():
+    # fit reuses the training features for offset_: it must equal a rescore
+    train = _images()
+    det = DeepMahalanobis(**FAST, contamination=0.1).fit(train)
+    assert "_training_scores" not in vars(det)
+    scores = det.score_samples(train)
+    assert det.offset_ == pytest.approx(np.percentile(scores, 10), rel=1e-6)
+
+
+def test_pickle_keeps_scores(fitted):
+    images = _with_squares(_images(n=6, seed=4))
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(
+        restored.score_samples(images), fitted.score_samples(images)
+    )
+
+
+def test_contract_on_images():
+    check_image_input("DeepMahalanobis", DeepMahalanobis(**FAST))
+
+
+def test_levels_and_covariance_are_passed_on():
+    det = DeepMahalanobis(**FAST, levels=["layer4", "layer3"], covariance="oas")
+    det.fit(_images())
+    assert det.levels_ == ("layer4", "layer3")
+    assert det.gaussian_.covariance == "oas"
+    assert [g.size for g in det.gaussian_.groups_] == [512, 256]
+    assert det.level_distances(_images(n=3)).shape == (3, 2)
+
+
+def test_rejects_tabular_input():
+    with pytest.raises(ValueError, match="Mahalanobis"):
+        DeepMahalanobis(**FAST).fit(np.zeros((10, 4)))
+
+
+def test_offline_error_leaves_it_unfitted(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    det = DeepMahalanobis(backbone="resnet18", image_size=32)
+    with pytest.raises(OSError, match="'resnet18'.*weights=<path>.*weights=None"):
+        det.fit(_images(n=4))
+    assert not hasattr(det, "offset_") and not hasattr(det, "features_")
+
+
+def test_registered():
+    assert skanomaly.get_detector("deep_mahalanobis") is DeepMahalanobis
+    assert skanomaly.get_detector("mahalanobis") is Mahalanobis
+    det = skanomaly.make_detector("deep_mahalanobis", backbone="efficientnet_b0")
+    assert det.get_params()["backbone"] == "efficientnet_b0"
+    assert DeepMahalanobis().get_params()["backbone"] == "efficientnet_b4"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_separates_like_cpu():
+    det = DeepMahalanobis(**{**FAST, "device": "cuda"}).fit(_images())
+    good, bad = _images(n=10, seed=2), _with_squares(_images(n=5, seed=3))
+    assert det.features_.backbone_.conv1.weight.is_cuda
+    assert det.score_samples(bad).max() < det.score_samples(good).min()
