@@ -1,0 +1,326 @@
+"""Sphinx configuration for skanomaly's documentation.
+
+Build with ``make -C docs html`` (add ``SPHINXOPTS=-W --keep-going`` to fail
+on warnings, as CI does). Nothing is fetched from the network: no
+intersphinx, formulas are written as MathML (``_ext/mathml.py``), and the
+PyData theme ships its fonts and scripts.
+
+Two pages are written here before Sphinx reads the sources (both ignored by
+git):
+
+- ``api.rst``: the API reference, one autosummary table per section listing
+  every name of the modules' ``__all__``. A module that does not import is
+  left out with a message, so one unfinished module cannot break the build.
+- ``_generated/benchmarks/*.md``: one page per ``benchmarks/RESULTS_*.md``,
+  headed by the command that regenerates it (from its script's docstring).
+"""
+
+import importlib
+import inspect
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(DOCS / "_ext"))
+
+# The gallery runs in this process. Its small networks train fastest on one
+# thread (more threads mostly wait on each other on a shared CI machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="skorch")
+warnings.filterwarnings(
+    "ignore", message="Matplotlib is currently using agg", category=UserWarning
+)
+
+import skanomaly  # noqa: E402
+
+# -- Project -----------------------------------------------------------------
+
+project = "skanomaly"
+author = "the skanomaly developers"
+copyright = "the skanomaly developers, BSD-3-Clause"  # noqa: A001
+release = skanomaly.__version__
+version = re.sub(r"\.dev.*$", "", release)
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+    "myst_parser",
+    "mathml",
+]
+
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "_templates", "**.ipynb_checkpoints"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+default_role = "literal"
+html_math_renderer = "mathml"
+
+# -- autodoc / autosummary / numpydoc ----------------------------------------
+
+autosummary_generate = True
+autodoc_typehints = "none"
+autodoc_default_options = {"member-order": "groupwise"}
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_attributes_as_param_list = True
+
+# -- sphinx-gallery ----------------------------------------------------------
+
+sphinx_gallery_conf = {
+    "examples_dirs": str(ROOT / "examples" / "gallery"),
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "ignore_pattern": r"__init__\.py",
+    "doc_module": ("skanomaly",),
+    "backreferences_dir": "generated/backreferences",
+    "reference_url": {"skanomaly": None},
+    "remove_config_comments": True,
+    "min_reported_time": 1,
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "show_memory": False,
+}
+
+# -- HTML --------------------------------------------------------------------
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"skanomaly {release}"
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
+html_show_sourcelink = False
+html_theme_options = {
+    "navbar_align": "left",
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "header_links_before_dropdown": 6,
+    "secondary_sidebar_items": ["page-toc", "sg_download_links", "sg_launcher_links"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
+}
+html_sidebars = {"index": [], "benchmarks": []}
+
+# -- MyST (benchmark tables are markdown) ------------------------------------
+
+myst_enable_extensions = ["colon_fence"]
+myst_heading_anchors = 3
+# The benchmark files are written for GitHub: their headings may start at
+# any level and their links point into the repository.
+suppress_warnings = ["myst.header", "myst.xref_missing"]
+
+# -- API reference, generated from __all__ -----------------------------------
+
+# (title, module, kind filter, intro). Kind: "class", "function" or None.
+API_SECTIONS = [
+    (
+        "Detectors",
+        "skanomaly",
+        "detector",
+        "Outlier detectors with the scikit-learn API (`fit`, `score_samples`, "
+        "`decision_function`, `predict`).",
+    ),
+    (
+        "Feature extractors",
+        "skanomaly",
+        "transformer",
+        "Transformers that turn images into features for any estimator.",
+    ),
+    (
+        "Registry",
+        "skanomaly.registry",
+        None,
+        "Finding detectors by name, built-in and plugins alike (:doc:`plugins`).",
+    ),
+    (
+        "Persistence",
+        "skanomaly.persistence",
+        None,
+        "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
+    ),
+    (
+        "Base class",
+        "skanomaly.base",
+        None,
+        "What every detector, built-in or plugin, derives from.",
+    ),
+    (
+        "Metrics",
+        "skanomaly.metrics",
+        None,
+        "Scorers that take the anomaly class as positive and check the label "
+        "convention (:doc:`user_guide/contract`).",
+    ),
+    (
+        "Model selection",
+        "skanomaly.model_selection",
+        None,
+        "Cross-validation for novelty detection (:doc:`model_selection`).",
+    ),
+    (
+        "Datasets",
+        "skanomaly.datasets",
+        None,
+        "Small loaders for examples and benchmarks.",
+    ),
+    (
+        "Benchmark",
+        "skanomaly.benchmark",
+        None,
+        "What ``skanomaly benchmark`` runs, as functions (:doc:`benchmarks`).",
+    ),
+    (
+        "Testing",
+        "skanomaly.testing",
+        None,
+        "Checks a detector should pass in its own test suite (:doc:`plugins`).",
+    ),
+]
+
+
+def _public_names(module_name, kind):
+    """Documented names of a module's __all__, or None if it does not import."""
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an unfinished module must not break the docs
+        print(f"[api] leaving out {module_name}: {type(exc).__name__}: {exc}")
+        return None
+    names = []
+    for name in getattr(module, "__all__", []):
+        try:
+            obj = getattr(module, name)
+        except Exception as exc:
+            print(f"[api] leaving out {module_name}.{name}: {type(exc).__name__}")
+            continue
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue  # constants are described in their module's page
+        if module_name == "skanomaly":
+            if getattr(obj, "__module__", "").startswith("skanomaly.base"):
+                continue  # documented under skanomaly.base
+            is_transformer = hasattr(obj, "transform")
+            is_class = inspect.isclass(obj)
+            if kind == "detector" and not (is_class and not is_transformer):
+                continue
+            if kind == "transformer" and not (is_class and is_transformer):
+                continue
+        names.append((name, "class" if inspect.isclass(obj) else "function"))
+    return names
+
+
+def write_api_page(path):
+    lines = [
+        ".. This page is written by conf.py from the modules' __all__.",
+        "",
+        "API reference",
+        "=============",
+        "",
+        "Every public name, with the docstring it has in the code. The Examples "
+        "sections run as doctests in CI.",
+        "",
+    ]
+    for title, module_name, kind, intro in API_SECTIONS:
+        names = _public_names(module_name, kind)
+        if not names:
+            continue
+        lines += [title, "-" * len(title), "", intro, ""]
+        if module_name != "skanomaly":
+            lines += [f".. automodule:: {module_name}", "   :no-members:", ""]
+        lines += [f".. currentmodule:: {module_name}", ""]
+        for group in ("class", "function"):
+            members = [name for name, what in names if what == group]
+            if not members:
+                continue
+            lines += [
+                ".. autosummary::",
+                "   :toctree: generated/",
+                f"   :template: {group}.rst",
+                "",
+                *[f"   {name}" for name in members],
+                "",
+            ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+# -- Benchmark pages, one per results file -----------------------------------
+
+
+def _regenerate_command(results):
+    """The 'Run::' block of the benchmark script that wrote ``results``."""
+    stem = results.stem.removeprefix("RESULTS_")
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = script.read_text(encoding="utf-8")
+        if results.name not in text and script.stem != stem:
+            continue
+        match = re.search(r"Run::\n\n((?:    .*\n?)+)", text)
+        if match:
+            return "\n".join(line[4:] for line in match.group(1).splitlines())
+    return None
+
+
+def write_benchmark_pages(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.md"):
+        old.unlink()
+    pages = []
+    for results in sorted((ROOT / "benchmarks").glob("RESULTS_*.md")):
+        text = results.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        first = next((i for i, ln in enumerate(lines) if ln.strip()), 0)
+        heading = re.match(r"#\s+(.*)", lines[first]) if lines else None
+        title = heading.group(1).strip() if heading else results.stem[8:]
+        relative = os.path.relpath(results, folder).replace(os.sep, "/")
+        page = [f"# {title}", ""]
+        command = _regenerate_command(results)
+        page += [f"From `benchmarks/{results.name}`. Regenerate it with:", ""]
+        if command:
+            page += ["```bash", command, "```", ""]
+        else:
+            page += ["(see the script's docstring in `benchmarks/`)", ""]
+        page += [
+            f"```{{include}} {relative}",
+            f":start-line: {first + 1}" if heading else ":heading-offset: 1",
+            "```",
+            "",
+        ]
+        (folder / f"{results.stem.lower()}.md").write_text(
+            "\n".join(page), encoding="utf-8"
+        )
+        pages.append(f"_generated/benchmarks/{results.stem.lower()}")
+    toc = folder.parent / "benchmark_toc.rst.inc"
+    if pages:
+        body = [".. toctree::", "   :maxdepth: 1", "", *[f"   {p}" for p in pages]]
+    else:
+        body = ["No results file has been committed to ``benchmarks/`` yet."]
+    toc.write_text("\n".join(body) + "\n", encoding="utf-8")
+
+
+write_api_page(DOCS / "api.rst")
+write_benchmark_pages(DOCS / "_generated" / "benchmarks")
+
+
+# -- Docstring touch-up ------------------------------------------------------
+
+_SHAPE = re.compile(r"(shape \()([^)]*)(\))")
+_TRAILING_UNDERSCORE = re.compile(r"(?<![`\w])([A-Za-z]\w*_)(?![\w`])")
+
+
+def _quote_fitted_names_in_shapes(app, what, name, obj, options, lines):
+    """Quote names like ``n_features_in_`` inside ``shape (...)``.
+
+    Docstrings write ``ndarray of shape (n_features_in_,)``; in reST a word
+    ending with ``_`` is a hyperlink reference, which fails the build.
+    """
+    for i, line in enumerate(lines):
+        if "shape (" in line:
+            lines[i] = _SHAPE.sub(
+                lambda m: m[1] + _TRAILING_UNDERSCORE.sub(r"`\1`", m[2]) + m[3], line
+            )
+
+
+def setup(app):
+    # before numpydoc (priority 500) turns the sections into reST
+    app.connect("autodoc-process-docstring", _quote_fitted_names_in_shapes, 100)
