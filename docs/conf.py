@@ -115,100 +115,131 @@ suppress_warnings = ["myst.header", "myst.xref_missing"]
 
 # -- API reference, generated from __all__ -----------------------------------
 
-# (title, module, kind filter, intro). Kind: "class", "function" or None.
+# (title, module, intro). Top-level names (``skanomaly.__all__``) are listed
+# under the section of the module that defines them ("skanomaly" gathers the
+# detector and transformer classes), so they are documented as
+# ``skanomaly.<name>``; the rest of a module's ``__all__`` follows under the
+# module's own path.
 API_SECTIONS = [
     (
         "Detectors",
-        "skanomaly",
-        "detector",
+        "skanomaly:detectors",
         "Outlier detectors with the scikit-learn API (`fit`, `score_samples`, "
         "`decision_function`, `predict`).",
     ),
     (
         "Feature extractors",
-        "skanomaly",
-        "transformer",
+        "skanomaly:transformers",
         "Transformers that turn images into features for any estimator.",
     ),
     (
         "Registry",
         "skanomaly.registry",
-        None,
         "Finding detectors by name, built-in and plugins alike (:doc:`plugins`).",
     ),
     (
         "Persistence",
         "skanomaly.persistence",
-        None,
         "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
     ),
     (
         "Base class",
         "skanomaly.base",
-        None,
         "What every detector, built-in or plugin, derives from.",
     ),
     (
         "Metrics",
         "skanomaly.metrics",
-        None,
         "Scorers that take the anomaly class as positive and check the label "
         "convention (:doc:`user_guide/contract`).",
     ),
     (
         "Model selection",
         "skanomaly.model_selection",
-        None,
         "Cross-validation for novelty detection (:doc:`model_selection`).",
     ),
     (
         "Datasets",
         "skanomaly.datasets",
-        None,
         "Small loaders for examples and benchmarks.",
     ),
     (
         "Benchmark",
         "skanomaly.benchmark",
-        None,
         "What ``skanomaly benchmark`` runs, as functions (:doc:`benchmarks`).",
     ),
     (
         "Testing",
         "skanomaly.testing",
-        None,
         "Checks a detector should pass in its own test suite (:doc:`plugins`).",
     ),
 ]
 
+# Top-level names documented in another section.
+_DOCUMENTED_ELSEWHERE = {"BaseDetector"}
 
-def _public_names(module_name, kind):
-    """Documented names of a module's __all__, or None if it does not import."""
+
+def _import(module_name):
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except Exception as exc:  # an unfinished module must not break the docs
         print(f"[api] leaving out {module_name}: {type(exc).__name__}: {exc}")
         return None
-    names = []
-    for name in getattr(module, "__all__", []):
-        try:
-            obj = getattr(module, name)
-        except Exception as exc:
-            print(f"[api] leaving out {module_name}.{name}: {type(exc).__name__}")
+
+
+def _documentable(module, name):
+    """'class', 'function' or None (constants, or a name that fails to load)."""
+    try:
+        obj = getattr(module, name)
+    except Exception as exc:
+        print(f"[api] leaving out {module.__name__}.{name}: {type(exc).__name__}")
+        return None, None
+    if inspect.isclass(obj):
+        return obj, "class"
+    if inspect.isfunction(inspect.unwrap(obj)):  # functools.cache wrappers too
+        return obj, "function"
+    return obj, None
+
+
+def _top_level():
+    top = []
+    for name in skanomaly.__all__:
+        if name in _DOCUMENTED_ELSEWHERE:
             continue
-        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-            continue  # constants are described in their module's page
-        if module_name == "skanomaly":
-            if getattr(obj, "__module__", "").startswith("skanomaly.base"):
-                continue  # documented under skanomaly.base
-            is_transformer = hasattr(obj, "transform")
-            is_class = inspect.isclass(obj)
-            if kind == "detector" and not (is_class and not is_transformer):
-                continue
-            if kind == "transformer" and not (is_class and is_transformer):
-                continue
-        names.append((name, "class" if inspect.isclass(obj) else "function"))
-    return names
+        obj, what = _documentable(skanomaly, name)
+        if what is not None:
+            top.append((name, what, obj))
+    return top
+
+
+def _section_entries(spec, top):
+    """[(module path, [(name, 'class' or 'function'), ...]), ...] of a section."""
+    if spec.startswith("skanomaly:"):
+        group = spec.split(":")[1]
+        wanted = [
+            (name, what)
+            for name, what, obj in top
+            if what == "class"
+            and getattr(obj, "__module__", "").startswith("skanomaly.")
+            and hasattr(obj, "transform") == (group == "transformers")
+        ]
+        return [("skanomaly", wanted)] if wanted else []
+    module = _import(spec)
+    if module is None:
+        return []
+    exported = [(n, w) for n, w, obj in top if obj.__module__ == spec]
+    exported_objs = {id(obj) for n, w, obj in top if obj.__module__ == spec}
+    rest = []
+    for name in getattr(module, "__all__", []):
+        obj, what = _documentable(module, name)
+        if what is not None and id(obj) not in exported_objs:
+            rest.append((name, what))
+    entries = []
+    if exported:
+        entries.append(("skanomaly", exported))
+    if rest:
+        entries.append((spec, rest))
+    return entries
 
 
 def write_api_page(path):
@@ -222,26 +253,29 @@ def write_api_page(path):
         "sections run as doctests in CI.",
         "",
     ]
-    for title, module_name, kind, intro in API_SECTIONS:
-        names = _public_names(module_name, kind)
-        if not names:
+    top = _top_level()
+    for title, spec, intro in API_SECTIONS:
+        entries = _section_entries(spec, top)
+        if not entries:
             continue
         lines += [title, "-" * len(title), "", intro, ""]
-        if module_name != "skanomaly":
-            lines += [f".. automodule:: {module_name}", "   :no-members:", ""]
-        lines += [f".. currentmodule:: {module_name}", ""]
-        for group in ("class", "function"):
-            members = [name for name, what in names if what == group]
-            if not members:
-                continue
-            lines += [
-                ".. autosummary::",
-                "   :toctree: generated/",
-                f"   :template: {group}.rst",
-                "",
-                *[f"   {name}" for name in members],
-                "",
-            ]
+        if not spec.startswith("skanomaly:"):
+            # the module's docstring: an overview, and names that are not
+            # classes or functions (e.g. the scorer objects of metrics)
+            lines += [f".. automodule:: {spec}", "   :no-members:", ""]
+        for module_name, names in entries:
+            lines += [f".. currentmodule:: {module_name}", ""]
+            for group in ("class", "function"):
+                members = [name for name, what in names if what == group]
+                if members:
+                    lines += [
+                        ".. autosummary::",
+                        "   :toctree: generated/",
+                        f"   :template: {group}.rst",
+                        "",
+                        *[f"   {name}" for name in members],
+                        "",
+                    ]
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -298,6 +332,10 @@ def write_benchmark_pages(folder):
     toc.write_text("\n".join(body) + "\n", encoding="utf-8")
 
 
+# autosummary rewrites its pages on every build but never deletes one; clear
+# them so that a renamed or removed name leaves no orphan page behind.
+for _stale in (DOCS / "generated").glob("*.rst"):
+    _stale.unlink()
 write_api_page(DOCS / "api.rst")
 write_benchmark_pages(DOCS / "_generated" / "benchmarks")
 

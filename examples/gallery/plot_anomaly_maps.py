@@ -54,7 +54,7 @@ for name, det in detectors.items():
     det.set_params(random_state=0).fit(train)
     maps[name] = det.anomaly_map(test)
     normal, bar, other = -det.score_samples(test).reshape(3, 4).mean(axis=1)
-    print(f"{name}: normal {normal:.3g}, bar {bar:.3g}, other digit {other:.3g}")
+    print(f"{name}: normal {normal:.3g}, bar {bar:.3g}, other {other:.3g}")
 
 # %%
 # Inputs and maps
