@@ -282,16 +282,26 @@ def write_api_page(path):
 # -- Benchmark pages, one per results file -----------------------------------
 
 
-def _regenerate_command(results):
-    """The 'Run::' block of the benchmark script that wrote ``results``."""
+def _benchmark_script(results, text):
+    """The script that wrote ``results``: named in it, or of the same stem."""
+    named = re.findall(r"benchmarks[/.](\w+)(?:\.py)?", text)
     stem = results.stem.removeprefix("RESULTS_")
+    for name in [*named, stem]:
+        script = ROOT / "benchmarks" / f"{name}.py"
+        if script.is_file():
+            return script
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
-        text = script.read_text(encoding="utf-8")
-        if results.name not in text and script.stem != stem:
-            continue
-        match = re.search(r"Run::\n\n((?:    .*\n?)+)", text)
-        if match:
-            return "\n".join(line[4:] for line in match.group(1).splitlines())
+        if results.name in script.read_text(encoding="utf-8"):
+            return script
+    return None
+
+
+def _regenerate_command(script):
+    """The ``Run::`` or ``Usage::`` block of a benchmark script's docstring."""
+    text = script.read_text(encoding="utf-8")
+    match = re.search(r"(?:Run|Usage)::\n\n((?:    .*\n?)+)", text)
+    if match:
+        return "\n".join(line[4:] for line in match.group(1).splitlines())
     return None
 
 
@@ -308,12 +318,16 @@ def write_benchmark_pages(folder):
         title = heading.group(1).strip() if heading else results.stem[8:]
         relative = os.path.relpath(results, folder).replace(os.sep, "/")
         page = [f"# {title}", ""]
-        command = _regenerate_command(results)
-        page += [f"From `benchmarks/{results.name}`. Regenerate it with:", ""]
+        script = _benchmark_script(results, text)
+        command = _regenerate_command(script) if script else None
+        where = f"`benchmarks/{results.name}`"
+        if script:
+            where += f", written by `benchmarks/{script.name}`"
         if command:
+            page += [f"From {where}. Regenerate it with:", ""]
             page += ["```bash", command, "```", ""]
         else:
-            page += ["(see the script's docstring in `benchmarks/`)", ""]
+            page += [f"From {where}; its commands are given with each table.", ""]
         page += [
             f"```{{include}} {relative}",
             f":start-line: {first + 1}" if heading else ":heading-offset: 1",
