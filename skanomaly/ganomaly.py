@@ -1,0 +1,206 @@
+"""GANomaly detector (Akcay, Atapour-Abarghouei and Breckon, ACCV 2018)."""
+
+from numbers import Real
+
+from sklearn.utils._param_validation import Interval
+
+from ._gan_detector import BaseGANDetector
+from .nn.gan import Discriminator
+from .nn.ganomaly import GANomalyGenerator, GANomalyLoss
+
+__all__ = ["GANomaly"]
+
+
+class GANomaly(BaseGANDetector):
+    """GANomaly: an adversarially trained encoder-decoder-encoder.
+
+    The generator encodes x to z with G_E, decodes z to x_hat with G_D and
+    encodes x_hat again to z_hat with a second encoder E. It is trained on
+    inliers with
+
+    ``w_adv * mean((f(x) - f(x_hat))**2) + w_con * mean(|x - x_hat|)
+    + w_enc * mean((z - z_hat)**2)``
+
+    where f are the features of a discriminator (the block before its last
+    layer) trained to tell x from x_hat with
+    ``0.5 * (BCE(D(x), 1) + BCE(D(x_hat), 0))``. One discriminator and one
+    generator update per batch (:class:`~skanomaly.nets.AdversarialNet`).
+    The discriminator is re-initialised whenever its loss falls below
+    ``reinit_discriminator_below``, as in the authors' code.
+
+    The anomaly score is the latent error ``mean((z - z_hat)**2)`` over the
+    latent dimensions; ``score_samples`` returns its negative. Unlike the
+    authors' evaluation, scores are not min-max scaled over the test set
+    (that changes no ranking and would make a sample's score depend on the
+    others).
+
+    Images (any size, see :mod:`skanomaly.nn.dcgan`: the DCGAN stacks halve
+    the resolution while both sides are even and stay at least 4 pixels, so
+    32x32 goes down to 4x4; other sizes keep a larger bottleneck and need no
+    resizing) use DCGAN conv stacks with a tanh decoder; the input is mapped
+    to [-1, 1] from the training range. Tabular rows are standardised and
+    use MLPs of ``hidden_sizes`` for both encoders, the decoder (mirrored)
+    and the discriminator.
+
+    Parameters
+    ----------
+    latent_dim : int, default=100
+        Size of the code z (nz).
+    base_channels : int, default=64
+        Channels of the first convolution of every conv stack (ngf = ndf),
+        doubled at every halving. Unused for tabular data.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden widths of the tabular encoders and discriminator (the decoder
+        mirrors them). Unused for images.
+    w_adv : float, default=1.0
+        Weight of the adversarial (discriminator feature-matching) loss.
+    w_con : float, default=50.0
+        Weight of the contextual (L1 reconstruction) loss.
+    w_enc : float, default=1.0
+        Weight of the encoder (latent L2) loss.
+    reinit_discriminator_below : float or None, default=1e-5
+        Re-initialise the discriminator when its loss on a batch falls below
+        this value; ``None`` never does.
+    lr : float, default=2e-4
+        Adam learning rate of the generator (and of the discriminator unless
+        ``lr_d`` is given).
+    lr_d : float or None, default=None
+        Adam learning rate of the discriminator; ``None`` uses ``lr``.
+    beta1 : float, default=0.5
+        Adam's first-moment decay for both optimizers (betas=(beta1, 0.999)).
+    batch_size : int, default=64
+        Training and scoring batch size.
+    max_epochs : int, default=15
+        Training epochs.
+    device : str or torch.device, default='cpu'
+        Where to train and score, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation and shuffling; an int makes scores
+        reproducible.
+    verbose : int, default=0
+        If > 0, print skorch's epoch log and a progress bar.
+    callbacks : list of skorch callbacks or None, default=None
+        Extra skorch callbacks.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    net_ : skanomaly.nets.AdversarialNet
+        The trained net: ``net_.module_`` is the generator,
+        ``net_.discriminator_`` the discriminator; ``net_.history`` holds
+        the generator loss (``train_loss``) and the discriminator loss
+        (``train_loss_d``) per epoch and per batch.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+        Number of features (channels x height x width for images).
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+    image_shape_ : tuple or None
+        ``(channels, height, width)`` of the training images, ``None`` for
+        tabular data.
+    input_center_, input_scale_ : ndarray
+        Input scaling fitted on the training data.
+
+    See Also
+    --------
+    SkipGANomaly : U-Net generator with skip connections.
+
+    References
+    ----------
+    S. Akcay, A. Atapour-Abarghouei and T. P. Breckon, "GANomaly:
+    Semi-Supervised Anomaly Detection via Adversarial Training", ACCV 2018.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.metrics import roc_auc_score
+    >>> from skanomaly import GANomaly
+    >>> X, y = load_digits(return_X_y=True)
+    >>> images = X.reshape(-1, 8, 8)  # digit 0 is the anomaly
+    >>> det = GANomaly(latent_dim=16, base_channels=8, max_epochs=3,
+    ...                random_state=0).fit(images[y != 0])
+    >>> det.score_samples(images[:4]).shape
+    (4,)
+    >>> det.anomaly_map(images[:2]).shape
+    (2, 8, 8)
+    >>> len(det.net_.history), "train_loss_d" in det.net_.history[-1]
+    (3, True)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseGANDetector._parameter_constraints,
+        "w_adv": [Interval(Real, 0, None, closed="left")],
+        "w_con": [Interval(Real, 0, None, closed="left")],
+        "w_enc": [Interval(Real, 0, None, closed="left")],
+        "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
+    }
+    _fast_test_params = {
+        "latent_dim": 4,
+        "base_channels": 4,
+        "hidden_sizes": (8,),
+        "max_epochs": 2,
+        "batch_size": 32,
+    }
+
+    def __init__(
+        self,
+        *,
+        latent_dim=100,
+        base_channels=64,
+        hidden_sizes=(64, 32),
+        w_adv=1.0,
+        w_con=50.0,
+        w_enc=1.0,
+        reinit_discriminator_below=1e-5,
+        lr=2e-4,
+        lr_d=None,
+        beta1=0.5,
+        batch_size=64,
+        max_epochs=15,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.latent_dim = latent_dim
+        self.base_channels = base_channels
+        self.hidden_sizes = hidden_sizes
+        self.w_adv = w_adv
+        self.w_con = w_con
+        self.w_enc = w_enc
+        self.reinit_discriminator_below = reinit_discriminator_below
+        self.lr = lr
+        self.lr_d = lr_d
+        self.beta1 = beta1
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _make_net(self, input_shape):
+        return self._adversarial_net(
+            GANomalyGenerator,
+            Discriminator,
+            GANomalyLoss,
+            input_shape,
+            reinit_discriminator_below=self.reinit_discriminator_below,
+            module__latent_dim=self.latent_dim,
+            module__base_channels=self.base_channels,
+            module__hidden_sizes=tuple(self.hidden_sizes),
+            criterion__w_adv=self.w_adv,
+            criterion__w_con=self.w_con,
+            criterion__w_enc=self.w_enc,
+        )
+
+    def _reconstruct(self, net, X_batch):
+        return net.module_(X_batch)[0]
+
+    def _score_batch(self, net, X_batch):
+        _, z, z_hat = net.module_(X_batch)
+        return ((z - z_hat) ** 2).mean(dim=1)

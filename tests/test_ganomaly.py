@@ -1,0 +1,253 @@
+"""GANomaly: the estimator contract, the generator, the losses and the score."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skanomaly import GANomaly
+from skanomaly.nn.gan import Discriminator
+from skanomaly.nn.ganomaly import GANomalyGenerator, GANomalyLoss
+
+FAST = dict(GANomaly._fast_test_params, random_state=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # tiny networks: threads only add contention on a shared machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bar_images(n, vertical=False, size=16, seed=0):
+    """Noisy images with a central bar of random brightness.
+
+    Horizontal bars are the normal class, vertical ones the anomalies.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.2, size=(n, 1, size, size)).astype(np.float32)
+    brightness = rng.uniform(0.6, 1.0, size=n)
+    bar = slice(size // 2 - 2, size // 2 + 2)
+    for image, value in zip(images, brightness):
+        if vertical:
+            image[0, :, bar] = value
+        else:
+            image[0, bar, :] = value
+    return images
+
+
+@parametrize_with_checks(
+    [GANomaly(**FAST)],
+    expected_failed_checks=lambda est: est._expected_failed_checks(),
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_defaults_are_the_authors():
+    params = GANomaly().get_params()
+    expected = dict(
+        latent_dim=100,
+        base_channels=64,
+        w_adv=1.0,
+        w_con=50.0,
+        w_enc=1.0,
+        reinit_discriminator_below=1e-5,
+        lr=2e-4,
+        beta1=0.5,
+        batch_size=64,
+        max_epochs=15,
+    )
+    assert {k: params[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 16, 16), (1, 28, 28), (2, 7, 9)])
+def test_generator_shapes_for_any_image_size(shape):
+    gen = GANomalyGenerator(shape, latent_dim=5, base_channels=4)
+    x_hat, z, z_hat = gen(torch.randn(3, *shape))
+    assert x_hat.shape == (3, *shape)
+    assert z.shape == z_hat.shape == (3, 5)
+    # tanh decoder for images scaled to [-1, 1]
+    assert x_hat.abs().max() <= 1
+    # the second encoder has the first one's layout but its own weights
+    first = dict(gen.encoder.named_parameters())
+    second = dict(gen.encoder_fake.named_parameters())
+    assert first.keys() == second.keys()
+    assert all(first[k] is not second[k] for k in first)
+    assert not torch.equal(first["final.weight"], second["final.weight"])
+
+
+def test_generator_chains_encoder_decoder_encoder():
+    gen = GANomalyGenerator((6,), latent_dim=2, hidden_sizes=(5,)).eval()
+    x = torch.randn(4, 6)
+    x_hat, z, z_hat = gen(x)
+    torch.testing.assert_close(z, gen.encoder(x))
+    torch.testing.assert_close(x_hat, gen.decoder(z))
+    torch.testing.assert_close(z_hat, gen.encoder_fake(x_hat))
+
+
+class _FixedCritic(torch.nn.Module):
+    """A discriminator with known outputs: logits = sum, features = 2x."""
+
+    def forward(self, x):
+        return x.flatten(1).sum(dim=1)
+
+    def features(self, x):
+        return 2 * x.flatten(1)
+
+
+def test_losses_follow_the_formulas():
+    torch.manual_seed(0)
+    X, x_hat = torch.randn(4, 1, 2, 2), torch.randn(4, 1, 2, 2)
+    z, z_hat = torch.randn(4, 3), torch.randn(4, 3)
+    critic = _FixedCritic()
+    loss = GANomalyLoss(w_adv=2.0, w_con=3.0, w_enc=5.0)
+
+    adv = ((2 * X - 2 * x_hat) ** 2).mean()
+    con = (X - x_hat).abs().mean()
+    enc = ((z - z_hat) ** 2).mean()
+    got = loss.generator_loss((x_hat, z, z_hat), X, critic)
+    torch.testing.assert_close(got, 2 * adv + 3 * con + 5 * enc)
+
+    p_real = torch.sigmoid(X.flatten(1).sum(1))
+    p_fake = torch.sigmoid(x_hat.flatten(1).sum(1))
+    bce = -(torch.log(p_real).mean() + torch.log(1 - p_fake).mean())
+    got_d = loss.discriminator_loss((x_hat, z, z_hat), X, critic)
+    torch.testing.assert_close(got_d, 0.5 * bce)
+
+
+def test_discriminator_is_the_dcgan_critic_with_feature_layer():
+    det = GANomaly(**FAST).fit(bar_images(40, size=8))
+    disc = det.net_.discriminator_
+    assert isinstance(disc, Discriminator)
+    x = torch.zeros(2, 1, 8, 8)
+    assert disc(x).shape == (2,)
+    assert disc.features(x).shape[0] == 2
+
+
+def test_trains_on_images_and_separates_an_unseen_pattern():
+    normal = bar_images(256, seed=0)
+    test = np.concatenate([bar_images(64, seed=1), bar_images(64, True, seed=2)])
+    is_anomaly = np.r_[np.zeros(64), np.ones(64)]
+    det = GANomaly(
+        latent_dim=8,
+        base_channels=8,
+        lr=5e-4,
+        max_epochs=4,
+        batch_size=8,
+        random_state=0,
+    ).fit(normal)
+    scores = det.score_samples(test)
+    assert scores.shape == (128,) and np.all(np.isfinite(scores))
+    # higher score_samples = more normal
+    assert roc_auc_score(is_anomaly, -scores) > 0.9
+    maps = det.anomaly_map(test)
+    assert maps.shape == (128, 16, 16)
+    # vertical bars are reconstructed worse than the horizontal ones seen
+    assert roc_auc_score(is_anomaly, maps.mean(axis=(1, 2))) > 0.9
+
+
+def test_score_is_the_latent_error_without_test_set_scaling():
+    images = bar_images(40, size=8)
+    det = GANomaly(**FAST).fit(images)
+    module = det.net_.module_.eval()
+    X = torch.as_tensor(det._scale_input(images))
+    with torch.inference_mode():
+        x_hat, z, z_hat = module(X)
+    expected = ((z - z_hat) ** 2).mean(dim=1).numpy()
+    np.testing.assert_allclose(-det.score_samples(images), expected, rtol=1e-5)
+    # a sample's score does not depend on the rest of the batch it comes in
+    np.testing.assert_allclose(
+        det.score_samples(images[:3]), det.score_samples(images)[:3], rtol=1e-5
+    )
+    # anomaly maps are the squared reconstruction error
+    np.testing.assert_allclose(
+        det.anomaly_map(images), ((x_hat - X) ** 2).mean(dim=1).numpy(), rtol=1e-5
+    )
+
+
+# w_con already dominates at 50: switching it off is the visible change
+@pytest.mark.parametrize(
+    "param, value", [("w_adv", 500.0), ("w_con", 0.0), ("w_enc", 500.0)]
+)
+def test_loss_weights_reach_the_loss_and_change_the_model(param, value):
+    images = bar_images(40, size=8)
+    base = GANomaly(**FAST).fit(images).score_samples(images)
+    changed = GANomaly(**FAST).set_params(**{param: value}).fit(images)
+    assert getattr(changed.net_.criterion_, param) == value
+    difference = np.abs(changed.score_samples(images) - base).max()
+    assert difference > 0.01 * np.abs(base).max()
+
+
+def test_optimizer_settings_reach_the_net():
+    det = GANomaly(**FAST, lr=1e-3, lr_d=5e-4, beta1=0.3).fit(bar_images(40, size=8))
+    group_g = det.net_.optimizer_.param_groups[0]
+    group_d = det.net_.optimizer_d_.param_groups[0]
+    assert (group_g["lr"], group_d["lr"]) == (1e-3, 5e-4)
+    assert group_g["betas"] == group_d["betas"] == (0.3, 0.999)
+    assert det.net_.reinit_discriminator_below == 1e-5
+
+
+def test_tabular_uses_mlps():
+    X = np.random.default_rng(0).normal(size=(50, 6))
+    det = GANomaly(**FAST).fit(X)
+    module = det.net_.module_
+    assert module.encoder[0].in_features == 6
+    assert module.decoder[-1].out_features == 6
+    with pytest.raises(ValueError, match="tabular"):
+        det.anomaly_map(X)
+
+
+def test_grid_search_scores_and_refits_on_inliers_only():
+    rng = np.random.default_rng(0)
+    inliers = rng.normal(size=(60, 4))
+    outliers = rng.normal(size=(15, 4)) * 2 + 6
+    X = np.vstack([inliers, outliers])
+    y = np.r_[np.ones(60, dtype=int), -np.ones(15, dtype=int)]
+    search = GridSearchCV(
+        GANomaly(**FAST),
+        {"w_con": [10, 50], "w_adv": [0.5, 1]},
+        scoring="roc_auc",
+        cv=StratifiedKFold(3),
+    ).fit(X, y)
+    assert search.cv_results_["mean_test_score"].shape == (4,)
+    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
+    # the refit trained on the inliers alone
+    alone = clone(search.best_estimator_).fit(inliers)
+    np.testing.assert_array_equal(
+        search.best_estimator_.score_samples(X), alone.score_samples(X)
+    )
+
+
+def test_pickle_and_random_state_reproduce_scores():
+    images = bar_images(40, size=8)
+    det = GANomaly(**FAST).fit(images)
+    scores = det.score_samples(images)
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(det)).score_samples(images), scores
+    )
+    np.testing.assert_array_equal(
+        GANomaly(**FAST).fit(images).score_samples(images), scores
+    )
+    other = GANomaly(**{**FAST, "random_state": 1}).fit(images)
+    assert not np.allclose(other.score_samples(images), scores)
+
+
+@pytest.mark.cuda
+def test_trains_and_scores_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    images = bar_images(64, size=16)
+    det = GANomaly(**{**FAST, "device": "cuda"}).fit(images)
+    assert next(det.net_.module_.parameters()).is_cuda
+    assert next(det.net_.discriminator_.parameters()).is_cuda
+    scores = det.score_samples(images)
+    assert scores.shape == (64,) and np.all(np.isfinite(scores))
+    assert det.anomaly_map(images).shape == (64, 16, 16)
