@@ -271,7 +271,6 @@ def write_api_page(path):
                     lines += [
                         ".. autosummary::",
                         "   :toctree: generated/",
-                        f"   :template: {group}.rst",
                         "",
                         *[f"   {name}" for name in members],
                         "",
@@ -373,6 +372,20 @@ def _quote_fitted_names_in_shapes(app, what, name, obj, options, lines):
             )
 
 
+def _skip_scikit_learn_members(app, what, name, obj, skip, options):
+    """Leave out methods inherited from scikit-learn (get_params, routing...).
+
+    They are documented by scikit-learn, and their docstrings point to
+    labels of scikit-learn's own documentation.
+    """
+    if what == "class" and (getattr(obj, "__module__", None) or "").startswith(
+        "sklearn."
+    ):
+        return True
+    return None
+
+
 def setup(app):
     # before numpydoc (priority 500) turns the sections into reST
     app.connect("autodoc-process-docstring", _quote_fitted_names_in_shapes, 100)
+    app.connect("autodoc-skip-member", _skip_scikit_learn_members)
