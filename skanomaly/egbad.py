@@ -76,8 +76,9 @@ class EGBAD(BaseGANDetector):
     ``beta1=0.5``, batch size 100 (MNIST; 50 on KDD99), latent size 200
     for images and 32 for tabular data, discriminator dropout, and an
     exponential moving average (0.999) of the weights at evaluation. With
-    that learning rate training is slow: the default ``max_epochs=100``
-    reflects it, and ``lr=1e-4`` trains in fewer epochs.
+    that learning rate training is slow, hence ``max_epochs=100``; a larger
+    ``lr`` (say 1e-4) moves faster, with the usual risk of an unstable
+    adversarial game.
 
     Parameters
     ----------

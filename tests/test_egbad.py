@@ -20,6 +20,16 @@ def test_egbad_conformance(estimator, check):
     check(estimator)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # the networks here are tiny: a second thread only adds synchronisation,
+    # which costs minutes on a machine shared with other jobs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _images(n=40, shape=(1, 8, 8), seed=0):
     rng = np.random.default_rng(seed)
     return rng.random((n, *shape), dtype=np.float32)
