@@ -103,7 +103,8 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
-html_sidebars = {"index": [], "benchmarks": []}
+# pages without sub-pages: no empty "Section Navigation" column
+html_sidebars = {"index": [], "getting_started": [], "plugins": []}
 
 # -- MyST (benchmark tables are markdown) ------------------------------------
 
