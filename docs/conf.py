@@ -297,11 +297,12 @@ def _benchmark_script(results, text):
 
 
 def _regenerate_command(script):
-    """The ``Run::`` or ``Usage::`` block of a benchmark script's docstring."""
+    """The first literal block of a script's docstring that runs python."""
     text = script.read_text(encoding="utf-8")
-    match = re.search(r"(?:Run|Usage)::\n\n((?:    .*\n?)+)", text)
-    if match:
-        return "\n".join(line[4:] for line in match.group(1).splitlines())
+    for block in re.findall(r"::\n\n((?:    .*\n?|\n)+)", text):
+        lines = [line[4:] for line in block.rstrip().splitlines()]
+        if any("python" in line for line in lines):
+            return "\n".join(lines)
     return None
 
 
@@ -328,6 +329,8 @@ def write_benchmark_pages(folder):
             page += ["```bash", command, "```", ""]
         else:
             page += [f"From {where}; its commands are given with each table.", ""]
+        if not re.search(r"machine|\bcpu|\bgpu|cores?\b|nvidia", text, re.I):
+            page += ["*This results file does not say which machine it ran on.*", ""]
         page += [
             f"```{{include}} {relative}",
             f":start-line: {first + 1}" if heading else ":heading-offset: 1",
