@@ -1,0 +1,217 @@
+"""Skip-GANomaly detector (Akcay, Atapour-Abarghouei and Breckon, IJCNN 2019)."""
+
+from numbers import Real
+
+from sklearn.utils._param_validation import Interval
+
+from ._gan_detector import BaseGANDetector
+from .nn.unet import SkipGANomalyDiscriminator, SkipGANomalyLoss, UNetGenerator
+
+__all__ = ["SkipGANomaly"]
+
+
+class SkipGANomaly(BaseGANDetector):
+    """Skip-GANomaly: an adversarially trained U-Net with skip connections.
+
+    The generator is a U-Net (pix2pix style, BatchNorm, no dropout) that
+    reconstructs x as x_hat. The discriminator is a DCGAN encoder to a
+    ``latent_dim``-channel feature map f, with a linear real/fake classifier
+    on f. Training, on inliers, minimises for the generator
+
+    ``w_adv * BCE(D(x_hat), 1) + w_con * mean(|x - x_hat|)
+    + w_lat * mean((f(x) - f(x_hat))**2)``
+
+    and for the discriminator ``BCE(D(x), 1) + BCE(D(x_hat), 0)``, one
+    update of each per batch (:class:`~skanomaly.nets.AdversarialNet`); the
+    discriminator is re-initialised when its loss falls below
+    ``reinit_discriminator_below``, as in the authors' code. Deviations from
+    the authors' code: no (uninitialised) noise is added to the generator
+    input, and the latent term is not added to the discriminator loss.
+
+    The anomaly score is ``score_lambda * mean((x - x_hat)**2)
+    + (1 - score_lambda) * mean((f(x) - f(x_hat))**2)``; ``score_samples``
+    returns its negative (no min-max scaling over the test set).
+
+    Image sizes: the U-Net halves the resolution while both sides are even,
+    down to 1x1 (32x32 has 5 levels, as in the authors' code; 28x28 has 2
+    and a 7x7 bottleneck). It needs at least two halvings, so height and
+    width must be multiples of 4; other sizes raise a ``ValueError`` in
+    ``fit`` (pad or resize them in a preceding pipeline step). Tabular rows
+    (standardised) use an MLP "U-Net": linear layers of ``hidden_sizes``
+    down to a ``latent_dim`` bottleneck and back, each hidden layer's output
+    concatenated to the input of its mirrored decoder layer, and an MLP
+    discriminator.
+
+    Parameters
+    ----------
+    latent_dim : int, default=100
+        Channels of the discriminator's feature map f (nz); for rows also the
+        U-Net bottleneck width.
+    base_channels : int, default=64
+        Channels of the first level of the U-Net (ngf) and of the
+        discriminator (ndf); doubled per level (the U-Net up to 8x). Unused
+        for tabular data.
+    hidden_sizes : tuple of int, default=(64, 32)
+        Hidden widths of the tabular U-Net and discriminator (at least one).
+        Unused for images.
+    w_adv : float, default=1.0
+        Weight of the adversarial BCE term.
+    w_con : float, default=50.0
+        Weight of the contextual (L1 reconstruction) term (the paper's text
+        gives 40, the authors' code 50).
+    w_lat : float, default=1.0
+        Weight of the latent (discriminator feature) term.
+    score_lambda : float, default=0.9
+        Weight λ of the reconstruction error in the anomaly score.
+    reinit_discriminator_below : float or None, default=1e-5
+        Re-initialise the discriminator when its loss on a batch falls below
+        this value; ``None`` never does.
+    lr : float, default=2e-4
+        Adam learning rate of the generator (and of the discriminator unless
+        ``lr_d`` is given).
+    lr_d : float or None, default=None
+        Adam learning rate of the discriminator; ``None`` uses ``lr``.
+    beta1 : float, default=0.5
+        Adam's first-moment decay for both optimizers.
+    batch_size : int, default=64
+        Training and scoring batch size.
+    max_epochs : int, default=15
+        Training epochs.
+    device : str or torch.device, default='cpu'
+        Where to train and score, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation and shuffling; an int makes scores
+        reproducible.
+    verbose : int, default=0
+        If > 0, print skorch's epoch log and a progress bar.
+    callbacks : list of skorch callbacks or None, default=None
+        Extra skorch callbacks.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.base.BaseDetector`.
+
+    Attributes
+    ----------
+    net_ : skanomaly.nets.AdversarialNet
+        The trained net: ``net_.module_`` is the U-Net,
+        ``net_.discriminator_`` the discriminator; ``net_.history`` holds
+        the generator (``train_loss``) and discriminator (``train_loss_d``)
+        losses.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+        Number of features (channels x height x width for images).
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+    image_shape_ : tuple or None
+        ``(channels, height, width)`` of the training images, ``None`` for
+        tabular data.
+    input_center_, input_scale_ : ndarray
+        Input scaling fitted on the training data.
+
+    See Also
+    --------
+    GANomaly : encoder-decoder-encoder generator, latent score.
+
+    References
+    ----------
+    S. Akcay, A. Atapour-Abarghouei and T. P. Breckon, "Skip-GANomaly: Skip
+    Connected and Adversarially Trained Encoder-Decoder Anomaly Detection",
+    IJCNN 2019.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from skanomaly import SkipGANomaly
+    >>> X, y = load_digits(return_X_y=True)
+    >>> images = X.reshape(-1, 8, 8)  # digit 0 is the anomaly
+    >>> det = SkipGANomaly(latent_dim=16, base_channels=8, max_epochs=3,
+    ...                    random_state=0).fit(images[y != 0])
+    >>> det.score_samples(images[:4]).shape
+    (4,)
+    >>> det.anomaly_map(images[:2]).shape
+    (2, 8, 8)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseGANDetector._parameter_constraints,
+        "w_adv": [Interval(Real, 0, None, closed="left")],
+        "w_con": [Interval(Real, 0, None, closed="left")],
+        "w_lat": [Interval(Real, 0, None, closed="left")],
+        "score_lambda": [Interval(Real, 0, 1, closed="both")],
+        "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
+    }
+    _fast_test_params = {
+        "latent_dim": 4,
+        "base_channels": 4,
+        "hidden_sizes": (8,),
+        "max_epochs": 2,
+        "batch_size": 32,
+    }
+
+    def __init__(
+        self,
+        *,
+        latent_dim=100,
+        base_channels=64,
+        hidden_sizes=(64, 32),
+        w_adv=1.0,
+        w_con=50.0,
+        w_lat=1.0,
+        score_lambda=0.9,
+        reinit_discriminator_below=1e-5,
+        lr=2e-4,
+        lr_d=None,
+        beta1=0.5,
+        batch_size=64,
+        max_epochs=15,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.latent_dim = latent_dim
+        self.base_channels = base_channels
+        self.hidden_sizes = hidden_sizes
+        self.w_adv = w_adv
+        self.w_con = w_con
+        self.w_lat = w_lat
+        self.score_lambda = score_lambda
+        self.reinit_discriminator_below = reinit_discriminator_below
+        self.lr = lr
+        self.lr_d = lr_d
+        self.beta1 = beta1
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def _make_net(self, input_shape):
+        return self._adversarial_net(
+            UNetGenerator,
+            SkipGANomalyDiscriminator,
+            SkipGANomalyLoss,
+            input_shape,
+            reinit_discriminator_below=self.reinit_discriminator_below,
+            module__base_channels=self.base_channels,
+            module__hidden_sizes=tuple(self.hidden_sizes),
+            module__latent_dim=self.latent_dim,
+            discriminator__latent_dim=self.latent_dim,
+            criterion__w_adv=self.w_adv,
+            criterion__w_con=self.w_con,
+            criterion__w_lat=self.w_lat,
+        )
+
+    def _reconstruct(self, net, X_batch):
+        return net.module_(X_batch)
+
+    def _score_batch(self, net, X_batch):
+        X_hat = net.module_(X_batch)
+        features = net.discriminator_.features
+        reconstruction = ((X_batch - X_hat) ** 2).flatten(1).mean(dim=1)
+        latent = ((features(X_batch) - features(X_hat)) ** 2).mean(dim=1)
+        lam = self.score_lambda
+        return lam * reconstruction + (1 - lam) * latent
