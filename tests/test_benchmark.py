@@ -1,0 +1,188 @@
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skanomaly import benchmark, registry
+from skanomaly.base import BaseDetector
+from skanomaly.benchmark import (
+    BenchmarkResult,
+    format_results,
+    load_benchmark_datasets,
+    run_benchmark,
+)
+
+
+class _Boom(BaseDetector):
+    def _fit(self, X):
+        raise RuntimeError("boom in fit")
+
+    def _score_samples(self, X):  # pragma: no cover - never fitted
+        return np.zeros(len(X))
+
+
+class _TabularOnly(BaseDetector):
+    """Distance to the training mean; refuses images."""
+
+    def _fit(self, X):
+        if X.ndim != 2:
+            raise ValueError("tabular data only")
+        self.mean_ = X.mean(axis=0)
+
+    def _score_samples(self, X):
+        return -((X - self.mean_) ** 2).sum(axis=1)
+
+
+class _MeanImage(BaseDetector):
+    """Distance to the mean training image (any input)."""
+
+    def __init__(self, max_epochs=1, random_state=None, contamination="auto"):
+        super().__init__(contamination=contamination)
+        self.max_epochs = max_epochs
+        self.random_state = random_state
+
+    def _fit(self, X):
+        self.mean_ = X.mean(axis=0)
+
+    def _score_samples(self, X):
+        return -((X - self.mean_) ** 2).reshape(len(X), -1).sum(axis=1)
+
+
+_FAKES = {"boom": _Boom, "tabular_only": _TabularOnly, "mean_image": _MeanImage}
+
+
+@pytest.fixture
+def fake_registry(monkeypatch):
+    """Detectors defined here, found through the registry functions."""
+
+    def get_detector(name):
+        if name not in _FAKES:
+            raise ValueError(f"Unknown detector {name!r}.")
+        return _FAKES[name]
+
+    def make_detector(name, **params):
+        return get_detector(name)(**params)
+
+    monkeypatch.setattr(registry, "get_detector", get_detector)
+    monkeypatch.setattr(registry, "make_detector", make_detector)
+    monkeypatch.setattr(
+        registry, "list_detectors", lambda: ["boom", "deep_mahalanobis", "mean_image"]
+    )
+
+
+def test_digits_datasets_follow_the_one_class_protocol():
+    datasets = load_benchmark_datasets(normal_classes=(0, 7), seed=1)
+    assert [name for name, *_ in datasets] == ["digit 0", "digit 7"]
+    for _, X_train, X_test, y_test in datasets:
+        assert X_train.shape[1:] == (1, 8, 8) and X_test.shape[1:] == (1, 8, 8)
+        # held-out normal samples + all samples of the nine other digits
+        assert len(X_train) + len(X_test) == 1797
+        assert 0 < (y_test == 1).sum() < 0.15 * len(y_test)
+        assert set(np.unique(y_test)) == {-1, 1}
+
+
+def test_make_passes_epochs_seed_and_silences():
+    detector = benchmark._make("autoencoder", 3, 7)
+    assert detector.max_epochs == 3
+    assert detector.random_state == 7
+    assert detector.verbose == 0
+
+
+def test_a_failing_detector_is_reported_and_others_still_run(fake_registry):
+    results = run_benchmark(
+        ["boom", "mean_image"], epochs=2, normal_classes=[0, 1], progress=False
+    )
+    boom, mean_image = results
+    assert boom.status == "failed" and "RuntimeError: boom in fit" in boom.note
+    assert math.isnan(boom.auroc)
+    assert mean_image.status == "ok"
+    assert set(mean_image.aurocs) == {"digit 0", "digit 1"}
+    # the mean digit 0 is far from most other digits
+    assert mean_image.aurocs["digit 0"] > 0.8
+    assert mean_image.auroc == pytest.approx(np.mean(list(mean_image.aurocs.values())))
+    assert mean_image.fit_seconds >= 0 and mean_image.score_seconds > 0
+
+
+def test_a_detector_that_refuses_images_gets_features(fake_registry):
+    (result,) = run_benchmark(["tabular_only"], normal_classes=[0], progress=False)
+    assert result.status == "ok"
+    assert result.note == "64 pixels as features; on images: tabular data only"
+
+
+def test_default_run_skips_detectors_needing_weights(fake_registry):
+    results = run_benchmark(normal_classes=[0], progress=False)
+    by_name = {r.detector: r for r in results}
+    assert list(by_name) == ["boom", "deep_mahalanobis", "mean_image"]
+    assert by_name["deep_mahalanobis"].status == "skipped"
+    assert "weights" in by_name["deep_mahalanobis"].note
+    assert by_name["mean_image"].status == "ok"
+
+
+def test_unknown_detector_fails_before_training(fake_registry):
+    with pytest.raises(ValueError, match="Unknown detector 'nope'"):
+        run_benchmark(["mean_image", "nope"], progress=False)
+
+
+def test_real_detector_on_digits_and_threads_restored():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    (result,) = run_benchmark(
+        ["autoencoder"], epochs=1, normal_classes=[0], threads=1, progress=False
+    )
+    assert torch.get_num_threads() == before
+    assert result.status == "ok", result.note
+    assert 0.0 <= result.auroc <= 1.0 and result.note == ""
+
+
+def _mvtec_category(root, rng, size=(12, 16)):
+    """A category: dark good images, defects with a bright square."""
+    for sub in ["train/good", "test/good", "test/scratch"]:
+        (root / sub).mkdir(parents=True)
+    for i in range(6):
+        pixels = rng.integers(0, 40, size, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "train/good" / f"{i:03d}.png")
+    for i in range(3):
+        pixels = rng.integers(0, 40, size, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "test/good" / f"{i:03d}.png")
+        pixels[2:8, 2:8] = 255
+        Image.fromarray(pixels).save(root / "test/scratch" / f"{i:03d}.png")
+
+
+def test_mvtec_data_one_category_or_a_folder_of_them(tmp_path, fake_registry):
+    rng = np.random.default_rng(0)
+    _mvtec_category(tmp_path / "bottle", rng)
+    _mvtec_category(tmp_path / "cable", rng)
+    (single,) = run_benchmark(
+        ["mean_image"], data=tmp_path / "bottle", image_size=8, progress=False
+    )
+    assert single.aurocs == {"bottle": 1.0}
+    (both,) = run_benchmark(["mean_image"], data=tmp_path, progress=False)
+    assert set(both.aurocs) == {"bottle", "cable"}
+    datasets = load_benchmark_datasets(tmp_path / "cable", image_size=(4, 6))
+    (name, X_train, X_test, y_test) = datasets[0]
+    assert X_train.shape == (6, 1, 4, 6) and X_test.shape == (6, 1, 4, 6)
+    assert y_test.tolist() == [1, 1, 1, -1, -1, -1]
+
+
+def test_mvtec_data_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_benchmark_datasets(tmp_path / "missing")
+    with pytest.raises(ValueError, match="MVTec AD layout"):
+        load_benchmark_datasets(tmp_path)
+
+
+def test_format_results_marks_failures_and_skips():
+    table = format_results(
+        [
+            BenchmarkResult("vae", "ok", 0.91234, 0.02, 1.234, 0.056),
+            BenchmarkResult("gan", "failed", note="RuntimeError: boom"),
+            BenchmarkResult("deep", "skipped", note="needs weights"),
+        ]
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == "detector AUROC std fit s score s note".split()
+    assert lines[1].split() == ["vae", "0.912", "0.020", "1.23", "0.06"]
+    assert lines[2].split()[:2] == ["gan", "failed"]
+    assert lines[2].endswith("RuntimeError: boom")
+    assert lines[3].split()[:2] == ["deep", "skipped"]
