@@ -255,3 +255,19 @@ def test_scorers_pickle(fitted, name):
     y = y_anomaly if name.startswith("anomaly") else to_outlier_labels(y_anomaly)
     scorer = get_scorer(name)
     assert pickle.loads(pickle.dumps(scorer))(det, X, y) == scorer(det, X, y)
+
+
+def test_scorers_work_with_scikit_learn_detectors():
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y_anomaly = (rng.random(200) < 0.15).astype(int)
+    X[y_anomaly == 1] += 1.5
+    det = IsolationForest(random_state=0).fit(X[y_anomaly == 0])
+    manual = roc_auc_score(y_anomaly, -det.decision_function(X))
+    assert 0.7 < manual < 1.0
+    assert get_scorer("anomaly_roc_auc")(det, X, y_anomaly) == pytest.approx(manual)
+    assert get_scorer("outlier_roc_auc")(
+        det, X, to_outlier_labels(y_anomaly)
+    ) == pytest.approx(manual)
