@@ -17,7 +17,8 @@ of the best and the worst grid point. Needs the ``distributed`` extra::
     python benchmarks/grid_search_dask.py --workers 2 --out result.json
 
 The cluster start-up (spawning the workers) is timed separately from the
-searches. On a machine shared with other work the numbers move with its
+searches; the CPU seconds of every process (client and workers) are recorded
+next to the wall times. On a machine shared with other work the numbers move with its
 load; the 1-minute load average before and after is recorded.
 """
 
@@ -62,10 +63,26 @@ def example_search(n_jobs):
     return search, X, to_outlier_labels(is_anomaly_dev)
 
 
+def cpu_seconds():
+    """CPU time of this process and its children (the cluster's workers)."""
+    import psutil  # a dependency of distributed
+
+    total = 0.0
+    process = psutil.Process()
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def timed_fit(search, X, y):
-    start = time.perf_counter()
+    """Wall and CPU seconds (all processes) of ``search.fit(X, y)``."""
+    cpu, start = cpu_seconds(), time.perf_counter()
     search.fit(X, y)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - cpu
 
 
 def main():
@@ -91,9 +108,10 @@ def main():
     sequential, X, y = example_search(n_jobs=1)
     type(sequential.estimator)(max_epochs=1).fit(X[:32])
 
-    seconds_sequential = timed_fit(sequential, X, y)
+    seconds_sequential, cpu_sequential = timed_fit(sequential, X, y)
     print(
-        f"n_jobs=1 ({args.torch_threads} torch thread(s)): {seconds_sequential:.1f} s"
+        f"n_jobs=1 ({args.torch_threads} torch thread(s)): "
+        f"{seconds_sequential:.1f} s ({cpu_sequential:.1f} s CPU)"
     )
 
     start = time.perf_counter()
@@ -111,12 +129,15 @@ def main():
         print(
             f"LocalCluster start-up ({args.workers} workers): {seconds_startup:.1f} s"
         )
-        timings = {}
+        timings, cpu = {}, {}
         with joblib.parallel_config(backend="dask"):
             for run in ("cold", "warm"):
                 search, _, _ = example_search(n_jobs=-1)
-                timings[run] = timed_fit(search, X, y)
-                print(f"LocalCluster search, {run} workers: {timings[run]:.1f} s")
+                timings[run], cpu[run] = timed_fit(search, X, y)
+                print(
+                    f"LocalCluster search, {run} workers: {timings[run]:.1f} s "
+                    f"({cpu[run]:.1f} s CPU, client and workers)"
+                )
         worker_threads = sorted(set(client.run(torch.get_num_threads).values()))
 
     np.testing.assert_allclose(
@@ -143,6 +164,9 @@ def main():
         "seconds_cluster_startup": seconds_startup,
         "seconds_cluster_cold": timings["cold"],
         "seconds_cluster_warm": timings["warm"],
+        "cpu_seconds_n_jobs_1": cpu_sequential,
+        "cpu_seconds_cluster_cold": cpu["cold"],
+        "cpu_seconds_cluster_warm": cpu["warm"],
         "results_equal": True,
         "best": {"params": params[best], "cv_auroc": float(scores[best])},
         "worst": {"params": params[worst], "cv_auroc": float(scores[worst])},
