@@ -17,6 +17,7 @@ __all__ = [
     "list_image_files",
     "load_digits_novelty",
     "load_image_folder",
+    "load_labelled_image_folder",
     "load_mvtec_category",
 ]
 
@@ -103,7 +104,7 @@ def _decode(image, grayscale, size_hw, resample):
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def _read_images(paths, *, image_size, color_mode, on_error, resample="bilinear"):
+def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
     """Decode ``paths`` into one (n, c, h, w) uint8 array; return it and the kept paths.
 
     A first pass reads only the headers (size and mode) so that the colour
@@ -115,9 +116,7 @@ def _read_images(paths, *, image_size, color_mode, on_error, resample="bilinear"
     _check_choice("color_mode", color_mode, {"auto", "grayscale", "rgb"})
     _check_choice("on_error", on_error, {"raise", "skip"})
     size_hw = _size_hw(image_size)
-    resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.NEAREST}[
-        resample
-    ]
+    resample = Image.Resampling.BILINEAR
     read_errors = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
     def failed(path, exc):
@@ -154,7 +153,11 @@ def _read_images(paths, *, image_size, color_mode, on_error, resample="bilinear"
     channels = 1 if grayscale else 3
     X = np.empty((len(headers), channels, *size_hw), dtype=np.uint8)
     kept = []
-    for path, _, _ in headers:
+    from tqdm.auto import tqdm
+
+    for path, _, _ in tqdm(
+        headers, desc="reading images", unit="img", disable=not progress, leave=False
+    ):
         try:
             with Image.open(path) as image:
                 image.load()
@@ -170,7 +173,13 @@ def _read_images(paths, *, image_size, color_mode, on_error, resample="bilinear"
 
 
 def load_image_folder(
-    folder, *, image_size=None, color_mode="auto", recursive=False, on_error="raise"
+    folder,
+    *,
+    image_size=None,
+    color_mode="auto",
+    recursive=False,
+    on_error="raise",
+    progress=False,
 ):
     """Load every image of a folder as one array.
 
@@ -189,6 +198,8 @@ def load_image_folder(
     on_error : {'raise', 'skip'}, default='raise'
         What to do with a file that cannot be decoded: raise a ``ValueError``
         naming it, or skip it with a ``UserWarning`` naming it.
+    progress : bool, default=False
+        Show a progress bar (tqdm, on stderr) while decoding.
 
     Returns
     -------
@@ -227,9 +238,75 @@ def load_image_folder(
             f"{str(folder)!r}" + ("." if recursive else " (subfolders not searched).")
         )
     X, kept = _read_images(
-        paths, image_size=image_size, color_mode=color_mode, on_error=on_error
+        paths,
+        image_size=image_size,
+        color_mode=color_mode,
+        on_error=on_error,
+        progress=progress,
     )
     return X, [str(path) for path in kept]
+
+
+def load_labelled_image_folder(
+    folder, *, image_size=None, color_mode="auto", on_error="raise", progress=False
+):
+    """Load a folder with one subfolder per kind: ``good`` normal, others anomalous.
+
+    This is the layout of an MVTec AD test split (``test/good``,
+    ``test/<defect>``). Files directly in ``folder`` are ignored.
+
+    Parameters
+    ----------
+    folder : str or path-like
+    image_size, color_mode, on_error, progress
+        As in :func:`load_image_folder`.
+
+    Returns
+    -------
+    X : ndarray of shape (n_images, channels, height, width), dtype uint8
+    y : ndarray of shape (n_images,)
+        +1 for images in ``good``, -1 for the others (the outlier
+        convention).
+    paths : list of str
+        Sorted by subfolder, then file name.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from skanomaly.datasets import load_labelled_image_folder
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for kind in ["good", "good", "hole"]:
+    ...     (folder / kind).mkdir(exist_ok=True)
+    ...     n = len(list((folder / kind).iterdir()))
+    ...     Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / kind / f"{n}.png")
+    >>> X, y, paths = load_labelled_image_folder(folder)
+    >>> y.tolist(), [Path(p).parent.name for p in paths]
+    ([1, 1, -1], ['good', 'good', 'hole'])
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"Image folder {str(folder)!r} {what}.")
+    paths = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        paths += list_image_files(sub)
+    if not paths:
+        raise ValueError(
+            f"No image files in the subfolders of {str(folder)!r} (expected "
+            f"{str(folder / 'good')!r} and one folder per anomaly type)."
+        )
+    X, kept = _read_images(
+        paths,
+        image_size=image_size,
+        color_mode=color_mode,
+        on_error=on_error,
+        progress=progress,
+    )
+    y = np.array([1 if path.parent.name == "good" else -1 for path in kept])
+    return X, y, [str(path) for path in kept]
 
 
 def _read_masks(mask_paths, image_paths, size_hw):
@@ -265,6 +342,7 @@ def load_mvtec_category(
     color_mode="auto",
     return_masks=False,
     on_error="raise",
+    progress=False,
 ):
     """Load one category of a dataset in the MVTec AD folder layout.
 
@@ -286,6 +364,8 @@ def load_mvtec_category(
         Also return the pixel masks (all False for normal images).
     on_error : {'raise', 'skip'}, default='raise'
         As in :func:`load_image_folder`.
+    progress : bool, default=False
+        Show a progress bar while decoding.
 
     Returns
     -------
@@ -330,34 +410,26 @@ def load_mvtec_category(
             f"No {split!r} folder in {str(root)!r}: expected the MVTec AD layout "
             f"{str(root / 'train' / 'good')!r} and {str(root / 'test')!r}/<defect>."
         )
-    paths, labels, defects = [], [], []
-    for sub in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        files = list_image_files(sub)
-        paths += files
-        labels += [1 if sub.name == "good" else -1] * len(files)
-        defects += [sub.name] * len(files)
-    if not paths:
-        raise ValueError(
-            f"No image files in the subfolders of {str(split_dir)!r} (expected "
-            f"{str(split_dir / 'good')!r} and one folder per defect type)."
-        )
-    X, kept = _read_images(
-        paths, image_size=image_size, color_mode=color_mode, on_error=on_error
+    X, y, paths = load_labelled_image_folder(
+        split_dir,
+        image_size=image_size,
+        color_mode=color_mode,
+        on_error=on_error,
+        progress=progress,
     )
-    index = {path: i for i, path in enumerate(paths)}
-    rows = np.fromiter((index[path] for path in kept), dtype=np.intp, count=len(kept))
-    y = np.asarray(labels, dtype=int)[rows]
-    kept_str = [str(path) for path in kept]
     if not return_masks:
-        return X, y, kept_str
+        return X, y, paths
     mask_paths = [
         None
-        if defects[i] == "good"
-        else root / "ground_truth" / defects[i] / f"{paths[i].stem}_mask.png"
-        for i in rows
+        if label == 1
+        else root
+        / "ground_truth"
+        / Path(path).parent.name
+        / f"{Path(path).stem}_mask.png"
+        for path, label in zip(paths, y)
     ]
-    masks = _read_masks(mask_paths, kept, X.shape[2:])
-    return X, y, kept_str, masks
+    masks = _read_masks(mask_paths, paths, X.shape[2:])
+    return X, y, paths, masks
 
 
 def load_digits_novelty(
