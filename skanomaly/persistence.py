@@ -33,8 +33,9 @@ stored the same way, recursively. Two hooks cover other state:
   the attribute walk altogether; the first returns a dict of storable values
   (``state_dict()``s are fine), the second receives it, decoded, on load.
 
-Optimizer states are not stored (a loaded detector scores and predicts
-exactly as the saved one; refitting starts afresh). Parameters that the
+Optimizer states are not stored and a loaded skorch net has no optimizers
+(a loaded detector scores and predicts exactly as the saved one; ``fit``
+builds a new net as always). Parameters that the
 format cannot store, such as a list of skorch callback objects, make
 ``save`` fail with a message naming them.
 
@@ -547,7 +548,7 @@ class _Reader:
         net = owner._make_net(tuple(encoded["input_shape"]))
         # building a net draws its initial weights: keep the caller's stream
         with torch.random.fork_rng(devices=[]):
-            net.initialize()
+            _initialize_without_optimizers(net)
         for name, module_state in encoded["modules"].items():
             module = getattr(net, f"{name}_", None)
             if module is None:
@@ -591,6 +592,27 @@ class _Reader:
             net = self.net(estimator, net_state, f"{cls.__name__}.{attr}")
             setattr(estimator, attr, net)
         return estimator
+
+
+# NeuralNet.initialize() without its optimizer step: scoring needs the
+# modules only, and creating a torch optimizer imports torch._dynamo, which
+# takes seconds. The net was validated when it was fitted.
+_INIT_STEPS = (
+    "_initialize_virtual_params",
+    "_initialize_callbacks",
+    "_initialize_module",
+    "_initialize_criterion",
+    "_initialize_history",
+)
+
+
+def _initialize_without_optimizers(net):
+    if not all(callable(getattr(net, step, None)) for step in _INIT_STEPS):
+        net.initialize()  # another skorch: the complete initialisation
+        return
+    for step in _INIT_STEPS:
+        getattr(net, step)()
+    net.initialized_ = True
 
 
 def _flat(nested):
