@@ -7,8 +7,10 @@ line syntax errors); ``--debug`` shows the full traceback instead.
 """
 
 import argparse
+import ast
 import sys
 import warnings
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -47,6 +49,116 @@ def _name_list(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _image_size(text):
+    """'64' or '64x48' (height x width)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 64 or 64x48 (height x width), got {text!r}"
+        )
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+_LITERALS = {"true": True, "false": False, "none": None, "null": None}
+
+
+def _parse_value(text):
+    """A Python literal (int, float, tuple, list, None, True...) or the string."""
+    if text.strip().lower() in _LITERALS:
+        return _LITERALS[text.strip().lower()]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _param(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), _parse_value(value)
+
+
+def _show_progress():
+    """Progress bars only on a terminal: logs and pipes get the results alone."""
+    return sys.stderr.isatty()
+
+
+def _load_data(path, *, image_size, color_mode, recursive, on_error):
+    """Images of a folder, or the rows of a .npy file; returns (X, names)."""
+    import numpy as np
+
+    from .datasets import load_image_folder
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy" and path.is_file():
+        X = np.load(path, allow_pickle=False)
+        return X, [f"{path}[{i}]" for i in range(len(X))]
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist.")
+    if not path.is_dir():
+        raise ValueError(
+            f"{str(path)!r} is neither a folder of images nor a .npy array file."
+        )
+    return load_image_folder(
+        path,
+        image_size=image_size,
+        color_mode=color_mode,
+        recursive=recursive,
+        on_error=on_error,
+        progress=_show_progress(),
+    )
+
+
+def _model_input(detector, path, *, recursive, on_error):
+    """Data for a fitted detector: images resized to its training shape."""
+    image_shape = getattr(detector, "image_shape_", None)
+    if image_shape is None:
+        if Path(path).is_dir():
+            raise ValueError(
+                f"the model was fitted on tabular data; give a .npy array, not the "
+                f"folder {str(path)!r}."
+            )
+        return _load_data(
+            path, image_size=None, color_mode="auto", recursive=False, on_error=on_error
+        )
+    channels, height, width = image_shape
+    color = {1: "grayscale", 3: "rgb"}.get(channels)
+    if color is None and Path(path).is_dir():
+        raise ValueError(f"the model was fitted on {channels}-channel images.")
+    return _load_data(
+        path,
+        image_size=(height, width),
+        color_mode=color,
+        recursive=recursive,
+        on_error=on_error,
+    )
+
+
+def _decisions(detector, X):
+    """decision_function over chunks with a progress bar; labels follow from it."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    chunk = 512
+    starts = range(0, len(X), chunk)
+    parts = [
+        detector.decision_function(X[start : start + chunk])
+        for start in tqdm(
+            starts,
+            desc="scoring",
+            unit="chunk",
+            leave=False,
+            disable=not _show_progress(),
+        )
+    ]
+    decision = np.concatenate(parts) if parts else np.empty(0)
+    return decision, np.where(decision < 0, -1, 1)
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -70,6 +182,118 @@ def _cmd_list(args):
     return 0
 
 
+def _cmd_fit(args):
+    from .persistence import save
+    from .registry import make_detector
+
+    params = dict(args.param)
+    detector = make_detector(args.detector, **params)
+    names = detector.get_params(deep=False)
+    show_log = args.verbose or (_show_progress() and not args.quiet)
+    if "verbose" in names and "verbose" not in params and show_log:
+        detector.set_params(verbose=1)
+    detector._validate_params()  # bad values fail before reading any image
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"Output folder {str(out.parent)!r} does not exist.")
+    X, files = _load_data(
+        args.data,
+        image_size=args.image_size,
+        color_mode=args.color_mode,
+        recursive=args.recursive,
+        on_error="skip" if args.skip_unreadable else "raise",
+    )
+    detector.fit(X)
+    if "verbose" in names and "verbose" not in params:
+        detector.set_params(verbose=0)  # the saved model keeps the default
+    save(detector, out)
+    shape = "x".join(map(str, X.shape[1:]))
+    print(
+        f"Fitted {type(detector).__name__} on {len(X)} samples of shape {shape}; "
+        f"saved to {out}."
+    )
+    return 0
+
+
+def _cmd_score(args):
+    import csv
+
+    from .persistence import load
+
+    detector = load(args.model, device=args.device)
+    X, files = _model_input(
+        detector,
+        args.data,
+        recursive=not args.no_recursive,
+        on_error="skip" if args.skip_unreadable else "raise",
+    )
+    decision, labels = _decisions(detector, X)
+    out = open(args.csv, "w", newline="") if args.csv else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "score", "label"])
+        writer.writerows(
+            (name, repr(float(score)), int(label))
+            for name, score, label in zip(files, decision, labels)
+        )
+    finally:
+        if args.csv:
+            out.close()
+    if args.csv:
+        print(
+            f"Scored {len(files)} samples, {int((labels == -1).sum())} predicted "
+            f"anomalous; wrote {args.csv}."
+        )
+    return 0
+
+
+def _cmd_evaluate(args):
+    import numpy as np
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    from .datasets import load_labelled_image_folder
+    from .persistence import load
+
+    detector = load(args.model, device=args.device)
+    image_shape = getattr(detector, "image_shape_", None)
+    if image_shape is None:
+        raise ValueError("evaluate needs a model fitted on images.")
+    folder = Path(args.data)
+    if (folder / "test").is_dir() and not (folder / "good").is_dir():
+        folder = folder / "test"  # an MVTec category root
+    X, y, files = load_labelled_image_folder(
+        folder,
+        image_size=tuple(image_shape[1:]),
+        color_mode={1: "grayscale", 3: "rgb"}.get(image_shape[0], "rgb"),
+        on_error="skip" if args.skip_unreadable else "raise",
+        progress=_show_progress(),
+    )
+    if len(np.unique(y)) < 2:
+        raise ValueError(
+            f"{str(folder)!r} needs both normal images (in 'good') and anomalous "
+            "ones (in other subfolders) to evaluate."
+        )
+    decision, labels = _decisions(detector, X)
+    anomalous = y == -1
+    kinds = np.array([Path(name).parent.name for name in files])
+    print(
+        f"{type(detector).__name__} on {folder}: {int((~anomalous).sum())} good, "
+        f"{int(anomalous.sum())} anomalous images"
+    )
+    print(f"AUROC  {roc_auc_score(anomalous, -decision):.4f}")
+    print(f"AP     {average_precision_score(anomalous, -decision):.4f}")
+    f1 = f1_score(anomalous, labels == -1, zero_division=0.0)
+    print(
+        f"F1     {f1:.4f}  (at the model's threshold: {int((labels == -1).sum())} "
+        "predicted anomalous)"
+    )
+    for kind in sorted(set(kinds[anomalous])):
+        rows = (kinds == kind) | ~anomalous
+        auroc = roc_auc_score(anomalous[rows], -decision[rows])
+        print(f"  AUROC good vs {kind}: {auroc:.4f}  ({int((kinds == kind).sum())})")
+    return 0
+
+
 def _cmd_benchmark(args):
     from .benchmark import describe_benchmark, format_results, run_benchmark
 
@@ -85,7 +309,7 @@ def _cmd_benchmark(args):
         image_size=args.image_size,
         seed=args.seed,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=not args.no_progress and _show_progress(),
     )
     print(
         describe_benchmark(
@@ -126,6 +350,110 @@ def _build_parser():
         "their class and the package that provides them.",
     )
     listing.set_defaults(func=_cmd_list)
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a detector on a folder of normal images and save it",
+        description="Fit a registered detector on a folder of (normal) images, "
+        "or on the rows of a .npy array, and save it as a skanomaly model file "
+        "(safe to load: no code runs).",
+    )
+    fit.add_argument("detector", help="registered detector name (skanomaly list)")
+    fit.add_argument("data", help="folder of images, or a .npy array file")
+    fit.add_argument(
+        "-o", "--output", required=True, help="model file to write (e.g. model.ska)"
+    )
+    fit.add_argument(
+        "--param",
+        "-p",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a constructor parameter, repeatable; values are Python literals "
+        "(15, 1e-3, (64, 32), None, true) or else strings",
+    )
+    fit.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="SIZE",
+        help="resize images to SIZE (64 or 64x48, height x width); without it "
+        "all images must have the same size",
+    )
+    fit.add_argument(
+        "--color-mode",
+        choices=["auto", "grayscale", "rgb"],
+        default="auto",
+        help="channels of the images (default: auto, grayscale when every image is)",
+    )
+    fit.add_argument(
+        "--recursive", action="store_true", help="also read images in subfolders"
+    )
+    fit.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip files that cannot be decoded (with a warning) instead of failing",
+    )
+    shown = fit.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--quiet", action="store_true", help="no training log or progress bar"
+    )
+    shown.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the training log even when stderr is not a terminal (by "
+        "default it is shown on a terminal only)",
+    )
+    fit.set_defaults(func=_cmd_fit)
+
+    score = commands.add_parser(
+        "score",
+        help="score images with a saved model (CSV: path, score, label)",
+        description="Score every image under a folder (subfolders included) with "
+        "a saved model; images are resized to the model's training size. "
+        "Writes CSV rows path, score, label: score is the detector's "
+        "decision_function (higher = more normal, negative = predicted "
+        "anomaly) and label is +1 (normal) or -1 (anomaly).",
+    )
+    score.add_argument("model", help="model file written by skanomaly fit")
+    score.add_argument("data", help="folder of images, or a .npy array file")
+    score.add_argument(
+        "--csv", default=None, metavar="PATH", help="write to PATH instead of stdout"
+    )
+    score.add_argument(
+        "--no-recursive", action="store_true", help="do not read subfolders"
+    )
+    score.add_argument(
+        "--device", default=None, help="run on this device (e.g. cpu, cuda)"
+    )
+    score.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip files that cannot be decoded (with a warning) instead of failing",
+    )
+    score.set_defaults(func=_cmd_score)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="AUROC, AP and F1 of a saved model on labelled images",
+        description="Evaluate a saved model on an MVTec-style folder: DATA/good "
+        "holds normal images and every other subfolder anomalies (an MVTec "
+        "category root is read from its test folder). Prints AUROC and AP "
+        "(anomalies positive), F1 at the model's threshold, and the AUROC per "
+        "anomaly type.",
+    )
+    evaluate.add_argument("model", help="model file written by skanomaly fit")
+    evaluate.add_argument("data", help="folder with good/ and one folder per defect")
+    evaluate.add_argument(
+        "--device", default=None, help="run on this device (e.g. cpu, cuda)"
+    )
+    evaluate.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip files that cannot be decoded (with a warning) instead of failing",
+    )
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     bench = commands.add_parser(
         "benchmark",
@@ -181,7 +509,9 @@ def _build_parser():
         "more threads mostly add synchronisation)",
     )
     bench.add_argument(
-        "--no-progress", action="store_true", help="do not show a progress bar"
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is shown only when stderr is a terminal)",
     )
     bench.add_argument(
         "--allow-failures",
