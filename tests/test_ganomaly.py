@@ -123,6 +123,27 @@ def test_losses_follow_the_formulas():
     torch.testing.assert_close(got_d, 0.5 * bce)
 
 
+def test_generator_loss_gives_generator_grads_only():
+    torch.manual_seed(0)
+    gen = GANomalyGenerator((1, 8, 8), latent_dim=3, base_channels=4)
+    disc = Discriminator((1, 8, 8), base_channels=4)
+    X = torch.rand(6, 1, 8, 8) * 2 - 1
+    loss = GANomalyLoss()
+    loss.generator_loss(gen(X), X, disc).backward()
+    # the discriminator is not stepped on this loss: no weight grads for it
+    assert all(p.grad is None for p in disc.parameters())
+    assert all(p.requires_grad for p in disc.parameters())
+    grads = [p.grad.clone() for p in gen.parameters()]
+    # the generator's gradients are those of the plain formula
+    gen.zero_grad()
+    x_hat, z, z_hat = gen(X)
+    adv = ((disc.features(X) - disc.features(x_hat)) ** 2).mean()
+    plain = adv + 50 * (X - x_hat).abs().mean() + ((z - z_hat) ** 2).mean()
+    plain.backward()
+    for got, expected in zip(grads, (p.grad for p in gen.parameters())):
+        torch.testing.assert_close(got, expected)
+
+
 def test_discriminator_is_the_dcgan_critic_with_feature_layer():
     det = GANomaly(**FAST).fit(bar_images(40, size=8))
     disc = det.net_.discriminator_

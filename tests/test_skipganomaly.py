@@ -192,6 +192,16 @@ def test_losses_follow_the_formulas():
     torch.testing.assert_close(loss.discriminator_loss(x_hat, X, critic), bce)
 
 
+def test_generator_loss_gives_generator_grads_only():
+    gen = UNetGenerator((1, 8, 8), base_channels=4)
+    disc = SkipGANomalyDiscriminator((1, 8, 8), latent_dim=3, base_channels=4)
+    X = torch.rand(6, 1, 8, 8) * 2 - 1
+    SkipGANomalyLoss().generator_loss(gen(X), X, disc).backward()
+    assert all(p.grad is None for p in disc.parameters())
+    assert all(p.requires_grad for p in disc.parameters())
+    assert all(p.grad is not None for p in gen.parameters())
+
+
 def test_trains_on_images_and_separates_an_unseen_pattern():
     normal = bar_images(256, seed=0)
     test = np.concatenate([bar_images(64, seed=1), bar_images(64, True, seed=2)])

@@ -4,6 +4,8 @@ Akcay, Atapour-Abarghouei and Breckon, "GANomaly: Semi-Supervised Anomaly
 Detection via Adversarial Training", ACCV 2018.
 """
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,26 @@ from torch import nn
 from .dcgan import ConvDecoder, ConvEncoder, dcgan_init
 from .mlp import MLP
 
-__all__ = ["GANomalyGenerator", "GANomalyLoss"]
+__all__ = ["GANomalyGenerator", "GANomalyLoss", "frozen"]
+
+
+@contextmanager
+def frozen(module):
+    """Build the graph through ``module`` without gradients for its weights.
+
+    The generator's loss runs through the discriminator, but only the
+    generator is stepped on it: the discriminator's weight gradients would
+    be computed for nothing (its optimizer clears them before its own
+    step). Gradients still flow through the module to its input.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class GANomalyGenerator(nn.Module):
@@ -108,7 +129,9 @@ class GANomalyLoss(nn.Module):
         # f(x) does not depend on the generator: no graph needed for it
         with torch.no_grad():
             features_real = discriminator.features(X)
-        adv = ((features_real - discriminator.features(x_hat)) ** 2).mean()
+        with frozen(discriminator):
+            features_fake = discriminator.features(x_hat)
+        adv = ((features_real - features_fake) ** 2).mean()
         con = (X - x_hat).abs().mean()
         enc = ((z - z_hat) ** 2).mean()
         return self.w_adv * adv + self.w_con * con + self.w_enc * enc

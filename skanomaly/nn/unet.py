@@ -18,6 +18,7 @@ from torch import nn
 
 from .dcgan import dcgan_init, downsampling_plan
 from .gan import Discriminator
+from .ganomaly import frozen
 
 __all__ = [
     "SkipGANomalyDiscriminator",
@@ -237,8 +238,9 @@ class SkipGANomalyLoss(nn.Module):
     def generator_loss(self, output, X, discriminator):
         with torch.no_grad():
             features_real = discriminator.features(X)
-        features_fake = discriminator.features(output)
-        logit_fake = discriminator.classify(features_fake)
+        with frozen(discriminator):
+            features_fake = discriminator.features(output)
+            logit_fake = discriminator.classify(features_fake)
         adv = F.binary_cross_entropy_with_logits(
             logit_fake, torch.ones_like(logit_fake)
         )
