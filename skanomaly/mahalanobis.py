@@ -186,6 +186,31 @@ class Mahalanobis(BaseDetector):
                 out[start : start + rows, g] = np.sqrt(np.einsum("ij,ij->j", z, z))
         return out
 
+    def _distances_torch(self, X, device):
+        """``_distances`` in torch float64 on ``device`` (e.g. a GPU).
+
+        For callers whose features come off an accelerator: the same
+        triangular solves, run where the features are.
+        """
+        import torch
+
+        X = torch.as_tensor(X, device=device).double()
+        out = torch.empty((X.shape[0], len(self.groups_)), dtype=torch.float64)
+        out = out.to(device)
+        rows = max(1, _SCORE_BLOCK_BYTES // (8 * max(1, X.shape[1])))
+        location = torch.as_tensor(self.location_, device=device)
+        for g, (columns, factor) in enumerate(
+            zip(self.groups_, self.cholesky_, strict=True)
+        ):
+            columns = torch.as_tensor(columns, device=device)
+            factor = torch.as_tensor(factor, device=device)
+            mean = location[columns]
+            for start in range(0, X.shape[0], rows):
+                centered = X[start : start + rows].index_select(1, columns) - mean
+                z = torch.linalg.solve_triangular(factor, centered.T, upper=False)
+                out[start : start + rows, g] = z.square().sum(dim=0).sqrt()
+        return out.cpu().numpy()
+
     def distances(self, X):
         """Mahalanobis distance of each sample to each group's Gaussian.
 

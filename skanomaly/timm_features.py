@@ -20,6 +20,9 @@ from .nn.backbones import (
 
 __all__ = ["TimmFeatures"]
 
+# Features kept on the accelerator before one copy back to the host.
+_PENDING_BYTES = 64 * 2**20
+
 
 class TimmFeatures(TransformerMixin, BaseEstimator):
     """Images to globally average-pooled features of every level of a timm model.
@@ -245,6 +248,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
             unit="batch",
             disable=not self.verbose,
         )
+        pending, flushed = [], 0
         with torch.inference_mode(), autocast:
             for start in progress:
                 batch = X[start : start + self.batch_size]
@@ -261,10 +265,19 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
                     interpolation=self.interpolation_,
                     in_chans=self.in_chans_,
                 )
-                features = pooled_levels(
-                    model, batch, has_head=self.has_head_, keep=keep
+                pending.append(
+                    pooled_levels(model, batch, has_head=self.has_head_, keep=keep)
                 )
-                out[start : start + len(batch)] = features.float().cpu().numpy()
+                # On an accelerator, copy back every few batches rather than
+                # after each one, so the host does not wait on every batch.
+                done = start + len(batch)
+                if (
+                    device.type == "cpu"
+                    or done == len(X)
+                    or (done - flushed) * out.shape[1] * 4 >= _PENDING_BYTES
+                ):
+                    out[flushed:done] = torch.cat(pending).cpu().numpy()
+                    pending, flushed = [], done
         return out
 
     def get_feature_names_out(self, input_features=None):

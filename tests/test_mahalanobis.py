@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
@@ -120,4 +121,24 @@ def test_digits_pipeline_and_pickle():
     restored = pickle.loads(pickle.dumps(pipe))
     np.testing.assert_array_equal(
         restored.score_samples(test), pipe.score_samples(test)
+    )
+
+
+def test_torch_distances_match_scipy():
+    X = _correlated(50, 6)
+    det = Mahalanobis(groups=[0, 0, 1, 1, 1, 0]).fit(X)
+    X_test = _correlated(9, 6, seed=2).astype(np.float32)
+    np.testing.assert_allclose(
+        det._distances_torch(X_test, "cpu"), det.distances(X_test), rtol=1e-10
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torch_distances_on_cuda_match_scipy():
+    X = _correlated(400, 300)
+    det = Mahalanobis(groups=np.arange(300) % 3).fit(X)
+    X_test = _correlated(700, 300, seed=2)
+    np.testing.assert_allclose(
+        det._distances_torch(X_test, "cuda"), det.distances(X_test), rtol=1e-9
     )
