@@ -45,7 +45,7 @@ DEFAULT_EPOCHS = 20
 SKIPPED_BY_DEFAULT = {
     "deep_mahalanobis": (
         "needs an ImageNet-pretrained backbone whose weights are not available "
-        "offline; name it in detectors to run it"
+        "offline; name it in --detectors (detectors=) to run it"
     ),
 }
 
@@ -216,12 +216,12 @@ def _run_one(name, datasets, *, epochs, seed, advance):
             else:
                 runs[data_name] = _evaluate(clone(template), X_train, X_test, y_test)
         except Exception as exc:
-            if i > 0 or as_table:
+            # only a first fit refusing images (a ValueError) gets the pixels
+            if i > 0 or as_table or not isinstance(exc, ValueError):
                 advance(len(datasets) - i)
                 return BenchmarkResult(
                     name, "failed", note=f"{data_name}: {_error_text(exc)}"
                 )
-            # the first fit failed on images: try the pixels as features
             try:
                 runs[data_name] = _evaluate(
                     clone(template), _flat(X_train), _flat(X_test), y_test

@@ -104,6 +104,22 @@ def test_a_failing_detector_is_reported_and_others_still_run(fake_registry):
     assert mean_image.fit_seconds >= 0 and mean_image.score_seconds > 0
 
 
+class _DivergesOnImages(_TabularOnly):
+    def _fit(self, X):
+        if X.ndim != 2:
+            raise FloatingPointError("diverged")
+        super()._fit(X)
+
+
+_FAKES["diverges"] = _DivergesOnImages
+
+
+def test_only_a_refusal_of_images_falls_back_to_features(fake_registry):
+    (result,) = run_benchmark(["diverges"], normal_classes=[0], progress=False)
+    assert result.status == "failed"
+    assert result.note == "digit 0: FloatingPointError: diverged"
+
+
 def test_a_detector_that_refuses_images_gets_features(fake_registry):
     (result,) = run_benchmark(["tabular_only"], normal_classes=[0], progress=False)
     assert result.status == "ok"
