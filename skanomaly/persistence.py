@@ -159,6 +159,8 @@ class _Writer:
             }
         if isinstance(value, torch.device):
             return {"__device__": str(value)}
+        if isinstance(value, os.PathLike):
+            return {"__path__": os.fspath(value)}
         if isinstance(value, slice):
             return {
                 "__slice__": [
@@ -219,7 +221,7 @@ class _Writer:
                 raise ValueError(
                     f"Cannot save {cls.__name__}: parameter {key!r} holds "
                     f"{_describe(value)}, which a skanomaly file cannot store (it "
-                    "stores None, numbers, strings, lists, tuples, dicts and "
+                    "stores None, numbers, strings, paths, lists, tuples, dicts and "
                     f"arrays). Set {key} to a storable value before saving, or use "
                     "pickle/joblib (trusted files only)."
                 ) from exc
@@ -506,6 +508,8 @@ class _Reader:
             return tensor.requires_grad_(bool(value["requires_grad"]))
         if "__device__" in value:
             return torch.device(value["__device__"])
+        if "__path__" in value:
+            return Path(value["__path__"])
         if "__slice__" in value:
             return slice(*(self.value(v) for v in value["__slice__"]))
         if "__random_state__" in value:

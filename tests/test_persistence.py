@@ -113,6 +113,14 @@ def test_unfitted_detector_and_plain_values_round_trip(tmp_path):
     assert not hasattr(loaded, "offset_")
 
 
+def test_path_parameters_round_trip(tmp_path):
+    from pathlib import Path
+
+    detector = skanomaly.DeepMahalanobis(weights=Path("weights/backbone.safetensors"))
+    save(detector, tmp_path / "unfitted.ska")
+    assert load(tmp_path / "unfitted.ska").weights == detector.weights
+
+
 def test_loading_keeps_the_callers_torch_random_stream(saved_autoencoder):
     torch.manual_seed(0)
     expected = torch.rand(3)
