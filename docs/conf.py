@@ -11,7 +11,8 @@ git):
 - ``api.rst``: the API reference, one autosummary table per section listing
   every name of the modules' ``__all__``. A module that does not import is
   left out with a message, so one unfinished module cannot break the build.
-- ``_generated/benchmarks/*.md``: one page per ``benchmarks/RESULTS_*.md``,
+- ``_generated/benchmarks/*.md``: one page per ``benchmarks/RESULTS_*.md``
+  (and ``README_*.md``),
   headed by the command that regenerates it (from its script's docstring).
 """
 
@@ -99,7 +100,10 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "header_links_before_dropdown": 6,
-    "secondary_sidebar_items": ["page-toc", "sg_download_links", "sg_launcher_links"],
+    # the benchmark pages are added below without it: their tables are wide
+    "secondary_sidebar_items": {
+        "**": ["page-toc", "sg_download_links", "sg_launcher_links"],
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
@@ -282,18 +286,22 @@ def write_api_page(path):
 # -- Benchmark pages, one per results file -----------------------------------
 
 
-def _benchmark_script(results, text):
-    """The script that wrote ``results``: named in it, or of the same stem."""
+def _benchmark_scripts(results, text):
+    """Scripts that wrote ``results``: named in it, else of the same stem."""
     named = re.findall(r"benchmarks[/.](\w+)(?:\.py)?", text)
-    stem = results.stem.removeprefix("RESULTS_")
+    stem = re.sub(r"^(RESULTS|README)_", "", results.stem)
+    scripts = []
     for name in [*named, stem]:
         script = ROOT / "benchmarks" / f"{name}.py"
-        if script.is_file():
-            return script
-    for script in sorted((ROOT / "benchmarks").glob("*.py")):
-        if results.name in script.read_text(encoding="utf-8"):
-            return script
-    return None
+        if script.is_file() and script not in scripts:
+            scripts.append(script)
+        if scripts and name == stem:
+            break
+    if not scripts:
+        for script in sorted((ROOT / "benchmarks").glob("*.py")):
+            if results.name in script.read_text(encoding="utf-8"):
+                scripts.append(script)
+    return scripts
 
 
 def _regenerate_command(script):
@@ -311,24 +319,31 @@ def write_benchmark_pages(folder):
     for old in folder.glob("*.md"):
         old.unlink()
     pages = []
-    for results in sorted((ROOT / "benchmarks").glob("RESULTS_*.md")):
+    # RESULTS_*.md, and README_*.md that some benchmarks write their tables to
+    results_files = sorted((ROOT / "benchmarks").glob("RESULTS_*.md")) + sorted(
+        (ROOT / "benchmarks").glob("README_*.md")
+    )
+    for results in results_files:
         text = results.read_text(encoding="utf-8")
         lines = text.splitlines()
         first = next((i for i, ln in enumerate(lines) if ln.strip()), 0)
         heading = re.match(r"#\s+(.*)", lines[first]) if lines else None
-        title = heading.group(1).strip() if heading else results.stem[8:]
+        title = heading.group(1).strip() if heading else results.stem
         relative = os.path.relpath(results, folder).replace(os.sep, "/")
         page = [f"# {title}", ""]
-        script = _benchmark_script(results, text)
-        command = _regenerate_command(script) if script else None
-        where = f"`benchmarks/{results.name}`"
-        if script:
-            where += f", written by `benchmarks/{script.name}`"
-        if command:
-            page += [f"From {where}. Regenerate it with:", ""]
+        scripts = _benchmark_scripts(results, text)
+        where = f"From `benchmarks/{results.name}`"
+        if scripts:
+            names = ", ".join(f"`benchmarks/{script.name}`" for script in scripts)
+            where += f", written by {names}"
+        command = _regenerate_command(scripts[0]) if scripts else None
+        if re.search(r"^\s*`*(python|pip) ", text, re.M):
+            page += [f"{where}. Each table gives the command that produced it.", ""]
+        elif command:
+            page += [f"{where}. Regenerate it with:", ""]
             page += ["```bash", command, "```", ""]
         else:
-            page += [f"From {where}; its commands are given with each table.", ""]
+            page += [f"{where}; see the script's docstring for its options.", ""]
         if not re.search(r"machine|\bcpu|\bgpu|cores?\b|nvidia", text, re.I):
             page += ["*This results file does not say which machine it ran on.*", ""]
         page += [
@@ -347,6 +362,7 @@ def write_benchmark_pages(folder):
     else:
         body = ["No results file has been committed to ``benchmarks/`` yet."]
     toc.write_text("\n".join(body) + "\n", encoding="utf-8")
+    return pages
 
 
 # autosummary rewrites its pages on every build but never deletes one; clear
@@ -354,7 +370,8 @@ def write_benchmark_pages(folder):
 for _stale in (DOCS / "generated").glob("*.rst"):
     _stale.unlink()
 write_api_page(DOCS / "api.rst")
-write_benchmark_pages(DOCS / "_generated" / "benchmarks")
+for _page in write_benchmark_pages(DOCS / "_generated" / "benchmarks"):
+    html_theme_options["secondary_sidebar_items"][_page] = []
 
 
 # -- Docstring touch-up ------------------------------------------------------
