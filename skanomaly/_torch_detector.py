@@ -121,7 +121,7 @@ class BaseTorchDetector(BaseDetector):
         with context():
             for X_batch, _ in TensorBatchIterator(X, batch_size=self.batch_size):
                 result = fn(net, X_batch.to(net.device))
-                outputs.append(result.double().cpu().numpy())
+                outputs.append(result.detach().double().cpu().numpy())
         return np.concatenate(outputs)
 
     def _reconstruct(self, net, X_batch):
@@ -157,7 +157,7 @@ class BaseTorchDetector(BaseDetector):
         def pixel_error(net, X_batch):
             return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)
 
-        return self._run_batched(pixel_error, X)
+        return self._run_batched(pixel_error, X, self._score_needs_grad)
 
     def _expected_failed_checks(self):
         return {

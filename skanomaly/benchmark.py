@@ -49,11 +49,6 @@ SKIPPED_BY_DEFAULT = {
     ),
 }
 
-# Benchmark settings for detectors that do not declare ``_benchmark_params``
-# themselves: AnoGAN's default 500-step latent search per test image would
-# take minutes on the digits' 1,700 test images.
-_BENCHMARK_PARAMS = {"anogan": {"search_steps": 50}}
-
 _ERROR_CHARS = 200
 _NOTE_CHARS = 80
 
@@ -162,7 +157,7 @@ def _make(name, epochs, seed):
 
     cls = get_detector(name)
     names = set(cls._get_param_names())
-    params = dict(getattr(cls, "_benchmark_params", _BENCHMARK_PARAMS.get(name, {})))
+    params = dict(getattr(cls, "_benchmark_params", {}))
     if epochs is not None and "max_epochs" in names:
         params["max_epochs"] = epochs
     if "random_state" in names:

@@ -31,7 +31,7 @@ stored the same way, recursively. Two hooks cover other state:
   architecture; its ``state_dict`` is then loaded into it.
 - ``_get_persistent_state()`` / ``_set_persistent_state(state)``: replace
   the attribute walk altogether; the first returns a dict of storable values
-  (``state_dict()``s are fine), the second receives it, decoded, on load.
+  (``state_dict()`` values are fine), the second receives it, decoded, on load.
 
 Optimizer states are not stored and a loaded skorch net has no optimizers
 (a loaded detector scores and predicts exactly as the saved one; ``fit``
@@ -274,32 +274,9 @@ class _Writer:
         }
 
 
-def _timm_backbone(features, attr):
-    """TimmFeatures.backbone_: the timm model, randomly initialised."""
-    import torch
-
-    from .nn.backbones import create_backbone
-
-    model = create_backbone(features.backbone, None)
-    return model.to(device=features.device, memory_format=torch.channels_last)
-
-
-# Builders of plain torch modules for classes without _make_persistent_module:
-# (class path, attribute) -> function(estimator, attribute) -> module.
-_MODULE_BUILDERS = {
-    ("skanomaly.timm_features.TimmFeatures", "backbone_"): _timm_backbone,
-}
-
-
 def _module_builder(estimator, attr):
     """A function of the attribute name that rebuilds that module, or None."""
-    own = getattr(estimator, "_make_persistent_module", None)
-    if own is not None:
-        return own
-    builder = _MODULE_BUILDERS.get((_qualified(type(estimator)), attr))
-    if builder is None:
-        return None
-    return lambda name: builder(estimator, name)
+    return getattr(estimator, "_make_persistent_module", None)
 
 
 def _net_input_shape(owner, where):

@@ -302,6 +302,14 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
             dtype=object,
         )
 
+    def _make_persistent_module(self, name):
+        """A randomly initialised backbone for ``skanomaly.load`` to fill."""
+        if name != "backbone_":
+            raise ValueError(f"TimmFeatures has no module attribute {name!r}.")
+        model = create_backbone(self.backbone, None)
+        device = _check_device(self.device)
+        return model.to(device=device, memory_format=torch.channels_last)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
