@@ -144,19 +144,26 @@ def test_score_weights_and_discriminator_term(fitted_images):
 
 
 class _RecordWeights(Callback):
-    """Copies every parameter after each training batch."""
+    """Copies every parameter before training and after each training batch."""
 
     def initialize(self):
         self.snapshots = []
         return self
 
+    @staticmethod
+    def _copy(net):
+        params = [*net.module_.parameters(), *net.discriminator_.parameters()]
+        return [p.detach().clone().double() for p in params]
+
+    def on_train_begin(self, net, **kwargs):
+        self.initial = self._copy(net)
+
     def on_batch_end(self, net, training=None, **kwargs):
         if training:
-            params = [*net.module_.parameters(), *net.discriminator_.parameters()]
-            self.snapshots.append([p.detach().clone().double() for p in params])
+            self.snapshots.append(self._copy(net))
 
 
-@pytest.mark.parametrize("decay", [None, 0.9])
+@pytest.mark.parametrize("decay", [None, 0.3, 0.9])
 def test_weights_are_averaged_for_scoring(decay):
     recorder = _RecordWeights()
     det = EGBAD(
@@ -169,13 +176,15 @@ def test_weights_are_averaged_for_scoring(decay):
     steps = len(recorder.snapshots)
     assert steps == 9  # three batches a epoch, three epochs
     for i, param in enumerate(final):
-        trajectory = [snapshot[i] for snapshot in recorder.snapshots]
         if decay is None:
-            expected = trajectory[-1]
+            expected = recorder.snapshots[-1][i]
         else:
-            weights = [(1 - decay) * decay ** (steps - 1 - t) for t in range(steps)]
-            expected = sum(w * p for w, p in zip(weights, trajectory))
-            expected = expected / (1 - decay**steps)
+            # TensorFlow's EMA with num_updates: the decay warms up to `decay`
+            expected = recorder.initial[i]
+            for t, snapshot in enumerate(recorder.snapshots, start=1):
+                rate = min(decay, (1 + t) / (10 + t))
+                expected = rate * expected + (1 - rate) * snapshot[i]
+            assert not torch.allclose(expected, recorder.snapshots[-1][i])
         torch.testing.assert_close(
             param.detach().double(), expected, rtol=1e-5, atol=1e-6
         )
