@@ -57,6 +57,24 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     image_shape_ : tuple of int or None
         ``(channels, height, width)`` of the training images, ``None`` for
         tabular data.
+
+    Examples
+    --------
+    A detector scoring the distance to the training mean:
+
+    >>> import numpy as np
+    >>> from skanomaly.base import BaseDetector
+    >>> class MeanDistance(BaseDetector):
+    ...     def _fit(self, X):
+    ...         self.mean_ = X.mean(axis=0)
+    ...     def _score_samples(self, X):
+    ...         return -np.linalg.norm((X - self.mean_).reshape(len(X), -1), axis=1)
+    >>> X = np.random.RandomState(0).normal(size=(100, 2))
+    >>> detector = MeanDistance(contamination=0.1).fit(X)
+    >>> detector.predict([[0.0, 0.0], [6.0, 6.0]])
+    array([ 1, -1])
+    >>> float((detector.predict(X) == -1).mean())
+    0.1
     """
 
     _parameter_constraints: dict = {

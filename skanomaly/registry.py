@@ -48,6 +48,12 @@ def detector_entry_points():
     Returns
     -------
     dict of str to importlib.metadata.EntryPoint
+
+    Examples
+    --------
+    >>> from skanomaly.registry import detector_entry_points
+    >>> detector_entry_points()["ganomaly"].value
+    'skanomaly.ganomaly:GANomaly'
     """
     found = {}
     for entry_point in _entry_points_in_group():
@@ -104,7 +110,17 @@ def _load(name):
 
 
 def refresh_registry():
-    """Forget cached discovery results so the next call rescans entry points."""
+    """Forget cached discovery results so the next call rescans entry points.
+
+    Call it after installing a plugin into a running interpreter.
+
+    Examples
+    --------
+    >>> import skanomaly
+    >>> skanomaly.refresh_registry()
+    >>> "vae" in skanomaly.list_detectors()
+    True
+    """
     detector_entry_points.cache_clear()
     _load.cache_clear()
 
@@ -118,6 +134,13 @@ def list_detectors():
     Returns
     -------
     names : list of str
+
+    Examples
+    --------
+    >>> import skanomaly
+    >>> names = skanomaly.list_detectors()
+    >>> {"autoencoder", "ganomaly", "deep_mahalanobis"} <= set(names)
+    True
     """
     return [name for name in detector_entry_points() if _load(name) is not None]
 
@@ -138,6 +161,12 @@ def get_detector(name):
     ValueError
         If no working detector has that name; the message lists the known
         names.
+
+    Examples
+    --------
+    >>> import skanomaly
+    >>> skanomaly.get_detector("mahalanobis")
+    <class 'skanomaly.mahalanobis.Mahalanobis'>
     """
     if name not in detector_entry_points() or _load(name) is None:
         known = ", ".join(list_detectors()) or "none"
