@@ -11,14 +11,6 @@ from skanomaly.nn.gan import Discriminator
 FAST = dict(GANomaly._fast_test_params, random_state=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(0)

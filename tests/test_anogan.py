@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _images import uniform_images
 from torch.nn import functional as F
 
 from skanomaly.anogan import AnoGAN
@@ -25,24 +26,9 @@ def test_anogan_conformance(estimator, check):
     check(estimator)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # the networks here are tiny: a second thread only adds synchronisation,
-    # which costs minutes on a machine shared with other jobs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _images(n=40, shape=(1, 8, 8), seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.random((n, *shape), dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted_images():
-    X = _images()
+    X = uniform_images()
     det = AnoGAN(**{**FAST, "search_steps": 5, "batch_size": 16}).fit(X)
     return det, X
 
@@ -172,7 +158,7 @@ def test_trains_on_images_and_maps_anomalies(fitted_images):
 
 
 def test_non_square_rgb_images():
-    X = _images(n=20, shape=(3, 6, 10))
+    X = uniform_images(n=20, shape=(3, 6, 10))
     det = AnoGAN(**{**FAST, "batch_size": 8}).fit(X)
     assert det.image_shape_ == (3, 6, 10)
     assert det.anomaly_map(X[:2]).shape == (2, 6, 10)
@@ -210,7 +196,7 @@ def test_search_parameters_reach_the_search(fitted_images):
 
 
 def test_lr_d_reaches_the_discriminator_optimizer():
-    X = _images(n=16)
+    X = uniform_images(n=16)
     det = AnoGAN(**{**FAST, "lr_d": 1e-2, "max_epochs": 1}).fit(X)
     assert det.net_.optimizer_d_.param_groups[0]["lr"] == 1e-2
     assert det.net_.optimizer_.param_groups[0]["lr"] == det.lr

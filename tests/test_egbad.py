@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _images import uniform_images
 from skorch.callbacks import Callback
 from torch.nn import functional as F
 
@@ -20,24 +21,9 @@ def test_egbad_conformance(estimator, check):
     check(estimator)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # the networks here are tiny: a second thread only adds synchronisation,
-    # which costs minutes on a machine shared with other jobs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _images(n=40, shape=(1, 8, 8), seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.random((n, *shape), dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
 def fitted_images():
-    X = _images()
+    X = uniform_images()
     return EGBAD(**{**FAST, "batch_size": 16}).fit(X), X
 
 
@@ -83,7 +69,7 @@ def test_one_optimizer_trains_generator_and_encoder(fitted_images):
 
 
 def test_lr_d_reaches_the_discriminator_optimizer():
-    det = EGBAD(**{**FAST, "lr_d": 1e-2, "max_epochs": 1}).fit(_images(n=16))
+    det = EGBAD(**{**FAST, "lr_d": 1e-2, "max_epochs": 1}).fit(uniform_images(n=16))
     assert det.net_.optimizer_d_.param_groups[0]["lr"] == 1e-2
     assert det.net_.optimizer_.param_groups[0]["lr"] == FAST["lr"]
 
@@ -105,7 +91,7 @@ def test_trains_on_images_and_maps_anomalies(fitted_images):
 
 
 def test_non_square_rgb_images():
-    X = _images(n=20, shape=(3, 6, 10))
+    X = uniform_images(n=20, shape=(3, 6, 10))
     det = EGBAD(**{**FAST, "batch_size": 8}).fit(X)
     assert det.image_shape_ == (3, 6, 10)
     assert det.anomaly_map(X[:2]).shape == (2, 6, 10)
@@ -170,7 +156,7 @@ def test_weights_are_averaged_for_scoring(decay):
         **{**FAST, "batch_size": 8, "max_epochs": 3},
         ema_decay=decay,
         callbacks=[recorder],
-    ).fit(_images(n=24))
+    ).fit(uniform_images(n=24))
     net = det.net_
     final = [*net.module_.parameters(), *net.discriminator_.parameters()]
     steps = len(recorder.snapshots)
@@ -195,7 +181,7 @@ def test_auto_latent_size_follows_the_authors():
     tabular = EGBAD(**params).fit(np.random.default_rng(0).normal(size=(20, 3)))
     assert tabular.latent_dim_ == 32
     assert tabular.net_.module_.encoder.out_features == 32
-    images = EGBAD(**params).fit(_images(n=8))
+    images = EGBAD(**params).fit(uniform_images(n=8))
     assert images.latent_dim_ == 200
     assert images.net_.module_.encoder.out_features == 200
 

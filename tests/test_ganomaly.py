@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _images import bar_images
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -15,32 +16,6 @@ from skanomaly.nn.gan import Discriminator
 from skanomaly.nn.ganomaly import GANomalyGenerator, GANomalyLoss
 
 FAST = dict(GANomaly._fast_test_params, random_state=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny networks: threads only add contention on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def bar_images(n, vertical=False, size=16, seed=0):
-    """Noisy images with a central bar of random brightness.
-
-    Horizontal bars are the normal class, vertical ones the anomalies.
-    """
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 0.2, size=(n, 1, size, size)).astype(np.float32)
-    brightness = rng.uniform(0.6, 1.0, size=n)
-    bar = slice(size // 2 - 2, size // 2 + 2)
-    for image, value in zip(images, brightness):
-        if vertical:
-            image[0, :, bar] = value
-        else:
-            image[0, bar, :] = value
-    return images
 
 
 @parametrize_with_checks(

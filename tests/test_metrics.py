@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.datasets import load_digits
 from sklearn.metrics import (
@@ -30,15 +29,6 @@ SKANOMALY_NAMES = [
     for convention in ("anomaly", "outlier")
     for metric in ("roc_auc", "average_precision", "f1")
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # torch's intra-op threads fight over a shared machine's cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

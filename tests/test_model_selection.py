@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.metrics import roc_auc_score
@@ -21,15 +20,6 @@ from sklearn.model_selection import (
 from skanomaly import AutoEncoder
 from skanomaly.metrics import get_scorer, to_outlier_labels
 from skanomaly.model_selection import NoveltySplit
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # torch's intra-op threads fight over a shared machine's cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def labels(n_inliers=50, n_outliers=10, seed=0):

@@ -50,15 +50,6 @@ def _assert_same_detector(original, loaded, X):
     assert loaded.offset_ == original.offset_
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # tiny models: a second thread only adds contention on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fitted_autoencoder():
     return _fast(skanomaly.AutoEncoder).fit(IMAGES)
