@@ -327,6 +327,21 @@ def _cmd_benchmark(args):
 # ---------------------------------------------------------------- parser
 
 
+def _add_skip_unreadable(parser):
+    parser.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="skip files that cannot be decoded (with a warning) instead of failing",
+    )
+
+
+def _add_scoring_options(parser):
+    parser.add_argument(
+        "--device", default=None, help="run on this device (e.g. cpu, cuda)"
+    )
+    _add_skip_unreadable(parser)
+
+
 def _build_parser():
     from .benchmark import DEFAULT_EPOCHS, DEFAULT_NORMAL_CLASSES
 
@@ -390,11 +405,7 @@ def _build_parser():
     fit.add_argument(
         "--recursive", action="store_true", help="also read images in subfolders"
     )
-    fit.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be decoded (with a warning) instead of failing",
-    )
+    _add_skip_unreadable(fit)
     shown = fit.add_mutually_exclusive_group()
     shown.add_argument(
         "--quiet", action="store_true", help="no training log or progress bar"
@@ -424,14 +435,7 @@ def _build_parser():
     score.add_argument(
         "--no-recursive", action="store_true", help="do not read subfolders"
     )
-    score.add_argument(
-        "--device", default=None, help="run on this device (e.g. cpu, cuda)"
-    )
-    score.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be decoded (with a warning) instead of failing",
-    )
+    _add_scoring_options(score)
     score.set_defaults(func=_cmd_score)
 
     evaluate = commands.add_parser(
@@ -445,14 +449,7 @@ def _build_parser():
     )
     evaluate.add_argument("model", help="model file written by skanomaly fit")
     evaluate.add_argument("data", help="folder with good/ and one folder per defect")
-    evaluate.add_argument(
-        "--device", default=None, help="run on this device (e.g. cpu, cuda)"
-    )
-    evaluate.add_argument(
-        "--skip-unreadable",
-        action="store_true",
-        help="skip files that cannot be decoded (with a warning) instead of failing",
-    )
+    _add_scoring_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     bench = commands.add_parser(
