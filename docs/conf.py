@@ -11,8 +11,7 @@ git):
 - ``api.rst``: the API reference, one autosummary table per section listing
   every name of the modules' ``__all__``. A module that does not import is
   left out with a message, so one unfinished module cannot break the build.
-- ``_generated/benchmarks/*.md``: one page per ``benchmarks/RESULTS_*.md``
-  (and ``README_*.md``),
+- ``_generated/benchmarks/*.md``: one page per ``benchmarks/RESULTS_*.md``,
   headed by the command that regenerates it (from its script's docstring).
 """
 
@@ -289,7 +288,7 @@ def write_api_page(path):
 def _benchmark_scripts(results, text):
     """Scripts that wrote ``results``: named in it, else of the same stem."""
     named = re.findall(r"benchmarks[/.](\w+)(?:\.py)?", text)
-    stem = re.sub(r"^(RESULTS|README)_", "", results.stem)
+    stem = re.sub(r"^RESULTS_", "", results.stem)
     scripts = []
     for name in [*named, stem]:
         script = ROOT / "benchmarks" / f"{name}.py"
@@ -319,10 +318,7 @@ def write_benchmark_pages(folder):
     for old in folder.glob("*.md"):
         old.unlink()
     pages = []
-    # RESULTS_*.md, and README_*.md that some benchmarks write their tables to
-    results_files = sorted((ROOT / "benchmarks").glob("RESULTS_*.md")) + sorted(
-        (ROOT / "benchmarks").glob("README_*.md")
-    )
+    results_files = sorted((ROOT / "benchmarks").glob("RESULTS_*.md"))
     for results in results_files:
         text = results.read_text(encoding="utf-8")
         lines = text.splitlines()
