@@ -45,6 +45,8 @@ class BaseTorchDetector(BaseDetector):
 
     # AnoGAN searches latent codes by gradient descent when scoring.
     _score_needs_grad = False
+    # uint8 images are scaled batch by batch when scoring (bounded memory).
+    _keeps_uint8 = True
 
     @abstractmethod
     def _make_net(self, input_shape):
@@ -87,6 +89,8 @@ class BaseTorchDetector(BaseDetector):
             scale = X.std(axis=0)
         else:
             low, high = float(X.min()), float(X.max())
+            if X.dtype == np.uint8:
+                low, high = low / 255.0, high / 255.0
             center, scale = np.float64((high + low) / 2), np.float64((high - low) / 2)
         scale = np.where(scale > 1e-12, scale, 1.0)
         self.input_center_ = np.asarray(center, dtype=np.float32)
@@ -102,16 +106,34 @@ class BaseTorchDetector(BaseDetector):
         return self
 
     def _scale_input(self, X):
-        return ((X - self.input_center_) / self.input_scale_).astype(np.float32)
+        """The whole validated ``X`` as the network sees it (float32)."""
+        if X.dtype == np.uint8:
+            scaled = X.astype(np.float32)
+            np.divide(scaled, np.float32(255.0), out=scaled)
+            scaled -= self.input_center_
+            scaled /= self.input_scale_
+            return scaled
+        scaled = (X - self.input_center_) / self.input_scale_
+        return scaled.astype(np.float32, copy=False)
+
+    def _scale_batch(self, X_batch):
+        """``_scale_input`` for one batch tensor, on its device."""
+        if X_batch.dtype == torch.uint8:
+            X_batch = X_batch.to(torch.float32) / 255.0
+        center = torch.as_tensor(self.input_center_, device=X_batch.device)
+        scale = torch.as_tensor(self.input_scale_, device=X_batch.device)
+        return ((X_batch - center) / scale).to(torch.float32)
 
     def _score_samples(self, X):
-        return -self._anomaly_scores(self._scale_input(X))
-
-    def _anomaly_scores(self, X):
-        return self._run_batched(self._score_batch, X, self._score_needs_grad)
+        return -self._run_batched(self._score_batch, X, self._score_needs_grad)
 
     def _run_batched(self, fn, X, needs_grad=False):
-        """Apply ``fn(net, X_batch)`` to batches of X in eval mode; concatenate."""
+        """Apply ``fn(net, X_batch)`` to scaled batches of X in eval mode.
+
+        ``X`` is validated but unscaled (uint8 images stay uint8): each batch
+        is scaled on the net's device, so memory grows with ``batch_size``,
+        not with ``len(X)``. The results are concatenated on the host.
+        """
         net = self.net_
         for module in (net.module_, getattr(net, "discriminator_", None)):
             if module is not None:
@@ -120,7 +142,8 @@ class BaseTorchDetector(BaseDetector):
         outputs = []
         with context():
             for X_batch, _ in TensorBatchIterator(X, batch_size=self.batch_size):
-                result = fn(net, X_batch.to(net.device))
+                X_batch = self._scale_batch(X_batch.to(net.device))
+                result = fn(net, X_batch)
                 outputs.append(result.detach().double().cpu().numpy())
         return np.concatenate(outputs)
 
@@ -152,7 +175,7 @@ class BaseTorchDetector(BaseDetector):
                 f"{type(self).__name__}.anomaly_map needs a detector fitted on "
                 "images; this one was fitted on tabular data."
             )
-        X = self._scale_input(validate_detector_input(self, X, reset=False))
+        X = validate_detector_input(self, X, reset=False, keep_uint8=True)
 
         def pixel_error(net, X_batch):
             return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)

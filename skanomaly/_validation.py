@@ -19,13 +19,15 @@ def is_image_input(X):
     return getattr(X, "ndim", 2) in (3, 4)
 
 
-def validate_detector_input(estimator, X, *, reset, min_samples=1):
+def validate_detector_input(estimator, X, *, reset, min_samples=1, keep_uint8=False):
     """Check ``X`` and return it as a float32/float64 array.
 
     Tabular input goes through scikit-learn's ``validate_data`` so that
     ``n_features_in_`` and ``feature_names_in_`` behave as in any estimator.
     Images come back as (n_samples, channels, height, width); ``uint8`` images
-    are scaled to [0, 1] (the torchvision convention), floats are kept.
+    are scaled to [0, 1] (the torchvision convention), floats are kept. With
+    ``keep_uint8=True`` uint8 images come back as they are (no float copy of
+    the whole batch), for callers that scale them batch by batch.
 
     With ``reset=True`` the input kind and shape are recorded on the estimator
     (``n_features_in_`` and ``image_shape_``, ``None`` for tabular data); with
@@ -39,7 +41,9 @@ def validate_detector_input(estimator, X, *, reset, min_samples=1):
         except (TypeError, ValueError):  # ragged input
             ndim = None
     if ndim in (3, 4):
-        return _validate_images(estimator, X, reset=reset, min_samples=min_samples)
+        return _validate_images(
+            estimator, X, reset=reset, min_samples=min_samples, keep_uint8=keep_uint8
+        )
     if ndim is not None and ndim > 4:
         raise ValueError(f"{_RANK_HELP}; got an array of rank {ndim}.")
     if not reset and getattr(estimator, "image_shape_", None) is not None:
@@ -60,18 +64,19 @@ def validate_detector_input(estimator, X, *, reset, min_samples=1):
     return X
 
 
-def _validate_images(estimator, X, *, reset, min_samples):
+def _validate_images(estimator, X, *, reset, min_samples, keep_uint8):
     name = type(estimator).__name__
     is_uint8 = getattr(X, "dtype", None) == np.uint8
     X = check_array(
         X,
         allow_nd=True,
-        dtype=[np.float32, np.float64],
+        dtype=None if is_uint8 and keep_uint8 else [np.float32, np.float64],
         ensure_min_samples=min_samples,
         input_name="X",
     )
-    if is_uint8:
-        X = X.astype(np.float32) / np.float32(255.0)
+    if is_uint8 and not keep_uint8:
+        # check_array made a float32 copy: scale it in place
+        np.divide(X, np.float32(255.0), out=X)
     if X.ndim == 3:
         X = X[:, None, :, :]
     channels = X.shape[1]
@@ -94,6 +99,12 @@ def _validate_images(estimator, X, *, reset, min_samples):
                 f"{name} was fitted on 2-D tabular data with "
                 f"{estimator.n_features_in_} features but got images of shape "
                 f"{X.shape[1:]}."
+            )
+        if image_shape[0] != fitted[0]:
+            raise ValueError(
+                f"{name} was fitted on images with {fitted[0]} channel(s) but got "
+                f"images with {image_shape[0]} (shape {image_shape}, channels "
+                "first)."
             )
         if image_shape != fitted:
             raise ValueError(

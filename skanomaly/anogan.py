@@ -82,7 +82,10 @@ class AnoGAN(BaseGANDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.base.BaseDetector`. Every training score is
+        a full latent search, so the threshold is taken from the scores of
+        at most 1,000 training samples (a fixed random subset); with more
+        training samples it is an estimate of that quantile.
 
     Attributes
     ----------
@@ -149,6 +152,9 @@ class AnoGAN(BaseGANDetector):
     # The default 500-step search per test image takes minutes on the
     # digits' 1,700 test images; the benchmark's quick run uses 50.
     _benchmark_params = {"search_steps": 50}
+    # The threshold needs training scores, each a full latent search: take
+    # them on at most 1,000 training images.
+    _max_offset_samples = 1000
 
     def __init__(
         self,

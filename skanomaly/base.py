@@ -1,5 +1,6 @@
 """The detector contract every skanomaly detector, built-in or plugin, follows."""
 
+import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Real
 
@@ -88,6 +89,15 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     # data; used by the conformance tests (see ``skanomaly.testing``).
     _fast_test_params: dict = {}
 
+    # Whether ``_fit`` and ``_score_samples`` take uint8 images as they are
+    # (and scale them per batch, saving a float copy of the whole input).
+    # Otherwise uint8 images arrive as float32 in [0, 1].
+    _keeps_uint8 = False
+
+    # Set ``offset_`` from the scores of at most this many training samples
+    # (a fixed random subset), for detectors whose scoring is costly.
+    _max_offset_samples = None
+
     def __init__(self, contamination="auto"):
         self.contamination = contamination
 
@@ -122,10 +132,12 @@ width) or (n_samples, channels, height, width)
         """
         state_before = dict(self.__dict__)
         try:
-            X = validate_detector_input(self, X, reset=True, min_samples=2)
+            X = validate_detector_input(
+                self, X, reset=True, min_samples=2, keep_uint8=self._keeps_uint8
+            )
             X = select_inliers(X, y, estimator_name=type(self).__name__)
             self._fit(X)
-            scores = self._checked_scores(X)
+            scores = self._checked_scores(self._offset_subset(X), fitting=True)
             self.offset_ = self._offset_from_training_scores(scores)
         except BaseException:
             # leave the estimator as it was: nothing half-fitted
@@ -133,6 +145,13 @@ width) or (n_samples, channels, height, width)
             self.__dict__.update(state_before)
             raise
         return self
+
+    def _offset_subset(self, X):
+        limit = self._max_offset_samples
+        if limit is None or len(X) <= limit:
+            return X
+        keep = np.sort(np.random.default_rng(0).choice(len(X), limit, replace=False))
+        return X[keep]
 
     def _offset_from_training_scores(self, scores):
         if self.contamination == "auto":
@@ -142,15 +161,31 @@ width) or (n_samples, channels, height, width)
             return float(max(robust_rule, np.percentile(scores, _AUTO_MIN_PERCENT)))
         return float(np.percentile(scores, 100.0 * self.contamination))
 
-    def _checked_scores(self, X):
+    def _checked_scores(self, X, fitting=False):
         scores = np.asarray(self._score_samples(X), dtype=np.float64).reshape(-1)
-        if not np.all(np.isfinite(scores)):
-            n_bad = int(np.sum(~np.isfinite(scores)))
+        bad = ~np.isfinite(scores)
+        if not bad.any():
+            return scores
+        n_bad = int(bad.sum())
+        if fitting:
             raise FloatingPointError(
                 f"{type(self).__name__} produced {n_bad} non-finite score(s) out "
-                f"of {scores.size}; the model has diverged (try a lower learning "
-                "rate or scale the input)."
+                f"of {scores.size} on its training data: the fit has diverged "
+                "(for a network, try a lower learning rate) or the training data "
+                "holds extreme values (scale it first)."
             )
+        # The input is finite (validated), so these samples lie far outside
+        # what the model has seen: flag them as outliers rather than failing
+        # the whole batch. The lowest finite float, not -inf, so that metrics
+        # such as roc_auc_score still accept the scores.
+        warnings.warn(
+            f"{type(self).__name__} produced {n_bad} non-finite score(s) out of "
+            f"{scores.size}, for samples with extreme values; they get the "
+            "lowest float as score (the most anomalous).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        scores[bad] = np.finfo(np.float64).min
         return scores
 
     def score_samples(self, X):
@@ -168,7 +203,7 @@ width) or (n_samples, channels, height, width)
         scores : ndarray of shape (n_samples,)
         """
         check_is_fitted(self, "offset_")
-        X = validate_detector_input(self, X, reset=False)
+        X = validate_detector_input(self, X, reset=False, keep_uint8=self._keeps_uint8)
         return self._checked_scores(X)
 
     def decision_function(self, X):

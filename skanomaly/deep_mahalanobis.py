@@ -118,6 +118,9 @@ class DeepMahalanobis(BaseDetector):
         "image_size": 32,
         "random_state": 0,
     }
+    # uint8 images stay uint8 until each batch is on the device: a quarter
+    # of the memory and transfer of float32.
+    _keeps_uint8 = True
 
     def __init__(
         self,
@@ -189,33 +192,6 @@ class DeepMahalanobis(BaseDetector):
         # float64 triangular solves are much faster on the accelerator
         return self.gaussian_._distances_torch(features, device)
 
-    def score_samples(self, X):
-        """Normality score of each image: minus its summed level distances.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, height, width) or \
-(n_samples, channels, height, width)
-            Images of the training shape; ``uint8`` images stay ``uint8``
-            until each batch is on the device (a quarter of the memory and
-            transfer of float32).
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self, "offset_")
-        return self._checked_scores(self._images_to_score(X))
-
-    def _images_to_score(self, X):
-        if getattr(X, "dtype", None) == np.uint8 and getattr(X, "ndim", 0) in (3, 4):
-            images = np.asarray(X)
-            images = images[:, None] if images.ndim == 3 else images
-            if len(images) and tuple(images.shape[1:]) == self.image_shape_:
-                return images
-        # anything else, and the error messages, as every detector
-        return validate_detector_input(self, X, reset=False)
-
     def level_distances(self, X):
         """Mahalanobis distance of each image at each level.
 
@@ -229,7 +205,8 @@ class DeepMahalanobis(BaseDetector):
             Columns follow ``levels_``; ``score_samples`` is minus their sum.
         """
         check_is_fitted(self, "offset_")
-        return self._level_distances(self._images_to_score(X))
+        X = validate_detector_input(self, X, reset=False, keep_uint8=True)
+        return self._level_distances(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -142,3 +142,28 @@ def test_images_of_other_sizes_train(digits_one_class):
     det = AutoEncoder(max_epochs=1, base_channels=4, random_state=0).fit(images)
     assert det.score_samples(images).shape == (16,)
     assert det.anomaly_map(images).shape == (16, 12, 10)
+
+
+def test_uint8_images_are_scored_batch_by_batch_without_a_float_copy():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2000, 1, 16, 16), dtype=np.uint8)  # 0.5 MB
+    det = AutoEncoder(
+        max_epochs=1, batch_size=50, base_channels=4, latent_dim=4, random_state=0
+    ).fit(images[:200])
+    floats = images.astype(np.float32) / 255  # 2 MB
+    expected = det.score_samples(floats)
+    tracemalloc.start()
+    try:
+        scores = det.score_samples(images)
+        maps = det.anomaly_map(images)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the same numbers as the float images...
+    np.testing.assert_array_equal(scores, expected)
+    np.testing.assert_array_equal(maps, det.anomaly_map(floats))
+    # ...without a whole-array float32 copy (2 MB): the maps (2 MB) and
+    # per-batch buffers are all that is allocated
+    assert peak < maps.nbytes + floats.nbytes // 2, peak

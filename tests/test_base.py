@@ -84,13 +84,46 @@ def test_failed_fit_leaves_nothing_half_fitted(X):
     assert det.n_features_in_ == 4
 
 
-def test_non_finite_scores_raise():
+def test_non_finite_scores_raise_in_fit():
     class _Broken(_Distance):
         def _score_samples(self, X):
             return np.full(len(X), np.nan)
 
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="non-finite.*training data"):
         _Broken().fit(np.ones((5, 2)))
+
+
+def test_extreme_test_samples_are_flagged_not_fatal(X):
+    det = AutoEncoder(max_epochs=1, random_state=0).fit(X)
+    test = X[:4].copy()
+    test[0, 0] = 3e19  # squares to inf in float32
+    with pytest.warns(RuntimeWarning, match="1 non-finite score"):
+        scores = det.score_samples(test)
+    assert scores[0] == np.finfo(np.float64).min
+    assert np.all(np.isfinite(scores)) and np.all(scores[1:] > scores[0])
+    with pytest.warns(RuntimeWarning):
+        assert det.predict(test)[0] == -1
+    np.testing.assert_array_equal(scores[1:], det.score_samples(X[1:4]))
+
+
+def test_threshold_from_a_subset_when_scoring_is_costly(X):
+    seen = []
+
+    class _Costly(_Distance):
+        _max_offset_samples = 50
+
+        def _score_samples(self, X):
+            seen.append(len(X))
+            return super()._score_samples(X)
+
+    det = _Costly(contamination=0.1).fit(X)
+    assert seen == [50]
+    subset = np.sort(np.random.default_rng(0).choice(len(X), 50, replace=False))
+    expected = np.percentile(det.score_samples(X[subset]), 10)
+    assert det.offset_ == pytest.approx(expected)
+    seen.clear()
+    _Costly().fit(X[:40])  # fewer than the limit: all of them
+    assert seen == [40]
 
 
 @pytest.mark.parametrize(
@@ -115,6 +148,8 @@ def test_image_shapes_and_kinds_must_match_at_predict_time():
     assert det.image_shape_ == (3, 8, 8) and det.n_features_in_ == 192
     with pytest.raises(ValueError, match=r"fitted on images of shape \(3, 8, 8\)"):
         det.score_samples(rng.random((2, 3, 6, 6)))
+    with pytest.raises(ValueError, match="with 3 channel.*got images with 1"):
+        det.score_samples(rng.random((2, 1, 8, 8)))
     with pytest.raises(ValueError, match="got a 2-D tabular array"):
         det.score_samples(rng.random((2, 192)))
     tabular = _Distance().fit(rng.random((10, 5)))
