@@ -318,6 +318,10 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         return tags
 
 
+# Float images a little outside [0, 1] (interpolation overshoot) are fine.
+_RANGE_TOLERANCE = 1e-2
+
+
 def _check_device(device):
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -344,6 +348,15 @@ def _check_images(estimator, X, *, reset):
         ensure_min_samples=1,
         input_name="X",
     )
+    if not is_uint8 and X.size:
+        low, high = float(X.min()), float(X.max())
+        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name} reads float images as values in [0, 1] and got values "
+                f"in [{low:.4g}, {high:.4g}]. Pass uint8 images (0 to 255) or "
+                "divide by 255 first; the backbone's own normalisation is "
+                "applied inside."
+            )
     if X.ndim == 3:
         X = X[:, None]
     if X.shape[1] > 4 and X.shape[-1] in (1, 3, 4):

@@ -249,6 +249,8 @@ def test_imagenet_weights_come_from_the_hub_cache(empty_offline_hub):
         ({}, _images()[:, 0, 0], "takes images"),
         ({}, _images(channels=4), "1 or 3 channels"),
         ({}, _images().transpose(0, 2, 3, 1), "channels-last"),
+        ({}, _images().astype(np.float32), r"values in \[0, 1\].*divide by 255"),
+        ({}, _images().astype(np.int64), r"uint8 images \(0 to 255\)"),
     ],
 )
 def test_bad_input(params, X, match):
