@@ -174,6 +174,8 @@ def make_detector(name, args, clock):
         # AUROC does not use: no latent search there (0 steps), then
         # --anogan-steps for the test scores (see run_ours)
         params["search_steps"] = 0
+    if name == "EGBAD" and args.egbad_lr is not None:
+        params["lr"] = args.egbad_lr
     return cls(**params)
 
 
@@ -261,6 +263,13 @@ def main():
     parser.add_argument("--anogan-steps", type=int, default=100)
     parser.add_argument("--anogan-max-test", type=int, default=300)
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    parser.add_argument(
+        "--egbad-lr",
+        type=float,
+        default=None,
+        help="EGBAD's learning rate (default: its own, the authors' 1e-5, which "
+        "needs far more steps than a short run gives)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=len(os.sched_getaffinity(0)),
