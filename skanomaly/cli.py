@@ -8,6 +8,7 @@ line syntax errors); ``--debug`` shows the full traceback instead.
 
 import argparse
 import ast
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -552,6 +553,12 @@ def main(argv=None):
         except KeyboardInterrupt:
             print("skanomaly: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            # the reader went away (``skanomaly score ... | head``): not an
+            # error; send what Python still flushes at exit to devnull
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         except Exception as exc:
             if args.debug:
                 raise

@@ -550,7 +550,7 @@ class _Reader:
                 f"its parameters do not fit {cls.__name__} here ({exc}); it was "
                 "probably written by another version"
             ) from None
-        _check_device_available(estimator)
+        _check_device_available(estimator, requested=self.device is not None)
         if "custom_state" in encoded:
             estimator._set_persistent_state(self.value(encoded["custom_state"]))
             return estimator
@@ -602,7 +602,7 @@ def _flat(nested):
     return [nested]
 
 
-def _check_device_available(estimator):
+def _check_device_available(estimator, requested):
     import torch
 
     device = getattr(estimator, "device", None)
@@ -612,12 +612,19 @@ def _check_device_available(estimator):
         device = torch.device(device)
     except (RuntimeError, TypeError):
         return
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda" or torch.cuda.is_available():
+        return
+    if requested:
         raise ValueError(
-            f"The {type(estimator).__name__} in this file was saved with "
-            f"device={str(device)!r} but CUDA is not available here; load it with "
-            "skanomaly.load(path, device='cpu')."
+            f"device={str(device)!r} was requested but CUDA is not available "
+            "here; use device='cpu' (--device cpu), or leave it out to use the "
+            "device the file was saved with."
         )
+    raise ValueError(
+        f"The {type(estimator).__name__} in this file was saved with "
+        f"device={str(device)!r} but CUDA is not available here; load it with "
+        "skanomaly.load(path, device='cpu')."
+    )
 
 
 def _read_header(path):

@@ -190,6 +190,23 @@ def test_score_through_the_entry_point(fitted, category, tmp_path):
     assert max(defects) < min(score for path, score, _ in rows if "/good/" in path)
 
 
+def test_score_into_a_closed_pipe_is_not_an_error(fitted, category):
+    # `skanomaly score model data | head -1`: the reader leaves early
+    _, model = fitted
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "skanomaly", "score", str(model), str(category)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    process.stdout.close()  # before the command writes its first row
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert stderr == b""
+
+
 def test_score_to_stdout(fitted, category, capsys):
     _, model = fitted
     assert main(["score", str(model), str(category / "test/good")]) == 0

@@ -260,6 +260,8 @@ def test_cuda_model_without_cuda_asks_for_device_override(saved_autoencoder):
         load(saved_autoencoder)
     loaded = load(saved_autoencoder, device="cpu")
     assert loaded.device == "cpu"
+    with pytest.raises(ValueError, match="device='cuda' was requested"):
+        load(saved_autoencoder, device="cuda")
     assert np.isfinite(loaded.score_samples(IMAGES_TEST)).all()
 
 
