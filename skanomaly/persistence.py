@@ -6,7 +6,8 @@ A skanomaly model file (extension ``.ska`` by convention) is one
 - its string metadata holds one entry, ``"skanomaly"``, a JSON document with
   the format name and version, the detector's registry name and class, its
   constructor parameters (``get_params(deep=False)``) and its fitted state,
-  plus a SHA-256 checksum of the tensor data;
+  plus a SHA-256 checksum of that document and the tensor data (it finds
+  damaged and hand-edited files; it is not a signature);
 - its tensors hold every array and weight: numpy arrays of the fitted state,
   torch tensors, and the ``state_dict`` of each module of a skorch net
   (generator, discriminator, criterion).
@@ -57,7 +58,8 @@ import numpy as np
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_NAME = "skanomaly"
-FORMAT_VERSION = 1
+# 2: the checksum also covers the detector document (1: tensors only).
+FORMAT_VERSION = 2
 _METADATA_KEY = "skanomaly"
 _MAX_HEADER_BYTES = 100_000_000
 _ARRAY_KINDS = "biuf"
@@ -293,10 +295,14 @@ def _net_input_shape(owner, where):
     return (int(n_features),)
 
 
-def _checksum(tensors):
+def _checksum(tensors, document=None):
+    """SHA-256 of the tensors and, from format 2 on, of the detector document."""
     import torch
 
     digest = hashlib.sha256()
+    if document is not None:
+        canonical = json.dumps(document, sort_keys=True, allow_nan=False)
+        digest.update(canonical.encode())
     for name in sorted(tensors):
         tensor = tensors[name]
         digest.update(name.encode())
@@ -377,7 +383,7 @@ def save(detector, path):
         "skanomaly_version": __version__,
         "name": name,
         "detector": encoded,
-        "checksum": _checksum(writer.tensors),
+        "checksum": _checksum(writer.tensors, {"name": name, "detector": encoded}),
     }
     metadata = {_METADATA_KEY: json.dumps(header, allow_nan=False)}
     data = save_bytes(writer.tensors, metadata=metadata)
@@ -717,8 +723,21 @@ def load(path, *, device=None):
             tensors = load_bytes(path.read_bytes())
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise _FormatError(f"its tensor data is damaged ({exc})") from None
-        if document.get("checksum") != _checksum(tensors):
-            raise _FormatError("its tensor data does not match its checksum")
+        covered = None
+        if document["format_version"] >= 2:
+            covered = {
+                "name": document.get("name"),
+                "detector": document.get("detector"),
+            }
+        try:
+            expected = _checksum(tensors, covered)
+        except (TypeError, ValueError):  # a document JSON cannot hold
+            expected = None
+        if document.get("checksum") != expected:
+            raise _FormatError(
+                "its contents do not match its checksum (the file is damaged or "
+                "was edited)"
+            )
         name = document.get("name")
         encoded = document.get("detector")
         if not isinstance(name, str) or not isinstance(encoded, dict):

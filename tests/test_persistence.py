@@ -16,7 +16,7 @@ from skorch.callbacks import EarlyStopping
 import skanomaly
 from skanomaly import registry
 from skanomaly.base import BaseDetector
-from skanomaly.persistence import FORMAT_VERSION, load, save
+from skanomaly.persistence import FORMAT_VERSION, _checksum, load, save
 
 X_DIGITS, Y_DIGITS = load_digits(return_X_y=True)
 TABLE = X_DIGITS[Y_DIGITS == 0][:48]
@@ -168,12 +168,19 @@ def test_skanomaly_namespace_exports_save_and_load():
 # ------------------------------------------------------------------ bad files
 
 
-def _rewrite(path, edit):
-    """Apply ``edit`` to the JSON document of a saved file, keeping the tensors."""
+def _rewrite(path, edit, *, keep_checksum=False):
+    """Apply ``edit`` to the JSON document of a saved file, keeping the tensors.
+
+    The checksum is recomputed, as a deliberate forger would, unless
+    ``keep_checksum``: the loader's own checks are what is under test.
+    """
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     document = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["skanomaly"])
     edit(document)
+    if not keep_checksum and "checksum" in document:
+        covered = {"name": document.get("name"), "detector": document.get("detector")}
+        document["checksum"] = _checksum(load_tensors(raw), covered)
     path.write_bytes(
         save_tensors(load_tensors(raw), metadata={"skanomaly": json.dumps(document)})
     )
@@ -194,7 +201,6 @@ def _set(key, value):
         (_set("format", "other"), "does not describe a skanomaly model"),
         (_set("name", "no_such_detector"), "'no_such_detector' detector, which is not"),
         (_set("name", "vae"), "refusing to load it into another class"),
-        (_set("checksum", "0" * 64), "does not match its checksum"),
         (
             lambda d: d["detector"]["params"].update(
                 latent_dim={"__estimator__": {"class": "os.system", "params": {}}}
@@ -214,11 +220,37 @@ def test_tampered_files_are_refused(saved_autoencoder, edit, message):
         load(saved_autoencoder)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _set("checksum", "0" * 64),
+        lambda d: d["detector"]["state"].update(offset_="abc"),
+        lambda d: d["detector"]["params"].update(latent_dim=5),
+    ],
+)
+def test_edited_headers_are_detected(saved_autoencoder, edit):
+    _rewrite(saved_autoencoder, edit, keep_checksum=True)
+    with pytest.raises(ValueError, match="damaged or was edited"):
+        load(saved_autoencoder)
+
+
+def test_format_1_files_still_load(saved_autoencoder, fitted_autoencoder):
+    def as_format_1(document):
+        document["format_version"] = 1
+        document["checksum"] = _checksum(load_tensors(saved_autoencoder.read_bytes()))
+
+    _rewrite(saved_autoencoder, as_format_1, keep_checksum=True)
+    np.testing.assert_array_equal(
+        load(saved_autoencoder).score_samples(IMAGES_TEST),
+        fitted_autoencoder.score_samples(IMAGES_TEST),
+    )
+
+
 def test_corrupted_bytes_are_detected(saved_autoencoder):
     raw = bytearray(saved_autoencoder.read_bytes())
     raw[-5] ^= 0xFF  # inside the last tensor
     saved_autoencoder.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match="does not match its checksum"):
+    with pytest.raises(ValueError, match="damaged or was edited"):
         load(saved_autoencoder)
 
 
