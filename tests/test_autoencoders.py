@@ -167,3 +167,21 @@ def test_uint8_images_are_scored_batch_by_batch_without_a_float_copy():
     # ...without a whole-array float32 copy (2 MB): the maps (2 MB) and
     # per-batch buffers are all that is allocated
     assert peak < maps.nbytes + floats.nbytes // 2, peak
+
+
+@pytest.mark.parametrize("batch_norm, dropout", [(True, 0.0), (False, 0.3)])
+def test_tabular_regularisation_reaches_the_mlps(batch_norm, dropout):
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    det = AutoEncoder(
+        max_epochs=1, batch_norm=batch_norm, dropout=dropout, random_state=0
+    ).fit(X)
+    for mlp in (det.net_.module_.encoder, det.net_.module_.decoder):
+        kinds = [type(layer) for layer in mlp]
+        assert (torch.nn.BatchNorm1d in kinds) == batch_norm
+        dropouts = [layer.p for layer in mlp if isinstance(layer, torch.nn.Dropout)]
+        assert dropouts == ([dropout] * 2 if dropout else [])
+    # evaluation mode when scoring: no dropout noise, batch statistics frozen
+    np.testing.assert_array_equal(det.score_samples(X), det.score_samples(X))
+    np.testing.assert_allclose(
+        det.score_samples(X[:7]), det.score_samples(X)[:7], rtol=1e-5
+    )

@@ -21,7 +21,14 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def make_encoder_decoder(
-    input_shape, code_size, latent_dim, hidden_sizes, base_channels, out_channels=None
+    input_shape,
+    code_size,
+    latent_dim,
+    hidden_sizes,
+    base_channels,
+    out_channels=None,
+    batch_norm=False,
+    dropout=0.0,
 ):
     """Encoder to ``code_size`` and decoder from ``latent_dim`` for tabular or images.
 
@@ -29,13 +36,16 @@ def make_encoder_decoder(
     ``hidden_sizes``) or ``(channels, height, width)`` for images (DCGAN conv
     stacks with ``base_channels``). ``out_channels`` widens the decoder
     output (e.g. to predict a variance per value); the image decoder then
-    has no output activation.
+    has no output activation. ``batch_norm`` and ``dropout`` regularise the
+    tabular MLPs (see :class:`~skanomaly.nn.MLP`); the conv stacks have
+    batch normalisation already.
     """
     if len(input_shape) == 1:
         n_features = input_shape[0]
         out = n_features if out_channels is None else n_features * out_channels
-        encoder = MLP(n_features, hidden_sizes, code_size)
-        decoder = MLP(latent_dim, tuple(hidden_sizes)[::-1], out)
+        regularised = dict(batch_norm=batch_norm, dropout=dropout)
+        encoder = MLP(n_features, hidden_sizes, code_size, **regularised)
+        decoder = MLP(latent_dim, tuple(hidden_sizes)[::-1], out, **regularised)
         return encoder, decoder
     encoder = ConvEncoder(input_shape, code_size, base_channels)
     decoder = ConvDecoder(
@@ -54,11 +64,23 @@ class AutoEncoderModule(nn.Module):
     """x -> code of ``latent_dim`` -> reconstruction of x."""
 
     def __init__(
-        self, input_shape, latent_dim=8, hidden_sizes=(64, 32), base_channels=32
+        self,
+        input_shape,
+        latent_dim=8,
+        hidden_sizes=(64, 32),
+        base_channels=32,
+        batch_norm=False,
+        dropout=0.0,
     ):
         super().__init__()
         self.encoder, self.decoder = make_encoder_decoder(
-            input_shape, latent_dim, latent_dim, hidden_sizes, base_channels
+            input_shape,
+            latent_dim,
+            latent_dim,
+            hidden_sizes,
+            base_channels,
+            batch_norm=batch_norm,
+            dropout=dropout,
         )
 
     def forward(self, x):

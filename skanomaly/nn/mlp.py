@@ -23,6 +23,10 @@ class MLP(nn.Sequential):
         (the GAN discriminators' choice).
     output_activation : nn.Module or None, default=None
         Applied to the output (e.g. ``nn.Tanh()``), none by default.
+    batch_norm : bool, default=False
+        Batch normalisation after every hidden linear layer.
+    dropout : float, default=0.0
+        Dropout rate after every hidden activation.
     """
 
     def __init__(
@@ -33,16 +37,22 @@ class MLP(nn.Sequential):
         activation=nn.ReLU,
         negative_slope=None,
         output_activation=None,
+        batch_norm=False,
+        dropout=0.0,
     ):
         layers = []
         width = in_features
         for size in hidden_sizes:
             layers.append(nn.Linear(width, size))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
             layers.append(
                 nn.LeakyReLU(negative_slope)
                 if negative_slope is not None
                 else activation()
             )
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, out_features))
         if output_activation is not None:
