@@ -106,18 +106,15 @@ class BaseTorchDetector(BaseDetector):
         return self
 
     def _scale_input(self, X):
-        """The whole validated ``X`` as the network sees it (float32)."""
-        if X.dtype == np.uint8:
-            scaled = X.astype(np.float32)
-            np.divide(scaled, np.float32(255.0), out=scaled)
-            scaled -= self.input_center_
-            scaled /= self.input_scale_
-            return scaled
-        scaled = (X - self.input_center_) / self.input_scale_
-        return scaled.astype(np.float32, copy=False)
+        """The whole validated array ``X`` as the network sees it (float32)."""
+        return self._scale_batch(torch.as_tensor(X)).numpy()
 
     def _scale_batch(self, X_batch):
-        """``_scale_input`` for one batch tensor, on its device."""
+        """A batch tensor as the network sees it, on the batch's device.
+
+        uint8 images are read as value / 255; then the training statistics
+        map the input to the network's range (see ``_fit``).
+        """
         if X_batch.dtype == torch.uint8:
             X_batch = X_batch.to(torch.float32) / 255.0
         center = torch.as_tensor(self.input_center_, device=X_batch.device)

@@ -178,7 +178,7 @@ def _for_training_set(template, n_train):
     The digits' classes have about 90 training images: with a batch of 64
     an epoch is two optimizer steps, and 20 epochs leave GANomaly so early
     in training that its latent score ranks anomalies as normal (AUROC
-    0.01). Trained detectors therefore get a batch of at most
+    0.015). Trained detectors therefore get a batch of at most
     ``n_train / MIN_STEPS_PER_EPOCH`` (and at least 8) unless their
     ``_benchmark_params`` name a batch size.
     """

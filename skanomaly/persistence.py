@@ -247,7 +247,7 @@ class _Writer:
                 nets[attr] = self.net(estimator, value, here)
                 continue
             if isinstance(value, torch.nn.Module):
-                if _module_builder(estimator, attr) is None:
+                if getattr(estimator, "_make_persistent_module", None) is None:
                     raise ValueError(
                         f"Cannot save {cls.__name__}: its fitted attribute {attr!r} "
                         f"is a torch module ({_qualified(type(value))}) and "
@@ -274,11 +274,6 @@ class _Writer:
             "nets": nets,
             "modules": modules,
         }
-
-
-def _module_builder(estimator, attr):
-    """A function of the attribute name that rebuilds that module, or None."""
-    return getattr(estimator, "_make_persistent_module", None)
 
 
 def _net_input_shape(owner, where):
@@ -563,7 +558,7 @@ class _Reader:
         for attr, value in encoded["state"].items():
             setattr(estimator, attr, self.value(value))
         for attr, module_state in encoded["modules"].items():
-            make = _module_builder(estimator, attr)
+            make = getattr(estimator, "_make_persistent_module", None)
             if make is None:
                 raise _FormatError(
                     f"{cls.__name__} has no _make_persistent_module to rebuild {attr}"

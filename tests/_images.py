@@ -25,8 +25,9 @@ def bar_images(n, vertical=False, size=16, seed=0):
     return images
 
 
-def check_separates_bar_orientation(detector):
-    """Fit on horizontal bars; vertical ones must rank as anomalies.
+def check_separates_bar_orientation(detector_class):
+    """Fit a small ``detector_class`` on horizontal bars; vertical ones must
+    rank as anomalies.
 
     Both by score (higher ``score_samples`` = more normal) and by the mean
     of the anomaly map (vertical bars are reconstructed worse).
@@ -36,6 +37,14 @@ def check_separates_bar_orientation(detector):
     normal = bar_images(256, seed=0)
     test = np.concatenate([bar_images(64, seed=1), bar_images(64, True, seed=2)])
     is_anomaly = np.r_[np.zeros(64), np.ones(64)]
+    detector = detector_class(
+        latent_dim=8,
+        base_channels=8,
+        lr=5e-4,
+        max_epochs=4,
+        batch_size=8,
+        random_state=0,
+    )
     detector.fit(normal)
     scores = detector.score_samples(test)
     assert scores.shape == (128,) and np.all(np.isfinite(scores))
