@@ -36,6 +36,7 @@ for any scikit-learn outlier detector. In a cross-validated search, where
 """
 
 import copy
+from functools import partial
 
 import numpy as np
 from sklearn.metrics import (
@@ -196,55 +197,41 @@ def _predicted_anomalies(y_pred, scorer_name):
 # workers). ``normality`` is decision_function (or score_samples) output.
 
 
-def _anomaly_roc_auc(y_true, normality):
-    y = _anomaly_mask(y_true, "anomaly", "anomaly_roc_auc")
-    return roc_auc_score(y, -np.asarray(normality, dtype=np.float64))
+def _ranking_score(y_true, normality, *, metric, convention, name):
+    y = _anomaly_mask(y_true, convention, name)
+    return metric(y, -np.asarray(normality, dtype=np.float64))
 
 
-def _outlier_roc_auc(y_true, normality):
-    y = _anomaly_mask(y_true, "outlier", "outlier_roc_auc")
-    return roc_auc_score(y, -np.asarray(normality, dtype=np.float64))
+def _f1_score(y_true, y_pred, *, convention, name):
+    y = _anomaly_mask(y_true, convention, name)
+    return f1_score(y, _predicted_anomalies(y_pred, name))
 
 
-def _anomaly_average_precision(y_true, normality):
-    y = _anomaly_mask(y_true, "anomaly", "anomaly_average_precision")
-    return average_precision_score(y, -np.asarray(normality, dtype=np.float64))
+def _make_scorers():
+    scorers = {}
+    for convention in ("anomaly", "outlier"):
+        for metric_name, metric in (
+            ("roc_auc", roc_auc_score),
+            ("average_precision", average_precision_score),
+        ):
+            name = f"{convention}_{metric_name}"
+            score = partial(
+                _ranking_score, metric=metric, convention=convention, name=name
+            )
+            scorers[name] = make_scorer(score, response_method=_RANKING_METHODS)
+        name = f"{convention}_f1"
+        score = partial(_f1_score, convention=convention, name=name)
+        scorers[name] = make_scorer(score, response_method="predict")
+    return scorers
 
 
-def _outlier_average_precision(y_true, normality):
-    y = _anomaly_mask(y_true, "outlier", "outlier_average_precision")
-    return average_precision_score(y, -np.asarray(normality, dtype=np.float64))
-
-
-def _anomaly_f1(y_true, y_pred):
-    y = _anomaly_mask(y_true, "anomaly", "anomaly_f1")
-    return f1_score(y, _predicted_anomalies(y_pred, "anomaly_f1"))
-
-
-def _outlier_f1(y_true, y_pred):
-    y = _anomaly_mask(y_true, "outlier", "outlier_f1")
-    return f1_score(y, _predicted_anomalies(y_pred, "outlier_f1"))
-
-
-anomaly_roc_auc_scorer = make_scorer(_anomaly_roc_auc, response_method=_RANKING_METHODS)
-anomaly_average_precision_scorer = make_scorer(
-    _anomaly_average_precision, response_method=_RANKING_METHODS
-)
-anomaly_f1_scorer = make_scorer(_anomaly_f1, response_method="predict")
-outlier_roc_auc_scorer = make_scorer(_outlier_roc_auc, response_method=_RANKING_METHODS)
-outlier_average_precision_scorer = make_scorer(
-    _outlier_average_precision, response_method=_RANKING_METHODS
-)
-outlier_f1_scorer = make_scorer(_outlier_f1, response_method="predict")
-
-_SCORERS = {
-    "anomaly_roc_auc": anomaly_roc_auc_scorer,
-    "anomaly_average_precision": anomaly_average_precision_scorer,
-    "anomaly_f1": anomaly_f1_scorer,
-    "outlier_roc_auc": outlier_roc_auc_scorer,
-    "outlier_average_precision": outlier_average_precision_scorer,
-    "outlier_f1": outlier_f1_scorer,
-}
+_SCORERS = _make_scorers()
+anomaly_roc_auc_scorer = _SCORERS["anomaly_roc_auc"]
+anomaly_average_precision_scorer = _SCORERS["anomaly_average_precision"]
+anomaly_f1_scorer = _SCORERS["anomaly_f1"]
+outlier_roc_auc_scorer = _SCORERS["outlier_roc_auc"]
+outlier_average_precision_scorer = _SCORERS["outlier_average_precision"]
+outlier_f1_scorer = _SCORERS["outlier_f1"]
 
 
 def get_scorer(scoring):
