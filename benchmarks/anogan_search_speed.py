@@ -1,6 +1,6 @@
 """AnoGAN scoring speed: the batched latent search vs a per-sample loop.
 
-Both ways run the same search (:func:`skanomaly.nn.anogan_search.latent_search`,
+Both ways run the same search (:func:`skanomaly.nn.anogan.latent_search`,
 the one AnoGAN's ``score_samples`` runs) with the same number of Adam steps
 and the same starting code on AnoGAN's default networks (DCGAN generator
 and discriminator, latent 100, 64 base channels) for 1x32x32 images:
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-from skanomaly.nn.anogan_search import AnoGANGenerator, latent_search
+from skanomaly.nn.anogan import AnoGANGenerator, latent_search
 from skanomaly.nn.gan import Discriminator
 
 IMAGE_SHAPE = (1, 32, 32)

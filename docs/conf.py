@@ -147,9 +147,21 @@ API_SECTIONS = [
         "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
     ),
     (
-        "Base class",
-        "skanomaly.base",
-        "What every detector, built-in or plugin, derives from.",
+        "Base classes and tags",
+        "skanomaly.detectors.base",
+        "What every detector, built-in or plugin, derives from, and what it "
+        "declares about itself (:doc:`plugins`).",
+    ),
+    (
+        "Bases of trained detectors",
+        "skanomaly.detectors.torch_base",
+        "Scaling, seeding, the skorch net and batched scoring, for detectors "
+        "trained with skorch.",
+    ),
+    (
+        "Bases of GAN detectors",
+        "skanomaly.detectors.gan_base",
+        "The adversarial net and the parameters every GAN detector shares.",
     ),
     (
         "Metrics",
@@ -164,12 +176,12 @@ API_SECTIONS = [
     ),
     (
         "Datasets",
-        "skanomaly.datasets",
-        "Small loaders for examples and benchmarks.",
+        "skanomaly.app.datasets",
+        "Image folders, the MVTec AD layout and the embedded digits, as arrays.",
     ),
     (
         "Benchmark",
-        "skanomaly.benchmark",
+        "skanomaly.app.benchmark",
         "What ``skanomaly benchmark`` runs, as functions (:doc:`benchmarks`).",
     ),
     (
@@ -180,7 +192,7 @@ API_SECTIONS = [
 ]
 
 # Top-level names documented in another section.
-_DOCUMENTED_ELSEWHERE = {"BaseDetector"}
+_DOCUMENTED_ELSEWHERE = {"BaseDetector", "DetectorTags"}
 
 
 def _import(module_name):

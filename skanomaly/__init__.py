@@ -1,28 +1,28 @@
 """skanomaly: generative and deep-feature anomaly detectors for scikit-learn.
 
-Detectors are imported lazily, on first use of their name, so that
-``import skanomaly`` stays cheap and a missing optional piece never breaks
-the others.
+Names are imported lazily, on first use, so that ``import skanomaly`` stays
+cheap and a missing optional piece never breaks the others. The detector
+classes (``skanomaly.AutoEncoder`` ...) come from the registry: the built-in
+entry points in skanomaly's own package metadata are the one list of them.
 """
 
 import importlib
 
-from .registry import get_detector, list_detectors, make_detector, refresh_registry
+from .registry import (
+    builtin_detector_classes,
+    get_detector,
+    list_detectors,
+    make_detector,
+    refresh_registry,
+)
 
 __version__ = "0.1.0.dev0"
 
-# public name -> module that defines it
+# public names that are not detectors -> module that defines them
 _LAZY = {
-    "BaseDetector": "skanomaly.base",
-    "AutoEncoder": "skanomaly.autoencoder",
-    "VAE": "skanomaly.vae",
-    "AnoGAN": "skanomaly.anogan",
-    "EGBAD": "skanomaly.egbad",
-    "GANomaly": "skanomaly.ganomaly",
-    "SkipGANomaly": "skanomaly.skipganomaly",
-    "Mahalanobis": "skanomaly.mahalanobis",
-    "DeepMahalanobis": "skanomaly.deep_mahalanobis",
-    "TimmFeatures": "skanomaly.timm_features",
+    "BaseDetector": "skanomaly.detectors.base",
+    "DetectorTags": "skanomaly.detectors.base",
+    "TimmFeatures": "skanomaly.features.pooled",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }
@@ -33,14 +33,18 @@ __all__ = [
     "make_detector",
     "refresh_registry",
     *_LAZY,
+    *builtin_detector_classes(),
 ]
 
 
 def __getattr__(name):
     module = _LAZY.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif name in builtin_detector_classes():
+        value = get_detector(builtin_detector_classes()[name])
+    else:
         raise AttributeError(f"module 'skanomaly' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -1,12 +1,19 @@
-"""Input validation shared by every detector: tabular arrays and image batches."""
+"""Input checks every estimator shares: tables, image batches, sizes, devices."""
 
 import warnings
+from numbers import Integral
 
 import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
-__all__ = ["validate_detector_input", "select_inliers", "is_image_input"]
+__all__ = [
+    "check_device",
+    "parse_image_size",
+    "select_inliers",
+    "validate_detector_input",
+    "validate_images",
+]
 
 _RANK_HELP = (
     "expected a 2-D tabular array (n_samples, n_features), grayscale images "
@@ -14,25 +21,8 @@ _RANK_HELP = (
 )
 
 
-def is_image_input(X):
-    """Whether ``X`` would be read as a batch of images (rank 3 or 4)."""
-    return getattr(X, "ndim", 2) in (3, 4)
-
-
-def validate_detector_input(estimator, X, *, reset, min_samples=1, keep_uint8=False):
-    """Check ``X`` and return it as a float32/float64 array.
-
-    Tabular input goes through scikit-learn's ``validate_data`` so that
-    ``n_features_in_`` and ``feature_names_in_`` behave as in any estimator.
-    Images come back as (n_samples, channels, height, width); ``uint8`` images
-    are scaled to [0, 1] (the torchvision convention), floats are kept. With
-    ``keep_uint8=True`` uint8 images come back as they are (no float copy of
-    the whole batch), for callers that scale them batch by batch.
-
-    With ``reset=True`` the input kind and shape are recorded on the estimator
-    (``n_features_in_`` and ``image_shape_``, ``None`` for tabular data); with
-    ``reset=False`` ``X`` must match what was recorded.
-    """
+def _rank(X):
+    """The rank of ``X`` without converting arrays; None for ragged input."""
     ndim = getattr(X, "ndim", None)
     if ndim is None and not hasattr(X, "__array__") and not hasattr(X, "shape"):
         # lists and other sequences: let numpy tell the rank
@@ -40,17 +30,58 @@ def validate_detector_input(estimator, X, *, reset, min_samples=1, keep_uint8=Fa
             ndim = np.asarray(X).ndim
         except (TypeError, ValueError):  # ragged input
             ndim = None
-    if ndim in (3, 4):
-        return _validate_images(
-            estimator, X, reset=reset, min_samples=min_samples, keep_uint8=keep_uint8
-        )
+    return ndim
+
+
+def validate_detector_input(
+    estimator,
+    X,
+    *,
+    reset,
+    min_samples=1,
+    keep_uint8=False,
+    tabular=True,
+    images=True,
+):
+    """Check ``X`` for a detector and return it as an array.
+
+    Tabular input goes through scikit-learn's ``validate_data`` so that
+    ``n_features_in_`` and ``feature_names_in_`` behave as in any estimator;
+    it comes back as float32 or float64. Images come back as (n_samples,
+    channels, height, width) (see :func:`validate_images`).
+
+    With ``reset=True`` the input kind and shape are recorded on the estimator
+    (``n_features_in_`` and ``image_shape_``, ``None`` for tabular data); with
+    ``reset=False`` ``X`` must match what was recorded. ``tabular`` and
+    ``images`` say which kinds the estimator takes (its declared tags); the
+    other kind is refused with a message naming what it takes.
+    """
+    name = type(estimator).__name__
+    ndim = _rank(X)
     if ndim is not None and ndim > 4:
         raise ValueError(f"{_RANK_HELP}; got an array of rank {ndim}.")
+    if ndim in (3, 4):
+        if not images:
+            raise ValueError(
+                f"{name} takes 2-D tabular data (n_samples, n_features); got an "
+                f"array of rank {ndim} (images). Flatten the images, or turn them "
+                "into features first (e.g. skanomaly.TimmFeatures)."
+            )
+        X = validate_images(
+            X, name=name, min_samples=min_samples, keep_uint8=keep_uint8
+        )
+        _record_or_match_image_shape(estimator, X, reset=reset)
+        return X
+    if not tabular:
+        raise ValueError(
+            f"{name} takes images (n_samples, height, width) or (n_samples, "
+            f"channels, height, width); got a {ndim}-D array. Reshape rows of "
+            "pixels to images first."
+        )
     if not reset and getattr(estimator, "image_shape_", None) is not None:
         raise ValueError(
-            f"{type(estimator).__name__} was fitted on images of shape "
-            f"{estimator.image_shape_} (channels, height, width) but got a 2-D "
-            "tabular array."
+            f"{name} was fitted on images of shape {estimator.image_shape_} "
+            "(channels, height, width) but got a 2-D tabular array."
         )
     X = validate_data(
         estimator,
@@ -64,8 +95,35 @@ def validate_detector_input(estimator, X, *, reset, min_samples=1, keep_uint8=Fa
     return X
 
 
-def _validate_images(estimator, X, *, reset, min_samples, keep_uint8):
-    name = type(estimator).__name__
+def validate_images(
+    X, *, name, min_samples=1, keep_uint8=False, float_range=None, channels=None
+):
+    """Check a batch of images and return it as (n_samples, channels, height, width).
+
+    ``uint8`` images are scaled to [0, 1] (the torchvision convention) in a
+    float32 copy; with ``keep_uint8=True`` they come back as they are (no
+    float copy of the whole batch), for callers that scale them batch by
+    batch. Other dtypes come back as float32 or float64.
+
+    Parameters
+    ----------
+    X : array-like of rank 3 or 4
+    name : str
+        The estimator's name, for the messages.
+    min_samples : int, default=1
+    keep_uint8 : bool, default=False
+    float_range : (float, float) or None, default=None
+        If given, float images must lie within it (a small tolerance aside):
+        the check that catches 0-255 floats given to a model that reads
+        floats as [0, 1].
+    channels : collection of int or None, default=None
+        Accepted channel counts (None: any).
+    """
+    if _rank(X) not in (3, 4):
+        raise ValueError(
+            f"{name} takes images (n_samples, height, width) or (n_samples, "
+            f"channels, height, width); got an array of rank {_rank(X)}."
+        )
     is_uint8 = getattr(X, "dtype", None) == np.uint8
     X = check_array(
         X,
@@ -77,42 +135,116 @@ def _validate_images(estimator, X, *, reset, min_samples, keep_uint8):
     if is_uint8 and not keep_uint8:
         # check_array made a float32 copy: scale it in place
         np.divide(X, np.float32(255.0), out=X)
+    if float_range is not None and X.dtype != np.uint8 and X.size:
+        _check_float_range(X, float_range, name)
     if X.ndim == 3:
         X = X[:, None, :, :]
-    channels = X.shape[1]
-    if channels > 4 and X.shape[-1] in (1, 3, 4):
+    if X.shape[1] > 4 and X.shape[-1] in (1, 3, 4):
         raise ValueError(
             f"{name} expects channels-first images (n_samples, channels, height, "
             f"width); got shape {X.shape}, which looks channels-last. Use "
             "X.transpose(0, 3, 1, 2)."
         )
+    if channels is not None and X.shape[1] not in channels:
+        accepted = " or ".join(str(c) for c in sorted(channels))
+        raise ValueError(
+            f"{name} takes images with {accepted} channels; got {X.shape[1]} "
+            f"(shape {X.shape[1:]}, channels first). Drop an alpha channel first."
+        )
+    return X
+
+
+# Float images a little outside their range (interpolation overshoot) are fine.
+_RANGE_TOLERANCE = 1e-2
+
+
+def _check_float_range(X, float_range, name):
+    low, high = float(X.min()), float(X.max())
+    lower, upper = float_range
+    if low < lower - _RANGE_TOLERANCE or high > upper + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{name} reads float images as values in [{lower:g}, {upper:g}] and got "
+            f"values in [{low:.4g}, {high:.4g}]. Pass uint8 images (0 to 255) or "
+            "divide by 255 first."
+        )
+
+
+def _record_or_match_image_shape(estimator, X, *, reset):
+    name = type(estimator).__name__
     image_shape = tuple(int(s) for s in X.shape[1:])
     if reset:
         estimator.image_shape_ = image_shape
         estimator.n_features_in_ = int(np.prod(image_shape))
         if hasattr(estimator, "feature_names_in_"):
             del estimator.feature_names_in_
+        return
+    fitted = getattr(estimator, "image_shape_", None)
+    if fitted is None:
+        raise ValueError(
+            f"{name} was fitted on 2-D tabular data with "
+            f"{estimator.n_features_in_} features but got images of shape "
+            f"{image_shape}."
+        )
+    if image_shape[0] != fitted[0]:
+        raise ValueError(
+            f"{name} was fitted on images with {fitted[0]} channel(s) but got "
+            f"images with {image_shape[0]} (shape {image_shape}, channels first)."
+        )
+    if image_shape != fitted:
+        raise ValueError(
+            f"{name} was fitted on images of shape {fitted} (channels, height, "
+            f"width) but got images of shape {image_shape}. Resize the images to "
+            "the training size first."
+        )
+
+
+def parse_image_size(image_size, *, name="image_size"):
+    """``image_size`` as a (height, width) pair of ints, or None.
+
+    Accepts None, a positive int (a square) or a pair of positive ints.
+    """
+    if image_size is None:
+        return None
+    if isinstance(image_size, Integral) and not isinstance(image_size, bool):
+        size = (image_size, image_size)
+    elif isinstance(image_size, (tuple, list)) and len(image_size) == 2:
+        size = tuple(image_size)
     else:
-        fitted = getattr(estimator, "image_shape_", None)
-        if fitted is None:
-            raise ValueError(
-                f"{name} was fitted on 2-D tabular data with "
-                f"{estimator.n_features_in_} features but got images of shape "
-                f"{X.shape[1:]}."
-            )
-        if image_shape[0] != fitted[0]:
-            raise ValueError(
-                f"{name} was fitted on images with {fitted[0]} channel(s) but got "
-                f"images with {image_shape[0]} (shape {image_shape}, channels "
-                "first)."
-            )
-        if image_shape != fitted:
-            raise ValueError(
-                f"{name} was fitted on images of shape {fitted} (channels, height, "
-                f"width) but got images of shape {image_shape}. Resize the images "
-                "to the training size first."
-            )
-    return X
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise ValueError(
+            f"{name} must be a positive int or a (height, width) pair of positive "
+            f"ints; got {image_size!r}."
+        )
+    return (int(size[0]), int(size[1]))
+
+
+def check_device(device, *, what=None, fix="use device='cpu'"):
+    """``device`` as a ``torch.device``, refusing CUDA where there is none.
+
+    Parameters
+    ----------
+    device : str or torch.device
+    what : str or None, default=None
+        How the device came to be asked for, opening the message (default:
+        ``"device='cuda'"``).
+    fix : str, default="use device='cpu'"
+        The remedy, closing the message.
+    """
+    import torch
+
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')."
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        what = what or f"device={str(device)!r}"
+        raise ValueError(f"{what} but CUDA is not available on this machine; {fix}.")
+    return device
 
 
 def select_inliers(X, y, *, estimator_name):

@@ -1,16 +1,20 @@
-"""skorch nets that train every torch detector.
+"""skorch nets that train every torch detector, and what else touches skorch's insides.
 
 - :class:`SelfSupervisedNet` trains a module whose loss compares the output
   with the input itself (autoencoders): there is no target ``y``.
 - :class:`AdversarialNet` carries the two-optimizer GAN training step that all
   GAN detectors share. A detector supplies the generator-side ``module``, a
-  ``discriminator`` and a ``criterion`` with two methods,
-  ``discriminator_loss(output, X, discriminator)`` and
-  ``generator_loss(output, X, discriminator)``, where ``output`` is whatever
-  ``module(X)`` returns.
+  ``discriminator`` and a ``criterion`` implementing
+  :class:`~skanomaly.nn.gan.AdversarialLoss`: ``discriminator_loss(output,
+  X, discriminator)`` and ``generator_loss(output, X, discriminator)``,
+  where ``output`` is whatever ``module(X)`` returns.
 
 Both read their minibatches with :class:`TensorBatchIterator`, which slices
 one tensor per batch instead of collating samples one by one.
+
+:func:`net_modules`, :func:`evaluation` and :func:`initialize_for_inference`
+are the only places in skanomaly that use skorch's private attributes (its
+lists of modules and its initialisation steps); the rest goes through them.
 """
 
 import math
@@ -18,14 +22,20 @@ from contextlib import contextmanager
 
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import PassthroughScoring
+from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import Dataset, unpack_data
 from skorch.utils import to_tensor
+
+from .nn.gan import AdversarialLoss
 
 __all__ = [
     "AdversarialNet",
     "SelfSupervisedNet",
     "TensorBatchIterator",
+    "WeightAverage",
+    "evaluation",
+    "initialize_for_inference",
+    "net_modules",
     "torch_random_state",
 ]
 
@@ -91,6 +101,138 @@ def torch_random_state(seed, device="cpu"):
         yield
 
 
+def net_modules(net):
+    """Every initialised module and criterion of a skorch net, by name.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        An initialised net.
+
+    Returns
+    -------
+    modules : dict of str to torch.nn.Module
+        ``{'module': net.module_, 'criterion': net.criterion_, ...}``, with
+        the extra modules of custom nets (``AdversarialNet``'s
+        ``discriminator``).
+    """
+    modules = {}
+    for name in [*net._modules, *net._criteria]:
+        module = getattr(net, f"{name}_", None)
+        if isinstance(module, torch.nn.Module):
+            modules[name] = module
+    return modules
+
+
+@contextmanager
+def evaluation(net, dtype=None):
+    """Put every module of ``net`` in evaluation mode; optionally run it in ``dtype``.
+
+    The modules stay in evaluation mode after the block (``fit`` switches
+    them back to training). With ``dtype`` (e.g. ``torch.float64``) their
+    floating-point weights are converted inside the block and converted back
+    after it; float32 to float64 and back is exact, so the trained weights
+    are unchanged. Enter it outside ``torch.inference_mode``: weights
+    converted inside inference mode could not be trained again.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+    dtype : torch.dtype or None, default=None
+    """
+    net._set_training(False)
+    modules = list(net_modules(net).values())
+    if dtype is None:
+        yield net
+        return
+    before = [_floating_dtype(module) for module in modules]
+    for module in modules:
+        module.to(dtype)
+    try:
+        yield net
+    finally:
+        for module, original in zip(modules, before):
+            if original is not None:
+                module.to(original)
+
+
+def _floating_dtype(module):
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+# NeuralNet.initialize() without its optimizer step: scoring needs the
+# modules only, and creating a torch optimizer imports torch._dynamo, which
+# takes seconds.
+_INFERENCE_INIT_STEPS = (
+    "_initialize_virtual_params",
+    "_initialize_callbacks",
+    "_initialize_module",
+    "_initialize_criterion",
+    "_initialize_history",
+)
+
+
+def initialize_for_inference(net):
+    """Initialise a skorch net's modules and criterion, but not its optimizers.
+
+    For a net whose weights are about to be loaded (``skanomaly.load``): it
+    can score and predict, and ``fit`` on its detector builds a new net.
+    With a skorch that lacks these steps, the complete ``initialize()``.
+    """
+    if not all(callable(getattr(net, step, None)) for step in _INFERENCE_INIT_STEPS):
+        net.initialize()
+        return net
+    for step in _INFERENCE_INIT_STEPS:
+        getattr(net, step)()
+    net.initialized_ = True
+    return net
+
+
+class WeightAverage(Callback):
+    """Exponential moving average of a net's weights, used for evaluation.
+
+    After every training batch the average of each parameter of every
+    module of the net (for a GAN: the generator side and the discriminator)
+    is updated; at the end of training the averages replace the weights.
+    The decay at update ``t`` is
+    ``min(decay, (1 + t) / (10 + t))`` (TensorFlow's ExponentialMovingAverage
+    with ``num_updates``): a 0.999 average over a short run would otherwise
+    be mostly the first, untrained weights, while long runs get the full
+    ``decay``. Buffers (BatchNorm running statistics) are averages already
+    and are kept.
+    """
+
+    def __init__(self, decay=0.999):
+        self.decay = decay
+
+    @staticmethod
+    def _parameters(net):
+        return [p for m in net_modules(net).values() for p in m.parameters()]
+
+    def on_train_begin(self, net, **kwargs):
+        self.n_updates_ = 0
+        self.averages_ = [p.detach().clone() for p in self._parameters(net)]
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if not training:
+            return
+        self.n_updates_ += 1
+        decay = min(self.decay, (1 + self.n_updates_) / (10 + self.n_updates_))
+        with torch.no_grad():
+            for average, param in zip(self.averages_, self._parameters(net)):
+                average.mul_(decay).add_(param, alpha=1.0 - decay)
+
+    def on_train_end(self, net, **kwargs):
+        if self.n_updates_:
+            with torch.no_grad():
+                for average, param in zip(self.averages_, self._parameters(net)):
+                    param.copy_(average)
+        del self.averages_
+
+
 def _check_finite(loss, name, net):
     if not torch.isfinite(loss):
         raise FloatingPointError(
@@ -136,8 +278,9 @@ class AdversarialNet(NeuralNet):
         ``module(X)`` may return any tensor, tuple or dict.
     discriminator : nn.Module class or instance
         Set its init parameters with ``discriminator__<name>``.
-    criterion : nn.Module class or instance
-        With methods ``discriminator_loss(output, X, discriminator)`` and
+    criterion : AdversarialLoss class or instance
+        A :class:`~skanomaly.nn.gan.AdversarialLoss`: methods
+        ``discriminator_loss(output, X, discriminator)`` and
         ``generator_loss(output, X, discriminator)`` returning scalars. Loss
         weights are its init parameters (``criterion__w_con`` ...).
     optimizer_d : torch optimizer class, default=torch.optim.Adam
@@ -188,6 +331,16 @@ class AdversarialNet(NeuralNet):
         super().initialize_module()
         params = self.get_params_for("discriminator")
         self.discriminator_ = self.initialized_instance(self.discriminator, params)
+        return self
+
+    def initialize_criterion(self):
+        super().initialize_criterion()
+        if not isinstance(self.criterion_, AdversarialLoss):
+            raise TypeError(
+                f"AdversarialNet needs a criterion derived from "
+                f"skanomaly.nn.gan.AdversarialLoss; got "
+                f"{type(self.criterion_).__name__}."
+            )
         return self
 
     def initialize_optimizer(self, triggered_directly=None):

@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "builtin_detector_classes",
     "detector_entry_points",
     "get_detector",
     "list_detectors",
@@ -53,7 +54,7 @@ def detector_entry_points():
     --------
     >>> from skanomaly.registry import detector_entry_points
     >>> detector_entry_points()["ganomaly"].value
-    'skanomaly.ganomaly:GANomaly'
+    'skanomaly.detectors.ganomaly:GANomaly'
     """
     found = {}
     for entry_point in _entry_points_in_group():
@@ -70,6 +71,37 @@ def detector_entry_points():
                 stacklevel=2,
             )
     return dict(sorted(found.items()))
+
+
+def _is_builtin(entry_point):
+    return _package_of(entry_point) == "skanomaly" or (
+        _package_of(entry_point) == "unknown"
+        and entry_point.value.startswith("skanomaly.")
+    )
+
+
+@functools.cache
+def builtin_detector_classes():
+    """Class name to registry name of skanomaly's own detectors.
+
+    Read from the entry points skanomaly's package declares (metadata only,
+    nothing is imported): the one list of built-in detectors.
+
+    Returns
+    -------
+    dict of str to str
+
+    Examples
+    --------
+    >>> from skanomaly.registry import builtin_detector_classes
+    >>> builtin_detector_classes()["GANomaly"]
+    'ganomaly'
+    """
+    return {
+        entry_point.value.split(":")[-1].strip(): name
+        for name, entry_point in detector_entry_points().items()
+        if _is_builtin(entry_point)
+    }
 
 
 def _is_detector_class(obj):
@@ -122,6 +154,7 @@ def refresh_registry():
     True
     """
     detector_entry_points.cache_clear()
+    builtin_detector_classes.cache_clear()
     _load.cache_clear()
 
 
@@ -166,7 +199,7 @@ def get_detector(name):
     --------
     >>> import skanomaly
     >>> skanomaly.get_detector("mahalanobis")
-    <class 'skanomaly.mahalanobis.Mahalanobis'>
+    <class 'skanomaly.detectors.mahalanobis.Mahalanobis'>
     """
     if name not in detector_entry_points() or _load(name) is None:
         known = ", ".join(list_detectors()) or "none"

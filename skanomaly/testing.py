@@ -8,8 +8,10 @@ Example, in a plugin's tests::
     def test_my_detector(estimator, check):
         check(estimator)
 
-This runs scikit-learn's estimator checks plus skanomaly's own contract
-checks (:func:`detector_contract_checks`).
+This runs scikit-learn's estimator checks (for detectors that take tabular
+data) plus skanomaly's own contract checks (:func:`detector_contract_checks`),
+on the input kinds the detector declares in its tags
+(:class:`~skanomaly.DetectorTags`): tabular rows, images or both.
 """
 
 import pickle
@@ -17,6 +19,8 @@ from functools import partial
 
 import numpy as np
 from sklearn.base import clone
+
+from .detectors.base import get_detector_tags
 
 __all__ = [
     "check_contamination_sets_offset",
@@ -26,18 +30,57 @@ __all__ = [
     "check_pickle_keeps_scores",
     "check_rejects_bad_input",
     "detector_contract_checks",
+    "fast_detector",
     "parametrize_detector_checks",
 ]
 
 
-def _data(seed=0, n_samples=60, n_features=5):
+def _table(seed=0, n_samples=60, n_features=5):
+    return np.random.default_rng(seed).normal(size=(n_samples, n_features))
+
+
+def _images(seed=0, n_samples=24, shape=(1, 8, 8)):
     rng = np.random.default_rng(seed)
-    return rng.normal(size=(n_samples, n_features))
+    return rng.integers(0, 256, size=(n_samples, *shape), dtype=np.uint8)
+
+
+def _data(detector, seed=0, n_samples=None):
+    """Test data of a kind the detector takes: a small table, else images."""
+    if get_detector_tags(detector).tabular:
+        return _table(seed, n_samples or 60)
+    return _images(seed, n_samples or 24)
+
+
+def fast_detector(cls, **params):
+    """``cls`` with its tags' ``test_params`` (and ``random_state=0``), updated
+    with ``params``: a detector that fits in well under a second on tiny data.
+
+    Parameters
+    ----------
+    cls : detector class
+    **params
+        Constructor parameters over the test parameters.
+
+    Returns
+    -------
+    detector : estimator
+
+    Examples
+    --------
+    >>> from skanomaly import AutoEncoder
+    >>> from skanomaly.testing import fast_detector
+    >>> fast_detector(AutoEncoder)
+    AutoEncoder(base_channels=4, hidden_sizes=(8,), max_epochs=2, random_state=0)
+    """
+    merged = dict(get_detector_tags(cls).test_params)
+    if "random_state" in cls._get_param_names():
+        merged.setdefault("random_state", 0)
+    return cls(**{**merged, **params})
 
 
 def check_contamination_sets_offset(name, detector):
     """A float contamination flags that fraction of the training set."""
-    X = _data()
+    X = _data(detector)
     det = clone(detector).set_params(contamination=0.1).fit(X)
     decision = det.decision_function(X)
     np.testing.assert_allclose(decision, det.score_samples(X) - det.offset_)
@@ -47,10 +90,11 @@ def check_contamination_sets_offset(name, detector):
 
 def check_fit_drops_labelled_outliers(name, detector):
     """fit(X, y) with y = -1 rows trains as if those rows were not there."""
-    X = _data()
-    outliers = _data(seed=1, n_samples=10) * 10 + 50
+    X = _data(detector)
+    outliers = _data(detector, seed=1, n_samples=10)
+    outliers = outliers * 10 + 50 if outliers.dtype != np.uint8 else 255 - outliers
     y = np.r_[np.ones(len(X)), -np.ones(len(outliers))]
-    with_labels = clone(detector).fit(np.vstack([X, outliers]), y)
+    with_labels = clone(detector).fit(np.concatenate([X, outliers]), y)
     without = clone(detector).fit(X)
     np.testing.assert_allclose(
         with_labels.score_samples(X), without.score_samples(X), rtol=1e-6, atol=1e-8
@@ -59,7 +103,7 @@ def check_fit_drops_labelled_outliers(name, detector):
 
 def check_pickle_keeps_scores(name, detector):
     """A pickled and unpickled detector gives identical scores."""
-    X = _data()
+    X = _data(detector)
     det = clone(detector).fit(X)
     restored = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(det.score_samples(X), restored.score_samples(X))
@@ -69,7 +113,7 @@ def check_deterministic_under_random_state(name, detector):
     """Two fits with the same integer random_state give identical scores."""
     if "random_state" not in detector.get_params():
         return
-    X = _data()
+    X = _data(detector)
     first = clone(detector).set_params(random_state=7).fit(X).score_samples(X)
     second = clone(detector).set_params(random_state=7).fit(X).score_samples(X)
     np.testing.assert_array_equal(first, second)
@@ -77,15 +121,19 @@ def check_deterministic_under_random_state(name, detector):
 
 def check_rejects_bad_input(name, detector):
     """NaN, wrong rank and wrong width give a ValueError that says what was wrong."""
-    X = _data()
+    X = _data(detector)
     det = clone(detector).fit(X)
-    bad = X.copy()
-    bad[0, 0] = np.nan
-    for X_bad, words in [
-        (bad, "NaN"),
-        (X[:, :-1], "features"),
-        (X.reshape(-1), "2D"),
-    ]:
+    bad = X.astype(np.float64)
+    bad.flat[0] = np.nan
+    if X.ndim == 2:
+        cases = [(bad, "NaN"), (X[:, :-1], "features"), (X.reshape(-1), "2D")]
+    else:
+        cases = [
+            (bad / 255, "NaN"),
+            (X[:, :, :-1], "shape"),
+            (X.reshape(len(X), -1)[:, :, None, None, None], "rank"),
+        ]
+    for X_bad, words in cases:
         try:
             det.score_samples(X_bad)
         except ValueError as exc:
@@ -97,15 +145,14 @@ def check_rejects_bad_input(name, detector):
 
 def check_image_input(name, detector):
     """Detectors that take images fit (N, H, W) uint8 and (N, C, H, W) floats."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(24, 8, 8), dtype=np.uint8)
+    images = _images()[:, 0]
     det = clone(detector).fit(images)
     assert det.image_shape_ == (1, 8, 8)
     scores = det.score_samples(images)
     assert scores.shape == (24,) and np.all(np.isfinite(scores))
     # uint8 is read as value / 255
     np.testing.assert_allclose(
-        det.score_samples(images.astype(np.float32) / 255), scores, rtol=1e-5
+        det.score_samples(images[:, None].astype(np.float32) / 255), scores, rtol=1e-5
     )
     try:
         det.score_samples(images[:, :6, :6])
@@ -113,6 +160,9 @@ def check_image_input(name, detector):
         assert "shape" in str(exc)
     else:
         raise AssertionError(f"{name} scored images of the wrong size.")
+    if get_detector_tags(detector).anomaly_maps:
+        maps = det.anomaly_map(images[:3])
+        assert maps.shape == (3, 8, 8) and np.all(np.isfinite(maps)), name
 
 
 _CONTRACT_CHECKS = [
@@ -124,27 +174,28 @@ _CONTRACT_CHECKS = [
 ]
 
 
-def detector_contract_checks(detector, images=True):
+def detector_contract_checks(detector):
     """Yield skanomaly's contract checks, each a callable taking the detector.
+
+    The checks run on the input kinds the detector's tags declare:
+    :func:`check_image_input` only for detectors that take images.
 
     Parameters
     ----------
     detector : estimator
         An unfitted detector with small settings.
-    images : bool, default=True
-        Include :func:`check_image_input`.
 
     Yields
     ------
     check : callable
     """
     name = type(detector).__name__
-    checks = _CONTRACT_CHECKS + ([check_image_input] if images else [])
-    for check in checks:
+    images = get_detector_tags(detector).images
+    for check in _CONTRACT_CHECKS + ([check_image_input] if images else []):
         yield partial(check, name)
 
 
-def parametrize_detector_checks(detectors, expected_failed_checks=None, images=None):
+def parametrize_detector_checks(detectors, expected_failed_checks=None):
     """``pytest.mark.parametrize`` over scikit-learn's and skanomaly's checks.
 
     Parameters
@@ -154,11 +205,7 @@ def parametrize_detector_checks(detectors, expected_failed_checks=None, images=N
     expected_failed_checks : callable, default=None
         Given a detector, returns ``{check_name: reason}`` for checks
         expected to fail; they are marked ``xfail`` (as in scikit-learn's
-        ``parametrize_with_checks``).
-    images : callable or None, default=None
-        Given a detector, whether to run :func:`check_image_input`; by
-        default for every subclass of :class:`~skanomaly.base.BaseDetector`
-        that does not reject images (see its ``_accepts_images``).
+        ``parametrize_with_checks``). skanomaly's built-ins need none.
 
     Returns
     -------
@@ -169,24 +216,17 @@ def parametrize_detector_checks(detectors, expected_failed_checks=None, images=N
     import pytest
     from sklearn.utils.estimator_checks import estimator_checks_generator
 
-    from .base import BaseDetector
-
     params = []
     for detector in detectors:
         expected = expected_failed_checks(detector) if expected_failed_checks else {}
-        # items are (estimator, check) pairs or pytest params marked xfail
-        params.extend(
-            estimator_checks_generator(
-                detector, expected_failed_checks=expected, mark="xfail"
+        if get_detector_tags(detector).tabular:
+            # items are (estimator, check) pairs or pytest params marked xfail
+            params.extend(
+                estimator_checks_generator(
+                    detector, expected_failed_checks=expected, mark="xfail"
+                )
             )
-        )
-        if images is not None:
-            wants_images = images(detector)
-        else:
-            wants_images = isinstance(detector, BaseDetector) and getattr(
-                detector, "_accepts_images", True
-            )
-        for check in detector_contract_checks(detector, images=wants_images):
+        for check in detector_contract_checks(detector):
             params.append((detector, check))
     return pytest.mark.parametrize("estimator, check", params, ids=_param_id)
 

@@ -6,9 +6,10 @@ import torch
 from skorch.callbacks import Callback
 
 from skanomaly import GANomaly
+from skanomaly.detectors.base import get_detector_tags
 from skanomaly.nn.gan import Discriminator
 
-FAST = dict(GANomaly._fast_test_params, random_state=0)
+FAST = {**get_detector_tags(GANomaly).test_params, "random_state": 0}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""AnoGAN: conformance, DCGAN losses, the batched latent search, images, weights."""
+"""AnoGAN: DCGAN losses, the batched latent search, images, weights."""
 
 import pickle
 
@@ -8,22 +8,12 @@ import torch
 from _images import uniform_images
 from torch.nn import functional as F
 
-from skanomaly.anogan import AnoGAN
-from skanomaly.nn.anogan_search import (
-    AnoGANGenerator,
-    DCGANLoss,
-    anogan_loss,
-    latent_search,
-)
-from skanomaly.nn.gan import Discriminator
-from skanomaly.testing import parametrize_detector_checks
+from skanomaly.detectors.anogan import AnoGAN
+from skanomaly.detectors.base import get_detector_tags
+from skanomaly.nn.anogan import AnoGANGenerator, anogan_loss, latent_search
+from skanomaly.nn.gan import DCGANLoss, Discriminator
 
-FAST = {**AnoGAN._fast_test_params, "random_state": 0}
-
-
-@parametrize_detector_checks([AnoGAN(**FAST)])
-def test_anogan_conformance(estimator, check):
-    check(estimator)
+FAST = {**get_detector_tags(AnoGAN).test_params, "random_state": 0}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from skanomaly import AutoEncoder
-from skanomaly.base import BaseDetector
+from skanomaly.detectors.base import BaseDetector
 
 
 class _Distance(BaseDetector):
@@ -96,7 +96,7 @@ def test_non_finite_scores_raise_in_fit():
 def test_extreme_test_samples_are_flagged_not_fatal(X):
     det = AutoEncoder(max_epochs=1, random_state=0).fit(X)
     test = X[:4].copy()
-    test[0, 0] = 3e19  # squares to inf in float32
+    test[0, 0] = 1e300  # squares to inf (rows are scored in float64)
     with pytest.warns(RuntimeWarning, match="1 non-finite score"):
         scores = det.score_samples(test)
     assert scores[0] == np.finfo(np.float64).min
@@ -110,7 +110,10 @@ def test_threshold_from_a_subset_when_scoring_is_costly(X):
     seen = []
 
     class _Costly(_Distance):
-        _max_offset_samples = 50
+        def __skanomaly_tags__(self):
+            tags = super().__skanomaly_tags__()
+            tags.max_offset_samples = 50
+            return tags
 
         def _score_samples(self, X):
             seen.append(len(X))

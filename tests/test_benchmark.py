@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skanomaly import benchmark, registry
-from skanomaly.base import BaseDetector
-from skanomaly.benchmark import (
+from skanomaly import registry
+from skanomaly.app import benchmark
+from skanomaly.app.benchmark import (
     BenchmarkResult,
     format_results,
     load_benchmark_datasets,
     run_benchmark,
 )
+from skanomaly.detectors.base import BaseDetector
 
 
 class _Boom(BaseDetector):
@@ -23,11 +24,14 @@ class _Boom(BaseDetector):
 
 
 class _TabularOnly(BaseDetector):
-    """Distance to the training mean; refuses images."""
+    """Distance to the training mean; declares that it takes no images."""
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.images = False
+        return tags
 
     def _fit(self, X):
-        if X.ndim != 2:
-            raise ValueError("tabular data only")
         self.mean_ = X.mean(axis=0)
 
     def _score_samples(self, X):
@@ -49,7 +53,19 @@ class _MeanImage(BaseDetector):
         return -((X - self.mean_) ** 2).reshape(len(X), -1).sum(axis=1)
 
 
-_FAKES = {"boom": _Boom, "tabular_only": _TabularOnly, "mean_image": _MeanImage}
+class _NeedsWeights(_MeanImage):
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.pretrained_weights = True
+        return tags
+
+
+_FAKES = {
+    "boom": _Boom,
+    "tabular_only": _TabularOnly,
+    "mean_image": _MeanImage,
+    "needs_weights": _NeedsWeights,
+}
 
 
 @pytest.fixture
@@ -67,7 +83,7 @@ def fake_registry(monkeypatch):
     monkeypatch.setattr(registry, "get_detector", get_detector)
     monkeypatch.setattr(registry, "make_detector", make_detector)
     monkeypatch.setattr(
-        registry, "list_detectors", lambda: ["boom", "deep_mahalanobis", "mean_image"]
+        registry, "list_detectors", lambda: ["boom", "mean_image", "needs_weights"]
     )
 
 
@@ -124,34 +140,36 @@ def test_a_failing_detector_is_reported_and_others_still_run(fake_registry):
     assert mean_image.fit_seconds >= 0 and mean_image.score_seconds > 0
 
 
-class _DivergesOnImages(_TabularOnly):
+class _DivergesOnImages(_MeanImage):
     def _fit(self, X):
         if X.ndim != 2:
-            raise FloatingPointError("diverged")
+            raise ValueError("diverged")
         super()._fit(X)
 
 
 _FAKES["diverges"] = _DivergesOnImages
 
 
-def test_only_a_refusal_of_images_falls_back_to_features(fake_registry):
+def test_a_failure_on_images_is_a_failure_not_a_fallback(fake_registry):
+    # it declares images, so a ValueError is its error, not a refusal
     (result,) = run_benchmark(["diverges"], normal_classes=[0], progress=False)
     assert result.status == "failed"
-    assert result.note == "digit 0: FloatingPointError: diverged"
+    assert result.note == "digit 0: ValueError: diverged"
 
 
-def test_a_detector_that_refuses_images_gets_features(fake_registry):
-    (result,) = run_benchmark(["tabular_only"], normal_classes=[0], progress=False)
+def test_a_detector_declaring_no_images_gets_pixels_as_features(fake_registry):
+    (result,) = run_benchmark(["tabular_only"], normal_classes=[0, 1], progress=False)
     assert result.status == "ok"
-    assert result.note == "64 pixels as features; on images: tabular data only"
+    assert result.note == "64 pixels as features (takes no images)"
+    assert result.aurocs["digit 0"] > 0.8
 
 
 def test_default_run_skips_detectors_needing_weights(fake_registry):
     results = run_benchmark(normal_classes=[0], progress=False)
     by_name = {r.detector: r for r in results}
-    assert list(by_name) == ["boom", "deep_mahalanobis", "mean_image"]
-    assert by_name["deep_mahalanobis"].status == "skipped"
-    assert "weights" in by_name["deep_mahalanobis"].note
+    assert list(by_name) == ["boom", "mean_image", "needs_weights"]
+    assert by_name["needs_weights"].status == "skipped"
+    assert "weights" in by_name["needs_weights"].note
     assert by_name["mean_image"].status == "ok"
 
 

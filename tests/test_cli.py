@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import skanomaly
-from skanomaly.cli import _parse_value, main
-from skanomaly.datasets import load_labelled_image_folder
+from skanomaly.app.cli import _parse_value, main
+from skanomaly.app.datasets import load_labelled_image_folder
 
 REPO = Path(skanomaly.__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_console_script_is_declared():
     (script,) = [
         ep for ep in entry_points(group="console_scripts") if ep.name == "skanomaly"
     ]
-    assert script.value == "skanomaly.cli:main"
+    assert script.value == "skanomaly.app.cli:main"
     assert script.load() is main
 
 
@@ -47,8 +47,11 @@ def test_list_through_the_entry_point():
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["detector", "class", "package"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
-    assert rows["autoencoder"] == ["skanomaly.autoencoder.AutoEncoder", "skanomaly"]
-    assert rows["vae"] == ["skanomaly.vae.VAE", "skanomaly"]
+    assert rows["autoencoder"] == [
+        "skanomaly.detectors.autoencoder.AutoEncoder",
+        "skanomaly",
+    ]
+    assert rows["vae"] == ["skanomaly.detectors.vae.VAE", "skanomaly"]
     assert set(rows) == set(skanomaly.list_detectors())
 
 

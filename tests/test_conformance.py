@@ -1,33 +1,24 @@
-"""Every registered detector passes scikit-learn's and skanomaly's checks."""
+"""Every registered detector, plugins included, passes the estimator checks.
+
+The one place the estimator checks run: each detector with its tags'
+``test_params``, on the input kinds its tags declare, with no expected
+failures.
+"""
 
 import pytest
 
 import skanomaly
-from skanomaly.testing import parametrize_detector_checks
-
-# Detectors that need pretrained network weights or large images to fit are
-# exercised in their own test files with their own fixtures.
-_NOT_ON_RANDOM_TABLES = {"deep_mahalanobis"}
+from skanomaly.detectors.base import get_detector_tags
+from skanomaly.testing import fast_detector, parametrize_detector_checks
 
 
 def _fast_detectors():
-    detectors = []
-    for name in skanomaly.list_detectors():
-        if name in _NOT_ON_RANDOM_TABLES:
-            continue
-        cls = skanomaly.get_detector(name)
-        params = dict(getattr(cls, "_fast_test_params", {}))
-        if "random_state" in cls().get_params():
-            params.setdefault("random_state", 0)
-        detectors.append(cls(**params))
-    return detectors
+    return [
+        fast_detector(skanomaly.get_detector(n)) for n in skanomaly.list_detectors()
+    ]
 
 
-def _expected_failures(detector):
-    return getattr(detector, "_expected_failed_checks", dict)()
-
-
-@parametrize_detector_checks(_fast_detectors(), _expected_failures)
+@parametrize_detector_checks(_fast_detectors())
 def test_detector_conformance(estimator, check):
     check(estimator)
 
@@ -37,8 +28,29 @@ def test_every_builtin_is_registered():
     assert {"autoencoder", "vae"} <= names
     for name in names:
         assert skanomaly.get_detector(name).__module__.startswith(
-            ("skanomaly.", "skanomaly_example_plugin")
+            ("skanomaly.detectors.", "skanomaly_example_plugin")
         )
+
+
+def test_builtins_are_the_registry_entries_and_the_top_level_names():
+    builtins = skanomaly.registry.builtin_detector_classes()
+    assert set(builtins.values()) == {
+        n for n in skanomaly.list_detectors() if not n.startswith("mean_distance")
+    }
+    for class_name, name in builtins.items():
+        assert getattr(skanomaly, class_name) is skanomaly.get_detector(name)
+        assert class_name in skanomaly.__all__
+
+
+def test_sklearn_input_tags_follow_the_declared_kinds():
+    for name in skanomaly.list_detectors():
+        detector = skanomaly.make_detector(name)
+        declared = get_detector_tags(detector)
+        inputs = detector.__sklearn_tags__().input_tags
+        assert (inputs.two_d_array, inputs.three_d_array) == (
+            declared.tabular,
+            declared.images,
+        ), name
 
 
 @pytest.mark.parametrize("name", ["autoencoder", "vae"])

@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 import skanomaly
+from skanomaly.testing import fast_detector
 
 pytestmark = [
     pytest.mark.cuda,
@@ -30,7 +31,7 @@ def test_fits_and_scores_on_cuda(name, digit_images):
         pytest.skip(f"{name} is not available")
     X, is_anomaly = digit_images
     cls = skanomaly.get_detector(name)
-    params = dict(cls._fast_test_params, max_epochs=3, device="cuda", random_state=0)
+    params = fast_detector(cls, max_epochs=3, device="cuda").get_params()
     det = cls(**params).fit(X[is_anomaly == 0][:150])
     assert next(det.net_.module_.parameters()).is_cuda
     scores = det.score_samples(X[:400])

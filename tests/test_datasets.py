@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from skanomaly.datasets import (
+from skanomaly.app.datasets import (
     list_image_files,
     load_digits_novelty,
     load_image_folder,

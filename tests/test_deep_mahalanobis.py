@@ -15,7 +15,7 @@ import skanomaly
 from skanomaly import DeepMahalanobis, Mahalanobis, TimmFeatures
 from skanomaly.testing import check_image_input
 
-FAST = DeepMahalanobis._fast_test_params
+FAST = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state": 0}
 
 
 def _images(n=40, seed=0):
@@ -55,11 +55,19 @@ def test_flags_images_unlike_the_training_set(fitted):
     assert np.all(fitted.predict(bad) == -1)
 
 
-def test_training_scores_are_the_scores_of_the_training_images():
-    # fit reuses the training features for offset_: it must equal a rescore
+def test_training_scores_are_the_scores_of_the_training_images(monkeypatch):
+    # fit reuses the training features for offset_: one pass of the backbone
+    # over the training images, and offset_ equal to a rescore
+    passes = []
+    transform = TimmFeatures._transform
+    monkeypatch.setattr(
+        TimmFeatures,
+        "_transform",
+        lambda self, X: passes.append(len(X)) or transform(self, X),
+    )
     train = _images()
     det = DeepMahalanobis(**FAST, contamination=0.1).fit(train)
-    assert "_training_scores" not in vars(det)
+    assert passes == [len(train)]
     scores = det.score_samples(train)
     assert det.offset_ == pytest.approx(np.percentile(scores, 10), rel=1e-6)
 

@@ -25,9 +25,11 @@ FULL_MODULES = [
 ]
 # Helpers for benchmarks and for detector authors: a summary line suffices.
 SUMMARY_MODULES = [
-    "skanomaly.base",
-    "skanomaly.datasets",
-    "skanomaly.benchmark",
+    "skanomaly.detectors.base",
+    "skanomaly.detectors.torch_base",
+    "skanomaly.detectors.gan_base",
+    "skanomaly.app.datasets",
+    "skanomaly.app.benchmark",
     "skanomaly.testing",
 ]
 

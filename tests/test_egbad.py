@@ -1,4 +1,4 @@
-"""EGBAD: conformance, BiGAN losses, images, score weights, weight averaging."""
+"""EGBAD: BiGAN losses, images, score weights, weight averaging."""
 
 import pickle
 
@@ -9,16 +9,11 @@ from _images import uniform_images
 from skorch.callbacks import Callback
 from torch.nn import functional as F
 
-from skanomaly.egbad import EGBAD
-from skanomaly.nn.bigan import BiGANLoss, BiGANModule
-from skanomaly.testing import parametrize_detector_checks
+from skanomaly.detectors.base import get_detector_tags
+from skanomaly.detectors.egbad import EGBAD
+from skanomaly.nn.egbad import BiGANLoss, BiGANModule
 
-FAST = {**EGBAD._fast_test_params, "random_state": 0}
-
-
-@parametrize_detector_checks([EGBAD(**FAST)])
-def test_egbad_conformance(estimator, check):
-    check(estimator)
+FAST = {**get_detector_tags(EGBAD).test_params, "random_state": 0}
 
 
 @pytest.fixture(scope="module")

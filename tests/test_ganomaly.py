@@ -1,4 +1,4 @@
-"""GANomaly: the estimator contract, the generator, the losses and the score."""
+"""GANomaly: the generator, the losses and the score."""
 
 import pickle
 
@@ -8,21 +8,13 @@ import torch
 from _images import bar_images, check_separates_bar_orientation
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly import GANomaly
+from skanomaly.detectors.base import get_detector_tags
 from skanomaly.nn.gan import Discriminator
 from skanomaly.nn.ganomaly import GANomalyGenerator, GANomalyLoss
 
-FAST = dict(GANomaly._fast_test_params, random_state=0)
-
-
-@parametrize_with_checks(
-    [GANomaly(**FAST)],
-    expected_failed_checks=lambda est: est._expected_failed_checks(),
-)
-def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+FAST = {**get_detector_tags(GANomaly).test_params, "random_state": 0}
 
 
 def test_defaults_are_the_authors():

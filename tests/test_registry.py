@@ -8,7 +8,7 @@ import pytest
 
 import skanomaly
 from skanomaly import registry
-from skanomaly.autoencoder import AutoEncoder
+from skanomaly.detectors.autoencoder import AutoEncoder
 
 
 class _Dist:
@@ -118,7 +118,7 @@ def test_make_detector_rejects_unknown_parameter():
 
 def test_builtins_come_from_our_own_entry_points():
     eps = registry.detector_entry_points()
-    assert eps["autoencoder"].value == "skanomaly.autoencoder:AutoEncoder"
+    assert eps["autoencoder"].value == "skanomaly.detectors.autoencoder:AutoEncoder"
     assert eps["autoencoder"].dist.name == "skanomaly"
     assert skanomaly.get_detector("vae") is skanomaly.VAE
 

@@ -1,4 +1,4 @@
-"""Skip-GANomaly: the estimator contract, the U-Net, the losses and the score."""
+"""Skip-GANomaly: the U-Net, the losses and the score."""
 
 import pickle
 
@@ -8,25 +8,17 @@ import torch
 from _images import bar_images, check_separates_bar_orientation
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skanomaly import SkipGANomaly
-from skanomaly.nn.unet import (
+from skanomaly.detectors.base import get_detector_tags
+from skanomaly.nn.skipganomaly import (
     SkipGANomalyDiscriminator,
     SkipGANomalyLoss,
     UNetGenerator,
     unet_depth,
 )
 
-FAST = dict(SkipGANomaly._fast_test_params, random_state=0)
-
-
-@parametrize_with_checks(
-    [SkipGANomaly(**FAST)],
-    expected_failed_checks=lambda est: est._expected_failed_checks(),
-)
-def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+FAST = {**get_detector_tags(SkipGANomaly).test_params, "random_state": 0}
 
 
 def test_defaults_are_the_authors():

@@ -5,19 +5,19 @@ one-class protocol. For each of a few normal digits the detector trains on a
 fixed half of that digit's samples and is tested on the other half plus every
 sample of the nine other digits (the anomalies); the score is the AUROC of
 the anomaly score (``-score_samples``), averaged over the normal digits. The
-8x8 digits are given as images, ``(n, 1, 8, 8)``; a detector that cannot fit
-images gets the 64 pixels as tabular features instead (said in the table).
+8x8 digits are given as images, ``(n, 1, 8, 8)``; a detector whose tags say
+it takes no images (:class:`~skanomaly.DetectorTags`) gets the 64 pixels as
+tabular features instead (said in the table).
 
 With ``data`` the benchmark reads MVTec-style folders instead (a category
 folder with ``train/good`` and ``test/<defect>``, or a folder of such
 categories) and averages over the categories.
 
 Each detector is built with :func:`skanomaly.make_detector` from its
-constructor defaults, updated with the class attribute ``_benchmark_params``
-when the detector defines one (AnoGAN searches its latent codes for 50 steps
-instead of 500 here, unless it declares otherwise), and with ``max_epochs``,
-``random_state`` and ``verbose=0`` where it takes them. A detector trained
-for ``max_epochs`` gets a batch size small enough for
+constructor defaults, updated with the ``benchmark_params`` of its tags
+(AnoGAN searches its latent codes for 50 steps instead of 500 here), and
+with ``max_epochs``, ``random_state`` and ``verbose=0`` where it takes them.
+A detector trained for ``max_epochs`` gets a batch size small enough for
 ``MIN_STEPS_PER_EPOCH`` optimizer steps per epoch on small training sets
 (the digits' ~90 images per class), since the GANs need a few hundred
 steps before their scores mean anything. A detector that
@@ -34,7 +34,6 @@ import numpy as np
 __all__ = [
     "DEFAULT_EPOCHS",
     "DEFAULT_NORMAL_CLASSES",
-    "SKIPPED_BY_DEFAULT",
     "BenchmarkResult",
     "describe_benchmark",
     "format_results",
@@ -46,16 +45,11 @@ DEFAULT_NORMAL_CLASSES = (0, 1, 2)
 DEFAULT_EPOCHS = 20
 MIN_STEPS_PER_EPOCH = 8
 
-# Detectors left out unless named explicitly, with the reason shown.
-SKIPPED_BY_DEFAULT = {
-    "deep_mahalanobis": (
-        "needs an ImageNet-pretrained backbone whose weights are not available "
-        "offline; name it in --detectors (detectors=) to run it"
-    ),
-}
-
+_PRETRAINED_NOTE = (
+    "works on pretrained weights, which may not be available offline; name it "
+    "in --detectors (detectors=) to run it"
+)
 _ERROR_CHARS = 200
-_NOTE_CHARS = 80
 
 
 @dataclass
@@ -129,7 +123,7 @@ def load_benchmark_datasets(
     datasets : list of tuple
         ``y_test`` is +1 for normal and -1 for anomalous samples.
     """
-    from .datasets import load_digits_novelty, load_mvtec_category
+    from .datasets import color_mode_for, load_digits_novelty, load_mvtec_category
 
     if data is None:
         if not len(normal_classes):
@@ -142,7 +136,10 @@ def load_benchmark_datasets(
     for category in _mvtec_categories(data):
         X_train, _, _ = load_mvtec_category(category, "train", image_size=image_size)
         X_test, y_test, _ = load_mvtec_category(
-            category, "test", image_size=image_size, color_mode=_color(X_train)
+            category,
+            "test",
+            image_size=image_size,
+            color_mode=color_mode_for(X_train.shape[1]),
         )
         if len(np.unique(y_test)) < 2:
             raise ValueError(
@@ -153,16 +150,13 @@ def load_benchmark_datasets(
     return datasets
 
 
-def _color(X):
-    return "grayscale" if X.shape[1] == 1 else "rgb"
-
-
 def _make(name, epochs, seed):
-    from .registry import get_detector, make_detector
+    from ..detectors.base import get_detector_tags
+    from ..registry import get_detector, make_detector
 
     cls = get_detector(name)
     names = set(cls._get_param_names())
-    params = dict(getattr(cls, "_benchmark_params", {}))
+    params = dict(get_detector_tags(cls).benchmark_params)
     if epochs is not None and "max_epochs" in names:
         params["max_epochs"] = epochs
     if "random_state" in names:
@@ -180,16 +174,18 @@ def _for_training_set(template, n_train):
     in training that its latent score ranks anomalies as normal (AUROC
     0.015). Trained detectors therefore get a batch of at most
     ``n_train / MIN_STEPS_PER_EPOCH`` (and at least 8) unless their
-    ``_benchmark_params`` name a batch size.
+    ``benchmark_params`` tag names a batch size.
     """
     from sklearn.base import clone
+
+    from ..detectors.base import get_detector_tags
 
     detector = clone(template)
     params = detector.get_params(deep=False)
     if (
         "max_epochs" in params
         and isinstance(params.get("batch_size"), int)
-        and "batch_size" not in getattr(type(detector), "_benchmark_params", {})
+        and "batch_size" not in get_detector_tags(detector).benchmark_params
     ):
         batch = max(8, n_train // MIN_STEPS_PER_EPOCH)
         detector.set_params(batch_size=min(params["batch_size"], batch))
@@ -221,46 +217,30 @@ def _flat(X):
 
 
 def _run_one(name, datasets, *, epochs, seed, advance):
+    from ..detectors.base import get_detector_tags
+
     try:
         template = _make(name, epochs, seed)
     except Exception as exc:
         advance(len(datasets))
         return BenchmarkResult(name, "failed", note=_error_text(exc))
-    as_table = False
+    tags = get_detector_tags(template)
+    as_table = not tags.images and tags.tabular
     note = ""
+    if as_table:
+        note = f"{datasets[0][1][0].size} pixels as features (takes no images)"
     runs = {}
     for i, (data_name, X_train, X_test, y_test) in enumerate(datasets):
+        if as_table:
+            X_train, X_test = _flat(X_train), _flat(X_test)
         try:
             detector = _for_training_set(template, len(X_train))
-            if as_table:
-                runs[data_name] = _evaluate(
-                    detector, _flat(X_train), _flat(X_test), y_test
-                )
-            else:
-                runs[data_name] = _evaluate(detector, X_train, X_test, y_test)
+            runs[data_name] = _evaluate(detector, X_train, X_test, y_test)
         except Exception as exc:
-            # only a first fit refusing images (a ValueError) gets the pixels
-            if i > 0 or as_table or not isinstance(exc, ValueError):
-                advance(len(datasets) - i)
-                return BenchmarkResult(
-                    name, "failed", note=f"{data_name}: {_error_text(exc)}"
-                )
-            try:
-                runs[data_name] = _evaluate(
-                    _for_training_set(template, len(X_train)),
-                    _flat(X_train),
-                    _flat(X_test),
-                    y_test,
-                )
-            except Exception:
-                advance(len(datasets))
-                return BenchmarkResult(
-                    name, "failed", note=f"{data_name}: {_error_text(exc)}"
-                )
-            as_table = True
-            note = f"{X_train[0].size} pixels as features; on images: {exc}"
-            if len(note) > _NOTE_CHARS:
-                note = note[: _NOTE_CHARS - 3] + "..."
+            advance(len(datasets) - i)
+            return BenchmarkResult(
+                name, "failed", note=f"{data_name}: {_error_text(exc)}"
+            )
         advance(1)
     aurocs = {key: run[0] for key, run in runs.items()}
     values = np.array(list(aurocs.values()))
@@ -292,8 +272,9 @@ def run_benchmark(
     Parameters
     ----------
     detectors : list of str or None, default=None
-        Registry names. None runs every registered detector except those in
-        ``SKIPPED_BY_DEFAULT`` (reported as skipped).
+        Registry names. None runs every registered detector, except those
+        whose tags say they work on pretrained weights (reported as skipped;
+        name them to run them).
     epochs : int or None, default=20
         ``max_epochs`` of the detectors that take it; None keeps their own.
     data : str, path-like or None, default=None
@@ -326,7 +307,7 @@ def run_benchmark(
 
     Examples
     --------
-    >>> from skanomaly.benchmark import run_benchmark
+    >>> from skanomaly.app.benchmark import run_benchmark
     >>> (result,) = run_benchmark(["autoencoder"], epochs=1, normal_classes=[0],
     ...                           progress=False)
     >>> result.status, 0.0 <= result.auroc <= 1.0
@@ -335,11 +316,16 @@ def run_benchmark(
     import torch
     from tqdm.auto import tqdm
 
-    from .registry import get_detector, list_detectors
+    from ..detectors.base import get_detector_tags
+    from ..registry import get_detector, list_detectors
 
     if detectors is None:
         names = list_detectors()
-        skipped = {n: why for n, why in SKIPPED_BY_DEFAULT.items() if n in names}
+        skipped = {
+            name: _PRETRAINED_NOTE
+            for name in names
+            if get_detector_tags(get_detector(name)).pretrained_weights
+        }
     else:
         names = list(dict.fromkeys(detectors))
         for name in names:
@@ -391,7 +377,7 @@ def format_results(results):
 
     Examples
     --------
-    >>> from skanomaly.benchmark import BenchmarkResult, format_results
+    >>> from skanomaly.app.benchmark import BenchmarkResult, format_results
     >>> print(format_results([BenchmarkResult("vae", "ok", 0.95, 0.01, 1.5, 0.2),
     ...                       BenchmarkResult("gan", "failed", note="ValueError: x")]))
     detector   AUROC    std  fit s  score s  note

@@ -52,15 +52,15 @@ def _name_list(text):
 
 def _image_size(text):
     """'64' or '64x48' (height x width)."""
+    from .._validation import parse_image_size
+
     try:
         parts = [int(part) for part in text.lower().split("x")]
+        return parse_image_size(parts[0] if len(parts) == 1 else tuple(parts))
     except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts) < 1:
         raise argparse.ArgumentTypeError(
             f"expected a size like 64 or 64x48 (height x width), got {text!r}"
-        )
-    return parts[0] if len(parts) == 1 else tuple(parts)
+        ) from None
 
 
 _LITERALS = {"true": True, "false": False, "none": None, "null": None}
@@ -126,14 +126,13 @@ def _model_input(detector, path, *, recursive, on_error):
         return _load_data(
             path, image_size=None, color_mode="auto", recursive=False, on_error=on_error
         )
+    from .datasets import color_mode_for
+
     channels, height, width = image_shape
-    color = {1: "grayscale", 3: "rgb"}.get(channels)
-    if color is None and Path(path).is_dir():
-        raise ValueError(f"the model was fitted on {channels}-channel images.")
     return _load_data(
         path,
         image_size=(height, width),
-        color_mode=color,
+        color_mode=color_mode_for(channels) if Path(path).is_dir() else "auto",
         recursive=recursive,
         on_error=on_error,
     )
@@ -164,7 +163,7 @@ def _decisions(detector, X):
 
 
 def _cmd_list(args):
-    from .registry import detector_entry_points, get_detector, list_detectors
+    from ..registry import detector_entry_points, get_detector, list_detectors
 
     names = list_detectors()
     if not names:
@@ -184,8 +183,8 @@ def _cmd_list(args):
 
 
 def _cmd_fit(args):
-    from .persistence import save
-    from .registry import make_detector
+    from ..persistence import save
+    from ..registry import make_detector
 
     params = dict(args.param)
     detector = make_detector(args.detector, **params)
@@ -219,7 +218,7 @@ def _cmd_fit(args):
 def _cmd_score(args):
     import csv
 
-    from .persistence import load
+    from ..persistence import load
 
     detector = load(args.model, device=args.device)
     X, files = _model_input(
@@ -252,8 +251,8 @@ def _cmd_evaluate(args):
     import numpy as np
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-    from .datasets import load_labelled_image_folder
-    from .persistence import load
+    from ..persistence import load
+    from .datasets import color_mode_for, load_labelled_image_folder
 
     detector = load(args.model, device=args.device)
     image_shape = getattr(detector, "image_shape_", None)
@@ -265,7 +264,7 @@ def _cmd_evaluate(args):
     X, y, files = load_labelled_image_folder(
         folder,
         image_size=tuple(image_shape[1:]),
-        color_mode={1: "grayscale", 3: "rgb"}.get(image_shape[0], "rgb"),
+        color_mode=color_mode_for(image_shape[0]),
         on_error="skip" if args.skip_unreadable else "raise",
         progress=_show_progress(),
     )

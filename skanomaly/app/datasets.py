@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import parse_image_size
+
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "color_mode_for",
     "list_image_files",
     "load_digits_novelty",
     "load_image_folder",
@@ -32,26 +35,31 @@ def _check_choice(name, value, options):
         raise ValueError(f"{name} must be one of {sorted(options)}; got {value!r}.")
 
 
-def _size_hw(image_size):
-    """``image_size`` as (height, width), or None."""
-    if image_size is None:
-        return None
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        sizes = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(s, (int, np.integer)) for s in image_size)
-    ):
-        sizes = (int(image_size[0]), int(image_size[1]))
-    else:
+def color_mode_for(channels):
+    """The ``color_mode`` that loads images with ``channels`` channels.
+
+    Parameters
+    ----------
+    channels : int
+        1 (grayscale) or 3 (RGB).
+
+    Returns
+    -------
+    color_mode : {'grayscale', 'rgb'}
+
+    Examples
+    --------
+    >>> from skanomaly.app.datasets import color_mode_for
+    >>> color_mode_for(1), color_mode_for(3)
+    ('grayscale', 'rgb')
+    """
+    modes = {1: "grayscale", 3: "rgb"}
+    if channels not in modes:
         raise ValueError(
-            "image_size must be an int or a (height, width) pair of ints; got "
-            f"{image_size!r}."
+            f"Image files load with 1 (grayscale) or 3 (RGB) channels; a model of "
+            f"{channels}-channel images cannot read them."
         )
-    if min(sizes) < 1:
-        raise ValueError(f"image_size must be positive; got {image_size!r}.")
-    return sizes
+    return modes[channels]
 
 
 def list_image_files(folder, *, recursive=False):
@@ -115,7 +123,7 @@ def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
 
     _check_choice("color_mode", color_mode, {"auto", "grayscale", "rgb"})
     _check_choice("on_error", on_error, {"raise", "skip"})
-    size_hw = _size_hw(image_size)
+    size_hw = parse_image_size(image_size)
     resample = Image.Resampling.BILINEAR
     read_errors = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
@@ -222,7 +230,7 @@ def load_image_folder(
     >>> import tempfile
     >>> import numpy as np
     >>> from PIL import Image
-    >>> from skanomaly.datasets import load_image_folder
+    >>> from skanomaly.app.datasets import load_image_folder
     >>> folder = tempfile.mkdtemp()
     >>> for i in range(3):
     ...     Image.fromarray(np.full((20, 30), 40 * i, np.uint8)).save(
@@ -276,7 +284,7 @@ def load_labelled_image_folder(
     >>> from pathlib import Path
     >>> import numpy as np
     >>> from PIL import Image
-    >>> from skanomaly.datasets import load_labelled_image_folder
+    >>> from skanomaly.app.datasets import load_labelled_image_folder
     >>> folder = Path(tempfile.mkdtemp())
     >>> for kind in ["good", "good", "hole"]:
     ...     (folder / kind).mkdir(exist_ok=True)
@@ -388,7 +396,7 @@ def load_mvtec_category(
     >>> from pathlib import Path
     >>> import numpy as np
     >>> from PIL import Image
-    >>> from skanomaly.datasets import load_mvtec_category
+    >>> from skanomaly.app.datasets import load_mvtec_category
     >>> root = Path(tempfile.mkdtemp())
     >>> for sub in ["train/good", "test/good", "test/crack", "ground_truth/crack"]:
     ...     (root / sub).mkdir(parents=True)
@@ -463,7 +471,7 @@ def load_digits_novelty(
 
     Examples
     --------
-    >>> from skanomaly.datasets import load_digits_novelty
+    >>> from skanomaly.app.datasets import load_digits_novelty
     >>> X_train, X_test, y_test = load_digits_novelty(3)
     >>> X_train.shape, X_test.shape, int((y_test == 1).sum())
     ((92, 1, 8, 8), (1705, 1, 8, 8), 91)

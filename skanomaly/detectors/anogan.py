@@ -4,11 +4,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval
 
-from ._gan_detector import BaseGANDetector
-from .nn.anogan_search import AnoGANGenerator, DCGANLoss, latent_search
-from .nn.gan import Discriminator
+from .._compat import Interval
+from ..nn.anogan import AnoGANGenerator, latent_search
+from ..nn.gan import DCGANLoss, Discriminator
+from .gan_base import BaseGANDetector
 
 __all__ = ["AnoGAN"]
 
@@ -28,7 +28,7 @@ class AnoGAN(BaseGANDetector):
     returns its negative. The search runs for a whole batch of queries at
     once: one Adam step on the (batch, latent_dim) codes is that many
     independent per-sample steps (see
-    :func:`~skanomaly.nn.anogan_search.latent_search`). The networks are
+    :func:`~skanomaly.nn.anogan.latent_search`). The networks are
     frozen during the search.
 
     Every search starts from the same code ``latent_init_``, one draw of
@@ -82,7 +82,7 @@ class AnoGAN(BaseGANDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`. Every training score is
+        See :class:`~skanomaly.detectors.base.BaseDetector`. Every training score is
         a full latent search, so the threshold is taken from the scores of
         at most 1,000 training samples (a fixed random subset); with more
         training samples it is an estimate of that quantile.
@@ -139,22 +139,6 @@ class AnoGAN(BaseGANDetector):
         "search_steps": [Interval(Integral, 0, None, closed="left")],
         "search_lr": [Interval(Real, 0, None, closed="neither")],
     }
-    _fast_test_params = {
-        "latent_dim": 4,
-        "hidden_sizes": (8,),
-        "base_channels": 4,
-        "batch_size": 32,
-        "max_epochs": 2,
-        "search_steps": 3,
-        "search_lr": 0.05,
-    }
-    _score_needs_grad = True
-    # The default 500-step search per test image takes minutes on the
-    # digits' 1,700 test images; the benchmark's quick run uses 50.
-    _benchmark_params = {"search_steps": 50}
-    # The threshold needs training scores, each a full latent search: take
-    # them on at most 1,000 training images.
-    _max_offset_samples = 1000
 
     def __init__(
         self,
@@ -193,12 +177,22 @@ class AnoGAN(BaseGANDetector):
         self.verbose = verbose
         self.callbacks = callbacks
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params.update(search_steps=3, search_lr=0.05)
+        # The default 500-step search per test image takes minutes on the
+        # digits' 1,700 test images; the benchmark's quick run uses 50.
+        tags.benchmark_params = {"search_steps": 50}
+        # The threshold needs training scores, each a full latent search:
+        # take them on at most 1,000 training images.
+        tags.max_offset_samples = 1000
+        return tags
+
     def _fit(self, X):
         super()._fit(X)
         # before the training scores that set offset_, which need it
         rng = np.random.default_rng(self.random_seed_)
         self.latent_init_ = rng.standard_normal(self.latent_dim).astype(np.float32)
-        return self
 
     def _make_net(self, input_shape):
         return self._adversarial_net(
@@ -212,7 +206,9 @@ class AnoGAN(BaseGANDetector):
         )
 
     def _search(self, net, X_batch):
-        z_init = torch.as_tensor(self.latent_init_, device=X_batch.device)
+        z_init = torch.as_tensor(
+            self.latent_init_, device=X_batch.device, dtype=X_batch.dtype
+        )
         return latent_search(
             net.module_.generate,
             net.discriminator_.features,

@@ -3,11 +3,11 @@
 from numbers import Integral, Real
 
 import torch
-from sklearn.utils._param_validation import Interval
 
-from ._torch_detector import BaseTorchDetector
-from .nets import SelfSupervisedNet
-from .nn.autoencoders import AutoEncoderModule, ReconstructionLoss, per_sample_mean
+from .._compat import Interval
+from ..nets import SelfSupervisedNet
+from ..nn.autoencoder import AutoEncoderModule, ReconstructionLoss, per_sample_mean
+from .torch_base import BaseTorchDetector
 
 __all__ = ["AutoEncoder"]
 
@@ -56,7 +56,7 @@ class AutoEncoder(BaseTorchDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks (e.g. ``EarlyStopping`` on ``train_loss``).
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -90,7 +90,6 @@ class AutoEncoder(BaseTorchDetector):
         "base_channels": [Interval(Integral, 1, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
-    _fast_test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
 
     def __init__(
         self,
@@ -124,6 +123,11 @@ class AutoEncoder(BaseTorchDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
+        return tags
 
     def _make_net(self, input_shape):
         return SelfSupervisedNet(

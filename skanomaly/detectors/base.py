@@ -1,23 +1,128 @@
-"""The detector contract every skanomaly detector, built-in or plugin, follows."""
+"""The detector contract every skanomaly detector, built-in or plugin, follows.
 
+:class:`BaseDetector` holds the scikit-learn outlier-detector contract;
+:class:`DetectorTags` is what a detector declares about itself (the input
+kinds it takes, whether it has anomaly maps, small settings for tests...),
+read by the benchmark, the conformance tests and the command line through
+:func:`get_detector_tags`, never guessed from names or by trying.
+"""
+
+import dataclasses
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import select_inliers, validate_detector_input
+from .._compat import Interval, StrOptions, fit_context
+from .._validation import select_inliers, validate_detector_input
 
-__all__ = ["BaseDetector"]
+__all__ = ["BaseDetector", "DetectorTags", "get_detector_tags"]
 
 # 'auto' threshold: a robust three-sigma rule on the training scores, flagging
 # at least the lowest 1% (training sets are rarely perfectly clean).
 _AUTO_N_MADS = 3.0
 _MAD_TO_STD = 1.4826
 _AUTO_MIN_PERCENT = 1.0
+
+
+@dataclasses.dataclass
+class DetectorTags:
+    """What a detector declares about itself.
+
+    A detector returns its tags from ``__skanomaly_tags__()``: subclasses
+    call ``super().__skanomaly_tags__()`` and change the fields that differ,
+    as with scikit-learn's ``__sklearn_tags__``. The input kinds also set
+    scikit-learn's input tags (``two_d_array``, ``three_d_array``).
+
+    Parameters
+    ----------
+    tabular : bool, default=True
+        Takes 2-D tabular arrays (n_samples, n_features).
+    images : bool, default=True
+        Takes images (n_samples, height, width) or (n_samples, channels,
+        height, width).
+    anomaly_maps : bool, default=False
+        Has ``anomaly_map(X)``, a per-pixel map of shape (n_samples, height,
+        width), for images.
+    pretrained_weights : bool, default=False
+        Works on pretrained network weights (see the user guide on weights).
+    keeps_uint8 : bool, default=False
+        ``_fit`` and ``_score_samples`` take uint8 images as they are and
+        scale them batch by batch (no float copy of the whole input);
+        otherwise uint8 images arrive as float32 in [0, 1].
+    max_offset_samples : int or None, default=None
+        Set ``offset_`` from the scores of at most this many training
+        samples (a fixed random subset), for detectors whose scoring is
+        costly.
+    test_params : dict
+        Constructor parameters that make the detector fit in well under a
+        second on tiny data; the conformance tests use them
+        (:mod:`skanomaly.testing`).
+    benchmark_params : dict
+        Constructor parameters the benchmark (``skanomaly benchmark``) sets
+        over the defaults, e.g. a shorter search.
+
+    Examples
+    --------
+    A detector for tabular rows only:
+
+    >>> from skanomaly import BaseDetector
+    >>> class RowsOnly(BaseDetector):
+    ...     def __skanomaly_tags__(self):
+    ...         tags = super().__skanomaly_tags__()
+    ...         tags.images = False
+    ...         return tags
+    ...     def _fit(self, X):
+    ...         self.mean_ = X.mean(axis=0)
+    ...     def _score_samples(self, X):
+    ...         return -((X - self.mean_) ** 2).sum(axis=1)
+    >>> RowsOnly().fit([[0.0], [1.0], [2.0]]).predict([[1.0]]).tolist()
+    [1]
+    >>> RowsOnly().fit([[[0.0]], [[1.0]]])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: RowsOnly takes 2-D tabular data (n_samples, n_features); got ...
+    """
+
+    tabular: bool = True
+    images: bool = True
+    anomaly_maps: bool = False
+    pretrained_weights: bool = False
+    keeps_uint8: bool = False
+    max_offset_samples: int | None = None
+    test_params: dict = dataclasses.field(default_factory=dict)
+    benchmark_params: dict = dataclasses.field(default_factory=dict)
+
+
+def get_detector_tags(estimator):
+    """The :class:`DetectorTags` of a detector (class or instance).
+
+    Detectors that do not define ``__skanomaly_tags__`` (plugins written
+    without :class:`BaseDetector`) get the defaults.
+
+    Parameters
+    ----------
+    estimator : estimator instance or class
+
+    Returns
+    -------
+    tags : DetectorTags
+
+    Examples
+    --------
+    >>> from skanomaly import Mahalanobis
+    >>> from skanomaly.detectors.base import get_detector_tags
+    >>> tags = get_detector_tags(Mahalanobis())
+    >>> tags.tabular, tags.images
+    (True, False)
+    """
+    if isinstance(estimator, type):
+        estimator = estimator()
+    method = getattr(estimator, "__skanomaly_tags__", None)
+    return method() if method is not None else DetectorTags()
 
 
 class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
@@ -27,9 +132,15 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     - ``_fit(X)``: train on validated inliers ``X`` (a float array, either
       ``(n_samples, n_features)`` or ``(n_samples, channels, height, width)``).
+      It may return the training scores when it has computed them anyway
+      (the same values ``_score_samples(X)`` would give); otherwise it
+      returns None and the base scores the training set itself.
     - ``_score_samples(X)``: return the *normality* of each row of a
       validated ``X`` as a 1-D float array (higher = more normal), in
       batches of bounded memory.
+
+    and declares what it takes in ``__skanomaly_tags__`` (see
+    :class:`DetectorTags`).
 
     Everything else of the scikit-learn outlier-detector contract lives here:
     validation of the input (tabular or images), dropping samples labelled
@@ -64,7 +175,7 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     A detector scoring the distance to the training mean:
 
     >>> import numpy as np
-    >>> from skanomaly.base import BaseDetector
+    >>> from skanomaly.detectors.base import BaseDetector
     >>> class MeanDistance(BaseDetector):
     ...     def _fit(self, X):
     ...         self.mean_ = X.mean(axis=0)
@@ -85,31 +196,33 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         ],
     }
 
-    # Small settings that make a detector fit in well under a second on tiny
-    # data; used by the conformance tests (see ``skanomaly.testing``).
-    _fast_test_params: dict = {}
-
-    # Whether ``_fit`` and ``_score_samples`` take uint8 images as they are
-    # (and scale them per batch, saving a float copy of the whole input).
-    # Otherwise uint8 images arrive as float32 in [0, 1].
-    _keeps_uint8 = False
-
-    # Set ``offset_`` from the scores of at most this many training samples
-    # (a fixed random subset), for detectors whose scoring is costly.
-    _max_offset_samples = None
-
     def __init__(self, contamination="auto"):
         self.contamination = contamination
 
     @abstractmethod
     def _fit(self, X):
-        """Train on validated inlier data ``X``."""
+        """Train on validated inlier data ``X``; optionally return its scores."""
 
     @abstractmethod
     def _score_samples(self, X):
         """Normality scores of validated ``X`` (higher = more normal)."""
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    def __skanomaly_tags__(self):
+        return DetectorTags()
+
+    def _validate_input(self, X, *, reset, min_samples=1):
+        tags = self.__skanomaly_tags__()
+        return validate_detector_input(
+            self,
+            X,
+            reset=reset,
+            min_samples=min_samples,
+            keep_uint8=tags.keeps_uint8,
+            tabular=tags.tabular,
+            images=tags.images,
+        )
+
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Fit the detector on (mostly) normal data.
 
@@ -132,12 +245,13 @@ width) or (n_samples, channels, height, width)
         """
         state_before = dict(self.__dict__)
         try:
-            X = validate_detector_input(
-                self, X, reset=True, min_samples=2, keep_uint8=self._keeps_uint8
-            )
+            X = self._validate_input(X, reset=True, min_samples=2)
             X = select_inliers(X, y, estimator_name=type(self).__name__)
-            self._fit(X)
-            scores = self._checked_scores(self._offset_subset(X), fitting=True)
+            scores = self._fit(X)
+            if isinstance(scores, np.ndarray):
+                scores = self._checked(scores, fitting=True)
+            else:  # None (or self, from detectors written before scores)
+                scores = self._checked_scores(self._offset_subset(X), fitting=True)
             self.offset_ = self._offset_from_training_scores(scores)
         except BaseException:
             # leave the estimator as it was: nothing half-fitted
@@ -147,7 +261,7 @@ width) or (n_samples, channels, height, width)
         return self
 
     def _offset_subset(self, X):
-        limit = self._max_offset_samples
+        limit = self.__skanomaly_tags__().max_offset_samples
         if limit is None or len(X) <= limit:
             return X
         keep = np.sort(np.random.default_rng(0).choice(len(X), limit, replace=False))
@@ -162,7 +276,10 @@ width) or (n_samples, channels, height, width)
         return float(np.percentile(scores, 100.0 * self.contamination))
 
     def _checked_scores(self, X, fitting=False):
-        scores = np.asarray(self._score_samples(X), dtype=np.float64).reshape(-1)
+        return self._checked(self._score_samples(X), fitting=fitting)
+
+    def _checked(self, scores, fitting=False):
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         bad = ~np.isfinite(scores)
         if not bad.any():
             return scores
@@ -183,7 +300,7 @@ width) or (n_samples, channels, height, width)
             f"{scores.size}, for samples with extreme values; they get the "
             "lowest float as score (the most anomalous).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         scores[bad] = np.finfo(np.float64).min
         return scores
@@ -203,8 +320,7 @@ width) or (n_samples, channels, height, width)
         scores : ndarray of shape (n_samples,)
         """
         check_is_fitted(self, "offset_")
-        X = validate_detector_input(self, X, reset=False, keep_uint8=self._keeps_uint8)
-        return self._checked_scores(X)
+        return self._checked_scores(self._validate_input(X, reset=False))
 
     def decision_function(self, X):
         """Shifted normality score: negative for outliers, positive for inliers.
@@ -256,5 +372,8 @@ width) or (n_samples, channels, height, width)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        declared = self.__skanomaly_tags__()
         tags.input_tags.allow_nan = False
+        tags.input_tags.two_d_array = declared.tabular
+        tags.input_tags.three_d_array = declared.images
         return tags

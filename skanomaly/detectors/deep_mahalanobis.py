@@ -1,17 +1,13 @@
 """DeepMahalanobis detector (Rippel, Mertens & Merhof, ICPR 2020)."""
 
-import os
-from numbers import Integral
-
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import validate_detector_input
+from .._compat import StrOptions
+from ..features.pooled import TimmFeatures
 from .base import BaseDetector
 from .mahalanobis import _COVARIANCES, Mahalanobis
-from .timm_features import TimmFeatures
 
 __all__ = ["DeepMahalanobis"]
 
@@ -54,7 +50,7 @@ class DeepMahalanobis(BaseDetector):
     verbose : int, default=0
         If > 0, show a progress bar over batches.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -102,25 +98,10 @@ class DeepMahalanobis(BaseDetector):
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
-        "backbone": [str],
-        "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],
-        "levels": [StrOptions({"all"}), list, tuple],
-        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "device": [str, torch.device],
+        # the feature stage's parameters, passed on to TimmFeatures
+        **TimmFeatures._parameter_constraints,
         "covariance": [StrOptions(set(_COVARIANCES))],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
     }
-    _fast_test_params = {
-        "backbone": "resnet18",
-        "weights": None,
-        "image_size": 32,
-        "random_state": 0,
-    }
-    # uint8 images stay uint8 until each batch is on the device: a quarter
-    # of the memory and transfer of float32.
-    _keeps_uint8 = True
 
     def __init__(
         self,
@@ -147,22 +128,24 @@ class DeepMahalanobis(BaseDetector):
         self.random_state = random_state
         self.verbose = verbose
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.tabular = False  # Mahalanobis is this Gaussian on tabular features
+        tags.pretrained_weights = True
+        # uint8 images stay uint8 until each batch is on the device: a
+        # quarter of the memory and transfer of float32.
+        tags.keeps_uint8 = True
+        tags.test_params = {
+            "backbone": "test_efficientnet",
+            "weights": None,
+            "image_size": 32,
+            "random_state": 0,
+        }
+        return tags
+
     def _fit(self, X):
-        if X.ndim != 4:
-            raise ValueError(
-                "DeepMahalanobis takes images (n_samples, height, width) or "
-                "(n_samples, channels, height, width); got a 2-D array. For "
-                "tabular features use Mahalanobis."
-            )
         extractor = TimmFeatures(
-            self.backbone,
-            weights=self.weights,
-            levels=self.levels,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            device=self.device,
-            random_state=self.random_state,
-            verbose=self.verbose,
+            **{name: getattr(self, name) for name in TimmFeatures._get_param_names()}
         ).fit(X)
         features = extractor._transform(X)
         # one integer label per column: the level it belongs to
@@ -173,15 +156,11 @@ class DeepMahalanobis(BaseDetector):
         self.features_ = extractor
         self.gaussian_ = gaussian
         self.levels_ = extractor.levels_
-        # BaseDetector.fit scores the training images right after _fit; keep
-        # their scores so the backbone does not run over them twice.
-        self._training_scores = (X, gaussian.score_samples(features))
-        return self
+        # the training scores, so that the backbone does not run over the
+        # training images twice
+        return gaussian.score_samples(features)
 
     def _score_samples(self, X):
-        cached = self.__dict__.pop("_training_scores", None)
-        if cached is not None and cached[0] is X:
-            return cached[1]
         return -self._level_distances(X).sum(axis=1)
 
     def _level_distances(self, X):
@@ -205,11 +184,4 @@ class DeepMahalanobis(BaseDetector):
             Columns follow ``levels_``; ``score_samples`` is minus their sum.
         """
         check_is_fitted(self, "offset_")
-        X = validate_detector_input(self, X, reset=False, keep_uint8=True)
-        return self._level_distances(X)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        return tags
+        return self._level_distances(self._validate_input(X, reset=False))

@@ -2,58 +2,15 @@
 
 from numbers import Integral, Real
 
-import torch
-from sklearn.utils._param_validation import Interval, StrOptions
-from skorch.callbacks import Callback
-
-from ._gan_detector import BaseGANDetector
-from .nn.bigan import BiGANLoss, BiGANModule, JointDiscriminator, egbad_score
+from .._compat import Interval, StrOptions
+from ..nets import WeightAverage
+from ..nn.egbad import BiGANLoss, BiGANModule, JointDiscriminator, egbad_score
+from .gan_base import BaseGANDetector
 
 __all__ = ["EGBAD"]
 
 # The authors' latent sizes: MNIST (images) and KDD99 (tabular).
 _AUTO_LATENT_DIM = {"images": 200, "tabular": 32}
-
-
-class _WeightAverage(Callback):
-    """Exponential moving average of the GAN's weights, used for evaluation.
-
-    After every training batch the average of each parameter of the
-    generator side and of the discriminator is updated; at the end of
-    training the averages replace the weights. The decay at update ``t`` is
-    ``min(decay, (1 + t) / (10 + t))`` (TensorFlow's ExponentialMovingAverage
-    with ``num_updates``): a 0.999 average over a short run would otherwise
-    be mostly the first, untrained weights, while long runs get the full
-    ``decay``. Buffers (BatchNorm running statistics) are averages already
-    and are kept.
-    """
-
-    def __init__(self, decay=0.999):
-        self.decay = decay
-
-    @staticmethod
-    def _parameters(net):
-        return [*net.module_.parameters(), *net.discriminator_.parameters()]
-
-    def on_train_begin(self, net, **kwargs):
-        self.n_updates_ = 0
-        self.averages_ = [p.detach().clone() for p in self._parameters(net)]
-
-    def on_batch_end(self, net, batch=None, training=None, **kwargs):
-        if not training:
-            return
-        self.n_updates_ += 1
-        decay = min(self.decay, (1 + self.n_updates_) / (10 + self.n_updates_))
-        with torch.no_grad():
-            for average, param in zip(self.averages_, self._parameters(net)):
-                average.mul_(decay).add_(param, alpha=1.0 - decay)
-
-    def on_train_end(self, net, **kwargs):
-        if self.n_updates_:
-            with torch.no_grad():
-                for average, param in zip(self.averages_, self._parameters(net)):
-                    param.copy_(average)
-        del self.averages_
 
 
 class EGBAD(BaseGANDetector):
@@ -129,7 +86,7 @@ class EGBAD(BaseGANDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -183,17 +140,6 @@ class EGBAD(BaseGANDetector):
         "disc_loss": [StrOptions({"fm", "ce"})],
         "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
     }
-    _fast_test_params = {
-        "latent_dim": 4,
-        "hidden_sizes": (8,),
-        "base_channels": 4,
-        "lr": 1e-3,
-        "batch_size": 32,
-        "max_epochs": 2,
-    }
-    # The authors' lr=1e-5 needs tens of thousands of steps; the benchmark's
-    # quick run (about 160 steps a digit) learns nothing with it.
-    _benchmark_params = {"lr": 2e-4}
 
     def __init__(
         self,
@@ -234,26 +180,32 @@ class EGBAD(BaseGANDetector):
         self.verbose = verbose
         self.callbacks = callbacks
 
-    def _net_kwargs(self):
-        kwargs = super()._net_kwargs()
-        if self.ema_decay is not None:
-            kwargs["callbacks"] = [
-                *kwargs["callbacks"],
-                ("weight_average", _WeightAverage(self.ema_decay)),
-            ]
-        return kwargs
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params["lr"] = 1e-3
+        # The authors' lr=1e-5 needs tens of thousands of steps; the
+        # benchmark's quick run (about 160 steps a digit) learns nothing
+        # with it.
+        tags.benchmark_params = {"lr": 2e-4}
+        return tags
 
-    def _make_net(self, input_shape):
+    def _fit(self, X):
         if self.latent_dim == "auto":
-            kind = "tabular" if len(input_shape) == 1 else "images"
-            self.latent_dim_ = _AUTO_LATENT_DIM[kind]
+            self.latent_dim_ = _AUTO_LATENT_DIM["tabular" if X.ndim == 2 else "images"]
         else:
             self.latent_dim_ = self.latent_dim
+        super()._fit(X)
+
+    def _make_net(self, input_shape):
+        callbacks = []
+        if self.ema_decay is not None:
+            callbacks.append(("weight_average", WeightAverage(self.ema_decay)))
         return self._adversarial_net(
             BiGANModule,
             JointDiscriminator,
             BiGANLoss,
             input_shape,
+            callbacks=callbacks,
             module__latent_dim=self.latent_dim_,
             module__hidden_sizes=tuple(self.hidden_sizes),
             module__base_channels=self.base_channels,

@@ -3,10 +3,10 @@
 from numbers import Integral, Real
 
 import torch
-from sklearn.utils._param_validation import Interval
 
-from ._torch_detector import BaseTorchDetector
-from .nets import AdversarialNet
+from .._compat import Interval
+from ..nets import AdversarialNet
+from .torch_base import BaseTorchDetector
 
 __all__ = ["BaseGANDetector"]
 
@@ -30,6 +30,17 @@ class BaseGANDetector(BaseTorchDetector):
         "lr_d": [Interval(Real, 0, None, closed="neither"), None],
     }
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {
+            "latent_dim": 4,
+            "base_channels": 4,
+            "hidden_sizes": (8,),
+            "max_epochs": 2,
+            "batch_size": 32,
+        }
+        return tags
+
     def _adversarial_net(
         self,
         module,
@@ -37,13 +48,15 @@ class BaseGANDetector(BaseTorchDetector):
         criterion,
         input_shape,
         reinit_discriminator_below=None,
+        callbacks=(),
         **kwargs,
     ):
         """An AdversarialNet with this detector's optimizers and training settings.
 
         ``kwargs`` are skorch-style prefixed arguments (``module__*``,
         ``discriminator__*``, ``criterion__*``); ``input_shape`` and the
-        sizes are passed to the module and the discriminator.
+        sizes are passed to the module and the discriminator. ``callbacks``
+        are the detector's own skorch callbacks (after the user's).
         """
         betas = (self.beta1, 0.999)
         return AdversarialNet(
@@ -61,5 +74,5 @@ class BaseGANDetector(BaseTorchDetector):
             discriminator__base_channels=self.base_channels,
             discriminator__hidden_sizes=tuple(self.hidden_sizes),
             **kwargs,
-            **self._net_kwargs(),
+            **self._net_kwargs(callbacks),
         )

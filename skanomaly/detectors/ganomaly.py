@@ -2,11 +2,10 @@
 
 from numbers import Real
 
-from sklearn.utils._param_validation import Interval
-
-from ._gan_detector import BaseGANDetector
-from .nn.gan import Discriminator
-from .nn.ganomaly import GANomalyGenerator, GANomalyLoss
+from .._compat import Interval
+from ..nn.gan import Discriminator
+from ..nn.ganomaly import GANomalyGenerator, GANomalyLoss
+from .gan_base import BaseGANDetector
 
 __all__ = ["GANomaly"]
 
@@ -82,7 +81,7 @@ class GANomaly(BaseGANDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -143,13 +142,6 @@ class GANomaly(BaseGANDetector):
         "w_con": [Interval(Real, 0, None, closed="left")],
         "w_enc": [Interval(Real, 0, None, closed="left")],
         "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
-    }
-    _fast_test_params = {
-        "latent_dim": 4,
-        "base_channels": 4,
-        "hidden_sizes": (8,),
-        "max_epochs": 2,
-        "batch_size": 32,
     }
 
     def __init__(

@@ -6,9 +6,9 @@ from numbers import Integral
 import numpy as np
 from scipy import linalg
 from sklearn.covariance import empirical_covariance, oas
-from sklearn.utils._param_validation import StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
+from .._compat import StrOptions
 from .base import BaseDetector
 
 __all__ = ["Mahalanobis"]
@@ -82,7 +82,7 @@ class Mahalanobis(BaseDetector):
         ``slice`` or a sequence of column indices. Columns in no group are
         ignored; groups may overlap.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -133,22 +133,18 @@ class Mahalanobis(BaseDetector):
         "covariance": [StrOptions(set(_COVARIANCES))],
         "groups": ["array-like", None],
     }
-    _fast_test_params: dict = {}
-    # tabular features only (see skanomaly.testing)
-    _accepts_images = False
 
     def __init__(self, *, covariance="ledoit_wolf", groups=None, contamination="auto"):
         super().__init__(contamination=contamination)
         self.covariance = covariance
         self.groups = groups
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.images = False  # DeepMahalanobis is this Gaussian on images
+        return tags
+
     def _fit(self, X):
-        if X.ndim != 2:
-            raise ValueError(
-                f"Mahalanobis takes 2-D tabular features (n_samples, n_features); "
-                f"got images of shape {X.shape[1:]}. Use DeepMahalanobis for "
-                "images, or TimmFeatures to turn them into features first."
-            )
         X = np.asarray(X, dtype=np.float64)
         groups = _resolve_groups(self.groups, X.shape[1])
         estimate = _COVARIANCES[self.covariance]
@@ -226,8 +222,7 @@ class Mahalanobis(BaseDetector):
             groups.
         """
         check_is_fitted(self, "offset_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return self._distances(X)
+        return self._distances(self._validate_input(X, reset=False))
 
 
 def _take(X, columns):

@@ -2,10 +2,9 @@
 
 from numbers import Real
 
-from sklearn.utils._param_validation import Interval
-
-from ._gan_detector import BaseGANDetector
-from .nn.unet import SkipGANomalyDiscriminator, SkipGANomalyLoss, UNetGenerator
+from .._compat import Interval
+from ..nn.skipganomaly import SkipGANomalyDiscriminator, SkipGANomalyLoss, UNetGenerator
+from .gan_base import BaseGANDetector
 
 __all__ = ["SkipGANomaly"]
 
@@ -87,7 +86,7 @@ class SkipGANomaly(BaseGANDetector):
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -139,13 +138,6 @@ class SkipGANomaly(BaseGANDetector):
         "w_lat": [Interval(Real, 0, None, closed="left")],
         "score_lambda": [Interval(Real, 0, 1, closed="both")],
         "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
-    }
-    _fast_test_params = {
-        "latent_dim": 4,
-        "base_channels": 4,
-        "hidden_sizes": (8,),
-        "max_epochs": 2,
-        "batch_size": 32,
     }
 
     def __init__(

@@ -6,13 +6,13 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import ProgressBar
 
-from ._validation import validate_detector_input
+from .._compat import Interval
+from .._validation import check_device
+from ..nets import TensorBatchIterator, evaluation, torch_random_state
 from .base import BaseDetector
-from .nets import TensorBatchIterator, torch_random_state
 
 __all__ = ["BaseTorchDetector"]
 
@@ -29,7 +29,14 @@ class BaseTorchDetector(BaseDetector):
 
     Subclasses implement ``_make_net(input_shape)`` and
     ``_score_batch(net, X_batch)`` (an anomaly score, higher = more
-    anomalous, for a batch already on the net's device).
+    anomalous, for a batch already on the net's device), and
+    ``_reconstruct(net, X_batch)`` when they have anomaly maps.
+
+    Tabular rows are scored in float64 (the weights are converted for the
+    scoring and back, exactly), so that a row's score does not depend on
+    how many rows are scored with it: float32 matrix products round
+    differently for different batch shapes. Images are scored in float32,
+    where the convolutions are what costs.
     """
 
     _parameter_constraints: dict = {
@@ -43,11 +50,6 @@ class BaseTorchDetector(BaseDetector):
         "callbacks": [list, None],
     }
 
-    # AnoGAN searches latent codes by gradient descent when scoring.
-    _score_needs_grad = False
-    # uint8 images are scaled batch by batch when scoring (bounded memory).
-    _keeps_uint8 = True
-
     @abstractmethod
     def _make_net(self, input_shape):
         """Return an uninitialised skorch net for inputs of ``input_shape``."""
@@ -56,11 +58,23 @@ class BaseTorchDetector(BaseDetector):
     def _score_batch(self, net, X_batch):
         """Anomaly scores (higher = more anomalous) of one batch tensor."""
 
-    def _net_kwargs(self):
-        """skorch arguments every detector passes through unchanged."""
-        callbacks = list(self.callbacks or [])
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        # uint8 images are scaled batch by batch (bounded memory)
+        tags.keeps_uint8 = True
+        tags.anomaly_maps = (
+            type(self)._reconstruct is not BaseTorchDetector._reconstruct
+        )
+        return tags
+
+    def _net_kwargs(self, callbacks=()):
+        """skorch arguments every detector passes through unchanged.
+
+        ``callbacks`` are the detector's own, run after the user's.
+        """
+        all_callbacks = [*(self.callbacks or []), *callbacks]
         if self.verbose:
-            callbacks.insert(0, ("progress_bar", ProgressBar()))
+            all_callbacks.insert(0, ("progress_bar", ProgressBar()))
         return dict(
             lr=self.lr,
             max_epochs=self.max_epochs,
@@ -68,22 +82,14 @@ class BaseTorchDetector(BaseDetector):
             device=self.device,
             train_split=None,
             verbose=int(self.verbose),
-            callbacks=callbacks,
+            callbacks=all_callbacks,
             iterator_train=TensorBatchIterator,
             iterator_train__shuffle=True,
             iterator_valid=TensorBatchIterator,
         )
 
-    def _check_device(self):
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"device={self.device!r} but CUDA is not available on this "
-                "machine; use device='cpu'."
-            )
-
     def _fit(self, X):
-        self._check_device()
+        check_device(self.device)
         if X.ndim == 2:
             center = X.mean(axis=0)
             scale = X.std(axis=0)
@@ -103,13 +109,12 @@ class BaseTorchDetector(BaseDetector):
         with torch_random_state(self.random_seed_, self.device):
             net.fit(X, None)
         self.net_ = net
-        return self
 
     def _scale_input(self, X):
         """The whole validated array ``X`` as the network sees it (float32)."""
         return self._scale_batch(torch.as_tensor(X)).numpy()
 
-    def _scale_batch(self, X_batch):
+    def _scale_batch(self, X_batch, dtype=torch.float32):
         """A batch tensor as the network sees it, on the batch's device.
 
         uint8 images are read as value / 255; then the training statistics
@@ -119,29 +124,27 @@ class BaseTorchDetector(BaseDetector):
             X_batch = X_batch.to(torch.float32) / 255.0
         center = torch.as_tensor(self.input_center_, device=X_batch.device)
         scale = torch.as_tensor(self.input_scale_, device=X_batch.device)
-        return ((X_batch - center) / scale).to(torch.float32)
+        return ((X_batch - center) / scale).to(dtype)
 
     def _score_samples(self, X):
-        return -self._run_batched(self._score_batch, X, self._score_needs_grad)
+        return -self._run_batched(self._score_batch, X)
 
-    def _run_batched(self, fn, X, needs_grad=False):
-        """Apply ``fn(net, X_batch)`` to scaled batches of X in eval mode.
+    def _run_batched(self, fn, X):
+        """Apply ``fn(net, X_batch)`` to scaled batches of X in evaluation mode.
 
         ``X`` is validated but unscaled (uint8 images stay uint8): each batch
         is scaled on the net's device, so memory grows with ``batch_size``,
         not with ``len(X)``. The results are concatenated on the host.
+        ``fn`` runs under ``torch.inference_mode``; code that needs
+        gradients (a latent search) re-enables them itself.
         """
         net = self.net_
-        for module in (net.module_, getattr(net, "discriminator_", None)):
-            if module is not None:
-                module.eval()
-        context = torch.enable_grad if needs_grad else torch.inference_mode
+        dtype = torch.float64 if X.ndim == 2 else torch.float32
         outputs = []
-        with context():
+        with evaluation(net, dtype=dtype), torch.inference_mode():
             for X_batch, _ in TensorBatchIterator(X, batch_size=self.batch_size):
-                X_batch = self._scale_batch(X_batch.to(net.device))
-                result = fn(net, X_batch)
-                outputs.append(result.detach().double().cpu().numpy())
+                X_batch = self._scale_batch(X_batch.to(net.device), dtype)
+                outputs.append(fn(net, X_batch).double().cpu().numpy())
         return np.concatenate(outputs)
 
     def _reconstruct(self, net, X_batch):
@@ -172,21 +175,12 @@ class BaseTorchDetector(BaseDetector):
                 f"{type(self).__name__}.anomaly_map needs a detector fitted on "
                 "images; this one was fitted on tabular data."
             )
-        X = validate_detector_input(self, X, reset=False, keep_uint8=True)
+        X = self._validate_input(X, reset=False)
 
         def pixel_error(net, X_batch):
             return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)
 
-        return self._run_batched(pixel_error, X, self._score_needs_grad)
-
-    def _expected_failed_checks(self):
-        return {
-            "check_methods_subset_invariance": (
-                "float32 networks: a row's score can differ by one float32 ulp "
-                "(~2e-7 relative) between batch sizes, as BLAS blocks matrix "
-                "products by shape; the check asks for 1e-7 absolute"
-            ),
-        }
+        return self._run_batched(pixel_error, X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -4,17 +4,12 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._torch_detector import BaseTorchDetector
-from .nets import SelfSupervisedNet
-from .nn.autoencoders import (
-    VAELoss,
-    VAEModule,
-    gaussian_nll,
-    kl_to_standard_normal,
-    per_sample_mean,
-)
+from .._compat import Interval, StrOptions
+from ..nets import SelfSupervisedNet
+from ..nn.autoencoder import per_sample_mean
+from ..nn.vae import VAELoss, VAEModule, gaussian_nll, kl_to_standard_normal
+from .torch_base import BaseTorchDetector
 
 __all__ = ["VAE"]
 
@@ -83,7 +78,6 @@ callbacks, contamination
         "n_score_samples": [Interval(Integral, 1, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
-    _fast_test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
 
     def __init__(
         self,
@@ -120,6 +114,11 @@ callbacks, contamination
         self.verbose = verbose
         self.callbacks = callbacks
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {"max_epochs": 2, "hidden_sizes": (8,), "base_channels": 4}
+        return tags
+
     def _make_net(self, input_shape):
         return SelfSupervisedNet(
             VAEModule,
@@ -140,7 +139,6 @@ callbacks, contamination
         self.score_noise_ = noise_rng.standard_normal(
             (self.n_score_samples, self.latent_dim)
         ).astype(np.float32)
-        return self
 
     def _reconstruct(self, net, X_batch):
         z_mean, _ = net.module_.encode(X_batch)
@@ -151,7 +149,9 @@ callbacks, contamination
         if self.score_method == "reconstruction_error":
             return per_sample_mean((self._reconstruct(net, X_batch) - X_batch) ** 2)
         z_mean, z_logvar = module.encode(X_batch)
-        noise = torch.as_tensor(self.score_noise_, device=X_batch.device)
+        noise = torch.as_tensor(
+            self.score_noise_, device=X_batch.device, dtype=X_batch.dtype
+        )
         n_draws, batch = noise.shape[0], X_batch.shape[0]
         # (batch, draws, latent) -> one decoder pass over batch x draws codes
         z = z_mean[:, None, :] + torch.exp(0.5 * z_logvar)[:, None, :] * noise[None]

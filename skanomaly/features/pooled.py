@@ -6,12 +6,13 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_array, check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .nn.backbones import (
+from .._compat import Interval, StrOptions, fit_context
+from .._validation import check_device, parse_image_size, validate_images
+from ..nn.backbones import (
     create_backbone,
     describe_levels,
     pooled_levels,
@@ -150,7 +151,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    @_fit_context(prefer_skip_nested_validation=True)
+    @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Build the backbone and record its levels.
 
@@ -166,14 +167,9 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        device = _check_device(self.device)
+        device = check_device(self.device)
         X = _check_images(self, X, reset=True)
         in_chans = 3
-        if X.shape[1] not in (1, in_chans):
-            raise ValueError(
-                f"TimmFeatures takes images with 1 or {in_chans} channels; got "
-                f"{X.shape[1]}. Drop an alpha channel first."
-            )
         if self.weights is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
             with torch.random.fork_rng(devices=[]):
@@ -186,7 +182,9 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         from timm.data import resolve_model_data_config
 
         config = resolve_model_data_config(model, use_test_size=True)
-        self.image_size_ = _resolve_size(self.image_size, config["input_size"][1:])
+        self.image_size_ = parse_image_size(self.image_size) or tuple(
+            int(s) for s in config["input_size"][1:]
+        )
         self.mean_ = tuple(float(v) for v in config["mean"])
         self.std_ = tuple(float(v) for v in config["std"])
         self.interpolation_ = str(config.get("interpolation", "bilinear"))
@@ -230,7 +228,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         """Features of validated images ``X`` (uint8 or float, N x C x H x W)."""
         from tqdm.auto import tqdm
 
-        device = _check_device(self.device)
+        device = check_device(self.device)
         model = self.backbone_.to(device)
         keep = [self.all_levels_.index(name) for name in self.levels_]
         if keep == list(range(len(self.all_levels_))):
@@ -307,7 +305,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         if name != "backbone_":
             raise ValueError(f"TimmFeatures has no module attribute {name!r}.")
         model = create_backbone(self.backbone, None)
-        device = _check_device(self.device)
+        device = check_device(self.device)
         return model.to(device=device, memory_format=torch.channels_last)
 
     def __sklearn_tags__(self):
@@ -318,53 +316,15 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         return tags
 
 
-# Float images a little outside [0, 1] (interpolation overshoot) are fine.
-_RANGE_TOLERANCE = 1e-2
-
-
-def _check_device(device):
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} but CUDA is not available on this machine; "
-            "use device='cpu'."
-        )
-    return device
-
-
 def _check_images(estimator, X, *, reset):
-    """Images as an (N, C, H, W) array, uint8 kept (scaled per batch later)."""
+    """Images as an (N, C, H, W) array, uint8 kept (scaled per batch later).
+
+    Any height and width (the backbone resizes); the channels of ``fit``.
+    """
     name = type(estimator).__name__
-    if np.ndim(X) not in (3, 4):
-        raise ValueError(
-            f"{name} takes images (n_samples, height, width) or (n_samples, "
-            f"channels, height, width); got an array of rank {np.ndim(X)}."
-        )
-    is_uint8 = getattr(X, "dtype", None) == np.uint8
-    X = check_array(
-        X,
-        allow_nd=True,
-        dtype=None if is_uint8 else [np.float32, np.float64],
-        ensure_min_samples=1,
-        input_name="X",
+    X = validate_images(
+        X, name=name, keep_uint8=True, float_range=(0.0, 1.0), channels={1, 3}
     )
-    if not is_uint8 and X.size:
-        low, high = float(X.min()), float(X.max())
-        if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
-            raise ValueError(
-                f"{name} reads float images as values in [0, 1] and got values "
-                f"in [{low:.4g}, {high:.4g}]. Pass uint8 images (0 to 255) or "
-                "divide by 255 first; the backbone's own normalisation is "
-                "applied inside."
-            )
-    if X.ndim == 3:
-        X = X[:, None]
-    if X.shape[1] > 4 and X.shape[-1] in (1, 3, 4):
-        raise ValueError(
-            f"{name} expects channels-first images (n_samples, channels, height, "
-            f"width); got shape {X.shape}, which looks channels-last. Use "
-            "X.transpose(0, 3, 1, 2)."
-        )
     if reset:
         estimator.image_shape_ = tuple(int(s) for s in X.shape[1:])
         estimator.n_features_in_ = int(np.prod(X.shape[1:]))
@@ -374,20 +334,6 @@ def _check_images(estimator, X, *, reset):
             f"channel(s) but got {X.shape[1]}."
         )
     return X
-
-
-def _resolve_size(image_size, native):
-    if image_size is None:
-        size = tuple(native)
-    elif isinstance(image_size, Integral):
-        size = (image_size, image_size)
-    else:
-        size = tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, Integral) and s > 0 for s in size):
-        raise ValueError(
-            f"image_size must be a positive int or (height, width); got {image_size!r}."
-        )
-    return tuple(int(s) for s in size)
 
 
 def _resolve_levels(levels, names):

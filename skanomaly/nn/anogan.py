@@ -1,8 +1,8 @@
-"""AnoGAN (Schlegl et al. 2017): DCGAN generator and losses, and the latent search.
+"""AnoGAN (Schlegl et al. 2017): its DCGAN generator and the latent search.
 
-AnoGAN trains a plain DCGAN on normal data and scores a query ``x`` by
-searching the latent code whose image ``G(z)`` best explains it: starting
-from ``z_0``, ``steps`` Adam steps on
+AnoGAN trains a plain DCGAN (:class:`~skanomaly.nn.gan.DCGANLoss`) on normal
+data and scores a query ``x`` by searching the latent code whose image
+``G(z)`` best explains it: starting from ``z_0``, ``steps`` Adam steps on
 
     L(z) = (1 - disc_weight) * sum|x - G(z)| + disc_weight * sum|f(x) - f(G(z))|
 
@@ -19,12 +19,11 @@ batched kernels differs from searching one sample at a time.
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .dcgan import ConvDecoder, dcgan_init
 from .mlp import MLP
 
-__all__ = ["AnoGANGenerator", "DCGANLoss", "anogan_loss", "latent_search"]
+__all__ = ["AnoGANGenerator", "anogan_loss", "latent_search"]
 
 
 class AnoGANGenerator(nn.Module):
@@ -72,24 +71,6 @@ class AnoGANGenerator(nn.Module):
     def forward(self, X):
         z = torch.randn(X.shape[0], self.latent_dim, device=X.device, dtype=X.dtype)
         return self.generate(z)
-
-
-def _bce(logits, target):
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
-class DCGANLoss(nn.Module):
-    """The standard (non-saturating) DCGAN losses, on discriminator logits.
-
-    Discriminator: ``BCE(D(x), 1) + BCE(D(G(z)), 0)``; generator:
-    ``BCE(D(G(z)), 1)``. ``output`` is the generated batch ``G(z)``.
-    """
-
-    def discriminator_loss(self, output, X, discriminator):
-        return _bce(discriminator(X), 1.0) + _bce(discriminator(output), 0.0)
-
-    def generator_loss(self, output, X, discriminator):
-        return _bce(discriminator(output), 1.0)
 
 
 def anogan_loss(X, X_features, reconstruction, reconstruction_features, disc_weight):

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .dcgan import ConvDecoder, ConvEncoder, dcgan_init
+from .gan import AdversarialLoss, bce
 from .mlp import MLP
 
 __all__ = ["BiGANLoss", "BiGANModule", "JointDiscriminator", "egbad_score"]
@@ -141,11 +142,7 @@ class JointDiscriminator(nn.Module):
         return self.head(self.features(x, z)).squeeze(1)
 
 
-def _bce(logits, target):
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-
-class BiGANLoss(nn.Module):
+class BiGANLoss(AdversarialLoss):
     """BiGAN losses for :class:`~skanomaly.nets.AdversarialNet`.
 
     ``output`` is ``(E(X), z, G(z))``. The discriminator loss is
@@ -158,13 +155,13 @@ class BiGANLoss(nn.Module):
 
     def discriminator_loss(self, output, X, discriminator):
         encoded, z, generated = output
-        return _bce(discriminator(X, encoded), 1.0) + _bce(
+        return bce(discriminator(X, encoded), 1.0) + bce(
             discriminator(generated, z), 0.0
         )
 
     def generator_loss(self, output, X, discriminator):
         encoded, z, generated = output
-        return _bce(discriminator(generated, z), 1.0) + _bce(
+        return bce(discriminator(generated, z), 1.0) + bce(
             discriminator(X, encoded), 0.0
         )
 

@@ -1,11 +1,81 @@
-"""Discriminators shared by the GAN detectors."""
+"""What the GAN detectors share: the loss interface, a discriminator, the DCGAN losses.
 
+:class:`AdversarialLoss` is the interface :class:`~skanomaly.nets.AdversarialNet`
+trains with: one method for the discriminator's loss, one for the generator
+side's. :class:`Discriminator` is the DCGAN critic with a feature layer;
+:class:`DCGANLoss` the plain non-saturating GAN losses; :func:`frozen` builds a
+graph through a network without its weight gradients.
+"""
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .dcgan import ConvEncoder, dcgan_init
 from .mlp import MLP
 
-__all__ = ["Discriminator"]
+__all__ = ["AdversarialLoss", "DCGANLoss", "Discriminator", "bce", "frozen"]
+
+
+class AdversarialLoss(nn.Module, ABC):
+    """The two losses of an adversarial training step.
+
+    ``output`` is whatever the generator-side module returned for the batch
+    ``X``. :class:`~skanomaly.nets.AdversarialNet` calls
+    ``discriminator_loss`` with the output detached, steps the
+    discriminator, then calls ``generator_loss`` against the updated
+    discriminator and steps the generator side. Loss weights are the
+    subclass's ``__init__`` parameters (set through ``criterion__<name>``).
+    """
+
+    @abstractmethod
+    def discriminator_loss(self, output, X, discriminator):
+        """Scalar loss minimised by the discriminator."""
+
+    @abstractmethod
+    def generator_loss(self, output, X, discriminator):
+        """Scalar loss minimised by the generator side."""
+
+
+def bce(logits, target):
+    """Binary cross-entropy of ``logits`` against a constant label ``target``."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+@contextmanager
+def frozen(module):
+    """Build the graph through ``module`` without gradients for its weights.
+
+    A generator's loss runs through the discriminator, but only the
+    generator is stepped on it: the discriminator's weight gradients would
+    be computed for nothing (its optimizer clears them before its own
+    step). Gradients still flow through the module to its input.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class DCGANLoss(AdversarialLoss):
+    """The standard (non-saturating) DCGAN losses, on discriminator logits.
+
+    Discriminator: ``BCE(D(x), 1) + BCE(D(G(z)), 0)``; generator:
+    ``BCE(D(G(z)), 1)``. ``output`` is the generated batch ``G(z)``.
+    """
+
+    def discriminator_loss(self, output, X, discriminator):
+        return bce(discriminator(X), 1.0) + bce(discriminator(output), 0.0)
+
+    def generator_loss(self, output, X, discriminator):
+        return bce(discriminator(output), 1.0)
 
 
 class Discriminator(nn.Module):

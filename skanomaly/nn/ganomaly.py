@@ -4,35 +4,14 @@ Akcay, Atapour-Abarghouei and Breckon, "GANomaly: Semi-Supervised Anomaly
 Detection via Adversarial Training", ACCV 2018.
 """
 
-from contextlib import contextmanager
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .dcgan import ConvDecoder, ConvEncoder, dcgan_init
+from .gan import AdversarialLoss, bce, frozen
 from .mlp import MLP
 
-__all__ = ["GANomalyGenerator", "GANomalyLoss", "frozen"]
-
-
-@contextmanager
-def frozen(module):
-    """Build the graph through ``module`` without gradients for its weights.
-
-    The generator's loss runs through the discriminator, but only the
-    generator is stepped on it: the discriminator's weight gradients would
-    be computed for nothing (its optimizer clears them before its own
-    step). Gradients still flow through the module to its input.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+__all__ = ["GANomalyGenerator", "GANomalyLoss"]
 
 
 class GANomalyGenerator(nn.Module):
@@ -88,7 +67,7 @@ class GANomalyGenerator(nn.Module):
         return x_hat, z, z_hat
 
 
-class GANomalyLoss(nn.Module):
+class GANomalyLoss(AdversarialLoss):
     """GANomaly's generator and discriminator losses.
 
     With ``f`` the discriminator's features (the block before its last
@@ -114,15 +93,7 @@ class GANomalyLoss(nn.Module):
 
     def discriminator_loss(self, output, X, discriminator):
         x_hat = output[0]
-        logit_real = discriminator(X)
-        logit_fake = discriminator(x_hat)
-        real = F.binary_cross_entropy_with_logits(
-            logit_real, torch.ones_like(logit_real)
-        )
-        fake = F.binary_cross_entropy_with_logits(
-            logit_fake, torch.zeros_like(logit_fake)
-        )
-        return 0.5 * (real + fake)
+        return 0.5 * (bce(discriminator(X), 1.0) + bce(discriminator(x_hat), 0.0))
 
     def generator_loss(self, output, X, discriminator):
         x_hat, z, z_hat = output

@@ -13,12 +13,10 @@ of 4; other sizes raise a ``ValueError`` (pad or resize the images first).
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .dcgan import dcgan_init, downsampling_plan
-from .gan import Discriminator
-from .ganomaly import frozen
+from .gan import AdversarialLoss, Discriminator, bce, frozen
 
 __all__ = [
     "SkipGANomalyDiscriminator",
@@ -205,7 +203,7 @@ class SkipGANomalyDiscriminator(nn.Module):
         return self.classify(self.features(x))
 
 
-class SkipGANomalyLoss(nn.Module):
+class SkipGANomalyLoss(AdversarialLoss):
     """Skip-GANomaly's generator and discriminator losses.
 
     - generator: ``w_adv * BCE(D(x_hat), 1) + w_con * mean(|x - x_hat|)
@@ -229,11 +227,7 @@ class SkipGANomalyLoss(nn.Module):
         self.w_lat = w_lat
 
     def discriminator_loss(self, output, X, discriminator):
-        logit_real = discriminator(X)
-        logit_fake = discriminator(output)
-        return F.binary_cross_entropy_with_logits(
-            logit_real, torch.ones_like(logit_real)
-        ) + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+        return bce(discriminator(X), 1.0) + bce(discriminator(output), 0.0)
 
     def generator_loss(self, output, X, discriminator):
         with torch.no_grad():
@@ -241,9 +235,7 @@ class SkipGANomalyLoss(nn.Module):
         with frozen(discriminator):
             features_fake = discriminator.features(output)
             logit_fake = discriminator.classify(features_fake)
-        adv = F.binary_cross_entropy_with_logits(
-            logit_fake, torch.ones_like(logit_fake)
-        )
+        adv = bce(logit_fake, 1.0)
         con = (X - output).abs().mean()
         lat = ((features_real - features_fake) ** 2).mean()
         return self.w_adv * adv + self.w_con * con + self.w_lat * lat

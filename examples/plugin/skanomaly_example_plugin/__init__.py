@@ -5,7 +5,7 @@ from numbers import Real
 import numpy as np
 from sklearn.utils._param_validation import Interval
 
-from skanomaly.base import BaseDetector
+from skanomaly import BaseDetector
 
 __all__ = ["MeanDistance"]
 
@@ -18,7 +18,7 @@ class MeanDistance(BaseDetector):
     min_scale : float, default=1e-12
         Floor on each feature's standard deviation.
     contamination : 'auto' or float, default='auto'
-        See :class:`skanomaly.base.BaseDetector`.
+        See :class:`skanomaly.detectors.base.BaseDetector`.
 
     Attributes
     ----------
@@ -39,20 +39,19 @@ class MeanDistance(BaseDetector):
         **BaseDetector._parameter_constraints,
         "min_scale": [Interval(Real, 0, None, closed="neither")],
     }
-    _accepts_images = False
 
     def __init__(self, *, min_scale=1e-12, contamination="auto"):
         super().__init__(contamination=contamination)
         self.min_scale = min_scale
 
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.images = False  # tabular rows only; images are refused for us
+        return tags
+
     def _fit(self, X):
-        if X.ndim != 2:
-            raise ValueError("MeanDistance takes 2-D tabular data only.")
         self.mean_ = X.mean(axis=0)
         self.scale_ = np.maximum(X.std(axis=0), self.min_scale)
-        return self
 
     def _score_samples(self, X):
-        if X.ndim != 2:
-            raise ValueError("MeanDistance takes 2-D tabular data only.")
         return -np.linalg.norm((X - self.mean_) / self.scale_, axis=1)

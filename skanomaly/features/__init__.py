@@ -1,0 +1,6 @@
+"""Feature stages: images to features of pretrained timm backbones.
+
+- :mod:`~skanomaly.features.pooled`: :class:`TimmFeatures`, one globally
+  average-pooled vector per backbone level (the features of
+  :class:`~skanomaly.DeepMahalanobis`).
+"""

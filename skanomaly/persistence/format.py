@@ -1,0 +1,140 @@
+"""The skanomaly file: a safetensors file with one JSON document in its metadata.
+
+Layout (safetensors): 8 bytes little-endian header length ``n``, ``n``
+bytes of JSON header (tensor names, dtypes, shapes, byte offsets, and the
+string ``__metadata__``), then the raw tensor bytes. The metadata holds one
+entry, ``"skanomaly"``: the JSON document ``{"format", "format_version",
+"skanomaly_version", "name", "detector", "checksum"}``. The checksum is a
+SHA-256 of the ``name`` and ``detector`` entries (canonical JSON) and of
+every tensor's name, dtype, shape and bytes: it finds damaged and edited
+files; it is not a signature.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .codec import FormatError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "checksum",
+    "read_document",
+    "read_tensors",
+    "write_file",
+]
+
+FORMAT_NAME = "skanomaly"
+# 2: the checksum also covers the detector document (1: tensors only).
+FORMAT_VERSION = 2
+METADATA_KEY = "skanomaly"
+_MAX_HEADER_BYTES = 100_000_000
+
+
+def checksum(tensors, document=None):
+    """SHA-256 of the tensors and, from format 2 on, of the detector document."""
+    digest = hashlib.sha256()
+    if document is not None:
+        canonical = json.dumps(document, sort_keys=True, allow_nan=False)
+        digest.update(canonical.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_file(path, tensors, document):
+    """Write ``tensors`` and ``document`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, which then replaces
+    ``path``: a partly written file never replaces an existing one.
+    """
+    from safetensors.torch import save as save_bytes
+
+    metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
+    data = save_bytes(tensors, metadata=metadata)
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_document(path):
+    """The skanomaly document of the file at ``path``; precise errors for others."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise FormatError("it is too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > min(size - 8, _MAX_HEADER_BYTES):
+            raise FormatError("it is not in the safetensors format")
+        raw = file.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FormatError("its safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise FormatError("its safetensors header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
+        raise FormatError(
+            "it is a safetensors file without a skanomaly header (not written by "
+            "skanomaly.save)"
+        )
+    try:
+        document = json.loads(metadata[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise FormatError("its skanomaly header is not valid JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise FormatError("its header does not describe a skanomaly model")
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise FormatError(f"its format version {version!r} is not an integer")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written in skanomaly file format version {version}, "
+            f"newer than the version {FORMAT_VERSION} this skanomaly reads; "
+            "upgrade skanomaly."
+        )
+    if version < 1:
+        raise FormatError(f"its format version {version} is unknown")
+    return document
+
+
+def read_tensors(path, document):
+    """The file's tensors, checked against the document's checksum."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    try:
+        tensors = load_bytes(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise FormatError(f"its tensor data is damaged ({exc})") from None
+    covered = None
+    if document["format_version"] >= 2:
+        covered = {"name": document.get("name"), "detector": document.get("detector")}
+    try:
+        expected = checksum(tensors, covered)
+    except (TypeError, ValueError):  # a document JSON cannot hold
+        expected = None
+    if document.get("checksum") != expected:
+        raise FormatError(
+            "its contents do not match its checksum (the file is damaged or was edited)"
+        )
+    return tensors

@@ -1,0 +1,129 @@
+"""Which classes a skanomaly file may name, found without importing what it says.
+
+A file names its detector by registry name and class path, and each nested
+estimator by class path. None of these paths is ever imported: the detector
+comes from the registry (the entry points installed packages declare), and
+a nested estimator must be a registered detector or one of the classes of
+:data:`NESTED_ESTIMATORS`, imported from this table, not from the file.
+:data:`MOVED` maps the class paths of earlier releases to today's, so that
+their files still load.
+"""
+
+import functools
+import importlib
+
+from .codec import FormatError
+
+__all__ = [
+    "MOVED",
+    "NESTED_ESTIMATORS",
+    "current_path",
+    "detector_class",
+    "nested_estimator_class",
+    "qualified_name",
+]
+
+# Estimators that a detector's fitted state may hold, beyond the registered
+# detectors, as "module:attribute" to import them from: skanomaly's feature
+# stages, and scikit-learn transformers whose fitted state is plain arrays.
+NESTED_ESTIMATORS = (
+    "skanomaly.features.pooled:TimmFeatures",
+    "sklearn.preprocessing:StandardScaler",
+    "sklearn.preprocessing:MinMaxScaler",
+    "sklearn.preprocessing:MaxAbsScaler",
+    "sklearn.preprocessing:RobustScaler",
+    "sklearn.decomposition:PCA",
+)
+
+# Class paths of skanomaly 0.1.0.dev0 before detectors/ and features/ (the
+# layout of one module per detector): files written then still load.
+MOVED = {
+    f"skanomaly.{module}.{name}": f"skanomaly.detectors.{module}.{name}"
+    for module, name in [
+        ("autoencoder", "AutoEncoder"),
+        ("vae", "VAE"),
+        ("anogan", "AnoGAN"),
+        ("egbad", "EGBAD"),
+        ("ganomaly", "GANomaly"),
+        ("skipganomaly", "SkipGANomaly"),
+        ("mahalanobis", "Mahalanobis"),
+        ("deep_mahalanobis", "DeepMahalanobis"),
+    ]
+}
+MOVED["skanomaly.timm_features.TimmFeatures"] = "skanomaly.features.pooled.TimmFeatures"
+
+
+def qualified_name(cls):
+    """``module.QualName`` of a class, as a file stores it."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def current_path(path):
+    """Today's class path for a path a file stores (old paths are mapped)."""
+    return MOVED.get(path, path)
+
+
+def detector_class(name, class_path):
+    """The registered detector ``name``, which must be the class the file names.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not registered here or is registered to another class.
+    """
+    from ..registry import detector_entry_points, get_detector
+
+    if name not in detector_entry_points():
+        known = ", ".join(detector_entry_points()) or "none"
+        raise ValueError(
+            f"it holds a {name!r} detector, which is not registered here (known "
+            f"detectors: {known}); install the package that provides it"
+        )
+    cls = get_detector(name)
+    if qualified_name(cls) != current_path(class_path):
+        raise ValueError(
+            f"it holds a {name!r} detector of class {class_path!r}, but {name!r} is "
+            f"{qualified_name(cls)!r} here; refusing to load it into another class"
+        )
+    return cls
+
+
+@functools.cache
+def _allowed_nested_classes():
+    classes = {}
+    for target in NESTED_ESTIMATORS:
+        module, _, attr = target.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        classes[qualified_name(cls)] = cls
+    return classes
+
+
+def _registered_class(path):
+    """The registered detector whose class path is ``path``, or None."""
+    from ..registry import detector_entry_points, get_detector, list_detectors
+
+    # by the entry points' own paths first (package metadata, no import) ...
+    for name, entry_point in detector_entry_points().items():
+        if entry_point.value.replace(" ", "").replace(":", ".") == path:
+            cls = get_detector(name)
+            if qualified_name(cls) == path:
+                return cls
+    # ... then among classes registered under another (re-exported) path
+    for name in list_detectors():
+        if qualified_name(get_detector(name)) == path:
+            return get_detector(name)
+    return None
+
+
+def nested_estimator_class(class_path):
+    """The class of a nested estimator, from the allow-list only."""
+    if not isinstance(class_path, str):
+        raise FormatError("a nested estimator has no class path")
+    path = current_path(class_path)
+    cls = _allowed_nested_classes().get(path) or _registered_class(path)
+    if cls is None:
+        raise FormatError(
+            f"it holds a nested estimator of class {class_path[:100]!r}, which is "
+            "neither a registered detector nor an estimator the format allows"
+        )
+    return cls
