@@ -151,11 +151,12 @@ def load_benchmark_datasets(
 
 
 def _make(name, epochs, seed):
+    from .._compat import param_names
     from ..detectors.base import get_detector_tags
     from ..registry import get_detector, make_detector
 
     cls = get_detector(name)
-    names = set(cls._get_param_names())
+    names = set(param_names(cls))
     params = dict(get_detector_tags(cls).benchmark_params)
     if epochs is not None and "max_epochs" in names:
         params["max_epochs"] = epochs

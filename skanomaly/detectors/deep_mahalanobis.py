@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import StrOptions
+from .._compat import StrOptions, param_names
 from ..features.pooled import TimmFeatures
 from .base import BaseDetector
 from .mahalanobis import _COVARIANCES, Mahalanobis
@@ -145,7 +145,7 @@ class DeepMahalanobis(BaseDetector):
 
     def _fit(self, X):
         extractor = TimmFeatures(
-            **{name: getattr(self, name) for name in TimmFeatures._get_param_names()}
+            **{name: getattr(self, name) for name in param_names(TimmFeatures)}
         ).fit(X)
         features = extractor._transform(X)
         # one integer label per column: the level it belongs to
