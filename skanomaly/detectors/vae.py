@@ -44,9 +44,19 @@ class VAE(BaseTorchDetector):
         of the standard normal noise (fixed at ``fit``) are used for every
         sample, so scores are deterministic and do not depend on what else
         is in the batch.
-    lr, weight_decay, batch_size, max_epochs, device, random_state, verbose, \
+    logvar_floor : float, default=-4.0
+        Lowest log-variance of the decoder and encoder Gaussians (sigma >=
+        0.135 in the scaled units). Values that never vary in training (an
+        image's background, a constant column) otherwise collapse to tiny
+        variances, and the likelihood of an inlier becomes the noise of its
+        error on them: at -8, after 500 steps, reconstruction probability
+        ranked digits 1 and 3 of sklearn's digits (64 columns) at 0.947 and
+        0.963 AUROC; at -4, 0.972 and 0.986 (images unchanged, >= 0.995).
+    lr, weight_decay, batch_size, max_epochs, min_steps, early_stopping, \
+validation_fraction, n_iter_no_change, device, random_state, verbose, \
 callbacks, contamination
-        As in :class:`~skanomaly.AutoEncoder`.
+        As in :class:`~skanomaly.AutoEncoder` (``max_epochs='auto'``: 30
+        epochs, or more for ``min_steps=500`` optimizer steps).
 
     Attributes
     ----------
@@ -76,8 +86,11 @@ callbacks, contamination
             StrOptions({"reconstruction_probability", "reconstruction_error", "elbo"})
         ],
         "n_score_samples": [Interval(Integral, 1, None, closed="left")],
+        "logvar_floor": [Interval(Real, None, 0, closed="right")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
+
+    _default_epochs = 30
 
     def __init__(
         self,
@@ -88,10 +101,15 @@ callbacks, contamination
         beta=1.0,
         score_method="reconstruction_probability",
         n_score_samples=10,
+        logvar_floor=-4.0,
         lr=1e-3,
         weight_decay=0.0,
-        batch_size=64,
-        max_epochs=30,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=500,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -105,10 +123,15 @@ callbacks, contamination
         self.beta = beta
         self.score_method = score_method
         self.n_score_samples = n_score_samples
+        self.logvar_floor = logvar_floor
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -126,6 +149,7 @@ callbacks, contamination
             module__latent_dim=self.latent_dim,
             module__hidden_sizes=tuple(self.hidden_sizes),
             module__base_channels=self.base_channels,
+            module__logvar_floor=self.logvar_floor,
             criterion=VAELoss,
             criterion__beta=self.beta,
             optimizer=torch.optim.Adam,
