@@ -68,10 +68,28 @@ class AnoGAN(BaseGANDetector):
         Discriminator learning rate; None uses ``lr``.
     beta1 : float, default=0.5
         Adam's first-moment decay in training (DCGAN's setting).
-    batch_size : int, default=64
-        Training batch size, and the number of queries searched together.
-    max_epochs : int, default=15
-        Training epochs.
+    batch_size : int or 'auto', default='auto'
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 64],
+        so that small training sets get at least 8 optimizer steps an epoch.
+        Scoring runs in batches of this size (256 with 'auto'), and as
+        many queries are searched together,
+        which bounds its memory.
+    max_epochs : int or 'auto', default='auto'
+        Training epochs. 'auto' is 15, raised on small training sets
+        until training takes ``min_steps`` optimizer steps
+        (60 samples: 38 epochs of 8 batches); an int is used as it is.
+        DCGAN's settings are ``batch_size=64`` and AnoGAN's authors'
+        epochs are not given; ``max_epochs=15`` is the GANomaly count.
+    min_steps : int, default=300
+        Optimizer steps that ``max_epochs='auto'`` trains for at least.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training inliers and stop
+        when their loss has not improved for ``n_iter_no_change`` epochs,
+        keeping the best epoch's weights (skorch's ``EarlyStopping``).
+    validation_fraction : float, default=0.1
+        Share of the training inliers held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
     device : str or torch.device, default='cpu'
         Where to train and score, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -138,7 +156,11 @@ class AnoGAN(BaseGANDetector):
         "disc_weight": [Interval(Real, 0, 1, closed="both")],
         "search_steps": [Interval(Integral, 0, None, closed="left")],
         "search_lr": [Interval(Real, 0, None, closed="neither")],
+        "search_tol": [Interval(Real, 0, None, closed="left"), None],
+        "search_patience": [Interval(Integral, 1, None, closed="left")],
     }
+
+    _default_epochs = 15
 
     def __init__(
         self,
@@ -149,11 +171,17 @@ class AnoGAN(BaseGANDetector):
         disc_weight=0.1,
         search_steps=500,
         search_lr=1e-3,
+        search_tol=5e-3,
+        search_patience=10,
         lr=2e-4,
         lr_d=None,
         beta1=0.5,
-        batch_size=64,
-        max_epochs=15,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=300,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -167,11 +195,17 @@ class AnoGAN(BaseGANDetector):
         self.disc_weight = disc_weight
         self.search_steps = search_steps
         self.search_lr = search_lr
+        self.search_tol = search_tol
+        self.search_patience = search_patience
         self.lr = lr
         self.lr_d = lr_d
         self.beta1 = beta1
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -217,6 +251,8 @@ class AnoGAN(BaseGANDetector):
             steps=self.search_steps,
             lr=self.search_lr,
             disc_weight=self.disc_weight,
+            tol=self.search_tol,
+            patience=self.search_patience,
         )
 
     def _score_batch(self, net, X_batch):
