@@ -61,9 +61,9 @@ class PatchFeatures(TimmFeatures):
         Strides of the default levels (ignored when ``levels`` is given).
     image_size : int, (int, int) or None, default=None
         ``(height, width)`` the backbone sees; None: its evaluation
-        resolution (224 for ``tf_efficientnet_lite0``). It must give every
-        chosen level a map of at least 2 x 2, i.e. at least twice the
-        level's stride (32 px for stride 16).
+        resolution (224 for ``tf_efficientnet_lite0``). Each side must be at
+        least twice the largest stride of the chosen levels (32 px for
+        stride 16), so that every level's map is at least 2 x 2.
     pool_size : int, default=3
         Side of the local averaging neighbourhood (odd); 1: none.
     n_channels : int or None, default=None
@@ -240,26 +240,26 @@ class PatchFeatures(TimmFeatures):
         return strides
 
     def _check_grid(self, keep):
-        """Every chosen level must give at least a 2 x 2 map."""
-        device = next(self.backbone_.parameters()).device
-        probe = torch.zeros(1, self.in_chans_, *self.image_size_, device=device)
-        try:
-            with torch.inference_mode():
-                maps = level_maps(self.backbone_, probe, keep=keep)
-        except RuntimeError as exc:  # a convolution larger than its input
-            maps, error = None, exc
-        else:
-            error = None
-        if maps is None or any(min(m.shape[-2:]) < 2 for m in maps):
-            stride = max(self.level_strides_)
-            raise ValueError(
-                f"image_size {self.image_size_} is too small for levels "
-                f"{list(self.levels_)} of {self.backbone!r} (strides "
-                f"{list(self.level_strides_)}): each needs a feature map of at "
-                f"least 2 x 2, so image_size must be at least {2 * stride} px "
-                "on each side."
-            ) from error
-        self.grid_shape_ = tuple(int(s) for s in maps[0].shape[-2:])
+        """The image must be at least twice the largest stride on each side."""
+        stride = max(self.level_strides_)
+        error = None
+        if min(self.image_size_) >= 2 * stride:
+            device = next(self.backbone_.parameters()).device
+            probe = torch.zeros(1, self.in_chans_, *self.image_size_, device=device)
+            try:
+                with torch.inference_mode():
+                    maps = level_maps(self.backbone_, probe, keep=keep)
+            except RuntimeError as exc:  # a convolution larger than its input
+                error = exc
+            else:
+                self.grid_shape_ = tuple(int(s) for s in maps[0].shape[-2:])
+                return
+        raise ValueError(
+            f"image_size {self.image_size_} is too small for levels "
+            f"{list(self.levels_)} of {self.backbone!r} (strides "
+            f"{list(self.level_strides_)}): each needs a feature map of at least "
+            f"2 x 2, so image_size must be at least {2 * stride} px on each side."
+        ) from error
 
     def transform(self, X):
         """Patch features of each image.
