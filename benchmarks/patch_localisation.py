@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE.parent))
 
 # name -> (library, what to build); ours are built in _ours below
 METHODS = {
-    "ours-padim": "PaDiM (Ledoit-Wolf + 0.01 I, d=100)",
-    "ours-padim-empirical": "PaDiM (sample covariance + 0.01 I, d=100)",
+    "ours-padim": "PaDiM (sample covariance + 0.01 I, d=100)",
+    "ours-padim-ledoit-wolf": "PaDiM (Ledoit-Wolf + 0.01 I, d=100)",
     "anomalib-padim": "anomalib PaDiM (d=100)",
     "ours-patchcore": "PatchCore (10%, shards of 16,384 patches)",
     "ours-patchcore-exact": "PatchCore (10%, one greedy selection)",
@@ -50,8 +50,8 @@ def _ours(name, weights, seed):
     common = dict(weights=weights, image_size=256, random_state=seed)
     if name == "ours-padim":
         return PaDiM(n_channels=100, **common)
-    if name == "ours-padim-empirical":
-        return PaDiM(n_channels=100, covariance="empirical", **common)
+    if name == "ours-padim-ledoit-wolf":
+        return PaDiM(n_channels=100, covariance="ledoit_wolf", **common)
     if name == "ours-patchcore":
         return PatchCore(**common)
     if name == "ours-patchcore-exact":

@@ -63,11 +63,15 @@ class PaDiM(BasePatchDetector):
         ``d``, the size of the random channel subset (the paper: 100 of the
         448 channels of ResNet18, 550 of WideResNet-50's 1,792); None: all
         channels. It must not exceed the channels of the levels.
-    covariance : {'ledoit_wolf', 'empirical'}, default='ledoit_wolf'
-        Covariance estimate of each position: Ledoit-Wolf shrinkage towards
-        a scaled identity (this library's Gaussian stage, well conditioned
-        with few images), or the sample covariance (normalised by n - 1, as
-        the paper).
+    covariance : {'empirical', 'ledoit_wolf'}, default='empirical'
+        Covariance estimate of each position: the sample covariance
+        (normalised by n - 1, as the paper), or Ledoit-Wolf shrinkage towards
+        a scaled identity (the default of :class:`Mahalanobis`). With fewer
+        images than channels the sample covariance is singular and the
+        ridge ``reg_covar`` decides the directions the training patches do
+        not span, which is what localises defects best on the benchmark
+        (AUPRO 0.973 vs 0.955 with Ledoit-Wolf, 100 images, d = 100);
+        Ledoit-Wolf shrinks towards a Euclidean distance instead.
     reg_covar : float, default=0.01
         Added to the diagonal of every covariance (the paper's 0.01 I).
     pool_size : int, default=1
@@ -141,7 +145,7 @@ class PaDiM(BasePatchDetector):
             for key, value in PatchFeatures._parameter_constraints.items()
             if key != "pool_size"
         },
-        "covariance": [StrOptions({"ledoit_wolf", "empirical"})],
+        "covariance": [StrOptions({"empirical", "ledoit_wolf"})],
         "reg_covar": [Interval(Real, 0, None, closed="left")],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
@@ -157,7 +161,7 @@ class PaDiM(BasePatchDetector):
         strides=(4, 8, 16),
         image_size=None,
         n_channels=100,
-        covariance="ledoit_wolf",
+        covariance="empirical",
         reg_covar=0.01,
         pool_size=1,
         sigma=4.0,
