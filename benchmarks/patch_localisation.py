@@ -117,34 +117,12 @@ def _run(name, args, data_path):
     out = str(Path(args.work) / f"{name}.npz")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if name.startswith("anomalib-"):
-        command = [
-            args.anomalib_python,
-            str(HERE / "anomalib_patch.py"),
-            name.removeprefix("anomalib-"),
-            "--data",
-            data_path,
-            "--weights",
-            args.weights,
-            "--out",
-            out,
-            "--seed",
-            str(args.seed),
-        ]
+        program = [args.anomalib_python, str(HERE / "anomalib_patch.py")]
+        program.append(name.removeprefix("anomalib-"))
     else:
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--data",
-            data_path,
-            "--weights",
-            args.weights,
-            "--out",
-            out,
-            "--seed",
-            str(args.seed),
-        ]
+        program = [sys.executable, __file__, "--worker", name]
+    options = ["--data", data_path, "--weights", args.weights, "--out", out]
+    command = [*program, *options, "--seed", str(args.seed)]
     print(f"running {name} ...", flush=True)
     subprocess.run(command, check=True, env=env)
     with np.load(out) as result:
