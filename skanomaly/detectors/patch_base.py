@@ -30,9 +30,8 @@ _KEEP_TRAINING_BYTES = 256 * 2**20
 class BasePatchDetector(BaseDetector):
     """Base class of detectors that score the patches of :class:`PatchFeatures`.
 
-    Subclasses set the feature parameters in ``__init__`` (any of
-    :class:`PatchFeatures`' parameters they have are passed on, the others
-    take ``_feature_defaults``) and implement:
+    Subclasses have every parameter of :class:`PatchFeatures` (passed on
+    to it) and implement:
 
     - ``_fit_patches(patch_batches, n_images)``: fit on the training
       images' features; ``patch_batches(images=None)`` yields them as
@@ -59,9 +58,6 @@ class BasePatchDetector(BaseDetector):
     offset_ : float
         Threshold on ``score_samples``.
     """
-
-    # PatchFeatures parameters a subclass does not expose, and their values.
-    _feature_defaults: dict = {}
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
@@ -90,12 +86,9 @@ class BasePatchDetector(BaseDetector):
             yield start, *self._patch_scores(batch, state)
 
     def _make_features(self):
-        own = set(self.get_params(deep=False))
-        params = {
-            name: getattr(self, name) if name in own else self._feature_defaults[name]
-            for name in param_names(PatchFeatures)
-        }
-        return PatchFeatures(**params)
+        return PatchFeatures(
+            **{name: getattr(self, name) for name in param_names(PatchFeatures)}
+        )
 
     def _fit(self, X):
         features = self._make_features().fit(X)
