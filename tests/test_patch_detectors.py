@@ -303,3 +303,14 @@ def test_patch_detectors_declare_maps_and_images_only(name):
     assert tags.pretrained_weights
     det = skanomaly.make_detector(name)
     assert (det.backbone, det.weights) == ("tf_efficientnet_lite0", "imagenet")
+
+
+@pytest.mark.parametrize("cls", [PaDiM, PatchCore])
+def test_offset_comes_from_the_kept_features_of_32_training_images(cls):
+    images = _textures(40, 32)
+    params = {"n_channels": 16} if cls is PaDiM else {"shard_size": 5 * 64}
+    det = cls(**SMALL, image_size=32, strides=(4, 8), batch_size=7, **params)
+    det.fit(images)
+    subset = np.sort(np.random.default_rng(0).choice(40, 32, replace=False))
+    expected = det._offset_from_training_scores(det.score_samples(images[subset]))
+    assert det.offset_ == pytest.approx(expected, rel=1e-5)

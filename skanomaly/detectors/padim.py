@@ -90,7 +90,8 @@ class PaDiM(BasePatchDetector):
     verbose : int, default=0
         If > 0, show a progress bar over batches.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`.
+        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
+        comes from the scores of 32 training images (a fixed random subset).
 
     Attributes
     ----------

@@ -22,6 +22,8 @@ from .base import BaseDetector
 
 __all__ = ["BasePatchDetector"]
 
+# Training images whose scores set offset_.
+_OFFSET_IMAGES = 32
 # Keep the training features for the training scores (no second backbone
 # pass) when they take at most this many bytes.
 _KEEP_TRAINING_BYTES = 256 * 2**20
@@ -65,6 +67,8 @@ class BasePatchDetector(BaseDetector):
         tags.anomaly_maps = True
         tags.pretrained_weights = True
         tags.keeps_uint8 = True
+        # scoring the training set for offset_ would cost as much as the fit
+        tags.max_offset_samples = _OFFSET_IMAGES
         return tags
 
     @abstractmethod
@@ -93,27 +97,36 @@ class BasePatchDetector(BaseDetector):
     def _fit(self, X):
         features = self._make_features().fit(X)
         self.features_ = features
+        # offset_ comes from the scores of a fixed subset of the training
+        # images (max_offset_samples); their features are kept as they go by
+        offset_images = self._offset_subset(np.arange(len(X)))
         per_image = features.n_channels_ * int(np.prod(features.grid_shape_)) * 4
-        kept = [] if len(X) * per_image <= _KEEP_TRAINING_BYTES else None
+        keep = len(offset_images) * per_image <= _KEEP_TRAINING_BYTES
+        wanted = np.zeros(len(X), bool)
+        wanted[offset_images] = keep
+        kept = []
 
         def patch_batches(images=None):
             subset = X if images is None else X[images]
+            positions = np.arange(len(X)) if images is None else images
             for start, batch in features._patch_batches(subset):
-                if kept is not None:
-                    rows = np.arange(start, start + len(batch))
-                    kept.append((rows if images is None else images[rows], batch))
+                rows = positions[start : start + len(batch)]
+                if wanted[rows].any():
+                    chosen = np.flatnonzero(wanted[rows])
+                    index = torch.as_tensor(chosen, device=batch.device)
+                    kept.append((rows[chosen], batch.index_select(0, index)))
                 yield batch
 
         with torch.inference_mode():
             self._fit_patches(patch_batches, len(X))
-            if kept is None:
-                return None
+            if not keep:
+                return None  # the base scores the subset
             # the training scores, without running the backbone again
             state = self._device_state(check_device(self.device))
             scores = np.empty(len(X))
             for rows, batch in kept:
                 scores[rows] = self._patch_scores(batch, state)[1].double().cpu()
-        return -scores
+        return -scores[offset_images]
 
     def _score_samples(self, X):
         with torch.inference_mode():

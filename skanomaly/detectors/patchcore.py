@@ -98,9 +98,10 @@ class PatchCore(BasePatchDetector):
     verbose : int, default=0
         If > 0, show a progress bar over batches.
     contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`. The training
-        scores that set ``offset_`` are optimistic: training patches in the
-        bank are at distance 0 from it.
+        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
+        comes from the scores of 32 training images (a fixed random subset;
+        scoring all would cost as much as the fit), which are optimistic:
+        training patches in the bank are at distance 0 from it.
 
     Attributes
     ----------
