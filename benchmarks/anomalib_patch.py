@@ -115,7 +115,12 @@ def main():
             maps.append(out.anomaly_map[:, 0].float().numpy())
     score_seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    np.savez(args.out, scores=np.concatenate(scores), maps=np.concatenate(maps))
+    extra = {}
+    if args.method == "padim":  # the channel subset, to compare like with like
+        extra["channels"] = module.model.idx.numpy()
+    np.savez(
+        args.out, scores=np.concatenate(scores), maps=np.concatenate(maps), **extra
+    )
     with open(args.out + ".json", "w") as f:
         json.dump(
             {
