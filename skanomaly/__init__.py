@@ -23,6 +23,7 @@ _LAZY = {
     "BaseDetector": "skanomaly.detectors.base",
     "DetectorTags": "skanomaly.detectors.base",
     "TimmFeatures": "skanomaly.features.pooled",
+    "export_onnx": "skanomaly.export",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }
