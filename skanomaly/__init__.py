@@ -24,6 +24,7 @@ _LAZY = {
     "DetectorTags": "skanomaly.detectors.base",
     "TimmFeatures": "skanomaly.features.pooled",
     "export_onnx": "skanomaly.export",
+    "report": "skanomaly.reporting",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }
