@@ -85,6 +85,10 @@ def check_export(detector, X, path):
     outputs = session.run(None, {"input": X})
     names = [output["name"] for output in card["outputs"]]
     assert names == [output.name for output in session.get_outputs()]
+    # the card tells the dtypes; rows run in float64, as score_samples does
+    assert [o["dtype"] for o in card["outputs"]] == [o.dtype.name for o in outputs]
+    if not detector.image_shape_:
+        assert outputs[0].dtype == np.float64
     score_samples = detector.score_samples(X)
     assert outputs[0].shape == (len(X),)
     assert_close(outputs[0], -score_samples)
@@ -105,3 +109,9 @@ def check_export(detector, X, path):
         assert outputs[1].shape == maps.shape
         assert_close(outputs[1], maps)
     return card
+
+
+def check_case(name, params, kind, folder):
+    """Fit a small ``name`` on ``kind`` data, export it to ``folder``, check it."""
+    detector, X = fitted(name, params, kind)
+    return check_export(detector, X, folder / "model.onnx")

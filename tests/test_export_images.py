@@ -5,7 +5,7 @@ so that each file stays well under a minute: one export takes seconds).
 """
 
 import pytest
-from _export import check_export, exportable, fitted
+from _export import check_case, exportable
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -13,5 +13,4 @@ pytest.importorskip("onnxscript")
 
 @pytest.mark.parametrize(("name", "params"), exportable("images", gans=False))
 def test_image_graph_equals_score_samples_and_anomaly_map(name, params, tmp_path):
-    detector, X = fitted(name, params, "images")
-    check_export(detector, X, tmp_path / "model.onnx")
+    check_case(name, params, "images", tmp_path)
