@@ -147,6 +147,17 @@ API_SECTIONS = [
         "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
     ),
     (
+        "Reports",
+        "skanomaly.reporting",
+        "A self-contained HTML report of a detector on data "
+        "(:doc:`user_guide/export`).",
+    ),
+    (
+        "ONNX export",
+        "skanomaly.export",
+        "Fitted detectors as ONNX graphs with a model card (:doc:`user_guide/export`).",
+    ),
+    (
         "Base classes and tags",
         "skanomaly.detectors.base",
         "What every detector, built-in or plugin, derives from, and what it "

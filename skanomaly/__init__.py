@@ -23,6 +23,8 @@ _LAZY = {
     "BaseDetector": "skanomaly.detectors.base",
     "DetectorTags": "skanomaly.detectors.base",
     "TimmFeatures": "skanomaly.features.pooled",
+    "export_onnx": "skanomaly.export",
+    "report": "skanomaly.reporting",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }

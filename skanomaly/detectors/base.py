@@ -57,6 +57,12 @@ class DetectorTags:
         Set ``offset_`` from the scores of at most this many training
         samples (a fixed random subset), for detectors whose scoring is
         costly.
+    onnx_export : bool, default=False
+        Can be exported to ONNX (:func:`skanomaly.export_onnx`): the
+        detector's scoring is one forward pass, and ``_onnx_module()``
+        returns the torch module that maps a batch of raw input (uint8
+        images, or float64 rows) to the anomaly score, ``-score_samples``
+        (and, with ``anomaly_maps``, to the anomaly map of images).
     test_params : dict
         Constructor parameters that make the detector fit in well under a
         second on tiny data; the conformance tests use them
@@ -93,6 +99,7 @@ class DetectorTags:
     pretrained_weights: bool = False
     keeps_uint8: bool = False
     max_offset_samples: int | None = None
+    onnx_export: bool = False
     test_params: dict = dataclasses.field(default_factory=dict)
     benchmark_params: dict = dataclasses.field(default_factory=dict)
 

@@ -135,6 +135,7 @@ class DeepMahalanobis(BaseDetector):
         # uint8 images stay uint8 until each batch is on the device: a
         # quarter of the memory and transfer of float32.
         tags.keeps_uint8 = True
+        tags.onnx_export = True
         tags.test_params = {
             "backbone": "test_efficientnet",
             "weights": None,
@@ -170,6 +171,16 @@ class DeepMahalanobis(BaseDetector):
             return self.gaussian_._distances(features)
         # float64 triangular solves are much faster on the accelerator
         return self.gaussian_._distances_torch(features, device)
+
+    def _onnx_module(self):
+        """uint8 images -> summed distances, for :func:`skanomaly.export_onnx`.
+
+        The backbone runs in float32, the distances in float64, as in
+        ``score_samples``.
+        """
+        return torch.nn.Sequential(
+            self.features_._onnx_module(), self.gaussian_._onnx_module()
+        )
 
     def level_distances(self, X):
         """Mahalanobis distance of each image at each level.

@@ -1,6 +1,7 @@
 """TimmFeatures: pooled multi-level features of a pretrained timm backbone."""
 
 import contextlib
+import copy
 import os
 from numbers import Integral
 
@@ -12,12 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, fit_context
 from .._validation import check_device, parse_image_size, validate_images
-from ..nn.backbones import (
-    create_backbone,
-    describe_levels,
-    pooled_levels,
-    preprocess_images,
-)
+from ..nn.backbones import PooledFeatures, create_backbone, describe_levels
 
 __all__ = ["TimmFeatures"]
 
@@ -229,10 +225,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         from tqdm.auto import tqdm
 
         device = check_device(self.device)
-        model = self.backbone_.to(device)
-        keep = [self.all_levels_.index(name) for name in self.levels_]
-        if keep == list(range(len(self.all_levels_))):
-            keep = None
+        module = self._pooling_module(self.backbone_.to(device))
         out = np.empty((X.shape[0], sum(self.level_channels_)), dtype=np.float32)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -255,17 +248,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
                 elif not batch.flags.writeable:
                     batch = batch.copy()
                 batch = torch.from_numpy(batch).to(device, non_blocking=True)
-                batch = preprocess_images(
-                    batch,
-                    size=self.image_size_,
-                    mean=self.mean_,
-                    std=self.std_,
-                    interpolation=self.interpolation_,
-                    in_chans=self.in_chans_,
-                )
-                pending.append(
-                    pooled_levels(model, batch, has_head=self.has_head_, keep=keep)
-                )
+                pending.append(module(batch))
                 # On an accelerator, copy back every few batches rather than
                 # after each one, so the host does not wait on every batch.
                 done = start + len(batch)
@@ -277,6 +260,25 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
                     out[flushed:done] = torch.cat(pending).cpu().numpy()
                     pending, flushed = [], done
         return out
+
+    def _pooling_module(self, model):
+        """``model`` (the backbone) with this extractor's preprocessing."""
+        keep = [self.all_levels_.index(name) for name in self.levels_]
+        return PooledFeatures(
+            model,
+            size=self.image_size_,
+            mean=self.mean_,
+            std=self.std_,
+            interpolation=self.interpolation_,
+            in_chans=self.in_chans_,
+            has_head=self.has_head_,
+            keep=None if keep == list(range(len(self.all_levels_))) else keep,
+        )
+
+    def _onnx_module(self):
+        """Raw image batch -> features, on a CPU copy of the backbone (export)."""
+        model = copy.deepcopy(self.backbone_).to(device="cpu", dtype=torch.float32)
+        return self._pooling_module(model.eval())
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names: ``'<level>_ch<channel>'``.

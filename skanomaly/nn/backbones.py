@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "PooledFeatures",
     "create_backbone",
     "describe_levels",
     "load_weights_file",
@@ -348,3 +349,40 @@ def preprocess_images(x, *, size, mean, std, interpolation="bicubic", in_chans=3
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+class PooledFeatures(torch.nn.Module):
+    """A backbone with its preprocessing: a raw image batch to pooled levels.
+
+    :func:`preprocess_images` then :func:`pooled_levels`, as one module (what
+    ``TimmFeatures`` runs per batch, and what it exports).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A backbone from :func:`create_backbone`.
+    size, mean, std, interpolation, in_chans
+        As in :func:`preprocess_images`.
+    has_head, keep
+        As in :func:`pooled_levels`.
+    """
+
+    def __init__(
+        self, model, *, size, mean, std, interpolation, in_chans, has_head, keep
+    ):
+        super().__init__()
+        self.model = model
+        self.preprocessing = dict(
+            size=tuple(size),
+            mean=tuple(mean),
+            std=tuple(std),
+            interpolation=interpolation,
+            in_chans=in_chans,
+        )
+        self.has_head = has_head
+        self.keep = None if keep is None else list(keep)
+
+    def forward(self, x):
+        """Features (N, sum of the kept widths), float32, of images ``x``."""
+        x = preprocess_images(x, **self.preprocessing)
+        return pooled_levels(self.model, x, has_head=self.has_head, keep=self.keep)
