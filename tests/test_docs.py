@@ -30,6 +30,7 @@ SUMMARY_MODULES = [
     "skanomaly.detectors.gan_base",
     "skanomaly.app.datasets",
     "skanomaly.app.benchmark",
+    "skanomaly.nn.backbones",
     "skanomaly.testing",
 ]
 
