@@ -137,6 +137,12 @@ API_SECTIONS = [
         "Transformers that turn images into features for any estimator.",
     ),
     (
+        "Pretrained backbones",
+        "skanomaly.nn.backbones",
+        "timm backbones, their levels and their weights: packaged, hub, local "
+        "file (:doc:`user_guide/weights`).",
+    ),
+    (
         "Registry",
         "skanomaly.registry",
         "Finding detectors by name, built-in and plugins alike (:doc:`plugins`).",

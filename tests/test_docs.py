@@ -33,6 +33,7 @@ SUMMARY_MODULES = [
     "skanomaly.app.datasets",
     "skanomaly.app.benchmark",
     "skanomaly.app.tables",
+    "skanomaly.nn.backbones",
     "skanomaly.testing",
 ]
 

@@ -642,7 +642,7 @@ def _build_parser():
         default=None,
         metavar="A,B",
         help="comma-separated detector names (default: all registered, except "
-        "ones needing downloaded weights)",
+        "ones whose pretrained weights would need a download)",
     )
     bench.add_argument(
         "--epochs",

@@ -49,6 +49,10 @@ class DetectorTags:
         width), for images.
     pretrained_weights : bool, default=False
         Works on pretrained network weights (see the user guide on weights).
+    weights_available : bool, default=True
+        Its pretrained weights, for its current parameters, load here without
+        a download. ``skanomaly benchmark`` skips a detector with
+        ``pretrained_weights`` whose weights are not available, unless named.
     keeps_uint8 : bool, default=False
         ``_fit`` and ``_score_samples`` take uint8 images as they are and
         scale them batch by batch (no float copy of the whole input);
@@ -97,6 +101,7 @@ class DetectorTags:
     images: bool = True
     anomaly_maps: bool = False
     pretrained_weights: bool = False
+    weights_available: bool = True
     keeps_uint8: bool = False
     max_offset_samples: int | None = None
     onnx_export: bool = False

@@ -31,25 +31,34 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     ``make_pipeline(TimmFeatures("resnet18"), OneClassSVM())``.
 
     Levels are what timm's ``forward_intermediates`` exposes (see
-    :mod:`skanomaly.nn.backbones`): for EfficientNets ``stem``,
-    ``blocks.0`` ... ``blocks.6`` and ``head`` (9 levels), for ResNets
+    :mod:`skanomaly.nn.backbones`): for EfficientNets and
+    EfficientNet-Lites ``stem``, ``blocks.0`` ... ``blocks.6`` and ``head``
+    (9 levels, Rippel et al.'s), for ResNets
     ``act1``, ``layer1`` ... ``layer4``, for other models the modules of
     their ``feature_info`` and ``head`` when it differs from the last stage.
 
     Images are resized (antialiased, the backbone's interpolation) to the
     backbone's evaluation resolution and normalised with its own mean and
-    std, both from timm's data config. Grayscale images are repeated to three
+    std, both from timm's data config (for the EfficientNet-Lites: bicubic,
+    mean = std = 0.5). Grayscale images are repeated to three
     channels. Inference runs under ``torch.inference_mode`` in
     channels-last layout, in batches of ``batch_size`` images (which bounds
     memory), with bfloat16 autocast on CUDA.
 
     Parameters
     ----------
-    backbone : str, default='efficientnet_b4'
+    backbone : str, default='tf_efficientnet_lite0'
         timm model name, optionally with a pretrained tag
-        (``'resnet18.a1_in1k'``).
+        (``'resnet18.a1_in1k'``). The default's ImageNet weights come with
+        skanomaly, so it works offline; Rippel et al.'s EfficientNet-B4 is
+        ``'tf_efficientnet_b4.aa_in1k'`` (timm's TF port of those weights,
+        380 px; see the user guide on weights).
     weights : 'imagenet', None or path, default='imagenet'
-        ``'imagenet'``: timm's pretrained weights, from the Hugging Face hub
+        ``'imagenet'``: pretrained ImageNet weights. For the packaged
+        backbones (``tf_efficientnet_lite0``, ``tf_efficientnet_lite1``,
+        ``tf_efficientnet_lite2``) they are read from their installed pip
+        package, without network; a missing package is an ``OSError`` naming
+        it. For any other name they are timm's, from the Hugging Face hub
         cache (downloaded when missing and the hub is reachable; otherwise
         ``fit`` raises an ``OSError`` naming the remedies). ``None``: random
         initialisation. A path to a local ``.safetensors`` file or a
@@ -59,8 +68,8 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         Levels to keep, by name or position in :attr:`all_levels_`.
     image_size : int, (int, int) or None, default=None
         ``(height, width)`` the backbone sees; None: the backbone's
-        evaluation resolution from timm's data config (e.g. 384 for
-        ``efficientnet_b4``, 224 for ``efficientnet_b0``).
+        evaluation resolution from timm's data config (224 for
+        ``tf_efficientnet_lite0``, 380 for ``tf_efficientnet_b4``).
     batch_size : int, default=32
         Images per forward pass.
     device : str or torch.device, default='cpu'
@@ -128,7 +137,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        backbone="efficientnet_b4",
+        backbone="tf_efficientnet_lite0",
         *,
         weights="imagenet",
         levels="all",
