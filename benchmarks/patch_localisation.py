@@ -10,11 +10,13 @@ normalisation; the anomalib peers run in a separate virtualenv
 raw scores and maps, with ``skanomaly.metrics`` and scikit-learn::
 
     python benchmarks/patch_localisation.py --mnist /work/shared/data/mnist \\
-        --weights lite0.pth --anomalib-python /work/venv-anomalib/bin/python \\
+        --anomalib-python /work/venv-anomalib/bin/python \\
         --work /tmp/localisation --results benchmarks/RESULTS_patch_localisation.md
 
-``--weights``: a timm ``tf_efficientnet_lite0`` state dict (``.pth``). Pass
-``--methods`` to run a subset (``ours-padim,anomalib-padim,...``).
+Both sides use skanomaly's packaged ``tf_efficientnet_lite0`` ImageNet
+weights (the peer gets them as a state dict file written to ``--work``;
+``--weights`` takes another file). Pass ``--methods`` to run a subset
+(``ours-padim,anomalib-padim,...``).
 """
 
 import argparse
@@ -101,6 +103,18 @@ def _worker(args):
         )
 
 
+def _packaged_weights_file(folder):
+    """skanomaly's packaged lite0 weights as a timm state dict, for the peer."""
+    import torch
+
+    from skanomaly.nn.backbones import create_packaged_model
+
+    path = folder / "tf_efficientnet_lite0.pth"
+    model = create_packaged_model("tf_efficientnet_lite0")
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
 def _resized(images, size):
     """uint8 or float images (N, C, H, W) resized bilinearly (antialiased)."""
     import torch
@@ -116,12 +130,14 @@ def _resized(images, size):
 def _run(name, args, data_path):
     out = str(Path(args.work) / f"{name}.npz")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    weights = args.weights
     if name.startswith("anomalib-"):
         program = [args.anomalib_python, str(HERE / "anomalib_patch.py")]
         program.append(name.removeprefix("anomalib-"))
+        weights = args.peer_weights
     else:
         program = [sys.executable, __file__, "--worker", name]
-    options = ["--data", data_path, "--weights", args.weights, "--out", out]
+    options = ["--data", data_path, "--weights", weights, "--out", out]
     command = [*program, *options, "--seed", str(args.seed)]
     print(f"running {name} ...", flush=True)
     subprocess.run(command, check=True, env=env)
@@ -147,7 +163,12 @@ def _metrics(y, masks, scores, maps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mnist", help="folder of the MNIST IDX files")
-    parser.add_argument("--weights", required=True)
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="a tf_efficientnet_lite0 state dict (.pth); default: skanomaly's "
+        "packaged ImageNet weights (written to --work for the peer)",
+    )
     parser.add_argument("--anomalib-python", default=None)
     parser.add_argument("--work", default="/tmp/localisation")
     parser.add_argument("--results", default=None, help="markdown file to write")
@@ -178,6 +199,9 @@ def main():
     from benchmarks._data import mnist_defect_mosaics
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    # ours load the packaged weights themselves; the peer reads them from a file
+    args.peer_weights = args.weights or _packaged_weights_file(Path(args.work))
+    args.weights = args.weights or "imagenet"
     train, test, y, masks, kinds = mnist_defect_mosaics(
         args.mnist, n_train=args.n_train, seed=args.seed
     )
@@ -254,7 +278,6 @@ def _table(rows, args):
         "",
         "```bash",
         "python benchmarks/patch_localisation.py --mnist /work/shared/data/mnist \\",
-        "    --weights <tf_efficientnet_lite0 .pth> \\",
         "    --anomalib-python /work/venv-anomalib/bin/python \\",
         "    --results benchmarks/RESULTS_patch_localisation.md",
         "```",

@@ -6,7 +6,7 @@ and peak RSS, for sharded selection (the default) and, up to
 ``--exact-up-to`` images, one greedy selection over all patches::
 
     python benchmarks/patchcore_scale.py --mnist /work/shared/data/mnist \\
-        --weights lite0.pth --sizes 100,300,1000
+        --sizes 100,300,1000
 """
 
 import argparse
@@ -31,7 +31,7 @@ def _worker(args):
 
     torch.set_num_threads(1)
     train, *_ = mnist_defect_mosaics(
-        args.mnist, n_train=args.n, n_test_good=0, n_test_bad=0, seed=0
+        args.mnist, n_train=args.n, n_test_good=1, n_test_bad=0, seed=0
     )
     detector = PatchCore(
         weights=args.weights,
@@ -59,7 +59,7 @@ def _worker(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mnist", required=True)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--sizes", default="100,300,1000")
     parser.add_argument("--exact-up-to", type=int, default=100)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -137,6 +137,12 @@ API_SECTIONS = [
         "Transformers that turn images into features for any estimator.",
     ),
     (
+        "Pretrained backbones",
+        "skanomaly.nn.backbones",
+        "timm backbones, their levels and their weights: packaged, hub, local "
+        "file (:doc:`user_guide/weights`).",
+    ),
+    (
         "Registry",
         "skanomaly.registry",
         "Finding detectors by name, built-in and plugins alike (:doc:`plugins`).",
@@ -145,6 +151,17 @@ API_SECTIONS = [
         "Persistence",
         "skanomaly.persistence",
         "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
+    ),
+    (
+        "Reports",
+        "skanomaly.reporting",
+        "A self-contained HTML report of a detector on data "
+        "(:doc:`user_guide/export`).",
+    ),
+    (
+        "ONNX export",
+        "skanomaly.export",
+        "Fitted detectors as ONNX graphs with a model card (:doc:`user_guide/export`).",
     ),
     (
         "Base classes and tags",

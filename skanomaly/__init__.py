@@ -24,6 +24,8 @@ _LAZY = {
     "DetectorTags": "skanomaly.detectors.base",
     "TimmFeatures": "skanomaly.features.pooled",
     "PatchFeatures": "skanomaly.features.patches",
+    "export_onnx": "skanomaly.export",
+    "report": "skanomaly.reporting",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }

@@ -157,6 +157,7 @@ class Mahalanobis(BaseDetector):
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
         tags.images = False  # DeepMahalanobis is this Gaussian on images
+        tags.onnx_export = True
         return tags
 
     def _fit(self, X):
@@ -221,6 +222,12 @@ class Mahalanobis(BaseDetector):
                 z = torch.linalg.solve_triangular(factor, centered.T, upper=False)
                 out[start : start + rows, g] = z.square().sum(dim=0).sqrt()
         return out.cpu().numpy()
+
+    def _onnx_module(self):
+        """Float rows -> summed distances, for :func:`skanomaly.export_onnx`."""
+        from ..nn.mahalanobis import MahalanobisDistance
+
+        return MahalanobisDistance(self.location_, self.groups_, self.cholesky_)
 
     def distances(self, X):
         """Mahalanobis distance of each sample to each group's Gaussian.

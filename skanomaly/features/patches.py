@@ -9,7 +9,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, fit_context
-from ..nn.backbones import level_maps
+from .._validation import check_device
+from ..nn.backbones import level_maps, preprocess_images
 from .pooled import TimmFeatures, _check_images, _resolve_levels
 
 __all__ = ["PatchFeatures"]
@@ -272,7 +273,8 @@ class PatchFeatures(TimmFeatures):
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_channels_, *grid_shape_), float32
+        features : ndarray of shape (n_samples, n_channels_, grid_height, \
+grid_width), float32
         """
         check_is_fitted(self, "backbone_")
         X = _check_images(self, X, reset=False)
@@ -285,7 +287,7 @@ class PatchFeatures(TimmFeatures):
     def _patch_batches(self, X):
         """Yield ``(start, features)``: patch features of batches of validated ``X``.
 
-        ``features`` is a float32 tensor (batch, n_channels_, *grid_shape_)
+        ``features`` is a float32 tensor (batch, n_channels_, height, width)
         on the device. Run under ``torch.inference_mode``.
         """
         keep = [self.all_levels_.index(name) for name in self.levels_]
@@ -293,11 +295,13 @@ class PatchFeatures(TimmFeatures):
         if self.channel_indices_ is not None:
             indices = torch.as_tensor(self.channel_indices_)
         pool, grid = self.pool_size, self.grid_shape_
+        model = self.backbone_.to(check_device(self.device))
+        preprocessing = self._preprocessing()
 
-        def patches(model, batch):
-            maps = level_maps(model, batch, keep=keep)
+        def patches(batch):
+            x = preprocess_images(batch, **preprocessing)
             out = []
-            for level in maps:
+            for level in level_maps(model, x, keep=keep):
                 if pool > 1:
                     level = F.avg_pool2d(level, pool, stride=1, padding=pool // 2)
                 if tuple(level.shape[-2:]) != grid:

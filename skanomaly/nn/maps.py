@@ -75,7 +75,7 @@ def smooth_maps(scores, *, size, sigma):
 
     Returns
     -------
-    maps : torch.Tensor of shape (N, *size), float32
+    maps : torch.Tensor of shape (N, height, width), float32
     """
     maps = F.interpolate(
         scores.float().unsqueeze(1),
