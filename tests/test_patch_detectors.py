@@ -314,3 +314,13 @@ def test_offset_comes_from_the_kept_features_of_32_training_images(cls):
     subset = np.sort(np.random.default_rng(0).choice(40, 32, replace=False))
     expected = det._offset_from_training_scores(det.score_samples(images[subset]))
     assert det.offset_ == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_patch_detectors_fit_offline_with_the_packaged_weights(name):
+    normal = _textures(12, 64)
+    bad, mask = _with_square(_textures(2, 64, seed=1), top=20, left=30, side=12)
+    det = skanomaly.make_detector(name, image_size=64, random_state=0).fit(normal)
+    maps = det.anomaly_map(bad)
+    assert maps.shape == (2, 64, 64)
+    assert mask.ravel()[maps.reshape(2, -1).argmax(axis=1)].all()

@@ -49,13 +49,13 @@ train = (train * 255).round().astype(np.uint8)
 # %%
 # Two detectors
 # -------------
-# Both use ``tf_efficientnet_lite0``; nothing is trained, ``fit`` only
-# collects statistics of the training patches. ``weights=None`` (a randomly
-# initialised backbone) keeps this example independent of any download; the
-# default, pretrained weights give much better maps.
+# Both use ``tf_efficientnet_lite0`` with its ImageNet weights, which come
+# with skanomaly (no download); nothing is trained, ``fit`` only collects
+# statistics of the training patches. The backbone sees the mosaics at
+# 128 px.
 detectors = {
-    "PaDiM": PaDiM(weights=None, image_size=128, random_state=0),
-    "PatchCore": PatchCore(weights=None, image_size=128, random_state=0),
+    "PaDiM": PaDiM(image_size=128, random_state=0),
+    "PatchCore": PatchCore(image_size=128, random_state=0),
 }
 maps = {}
 for name, det in detectors.items():
