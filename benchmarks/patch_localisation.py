@@ -257,9 +257,9 @@ def _table(rows, args):
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['n_train']} | {r['image_auroc']:.3f} "
-            f"| {r['pixel_auroc']:.3f} "
-            f"| {r['aupro']:.3f} | {r['aupro_scratch']:.3f} | {r['aupro_stain']:.3f} "
+            f"| {r['method']} | {r['n_train']} | {r['image_auroc']:.4f} "
+            f"| {r['pixel_auroc']:.4f} "
+            f"| {r['aupro']:.4f} | {r['aupro_scratch']:.3f} | {r['aupro_stain']:.3f} "
             f"| {r['aupro_patch']:.3f} | {r['fit_seconds']:.1f} "
             f"| {r['n_train'] / r['fit_seconds']:.1f} "
             f"| {r['n_test'] / r['score_seconds']:.1f} "
