@@ -419,13 +419,14 @@ def _quote_fitted_names_in_shapes(app, what, name, obj, options, lines):
 
 
 def _skip_scikit_learn_members(app, what, name, obj, skip, options):
-    """Leave out methods inherited from scikit-learn (get_params, routing...).
+    """Leave out methods inherited from scikit-learn (get_params, routing...)
+    and from torch (``nn.Module``'s, e.g. of ``PooledFeatures``).
 
-    They are documented by scikit-learn, and their docstrings point to
-    labels of scikit-learn's own documentation.
+    They are documented by those libraries, and their docstrings point to
+    labels of their own documentation (or are not numpydoc).
     """
     if what == "class" and (getattr(obj, "__module__", None) or "").startswith(
-        "sklearn."
+        ("sklearn.", "torch.")
     ):
         return True
     return None

@@ -182,6 +182,92 @@ def _decisions(detector, X):
     return decision, np.where(decision < 0, -1, 1)
 
 
+# ---------------------------------------------------------------- anomaly maps
+
+# Maps are 16-bit grayscale PNGs: 0 .. 65535 spans 0 .. the largest map value
+# of the run, which each file records in its 'skanomaly_map_max' text chunk.
+_MAP_LEVELS = 65535
+
+
+def _map_paths(files, data, folder):
+    """One PNG per input, named after it; subfolders of a data folder mirrored."""
+    data, folder = Path(data), Path(folder)
+    paths = []
+    for i, name in enumerate(files):
+        if data.is_dir():
+            relative = Path(name).resolve().relative_to(data.resolve())
+            paths.append(folder / relative.with_suffix(".png"))
+        else:  # rows of a .npy file
+            paths.append(folder / f"{data.stem}_{i:05d}.png")
+    return paths
+
+
+def _check_maps_folder(detector, folder, files):
+    from ..detectors.base import get_detector_tags
+
+    if not get_detector_tags(detector).anomaly_maps:
+        raise ValueError(
+            f"{type(detector).__name__} has no anomaly maps; --maps needs a detector "
+            "that makes them (e.g. padim, patchcore, autoencoder)."
+        )
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"--maps {str(folder)!r} exists and is not a folder.")
+
+
+def _write_maps(detector, X, files, data, folder):
+    """Write ``detector.anomaly_map`` of each input as a 16-bit PNG."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    paths = _map_paths(files, data, folder)
+    inputs = {Path(name).resolve() for name in files if Path(name).exists()}
+    clashes = [str(path) for path in paths if path.resolve() in inputs]
+    if clashes:
+        raise ValueError(
+            f"--maps would overwrite input image(s) such as {clashes[0]!r}; choose "
+            "another folder."
+        )
+    maps = np.concatenate(
+        [
+            detector.anomaly_map(X[start : start + 256])
+            for start in range(0, len(X), 256)
+        ]
+    )
+    top = float(maps.max()) if maps.size else 0.0
+    scale = _MAP_LEVELS / top if top > 0 else 0.0
+    info = PngInfo()
+    info.add_text("skanomaly_map_max", repr(top))
+    for path, image in zip(paths, maps):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        levels = np.clip(np.round(image * scale), 0, _MAP_LEVELS).astype(np.uint16)
+        Image.fromarray(levels).save(path, pnginfo=info)
+    print(
+        f"Wrote {len(paths)} anomaly maps to {folder} (16-bit PNG; 65535 = "
+        f"{top:.6g}, the largest value).",
+        file=sys.stderr,
+    )
+
+
+def _print_pixel_metrics(detector, root, X, anomalous, files):
+    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there."""
+    import numpy as np
+
+    from ..detectors.base import get_detector_tags
+    from ..metrics import aupro_score, pixel_roc_auc_score
+    from .datasets import load_mvtec_masks
+
+    if not (Path(root) / "ground_truth").is_dir():
+        return
+    if not get_detector_tags(detector).anomaly_maps:
+        print(f"(no pixel metrics: {type(detector).__name__} has no anomaly maps)")
+        return
+    masks = load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
+    maps = detector.anomaly_map(X)
+    print(f"pixel AUROC  {pixel_roc_auc_score(masks, maps):.4f}")
+    print(f"AUPRO@0.3    {aupro_score(masks, maps):.4f}")
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -251,7 +337,11 @@ def _cmd_score(args):
         recursive=not args.no_recursive,
         on_error="skip" if args.skip_unreadable else "raise",
     )
+    if args.maps:
+        _check_maps_folder(detector, args.maps, files)
     decision, labels = _decisions(detector, X)
+    if args.maps:
+        _write_maps(detector, X, files, args.data, args.maps)
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
         writer = csv.writer(out)
@@ -392,6 +482,8 @@ def _cmd_evaluate(args):
         X, anomalous, files, kinds, source = _labelled_images(detector, args)
     decision, labels = _decisions(detector, X)
     _print_evaluation(detector, source, anomalous, decision, labels, kinds)
+    if kinds is not None:  # images: MVTec masks live next to the test folder
+        _print_pixel_metrics(detector, Path(source).parent, X, anomalous, files)
     _write_report(args, detector, X, files, decision, y=anomalous, kinds=kinds)
     return 0
 
@@ -569,6 +661,15 @@ def _build_parser():
     score.add_argument(
         "--no-recursive", action="store_true", help="do not read subfolders"
     )
+    score.add_argument(
+        "--maps",
+        default=None,
+        metavar="DIR",
+        help="also write each image's anomaly map to DIR as a 16-bit grayscale "
+        "PNG named after the image (subfolders mirrored); 0..65535 spans 0..the "
+        "largest map value of the run, stored in each PNG's "
+        "'skanomaly_map_max' text chunk. Never overwrites an input.",
+    )
     _add_scoring_options(score)
     _add_report_option(score, "the score distribution and the most anomalous samples")
     score.set_defaults(func=_cmd_score)
@@ -581,7 +682,10 @@ def _build_parser():
         "category root is read from its test folder); or, for a model fitted "
         "on tabular data, on a .csv/.parquet table whose --label-column holds "
         "the labels. Prints AUROC and AP (anomalies positive), F1 at the "
-        "model's threshold, and for images the AUROC per anomaly type.",
+        "model's threshold, and for images the AUROC per anomaly type; with "
+        "MVTec ground-truth masks (ROOT/ground_truth/<defect>/<image>_mask.png) "
+        "and a detector with anomaly maps, also pixel AUROC and AUPRO (up to "
+        "FPR 0.3).",
     )
     evaluate.add_argument("model", help="model file written by skanomaly fit")
     evaluate.add_argument(

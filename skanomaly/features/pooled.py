@@ -172,8 +172,21 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        device = check_device(self.device)
         X = _check_images(self, X, reset=True)
+        names, channels = self._build_backbone()
+        keep = _resolve_levels(self.levels, names)
+        self.levels_ = tuple(names[i] for i in keep)
+        self.level_channels_ = tuple(channels[i] for i in keep)
+        return self
+
+    def _build_backbone(self):
+        """Build the frozen backbone and record how it reads images.
+
+        Sets ``backbone_``, ``image_size_``, ``mean_``, ``std_``,
+        ``interpolation_``, ``in_chans_``, ``has_head_`` and ``all_levels_``;
+        returns the level names and widths.
+        """
+        device = check_device(self.device)
         in_chans = 3
         if self.weights is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
@@ -196,13 +209,10 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         self.in_chans_ = in_chans
 
         names, channels, has_head = describe_levels(model, self.image_size_, in_chans)
-        keep = _resolve_levels(self.levels, names)
         self.backbone_ = model
         self.has_head_ = bool(has_head)
         self.all_levels_ = tuple(names)
-        self.levels_ = tuple(names[i] for i in keep)
-        self.level_channels_ = tuple(channels[i] for i in keep)
-        return self
+        return names, channels
 
     @property
     def level_slices_(self):
@@ -231,36 +241,16 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
 
     def _transform(self, X):
         """Features of validated images ``X`` (uint8 or float, N x C x H x W)."""
-        from tqdm.auto import tqdm
-
         device = check_device(self.device)
         module = self._pooling_module(self.backbone_.to(device))
         out = np.empty((X.shape[0], sum(self.level_channels_)), dtype=np.float32)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        starts = range(0, X.shape[0], self.batch_size)
-        progress = tqdm(
-            starts,
-            desc=f"TimmFeatures({self.backbone})",
-            unit="batch",
-            disable=not self.verbose,
-        )
         pending, flushed = [], 0
-        with torch.inference_mode(), autocast:
-            for start in progress:
-                batch = X[start : start + self.batch_size]
-                if X.dtype != np.uint8 and X.dtype != np.float32:
-                    batch = batch.astype(np.float32)
-                elif not batch.flags.writeable:
-                    batch = batch.copy()
-                batch = torch.from_numpy(batch).to(device, non_blocking=True)
-                pending.append(module(batch))
+        with torch.inference_mode():
+            for start, features in self._device_batches(X, module):
+                pending.append(features)
                 # On an accelerator, copy back every few batches rather than
                 # after each one, so the host does not wait on every batch.
-                done = start + len(batch)
+                done = start + len(features)
                 if (
                     device.type == "cpu"
                     or done == len(X)
@@ -270,16 +260,59 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
                     pending, flushed = [], done
         return out
 
-    def _pooling_module(self, model):
-        """``model`` (the backbone) with this extractor's preprocessing."""
-        keep = [self.all_levels_.index(name) for name in self.levels_]
-        return PooledFeatures(
-            model,
+    def _device_batches(self, X, module):
+        """Yield ``(start, module(batch))`` over batches of ``X``.
+
+        Each batch of ``batch_size`` validated images (uint8 stays uint8
+        until it is on the device) goes to ``module``, which preprocesses it
+        and runs the backbone, under bfloat16 autocast on CUDA; what it
+        returns comes back in float32. Callers run this under
+        ``torch.inference_mode``.
+        """
+        from tqdm.auto import tqdm
+
+        device = check_device(self.device)
+        starts = range(0, X.shape[0], self.batch_size)
+        progress = tqdm(
+            starts,
+            desc=f"{type(self).__name__}({self.backbone})",
+            unit="batch",
+            disable=not self.verbose,
+        )
+        for start in progress:
+            batch = X[start : start + self.batch_size]
+            if X.dtype != np.uint8 and X.dtype != np.float32:
+                batch = batch.astype(np.float32)
+            elif not batch.flags.writeable:
+                batch = batch.copy()
+            batch = torch.from_numpy(batch).to(device, non_blocking=True)
+            # autocast around the backbone only: it must not reach the
+            # caller's code between two batches
+            autocast = (
+                torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda"
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                features = module(batch)
+            yield start, features.float()
+
+    def _preprocessing(self):
+        """The arguments of ``preprocess_images`` for this extractor."""
+        return dict(
             size=self.image_size_,
             mean=self.mean_,
             std=self.std_,
             interpolation=self.interpolation_,
             in_chans=self.in_chans_,
+        )
+
+    def _pooling_module(self, model):
+        """``model`` (the backbone) with this extractor's preprocessing."""
+        keep = [self.all_levels_.index(name) for name in self.levels_]
+        return PooledFeatures(
+            model,
+            **self._preprocessing(),
             has_head=self.has_head_,
             keep=None if keep == list(range(len(self.all_levels_))) else keep,
         )
@@ -314,7 +347,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     def _make_persistent_module(self, name):
         """A randomly initialised backbone for ``skanomaly.load`` to fill."""
         if name != "backbone_":
-            raise ValueError(f"TimmFeatures has no module attribute {name!r}.")
+            raise ValueError(f"{type(self).__name__} has no module attribute {name!r}.")
         model = create_backbone(self.backbone, None)
         device = check_device(self.device)
         return model.to(device=device, memory_format=torch.channels_last)

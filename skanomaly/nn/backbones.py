@@ -48,6 +48,7 @@ __all__ = [
     "create_backbone",
     "create_packaged_model",
     "describe_levels",
+    "level_maps",
     "load_packaged_weights",
     "load_weights_file",
     "packaged_backbones",
@@ -684,6 +685,30 @@ def pooled_levels(model, x, *, has_head, keep=None):
     if keep is not None:
         levels = [levels[i] for i in keep]
     return torch.cat([_global_average_pool(level) for level in levels], dim=1)
+
+
+def level_maps(model, x, *, keep):
+    """Spatial feature maps of some levels of a batch, finest first.
+
+    The forward pass stops after the last level asked for.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    x : torch.Tensor of shape (N, C, H, W)
+        A preprocessed batch (see :func:`preprocess_images`).
+    keep : sequence of int
+        Increasing positions of the levels (among the stages, so not
+        ``head``) in the order of :func:`describe_levels`.
+
+    Returns
+    -------
+    maps : list of torch.Tensor of shape (N, C_level, H_level, W_level)
+    """
+    kwargs = {"extra_blocks": True} if _uses_extra_blocks(model) else {}
+    return model.forward_intermediates(
+        x, indices=list(keep), intermediates_only=True, stop_early=True, **kwargs
+    )
 
 
 def preprocess_images(x, *, size, mean, std, interpolation="bicubic", in_chans=3):
