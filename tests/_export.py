@@ -8,6 +8,7 @@ import pytest
 import skanomaly
 from skanomaly.detectors.base import get_detector_tags
 from skanomaly.detectors.gan_base import BaseGANDetector
+from skanomaly.detectors.patch_base import BasePatchDetector
 from skanomaly.export import model_card_path
 from skanomaly.testing import fast_detector
 
@@ -17,17 +18,20 @@ from skanomaly.testing import fast_detector
 RTOL = 1e-5
 
 
-def exportable(kind, *, gans):
+def exportable(kind, *, gans, patches=False):
     """(name, params) of every registered exportable detector taking ``kind``.
 
-    The GAN detectors (``gans=True``) or the others: the test files split
-    them so that each stays well under a minute.
+    The GAN detectors (``gans=True``), the patch detectors (``patches=True``)
+    or the others: the test files split them so that each stays well under
+    a minute.
     """
     cases = []
     for name in skanomaly.list_detectors():
         cls = skanomaly.get_detector(name)
         tags = get_detector_tags(cls)
         if issubclass(cls, BaseGANDetector) != gans:
+            continue
+        if issubclass(cls, BasePatchDetector) != patches:
             continue
         if tags.onnx_export and getattr(tags, kind):
             cases.append(pytest.param(name, {}, id=name))
@@ -45,7 +49,9 @@ def data_for(name, kind, seed=0):
     rng = np.random.default_rng(seed)
     if kind == "tabular":
         return rng.normal(size=(60, 5)) * [1, 2, 3, 4, 5] + 10
-    if name == "deep_mahalanobis":  # RGB, resized to 32 in the graph
+    if get_detector_tags(skanomaly.get_detector(name)).pretrained_weights:
+        # RGB, resized to the backbone's 32 px in the graph (and the patch
+        # detectors' maps back to 20 px)
         return rng.integers(0, 256, size=(24, 3, 20, 20), dtype=np.uint8)
     return rng.integers(0, 256, size=(24, 1, 8, 8), dtype=np.uint8)
 

@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -365,6 +366,22 @@ def test_evaluate_reports_pixel_metrics_with_masks(masked, capsys):
         "AUPRO@0.3": pytest.approx(aupro_score(masks, maps), abs=1e-4),
     }
     assert printed["pixel"] > 0.9  # the white squares are where the masks are
+
+
+def test_evaluate_report_has_the_printed_pixel_metrics(masked, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    root, model = masked
+    page = tmp_path / "report.html"
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(root), "--report", str(page)]) == 0
+    printed = [
+        line.split()[-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("pixel AUROC", "AUPRO"))
+    ]
+    section = page.read_text().split('id="pixel-metrics"')[1].split("</section>")[0]
+    assert re.findall(r"<td>([\d.]+)</td></tr>", section) == printed
+    assert len(printed) == 2
 
 
 def test_score_writes_maps_named_after_the_images(masked, tmp_path, capsys):

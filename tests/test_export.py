@@ -22,7 +22,7 @@ pytest.importorskip("onnxscript")
 
 def test_every_registered_detector_exports_or_refuses():
     expected = {"autoencoder", "vae", "ganomaly", "skipganomaly", "egbad"}
-    expected |= {"mahalanobis", "deep_mahalanobis"}
+    expected |= {"mahalanobis", "deep_mahalanobis", "padim", "patchcore"}
     declared = {
         name
         for name in skanomaly.list_detectors()

@@ -114,23 +114,29 @@ def test_tabular_report_lists_rows(tmp_path):
     assert sorted(first_rows) == ["0", "1", "2", "3", "4"]
 
 
-def test_pixel_metrics_call_the_metrics_module(bars, tmp_path, monkeypatch):
+def test_pixel_metrics_are_those_of_the_metrics_module(bars, tmp_path):
     detector, X, y, _ = bars
     masks = np.zeros((len(X), 16, 16), dtype=bool)
-    masks[y == 1, :, 6:10] = True
+    masks[y == 1, :, 6:10] = True  # the vertical bars
     page = skanomaly.report(detector, X, tmp_path / "a.html", y=y, masks=masks)
-    assert "has no pixel metrics" in page.read_text()  # not in this version yet
-    seen = []
-
-    def pixel_auroc(masks, maps):
-        seen.append((masks.shape, maps.shape))
-        return 0.25
-
-    monkeypatch.setattr(metrics, "pixel_auroc", pixel_auroc, raising=False)
-    page = skanomaly.report(detector, X, tmp_path / "b.html", y=y, masks=masks)
     section = page.read_text().split('id="pixel-metrics"')[1].split("</section>")[0]
-    assert "<td>pixel AUROC</td><td>0.2500</td>" in section
-    assert seen == [((len(X), 16, 16), (len(X), 16, 16))]
+    maps = detector.anomaly_map(X)
+    values = re.findall(r"<tr><td>([^<]+)</td><td>([\d.]+)</td></tr>", section)
+    assert values == [
+        ("pixel AUROC", f"{metrics.pixel_roc_auc_score(masks, maps):.4f}"),
+        ("AUPRO (FPR up to 0.3)", f"{metrics.aupro_score(masks, maps):.4f}"),
+    ]
+
+
+def test_masks_of_another_size_are_refused(bars, tmp_path):
+    detector, X, y, _ = bars
+    with pytest.raises(
+        ValueError, match=r"= \(60, 16, 16\), the size of the images; got \(60, 8, 8\)"
+    ):
+        skanomaly.report(
+            detector, X, tmp_path / "a.html", y=y, masks=np.zeros((len(X), 8, 8))
+        )
+    assert not (tmp_path / "a.html").exists()
 
 
 @pytest.mark.parametrize(

@@ -250,7 +250,10 @@ def _write_maps(detector, X, files, data, folder):
 
 
 def _print_pixel_metrics(detector, root, X, anomalous, files):
-    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there."""
+    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there.
+
+    Returns the masks (for the report), or None.
+    """
     import numpy as np
 
     from ..detectors.base import get_detector_tags
@@ -258,14 +261,15 @@ def _print_pixel_metrics(detector, root, X, anomalous, files):
     from .datasets import load_mvtec_masks
 
     if not (Path(root) / "ground_truth").is_dir():
-        return
+        return None
     if not get_detector_tags(detector).anomaly_maps:
         print(f"(no pixel metrics: {type(detector).__name__} has no anomaly maps)")
-        return
+        return None
     masks = load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
     maps = detector.anomaly_map(X)
     print(f"pixel AUROC  {pixel_roc_auc_score(masks, maps):.4f}")
     print(f"AUPRO@0.3    {aupro_score(masks, maps):.4f}")
+    return masks
 
 
 # ---------------------------------------------------------------- commands
@@ -381,7 +385,9 @@ def _check_report_path(args):
         raise ValueError(f"--report {str(report)!r} would overwrite the model file.")
 
 
-def _write_report(args, detector, X, files, decision, y=None, kinds=None, file=None):
+def _write_report(
+    args, detector, X, files, decision, y=None, kinds=None, masks=None, file=None
+):
     if args.report is None:
         return
     from ..reporting import report
@@ -394,6 +400,7 @@ def _write_report(args, detector, X, files, decision, y=None, kinds=None, file=N
         names=files,
         scores=decision + detector.offset_,
         kinds=kinds,
+        masks=masks,
         dataset=str(args.data),
     )
     print(f"Wrote the report {args.report}.", file=file)
@@ -482,9 +489,13 @@ def _cmd_evaluate(args):
         X, anomalous, files, kinds, source = _labelled_images(detector, args)
     decision, labels = _decisions(detector, X)
     _print_evaluation(detector, source, anomalous, decision, labels, kinds)
+    masks = None
     if kinds is not None:  # images: MVTec masks live next to the test folder
-        _print_pixel_metrics(detector, Path(source).parent, X, anomalous, files)
-    _write_report(args, detector, X, files, decision, y=anomalous, kinds=kinds)
+        root = Path(source).parent
+        masks = _print_pixel_metrics(detector, root, X, anomalous, files)
+    _write_report(
+        args, detector, X, files, decision, y=anomalous, kinds=kinds, masks=masks
+    )
     return 0
 
 

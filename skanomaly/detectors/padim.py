@@ -8,7 +8,7 @@ import torch
 from .._compat import Interval, StrOptions
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nn.padim import PositionMoments, position_distances
+from ..nn.padim import PositionDistances, PositionMoments, position_distances
 from .mahalanobis import _ledoit_wolf_shrink
 from .patch_base import BasePatchDetector
 
@@ -200,6 +200,7 @@ class PaDiM(BasePatchDetector):
             "n_channels": 16,
             "random_state": 0,
         }
+        tags.onnx_export = True
         return tags
 
     def _fit_patches(self, patch_batches, n_images):
@@ -259,3 +260,8 @@ class PaDiM(BasePatchDetector):
         grid = position_distances(features, *state)
         maps = self._smoothed(grid)
         return grid, maps.amax(dim=(1, 2))
+
+    def _onnx_scorer(self):
+        return PositionDistances(
+            torch.from_numpy(self.location_), torch.from_numpy(self.cholesky_)
+        )

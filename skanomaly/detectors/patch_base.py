@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nn.maps import resize_maps, smooth_maps
+from ..nn.maps import PatchMaps, resize_maps, smooth_maps
 from .base import BaseDetector
 
 __all__ = ["BasePatchDetector"]
@@ -46,7 +46,11 @@ class BasePatchDetector(BaseDetector):
       (batch,), as tensors;
 
     and have a ``sigma`` parameter (the smoothing of the maps, in pixels of
-    the image the backbone sees).
+    the image the backbone sees). A subclass that declares the
+    ``onnx_export`` tag also implements ``_onnx_scorer()``: a CPU torch
+    module from the patch features (batch, channels, height, width) to the
+    grid scores, or to ``(grid scores, image scores)`` when the image score
+    is not the smoothed map's maximum (see :class:`~skanomaly.nn.maps.PatchMaps`).
 
     Parameters
     ----------
@@ -132,6 +136,21 @@ class BasePatchDetector(BaseDetector):
         with torch.inference_mode():
             scores = [image for _, _, image in self._batch_scores(X)]
         return -torch.cat(scores).double().cpu().numpy()
+
+    def _onnx_module(self):
+        """uint8 images -> (scores, maps), for :func:`skanomaly.export_onnx`.
+
+        The backbone and the maps run in float32, as in ``score_samples``
+        (ONNX Runtime has no float64 convolution); the scorer chooses the
+        precision of its distances.
+        """
+        return PatchMaps(
+            self.features_._onnx_module(),
+            self._onnx_scorer(),
+            size=self.features_.image_size_,
+            sigma=self.sigma,
+            output_size=self.image_shape_[1:],
+        )
 
     def _smoothed(self, grid):
         return smooth_maps(grid, size=self.features_.image_size_, sigma=self.sigma)

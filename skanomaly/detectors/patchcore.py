@@ -10,10 +10,11 @@ from .._compat import Interval
 from .._validation import check_device
 from ..features.patches import PatchFeatures
 from ..nn.patchcore import (
+    BankScores,
+    bank_scores,
     greedy_coreset,
     nearest_neighbours,
     random_projection,
-    reweighted_scores,
 )
 from .patch_base import BasePatchDetector
 
@@ -205,6 +206,7 @@ class PatchCore(BasePatchDetector):
             "strides": (4, 8),
             "random_state": 0,
         }
+        tags.onnx_export = True
         return tags
 
     def _fit_patches(self, patch_batches, n_images):
@@ -267,14 +269,9 @@ class PatchCore(BasePatchDetector):
 
     def _patch_scores(self, features, state):
         bank, bank_norms2 = state
-        batch, channels, height, width = features.shape
-        queries = features.flatten(2).transpose(1, 2)  # (batch, patches, C)
-        distances, indices = nearest_neighbours(
-            queries.reshape(-1, channels), bank, bank_norms2
+        return bank_scores(
+            features, bank, bank_norms2, self.num_neighbors, search=nearest_neighbours
         )
-        distances = distances.view(batch, height * width)
-        indices = indices.view(batch, height * width)
-        image = reweighted_scores(
-            queries, distances, indices, bank, bank_norms2, self.num_neighbors
-        )
-        return distances.view(batch, height, width), image
+
+    def _onnx_scorer(self):
+        return BankScores(self.memory_bank_, self.num_neighbors)

@@ -4,13 +4,12 @@ from numbers import Integral
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, fit_context
 from .._validation import check_device
-from ..nn.backbones import level_maps, preprocess_images
+from ..nn.backbones import PatchGrid, level_maps
 from .pooled import TimmFeatures, _check_images, _resolve_levels
 
 __all__ = ["PatchFeatures"]
@@ -290,31 +289,21 @@ grid_width), float32
         ``features`` is a float32 tensor (batch, n_channels_, height, width)
         on the device. Run under ``torch.inference_mode``.
         """
-        keep = [self.all_levels_.index(name) for name in self.levels_]
-        indices = None
-        if self.channel_indices_ is not None:
-            indices = torch.as_tensor(self.channel_indices_)
-        pool, grid = self.pool_size, self.grid_shape_
-        model = self.backbone_.to(check_device(self.device))
-        preprocessing = self._preprocessing()
+        device = check_device(self.device)
+        # the module holds the channel subset: it goes to the device too
+        module = self._batch_module(self.backbone_.to(device)).to(device)
+        yield from self._device_batches(X, module)
 
-        def patches(batch):
-            x = preprocess_images(batch, **preprocessing)
-            out = []
-            for level in level_maps(model, x, keep=keep):
-                if pool > 1:
-                    level = F.avg_pool2d(level, pool, stride=1, padding=pool // 2)
-                if tuple(level.shape[-2:]) != grid:
-                    level = F.interpolate(
-                        level, size=grid, mode="bilinear", align_corners=False
-                    )
-                out.append(level)
-            out = torch.cat(out, dim=1)
-            if indices is None:
-                return out
-            return out.index_select(1, indices.to(out.device))
-
-        yield from self._device_batches(X, patches)
+    def _batch_module(self, model):
+        """``model`` (the backbone) with this stage's preprocessing and grid."""
+        return PatchGrid(
+            model,
+            **self._preprocessing(),
+            keep=[self.all_levels_.index(name) for name in self.levels_],
+            pool_size=self.pool_size,
+            grid=self.grid_shape_,
+            channels=self.channel_indices_,
+        )
 
     def get_feature_names_out(self, input_features=None):
         """Names of the channels of a patch vector: ``'<level>_ch<channel>'``.

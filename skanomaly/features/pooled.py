@@ -242,7 +242,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     def _transform(self, X):
         """Features of validated images ``X`` (uint8 or float, N x C x H x W)."""
         device = check_device(self.device)
-        module = self._pooling_module(self.backbone_.to(device))
+        module = self._batch_module(self.backbone_.to(device))
         out = np.empty((X.shape[0], sum(self.level_channels_)), dtype=np.float32)
         pending, flushed = [], 0
         with torch.inference_mode():
@@ -307,8 +307,9 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
             in_chans=self.in_chans_,
         )
 
-    def _pooling_module(self, model):
-        """``model`` (the backbone) with this extractor's preprocessing."""
+    def _batch_module(self, model):
+        """``model`` (the backbone) with this extractor's preprocessing: what
+        runs on each batch (subclasses return their own)."""
         keep = [self.all_levels_.index(name) for name in self.levels_]
         return PooledFeatures(
             model,
@@ -320,7 +321,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     def _onnx_module(self):
         """Raw image batch -> features, on a CPU copy of the backbone (export)."""
         model = copy.deepcopy(self.backbone_).to(device="cpu", dtype=torch.float32)
-        return self._pooling_module(model.eval())
+        return self._batch_module(model.eval())
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names: ``'<level>_ch<channel>'``.

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "PatchGrid",
     "PooledFeatures",
     "create_backbone",
     "create_packaged_model",
@@ -782,3 +783,77 @@ class PooledFeatures(torch.nn.Module):
         """Features (N, sum of the kept widths), float32, of images ``x``."""
         x = preprocess_images(x, **self.preprocessing)
         return pooled_levels(self.model, x, has_head=self.has_head, keep=self.keep)
+
+
+class PatchGrid(torch.nn.Module):
+    """A backbone with its preprocessing: a raw image batch to a patch grid.
+
+    :func:`preprocess_images`, then :func:`level_maps`; each level averaged
+    over ``pool_size`` x ``pool_size`` neighbourhoods (stride 1, zero
+    padding counted), resized bilinearly to ``grid`` and concatenated along
+    channels, then optionally a subset of the channels (what
+    ``PatchFeatures`` runs per batch, and what the patch detectors export).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A backbone from :func:`create_backbone`.
+    size, mean, std, interpolation, in_chans
+        As in :func:`preprocess_images`.
+    keep : sequence of int
+        As in :func:`level_maps`.
+    pool_size : int
+        Odd side of the local averaging; 1: none.
+    grid : (int, int)
+        ``(height, width)`` of the output grid (the finest level's).
+    channels : sequence of int or None
+        Channels to keep, among the concatenated levels'; None: all.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        size,
+        mean,
+        std,
+        interpolation,
+        in_chans,
+        keep,
+        pool_size,
+        grid,
+        channels=None,
+    ):
+        super().__init__()
+        self.model = model
+        self.preprocessing = dict(
+            size=tuple(size),
+            mean=tuple(mean),
+            std=tuple(std),
+            interpolation=interpolation,
+            in_chans=in_chans,
+        )
+        self.keep = list(keep)
+        self.pool_size = int(pool_size)
+        self.grid = tuple(int(s) for s in grid)
+        self.register_buffer(
+            "channels",
+            None if channels is None else torch.as_tensor(channels, dtype=torch.int64),
+        )
+
+    def forward(self, x):
+        """Patch features (N, channels, *grid) of images ``x``."""
+        x = preprocess_images(x, **self.preprocessing)
+        pool, out = self.pool_size, []
+        for level in level_maps(self.model, x, keep=self.keep):
+            if pool > 1:
+                level = F.avg_pool2d(level, pool, stride=1, padding=pool // 2)
+            if tuple(level.shape[-2:]) != self.grid:
+                level = F.interpolate(
+                    level, size=self.grid, mode="bilinear", align_corners=False
+                )
+            out.append(level)
+        out = torch.cat(out, dim=1)
+        if self.channels is None:
+            return out
+        return out.index_select(1, self.channels)

@@ -8,8 +8,9 @@ input images.
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["gaussian_blur", "resize_maps", "smooth_maps"]
+__all__ = ["PatchMaps", "gaussian_blur", "resize_maps", "smooth_maps"]
 
 
 def _symmetric_indices(n, radius, device):
@@ -98,3 +99,40 @@ def resize_maps(maps, size):
         align_corners=False,
         antialias=shrink,
     ).squeeze(1)
+
+
+class PatchMaps(nn.Module):
+    """Raw images to a patch detector's image scores and anomaly maps (export).
+
+    ``features`` (e.g. :class:`~skanomaly.nn.backbones.PatchGrid`) makes
+    the patch grid; ``scorer`` returns the grid scores (batch, h, w), the
+    image score then being the maximum of the smoothed map (PaDiM's), or
+    ``(grid scores, image scores)``. The grid scores become maps as
+    :func:`smooth_maps` then :func:`resize_maps` make them.
+
+    Parameters
+    ----------
+    features, scorer : torch.nn.Module
+    size : (int, int)
+        The image the backbone sees (where the maps are smoothed).
+    sigma : float
+    output_size : (int, int)
+        The input images' size.
+    """
+
+    def __init__(self, features, scorer, *, size, sigma, output_size):
+        super().__init__()
+        self.features = features
+        self.scorer = scorer
+        self.size = tuple(int(s) for s in size)
+        self.sigma = float(sigma)
+        self.output_size = tuple(int(s) for s in output_size)
+
+    def forward(self, x):
+        """``(image scores (batch,), maps (batch, *output_size))`` of images ``x``."""
+        scores = self.scorer(self.features(x))
+        grid, image = scores if isinstance(scores, tuple) else (scores, None)
+        maps = smooth_maps(grid, size=self.size, sigma=self.sigma)
+        if image is None:
+            image = maps.amax(dim=(1, 2))
+        return image, resize_maps(maps, self.output_size)

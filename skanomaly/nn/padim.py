@@ -1,8 +1,9 @@
 """PaDiM's per-position Gaussians: streaming moments and distances (torch only)."""
 
 import torch
+from torch import nn
 
-__all__ = ["PositionMoments", "position_distances"]
+__all__ = ["PositionDistances", "PositionMoments", "position_distances"]
 
 
 class PositionMoments:
@@ -97,3 +98,46 @@ def position_distances(features, mean, cholesky):
     z = torch.linalg.solve_triangular(cholesky, centred, upper=False)
     distances = z.square().sum(dim=1).sqrt()  # (P, batch)
     return distances.T.reshape(batch, height, width)
+
+
+class PositionDistances(nn.Module):
+    """:func:`position_distances` as a module of matrix products (for export).
+
+    ONNX has no triangular solve: the module stores each position's
+    inverse Cholesky factor, transposed, ``W_p = (L_p^-1)^T`` (computed
+    once, in float64), so that ``z = (x - mu_p) W_p`` is a batched matrix
+    product, run in float64 (ONNX Runtime's MatMul has it; the inverse
+    factor is as accurate as the solve, the inverse covariance would not
+    be). The buffers take ``8 x positions x C^2`` bytes.
+
+    Parameters
+    ----------
+    mean : torch.Tensor of shape (positions, C)
+    cholesky : torch.Tensor of shape (positions, C, C)
+        Lower Cholesky factor of each position's covariance.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skanomaly.nn.padim import PositionDistances
+    >>> module = PositionDistances(torch.zeros(1, 2), torch.diag(torch.tensor(
+    ...     [1.0, 2.0]))[None])
+    >>> module(torch.tensor([3.0, 8.0]).view(1, 2, 1, 1)).flatten().tolist()
+    [5.0]
+    """
+
+    def __init__(self, mean, cholesky):
+        super().__init__()
+        cholesky = torch.as_tensor(cholesky, dtype=torch.float64)
+        identity = torch.eye(cholesky.shape[-1], dtype=torch.float64)
+        inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
+        self.register_buffer("whitening", inverse.transpose(1, 2).contiguous())
+
+    def forward(self, features):
+        """Distances (batch, height, width), float32, of ``features`` (B, C, h, w)."""
+        batch, _, height, width = features.shape
+        x = features.flatten(2).permute(2, 0, 1).to(torch.float64)  # (P, B, C)
+        z = (x - self.mean[:, None, :]) @ self.whitening
+        distances = z.square().sum(dim=2).sqrt()  # (P, B)
+        return distances.T.reshape(batch, height, width).float()

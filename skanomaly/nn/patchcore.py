@@ -6,9 +6,13 @@ Torch only. Distances are Euclidean, computed as
 """
 
 import torch
+from torch import nn
 
 __all__ = [
+    "BankScores",
+    "bank_scores",
     "greedy_coreset",
+    "nearest_in_bank",
     "nearest_neighbours",
     "random_projection",
     "reweighted_scores",
@@ -94,16 +98,28 @@ def nearest_neighbours(queries, bank, bank_norms2, k=1):
     rows = max(1, _DISTANCE_BLOCK_BYTES // (4 * max(1, bank.shape[0])))
     distances, indices = [], []
     for start in range(0, queries.shape[0], rows):
-        q = queries[start : start + rows]
-        d2 = torch.addmm(bank_norms2, q, bank.T, alpha=-2.0)
-        d2.add_(q.square().sum(dim=1, keepdim=True))
-        if k == 1:
-            value, index = d2.min(dim=1, keepdim=True)
-        else:
-            value, index = d2.topk(k, dim=1, largest=False)
-        distances.append(value.clamp_(min=0.0).sqrt_())
+        value, index = nearest_in_bank(
+            queries[start : start + rows], bank, bank_norms2, k
+        )
+        distances.append(value)
         indices.append(index)
     return torch.cat(distances), torch.cat(indices)
+
+
+def nearest_in_bank(queries, bank, bank_norms2, k=1):
+    """:func:`nearest_neighbours` in one block.
+
+    ``queries`` (n_queries, n_features) against the whole bank at once:
+    memory ``n_queries x n_bank`` floats, no Python loop over the queries
+    (the form an exported graph takes).
+    """
+    d2 = torch.addmm(bank_norms2, queries, bank.T, alpha=-2.0)
+    d2.add_(queries.square().sum(dim=1, keepdim=True))
+    if k == 1:
+        value, index = d2.min(dim=1, keepdim=True)
+    else:
+        value, index = d2.topk(k, dim=1, largest=False)
+    return value.clamp_(min=0.0).sqrt_(), index
 
 
 def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbours):
@@ -129,19 +145,77 @@ def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbou
     -------
     scores : torch.Tensor of shape (n_images,)
     """
-    best = distances.argmax(dim=1)
-    rows = torch.arange(len(best), device=best.device)
-    top = distances[rows, best]
+    best = distances.argmax(dim=1, keepdim=True)  # (n_images, 1)
+    top = distances.gather(1, best)[:, 0]
     if n_neighbours == 1:
         return top
-    patch = queries[rows, best]  # (n_images, n_features)
-    nearest = bank[indices[rows, best]]  # m*
+    n_features = queries.shape[-1]
+    patch = queries.gather(1, best[:, :, None].expand(-1, -1, n_features))[:, 0]
+    nearest = bank.index_select(0, indices.gather(1, best)[:, 0])  # m*
     n_neighbours = min(n_neighbours, bank.shape[0])
-    _, neighbours = nearest_neighbours(nearest, bank, bank_norms2, k=n_neighbours)
+    _, neighbours = nearest_in_bank(nearest, bank, bank_norms2, k=n_neighbours)
     # m* itself is its own nearest bank row (distance 0), so it is included
     to_neighbours = (patch[:, None, :] - bank[neighbours]).norm(dim=2)
     # exp(s*) / sum_j exp(d_j) = 1 / sum_j exp(d_j - s*), with d_j >= s*
-    weight = 1.0 - 1.0 / torch.exp(to_neighbours.double() - top[:, None].double()).sum(
-        1
-    )
+    excess = to_neighbours.double() - top[:, None].double()
+    weight = 1.0 - 1.0 / torch.exp(excess).sum(dim=1)
     return (weight * top.double()).float()
+
+
+def bank_scores(features, bank, bank_norms2, n_neighbours, *, search):
+    """PatchCore's scores of a batch: every patch's and every image's.
+
+    Parameters
+    ----------
+    features : torch.Tensor of shape (batch, C, height, width)
+    bank : torch.Tensor of shape (n_bank, C)
+    bank_norms2 : torch.Tensor of shape (n_bank,)
+    n_neighbours : int
+        As in :func:`reweighted_scores`.
+    search : callable
+        :func:`nearest_neighbours` (in chunks) or :func:`nearest_in_bank`
+        (one block, for export).
+
+    Returns
+    -------
+    grid : torch.Tensor of shape (batch, height, width)
+        Distance of each patch to its nearest bank row.
+    image : torch.Tensor of shape (batch,)
+        Re-weighted largest patch score of each image (Eq. 7).
+    """
+    batch, channels, height, width = features.shape
+    queries = features.flatten(2).transpose(1, 2)  # (batch, patches, C)
+    distances, indices = search(queries.reshape(-1, channels), bank, bank_norms2)
+    distances = distances.reshape(batch, height * width)
+    indices = indices.reshape(batch, height * width)
+    image = reweighted_scores(
+        queries, distances, indices, bank, bank_norms2, n_neighbours
+    )
+    return distances.reshape(batch, height, width), image
+
+
+class BankScores(nn.Module):
+    """:func:`bank_scores` against a fixed bank, in one block (for export).
+
+    Parameters
+    ----------
+    bank : torch.Tensor of shape (n_bank, C)
+    n_neighbours : int
+    """
+
+    def __init__(self, bank, n_neighbours):
+        super().__init__()
+        bank = torch.as_tensor(bank, dtype=torch.float32)
+        self.register_buffer("bank", bank)
+        self.register_buffer("bank_norms2", bank.square().sum(dim=1))
+        self.n_neighbours = int(n_neighbours)
+
+    def forward(self, features):
+        """``(grid, image)`` scores of ``features`` (batch, C, height, width)."""
+        return bank_scores(
+            features,
+            self.bank,
+            self.bank_norms2,
+            self.n_neighbours,
+            search=nearest_in_bank,
+        )
