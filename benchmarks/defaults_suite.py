@@ -1,4 +1,4 @@
-"""Every detector at its constructor defaults on one-class tasks from 60 to thousands of samples.
+"""Every detector at its constructor defaults on one-class tasks, 60 to 1000s of rows.
 
 For issue 15 ("trained detectors that are good with their defaults"): the
 same splits for every model, skanomaly's detectors built with nothing but
@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -43,8 +42,21 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-from benchmarks._data import load_adbench, load_mnist  # noqa: E402
+
+
+def _data_module():
+    """benchmarks/_data.py of this file's checkout, by path: ``skanomaly``
+    itself must come from PYTHONPATH (the "before" run's old checkout)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_suite_data", HERE / "_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_DATA = _data_module()
+load_adbench, load_mnist = _DATA.load_adbench, _DATA.load_mnist
 
 OURS = [
     "AutoEncoder",
@@ -125,12 +137,26 @@ def load_task(task, data):
     raise ValueError(f"unknown task {task!r}")
 
 
-def _ours(name):
+def _ours(name, settings=()):
     import skanomaly
 
     cls = getattr(skanomaly, name)
-    params = {"random_state": 0} if "random_state" in cls().get_params() else {}
+    accepted = cls().get_params()
+    params = {"random_state": 0} if "random_state" in accepted else {}
+    params.update((k, v) for k, v in settings if k in accepted)
     return cls(**params)
+
+
+def _training(detector):
+    """Epochs and optimizer steps a trained detector of ours took, if any."""
+    net = getattr(detector, "net_", None)
+    if net is None:
+        return {}
+    history = net.history
+    return {
+        "epochs": len(history),
+        "steps": int(sum(len(epoch["batches"]) for epoch in history)),
+    }
 
 
 def _fit_score(detector, X_train, X_test):
@@ -158,7 +184,10 @@ def _pyod(name):
 
 def _run_pyod(name, X_train, X_test):
     model = _pyod(name)
-    flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
+    flat_train, flat_test = (
+        X_train.reshape(len(X_train), -1),
+        X_test.reshape(len(X_test), -1),
+    )
     start = time.perf_counter()
     model.fit(flat_train)
     fit_s = time.perf_counter() - start
@@ -208,10 +237,15 @@ def run(args):
             row["code"] = "peers" if args.peers else args.code
             if task.startswith("mnist2000") and name in _SKIP_ON_LARGE:
                 continue
-            if name == "anomalib GANomaly" and not (is_image and X_train.shape[-1] == 32):
+            if name == "anomalib GANomaly" and not (
+                is_image and X_train.shape[-1] == 32
+            ):
                 continue
             if name in ("Mahalanobis",) and is_image:
-                X_tr, X_te = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
+                X_tr, X_te = (
+                    X_train.reshape(len(X_train), -1),
+                    X_test.reshape(len(X_test), -1),
+                )
             else:
                 X_tr, X_te = X_train, X_test
             if name == "DeepMahalanobis" and not is_image:
@@ -229,7 +263,9 @@ def run(args):
                     else:
                         run_one = _run_pyod if name.startswith("PyOD") else None
                         if run_one is None:
-                            anomaly, fit_s, score_s = _fit_score(_ours(name), X_tr, X_te)
+                            detector = _ours(name, args.set)
+                            anomaly, fit_s, score_s = _fit_score(detector, X_tr, X_te)
+                            row.update(_training(detector))
                         else:
                             anomaly, fit_s, score_s = run_one(name, X_tr, X_te)
                         row.update(
@@ -250,7 +286,9 @@ def table(paths):
     tasks = list(dict.fromkeys(row["task"] for row in rows))
     detectors = list(dict.fromkeys((row["detector"], row["code"]) for row in rows))
     cell = {(r["task"], r["detector"], r["code"]): r for r in rows}
-    lines = ["| task | n train | " + " | ".join(f"{d} ({c})" for d, c in detectors) + " |"]
+    lines = [
+        "| task | n train | " + " | ".join(f"{d} ({c})" for d, c in detectors) + " |"
+    ]
     lines.append("|" + "---|" * (len(detectors) + 2))
     for task in tasks:
         n = next(r["n_train"] for r in rows if r["task"] == task)
@@ -267,6 +305,13 @@ def table(paths):
     return "\n".join(lines)
 
 
+def _setting(item):
+    import ast
+
+    name, _, value = item.partition("=")
+    return name, ast.literal_eval(value)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", help="folder with mnist/ and adbench/")
@@ -276,8 +321,17 @@ def main():
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--detectors", nargs="+", default=None)
     parser.add_argument("--out", default="defaults_suite.json")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="parameters of ours that differ from the defaults (where accepted), "
+        "e.g. --set early_stopping=True",
+    )
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the table")
     args = parser.parse_args()
+    args.set = [_setting(item) for item in args.set]
     if args.table:
         print(table(args.table))
         return

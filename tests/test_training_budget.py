@@ -31,7 +31,9 @@ def _steps(detector):
     ],
 )
 def test_auto_plan(n, expected):
-    assert training_plan(n, "auto", "auto", min_steps=500, default_epochs=30) == expected
+    assert (
+        training_plan(n, "auto", "auto", min_steps=500, default_epochs=30) == expected
+    )
 
 
 def test_explicit_batch_and_epochs_are_kept():
