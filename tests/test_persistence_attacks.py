@@ -149,7 +149,7 @@ _SIZE_ATTACKS = {
         _params(hidden_sizes={"__tuple__": [8] * 100_000}),
         "far larger than the weights it stores",
     ),
-    "latent_dim_2_62": ("table", _params(latent_dim=2**62), "malformed"),
+    "latent_dim_2_62": ("table", _params(latent_dim=2**62), "impossible to build"),
     "input_shape_2_20": (
         "images",
         lambda d: d["detector"]["nets"]["net_"].update(input_shape=[1, 2**20, 2**20]),
@@ -344,7 +344,8 @@ def _tensor_on(device):
         (_state(x_={"__scalar__": "int8", "value": 1000}), "malformed"),
         (_int_tensor_with_grad, "malformed"),
         (_state(x_={**_string_array("<U1", 3), "shape": [-1, -3]}), "has shape"),
-        (_params(callbacks=["x"]), "malformed"),
+        (_params(callbacks=["x"]), "must be a list of skorch callbacks"),
+        (_params(hidden_sizes="abc"), "parameters are invalid"),
         (_state(x_={"__float__": "x"}), "malformed"),
     ],
 )

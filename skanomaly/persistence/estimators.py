@@ -250,6 +250,7 @@ class EstimatorReader(Decoder):
                 f"its parameters do not fit {cls.__name__} here ({exc}); it was "
                 "probably written by another version"
             ) from None
+        _check_params(estimator)
         self.check_estimator_device(estimator)
         if "custom_state" in encoded:
             estimator._set_persistent_state(self.decode(encoded["custom_state"]))
@@ -292,8 +293,14 @@ class EstimatorReader(Decoder):
         limit = _REGISTRATIONS_PER_TENSOR * n_stored + _EXTRA_REGISTRATIONS
         # building draws initial weights: keep the caller's random stream
         with torch.random.fork_rng(devices=[]), _refusals(where):
-            with torch.device("meta"), _bounded_registrations(limit, where):
-                probe, _ = build(True)
+            try:
+                with torch.device("meta"), _bounded_registrations(limit, where):
+                    probe, _ = build(True)
+            except (RuntimeError, OverflowError) as exc:  # sizes torch refuses
+                reason = " ".join(str(exc).split())[:160]
+                raise FormatError(
+                    f"its parameters make {where} impossible to build ({reason})"
+                ) from None
             for name, state in stored.items():
                 if name not in probe:
                     raise FormatError(f"{where} has no module {name!r} here")
@@ -352,6 +359,17 @@ class EstimatorReader(Decoder):
         if encoded.get("history") is not None:
             net.history = History(self.decode(encoded["history"]))
         return net
+
+
+def _check_params(estimator):
+    """The constructor parameters pass the estimator's own constraints."""
+    validate = getattr(estimator, "_validate_params", None)
+    if validate is None or not getattr(estimator, "_parameter_constraints", None):
+        return
+    try:
+        validate()
+    except ValueError as exc:  # scikit-learn's InvalidParameterError
+        raise FormatError(f"its parameters are invalid: {exc}".rstrip(".")) from None
 
 
 def _check_attribute(cls, attr, params):
