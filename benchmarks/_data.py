@@ -5,7 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_adbench", "load_mnist", "mnist_one_anomalous_digit"]
+__all__ = [
+    "load_adbench",
+    "load_mnist",
+    "mnist_defect_mosaics",
+    "mnist_one_anomalous_digit",
+]
 
 
 def _read_idx(path):
@@ -51,3 +56,116 @@ def load_adbench(path):
         return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).astype(
             np.int64
         )
+
+
+# ------------------------------------------------ synthetic defects on MNIST
+
+_CELL = 64  # a mosaic cell: a 28 px digit upscaled to 56 px, 4 px margins
+
+
+def _mosaic(digits, rng, grid=4):
+    """A (grid*64)^2 uint8 mosaic of ``grid``^2 random digits (upscaled)."""
+    import torch
+    import torch.nn.functional as F
+
+    picks = digits[rng.choice(len(digits), grid * grid, replace=False)]
+    big = F.interpolate(
+        torch.from_numpy(picks[:, None].astype(np.float32)),
+        size=(56, 56),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0].clamp(0, 255)
+    cells = np.zeros((grid * grid, _CELL, _CELL), np.float32)
+    cells[:, 4:60, 4:60] = big.numpy()
+    image = cells.reshape(grid, grid, _CELL, _CELL).transpose(0, 2, 1, 3)
+    return image.reshape(grid * _CELL, grid * _CELL).round().astype(np.uint8)
+
+
+def _scratch(image, rng):
+    """A 2 px wide line of grey 160, 40-100 px long: visible on ink and on
+    background. The mask is the line."""
+    size = image.shape[0]
+    length = rng.uniform(40, 100)
+    angle = rng.uniform(0, np.pi)
+    cy, cx = rng.uniform(30, size - 30, 2)
+    t = np.linspace(-length / 2, length / 2, int(length * 3))
+    ys = np.clip(np.round(cy + t * np.sin(angle)), 0, size - 1).astype(int)
+    xs = np.clip(np.round(cx + t * np.cos(angle)), 0, size - 1).astype(int)
+    mask = np.zeros(image.shape, bool)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            mask[np.clip(ys + dy, 0, size - 1), np.clip(xs + dx, 0, size - 1)] = True
+    image[mask] = 160
+    return mask
+
+
+def _stain(image, rng):
+    """An ellipse (radii 10-24 px) where intensities become 0.4 x + 100: the
+    background turns grey, ink dims. The mask is the ellipse."""
+    size = image.shape[0]
+    ry, rx = rng.uniform(10, 24, 2)
+    cy, cx = rng.uniform(24, size - 24, 2)
+    yy, xx = np.mgrid[:size, :size]
+    mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    image[mask] = np.round(0.4 * image[mask] + 100).astype(np.uint8)
+    return mask
+
+
+def _foreign_patch(image, rng, donor):
+    """A square (16-40 px) cut from another mosaic, turned 90 degrees and
+    inverted (255 - x): a patch of foreign texture. The mask is the square."""
+    size = image.shape[0]
+    side = int(rng.integers(16, 41))
+    y, x = rng.integers(0, size - side, 2)
+    sy, sx = rng.integers(0, size - side, 2)
+    image[y : y + side, x : x + side] = 255 - np.rot90(
+        donor[sy : sy + side, sx : sx + side]
+    )
+    mask = np.zeros(image.shape, bool)
+    mask[y : y + side, x : x + side] = True
+    return mask
+
+
+DEFECTS = {"scratch": _scratch, "stain": _stain, "patch": _foreign_patch}
+
+
+def mnist_defect_mosaics(folder, n_train=100, n_test_good=100, n_test_bad=99, seed=0):
+    """A localisation benchmark from real digits with synthetic defects.
+
+    Images are 256 x 256 grayscale mosaics of 4 x 4 MNIST digits (each
+    upscaled to 56 px in a 64 px cell), digits of every class; the training
+    mosaics use the first half of the MNIST test set, the test mosaics the
+    second half. A third of the defective test images each get one defect
+    of a kind: a scratch (a 2 px grey line), a stain (an ellipse of dimmed,
+    greyed intensities) or a foreign patch (a square cut from another
+    mosaic, turned and inverted). Masks are the defects' exact footprints.
+
+    Returns
+    -------
+    train : uint8 (n_train, 1, 256, 256)
+    test : uint8 (n_test, 1, 256, 256)
+    y_test : int (n_test,), 1 = defect
+    masks : bool (n_test, 256, 256)
+    kinds : list of str ('good' or the defect kind)
+    """
+    images, _ = load_mnist(folder)
+    first, second = images[: len(images) // 2], images[len(images) // 2 :]
+    rng = np.random.default_rng(seed)
+    train = np.stack([_mosaic(first, rng) for _ in range(n_train)])
+    test, masks, kinds = [], [], []
+    for i in range(n_test_good + n_test_bad):
+        image = _mosaic(second, rng)
+        mask = np.zeros(image.shape, bool)
+        kind = "good"
+        if i >= n_test_good:
+            kind = list(DEFECTS)[(i - n_test_good) % len(DEFECTS)]
+            if kind == "patch":
+                mask = _foreign_patch(image, rng, _mosaic(second, rng))
+            else:
+                mask = DEFECTS[kind](image, rng)
+        test.append(image)
+        masks.append(mask)
+        kinds.append(kind)
+    test = np.stack(test)
+    y_test = np.array([kind != "good" for kind in kinds], dtype=np.int64)
+    return train[:, None], test[:, None], y_test, np.stack(masks), kinds

@@ -137,6 +137,12 @@ API_SECTIONS = [
         "Transformers that turn images into features for any estimator.",
     ),
     (
+        "Pretrained backbones",
+        "skanomaly.nn.backbones",
+        "timm backbones, their levels and their weights: packaged, hub, local "
+        "file (:doc:`user_guide/weights`).",
+    ),
+    (
         "Registry",
         "skanomaly.registry",
         "Finding detectors by name, built-in and plugins alike (:doc:`plugins`).",
@@ -145,6 +151,17 @@ API_SECTIONS = [
         "Persistence",
         "skanomaly.persistence",
         "Saving and loading fitted detectors (:doc:`user_guide/persistence`).",
+    ),
+    (
+        "Reports",
+        "skanomaly.reporting",
+        "A self-contained HTML report of a detector on data "
+        "(:doc:`user_guide/export`).",
+    ),
+    (
+        "ONNX export",
+        "skanomaly.export",
+        "Fitted detectors as ONNX graphs with a model card (:doc:`user_guide/export`).",
     ),
     (
         "Base classes and tags",
@@ -402,13 +419,14 @@ def _quote_fitted_names_in_shapes(app, what, name, obj, options, lines):
 
 
 def _skip_scikit_learn_members(app, what, name, obj, skip, options):
-    """Leave out methods inherited from scikit-learn (get_params, routing...).
+    """Leave out methods inherited from scikit-learn (get_params, routing...)
+    and from torch (``nn.Module``'s, e.g. of ``PooledFeatures``).
 
-    They are documented by scikit-learn, and their docstrings point to
-    labels of scikit-learn's own documentation.
+    They are documented by those libraries, and their docstrings point to
+    labels of their own documentation (or are not numpydoc).
     """
     if what == "class" and (getattr(obj, "__module__", None) or "").startswith(
-        "sklearn."
+        ("sklearn.", "torch.")
     ):
         return True
     return None

@@ -23,6 +23,9 @@ _LAZY = {
     "BaseDetector": "skanomaly.detectors.base",
     "DetectorTags": "skanomaly.detectors.base",
     "TimmFeatures": "skanomaly.features.pooled",
+    "PatchFeatures": "skanomaly.features.patches",
+    "export_onnx": "skanomaly.export",
+    "report": "skanomaly.reporting",
     "save": "skanomaly.persistence",
     "load": "skanomaly.persistence",
 }

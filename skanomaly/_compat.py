@@ -1,14 +1,15 @@
-"""scikit-learn names that are not public API, imported in this one place.
+"""scikit-learn names that are not public API, used through this one module.
 
-Parameter validation (``Interval``, ``StrOptions``) and the ``_fit_context``
-decorator are what scikit-learn's own estimators use; they live in private
-modules, so a scikit-learn release that moves them needs a fix here only.
+Parameter validation (``Interval``, ``StrOptions``), the ``_fit_context``
+decorator and ``_get_param_names`` are what scikit-learn's own estimators
+use; they are private, so a scikit-learn release that moves them needs a
+fix here only.
 """
 
 from sklearn.base import _fit_context
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
-__all__ = ["Interval", "ListOf", "StrOptions", "fit_context"]
+__all__ = ["Interval", "ListOf", "StrOptions", "fit_context", "param_names"]
 
 fit_context = _fit_context
 
@@ -37,3 +38,8 @@ class ListOf(HasMethods):
 
     def __str__(self):
         return self.description
+
+
+def param_names(estimator_class):
+    """The constructor parameter names of an estimator class, sorted."""
+    return estimator_class._get_param_names()

@@ -33,12 +33,18 @@ The anomaly score used by the ranking metrics is ``-decision_function(X)``
 for any scikit-learn outlier detector. In a cross-validated search, where
 ``fit`` needs outlier labels to leave anomalies out of training, use the
 ``outlier_*`` scorers (see :mod:`skanomaly.model_selection`).
+
+Two pixel metrics score anomaly maps against ground-truth masks (1 = defect):
+:func:`pixel_roc_auc_score` (AUROC over all pixels of all images) and
+:func:`aupro_score` (the MVTec AD per-region overlap, integrated up to a false
+positive rate of 0.3).
 """
 
 import copy
 from functools import partial
 
 import numpy as np
+from scipy import ndimage
 from sklearn.metrics import (
     average_precision_score,
     f1_score,
@@ -52,11 +58,13 @@ __all__ = [
     "anomaly_average_precision_scorer",
     "anomaly_f1_scorer",
     "anomaly_roc_auc_scorer",
+    "aupro_score",
     "get_scorer",
     "get_scorer_names",
     "outlier_average_precision_scorer",
     "outlier_f1_scorer",
     "outlier_roc_auc_scorer",
+    "pixel_roc_auc_score",
     "to_outlier_labels",
 ]
 
@@ -285,3 +293,187 @@ def get_scorer_names():
     ['anomaly_average_precision', 'anomaly_f1', 'anomaly_roc_auc']
     """
     return sorted(_SCORERS) + list(_sklearn_get_scorer_names())
+
+
+# ------------------------------------------------------------ pixel metrics
+
+
+def _check_maps(masks, maps, name):
+    """Masks as bool and maps as float64, both (n_images, height, width)."""
+    masks, maps = np.asarray(masks), np.asarray(maps)
+    if masks.shape != maps.shape:
+        raise ValueError(
+            f"{name}: masks of shape {masks.shape} and maps of shape {maps.shape}; "
+            "expected one mask per map of the same height and width. Nothing is "
+            "resized here: resize the maps (or read the masks) at one resolution "
+            "first."
+        )
+    if masks.ndim == 2:
+        masks, maps = masks[None], maps[None]
+    if masks.ndim != 3 or masks.size == 0:
+        raise ValueError(
+            f"{name} expects masks and maps of shape (n_images, height, width) "
+            f"or (height, width); got {masks.shape}."
+        )
+    if masks.dtype != bool:
+        if not np.isin(masks, (0, 1)).all():
+            raise ValueError(
+                f"{name} expects binary masks (bool, or 0 and 1 with 1 = defect); "
+                f"got values such as {np.unique(masks)[:5].tolist()}."
+            )
+        masks = masks.astype(bool)
+    maps = maps.astype(np.float64)
+    if not np.isfinite(maps).all():
+        raise ValueError(f"{name}: the maps contain NaN or infinite values.")
+    return masks, maps
+
+
+def _check_both_kinds(masks, name):
+    n_defect = int(masks.sum())
+    if n_defect == 0 or n_defect == masks.size:
+        kind = "defect" if n_defect == 0 else "normal"
+        raise ValueError(
+            f"{name} is undefined without {kind} pixels: the masks have none."
+        )
+
+
+def pixel_roc_auc_score(masks, maps):
+    """AUROC of the anomaly maps as pixel classifiers, over all pixels of all images.
+
+    Every pixel of every image counts once, images without defects included
+    (their pixels are all normal).
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_images, height, width) or (height, width)
+        Ground truth, True (or 1) on defect pixels.
+    maps : array-like of the same shape
+        Anomaly maps, higher = more anomalous (e.g. ``anomaly_map(X)``).
+        No resizing happens: another shape is a ``ValueError``.
+
+    Returns
+    -------
+    score : float
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, a mask is not binary, a map is not finite, or
+        the masks have no defect pixel (or no normal pixel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.metrics import pixel_roc_auc_score
+    >>> masks = np.zeros((1, 2, 2), bool)
+    >>> masks[0, 0, 0] = True
+    >>> round(pixel_roc_auc_score(masks, [[[0.9, 0.5], [0.1, 0.95]]]), 4)
+    0.6667
+    """
+    masks, maps = _check_maps(masks, maps, "pixel_roc_auc_score")
+    _check_both_kinds(masks, "pixel_roc_auc_score")
+    return float(roc_auc_score(masks.ravel(), maps.ravel()))
+
+
+def aupro_score(masks, maps, *, fpr_limit=0.3):
+    """Area under the per-region overlap curve up to a false positive rate.
+
+    The localisation metric of the MVTec AD benchmark (Bergmann et al.,
+    IJCV 2021), computed as its official evaluation code does:
+
+    - the defect regions are the connected components of each mask, with
+      8-connectivity (pixels touching at a corner are one region);
+    - at a threshold ``t``, a region's overlap is the fraction of its pixels
+      with a map value ``>= t``, and the per-region overlap (PRO) is the
+      mean over all regions of all images; the false positive rate (FPR) is
+      the fraction of the normal pixels of all images, defect-free images
+      included, with a value ``>= t``;
+    - every distinct map value is a threshold (pixels with equal values
+      enter the curve together, so ties never make intermediate points);
+      the curve starts at (0, 0);
+    - the area under PRO(FPR) from 0 to ``fpr_limit``, by the trapezoidal
+      rule with PRO interpolated linearly at ``fpr_limit``, divided by
+      ``fpr_limit``.
+
+    Counts are integers and the curve float64. The result lies in [0, 1]:
+    PRO and FPR are fractions, and the area up to ``fpr_limit`` is at most
+    ``fpr_limit``. 1 means every region is entirely above every normal
+    pixel's value; a random map scores about ``fpr_limit / 2``.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_images, height, width) or (height, width)
+        Ground truth, True (or 1) on defect pixels; an image without defect
+        has an all-False mask.
+    maps : array-like of the same shape
+        Anomaly maps, higher = more anomalous. No resizing happens: another
+        shape is a ``ValueError``.
+    fpr_limit : float, default=0.3
+        Upper end of the integration, in (0, 1].
+
+    Returns
+    -------
+    score : float
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, a mask is not binary, a map is not finite, or
+        the masks have no defect pixel at all (the official code then
+        divides by zero regions and returns NaN) or no normal pixel.
+
+    Examples
+    --------
+    Two regions and three normal pixels; each region lies entirely above
+    every normal pixel:
+
+    >>> import numpy as np
+    >>> from skanomaly.metrics import aupro_score
+    >>> masks = np.array([[[1, 0, 0], [0, 0, 1], [0, 0, 1]]])
+    >>> maps = np.array([[[0.9, 0.1, 0.2], [0.3, 0.0, 0.8], [0.3, 0.0, 0.7]]])
+    >>> aupro_score(masks, maps)
+    1.0
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must lie in (0, 1]; got {fpr_limit}.")
+    masks, maps = _check_maps(masks, maps, "aupro_score")
+    _check_both_kinds(masks, "aupro_score")
+    fpr, pro = _pro_curve(masks, maps)
+    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def _pro_curve(masks, maps):
+    """FPR and PRO at every distinct value of the maps, from (0, 0)."""
+    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
+    labels = np.empty(masks.shape, dtype=np.int64)
+    n_regions = 0
+    for i, mask in enumerate(masks):
+        labels[i], n = ndimage.label(mask, structure=structure)
+        labels[i][mask] += n_regions  # unique across images
+        n_regions += n
+    labels = labels.ravel()
+    sizes = np.bincount(labels, minlength=n_regions + 1)
+    normal = labels == 0
+    # each region weighs 1 in total: 1/size per pixel
+    weight = np.where(normal, 0.0, 1.0 / sizes[labels])
+    order = np.argsort(-maps.ravel(), kind="stable")
+    values = maps.ravel()[order]
+    false_positives = np.cumsum(normal[order], dtype=np.int64)
+    overlap = np.cumsum(weight[order])
+    # one point per distinct value: the last of each run of ties
+    last = np.r_[values[1:] != values[:-1], True]
+    fpr = false_positives[last] / int(normal.sum())
+    pro = np.minimum(overlap[last] / n_regions, 1.0)
+    return np.r_[0.0, fpr], np.r_[0.0, pro]
+
+
+def _area_up_to(x, y, limit):
+    """Trapezoidal area under y(x) for x in [0, limit] (x non-decreasing)."""
+    inside = int(np.searchsorted(x, limit, side="right"))  # points with x <= limit
+    xs, ys = x[:inside], y[:inside]
+    if inside < len(x) and xs[-1] < limit:
+        # interpolate y at the limit between the last point inside and the next
+        x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
+        xs = np.r_[xs, limit]
+        ys = np.r_[ys, y0 + (y1 - y0) * (limit - x0) / (x1 - x0)]
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))

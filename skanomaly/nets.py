@@ -18,6 +18,7 @@ lists of modules and its initialisation steps); the rest goes through them.
 """
 
 import math
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -35,9 +36,27 @@ __all__ = [
     "WeightAverage",
     "evaluation",
     "initialize_for_inference",
+    "input_tensor",
     "net_modules",
     "torch_random_state",
 ]
+
+
+def input_tensor(data):
+    """``torch.as_tensor(data)``, sharing memory with read-only arrays quietly.
+
+    Arrays from a DataFrame are read-only under pandas' copy-on-write (the
+    default from pandas 3), and so are memory-mapped ones; torch warns that
+    writing to a tensor sharing their memory is undefined. Nothing here
+    writes to its input, so the warning would only be noise.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="The given NumPy array is not writable",
+            category=UserWarning,
+        )
+        return torch.as_tensor(data)
 
 
 class TensorBatchIterator:
@@ -60,7 +79,7 @@ class TensorBatchIterator:
 
     def __init__(self, dataset, batch_size, shuffle=False, **_ignored):
         data = dataset.X if isinstance(dataset, Dataset) else dataset
-        self.data = torch.as_tensor(data)
+        self.data = input_tensor(data)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
 

@@ -20,6 +20,7 @@ from functools import partial
 import numpy as np
 from sklearn.base import clone
 
+from ._compat import param_names
 from .detectors.base import get_detector_tags
 
 __all__ = [
@@ -73,7 +74,7 @@ def fast_detector(cls, **params):
     AutoEncoder(base_channels=4, hidden_sizes=(8,), max_epochs=2, random_state=0)
     """
     merged = dict(get_detector_tags(cls).test_params)
-    if "random_state" in cls._get_param_names():
+    if "random_state" in param_names(cls):
         merged.setdefault("random_state", 0)
     return cls(**{**merged, **params})
 

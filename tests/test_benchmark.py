@@ -53,10 +53,21 @@ class _MeanImage(BaseDetector):
         return -((X - self.mean_) ** 2).reshape(len(X), -1).sum(axis=1)
 
 
-class _NeedsWeights(_MeanImage):
+class _HasWeights(_MeanImage):
+    """Works on pretrained weights that are here (installed or cached)."""
+
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
         tags.pretrained_weights = True
+        return tags
+
+
+class _NeedsWeights(_HasWeights):
+    """Works on pretrained weights that would need a download."""
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.weights_available = False
         return tags
 
 
@@ -64,6 +75,7 @@ _FAKES = {
     "boom": _Boom,
     "tabular_only": _TabularOnly,
     "mean_image": _MeanImage,
+    "has_weights": _HasWeights,
     "needs_weights": _NeedsWeights,
 }
 
@@ -83,7 +95,9 @@ def fake_registry(monkeypatch):
     monkeypatch.setattr(registry, "get_detector", get_detector)
     monkeypatch.setattr(registry, "make_detector", make_detector)
     monkeypatch.setattr(
-        registry, "list_detectors", lambda: ["boom", "mean_image", "needs_weights"]
+        registry,
+        "list_detectors",
+        lambda: ["boom", "has_weights", "mean_image", "needs_weights"],
     )
 
 
@@ -164,13 +178,17 @@ def test_a_detector_declaring_no_images_gets_pixels_as_features(fake_registry):
     assert result.aurocs["digit 0"] > 0.8
 
 
-def test_default_run_skips_detectors_needing_weights(fake_registry):
+def test_default_run_skips_only_detectors_whose_weights_are_missing(fake_registry):
     results = run_benchmark(normal_classes=[0], progress=False)
     by_name = {r.detector: r for r in results}
-    assert list(by_name) == ["boom", "mean_image", "needs_weights"]
+    assert list(by_name) == ["boom", "has_weights", "mean_image", "needs_weights"]
     assert by_name["needs_weights"].status == "skipped"
-    assert "weights" in by_name["needs_weights"].note
+    assert "download" in by_name["needs_weights"].note
+    assert by_name["has_weights"].status == "ok"
     assert by_name["mean_image"].status == "ok"
+    # named, it runs
+    (named,) = run_benchmark(["needs_weights"], normal_classes=[0], progress=False)
+    assert named.status == "ok"
 
 
 def test_unknown_detector_fails_before_training(fake_registry):

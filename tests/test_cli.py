@@ -352,3 +352,107 @@ def test_non_callbacks_are_one_line_errors(category, tmp_path, capsys):
     argv = ["fit", "autoencoder", category / "train/good", "-o", tmp_path / "m.ska"]
     line = _one_line_error([*argv, "-p", "callbacks=['x']"], capsys)
     assert "'callbacks' parameter of AutoEncoder must be a list of skorch" in line
+
+
+# ------------------------------------------------------------- anomaly maps
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    """A category with ground-truth masks and a PaDiM fitted on it (in-process)."""
+    root = _make_category(
+        tmp_path_factory.mktemp("masked") / "tile", np.random.default_rng(1)
+    )
+    for kind in ["broken", "crack"]:
+        (root / "ground_truth" / kind).mkdir(parents=True)
+        for i in range(3):
+            mask = np.zeros((20, 20), np.uint8)
+            mask[4:12, 4:12] = 255
+            Image.fromarray(mask).save(
+                root / "ground_truth" / kind / f"{i:03d}_mask.png"
+            )
+    model = root.parent / "padim.ska"
+    params = [
+        "backbone='test_efficientnet'",
+        "weights=None",
+        "image_size=32",
+        "strides=(4, 8)",
+        "n_channels=16",
+        "random_state=0",
+    ]
+    argv = ["fit", "padim", str(root / "train/good"), "-o", str(model), "--quiet"]
+    for param in params:
+        argv += ["-p", param]
+    assert main(argv) == 0
+    return root, model
+
+
+def test_evaluate_reports_pixel_metrics_with_masks(masked, capsys):
+    from skanomaly.app.datasets import load_mvtec_category
+    from skanomaly.metrics import aupro_score, pixel_roc_auc_score
+
+    root, model = masked
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    printed = {line.split()[0]: float(line.split()[-1]) for line in lines[-2:]}
+    detector = skanomaly.load(model)
+    X, _, _, masks = load_mvtec_category(root, image_size=20, return_masks=True)
+    maps = detector.anomaly_map(X)
+    assert printed == {
+        "pixel": pytest.approx(pixel_roc_auc_score(masks, maps), abs=1e-4),
+        "AUPRO@0.3": pytest.approx(aupro_score(masks, maps), abs=1e-4),
+    }
+    assert printed["pixel"] > 0.9  # the white squares are where the masks are
+
+
+def test_score_writes_maps_named_after_the_images(masked, tmp_path, capsys):
+    root, model = masked
+    out = tmp_path / "maps"
+    assert main(["score", str(model), str(root / "test"), "--maps", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    inputs = sorted(
+        p.relative_to(root / "test").with_suffix(".png").as_posix()
+        for p in (root / "test").rglob("*.*")
+    )
+    assert written == inputs
+    detector = skanomaly.load(model)
+    X, _, files = load_labelled_image_folder(root / "test", image_size=20)
+    maps = detector.anomaly_map(X)
+    with Image.open(out / "crack" / "001.png") as png:
+        levels = np.asarray(png)
+        top = float(png.text["skanomaly_map_max"])
+    assert levels.shape == (20, 20) and levels.dtype == np.uint16
+    assert top == pytest.approx(float(maps.max()))
+    index = files.index(str(root / "test" / "crack" / "001.jpg"))
+    np.testing.assert_allclose(levels / 65535 * top, maps[index], atol=top / 65535)
+
+
+def test_score_maps_refuse_to_overwrite_inputs(masked, tmp_path, capsys):
+    root, model = masked
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.png")
+    assert main(["score", str(model), str(folder), "--maps", str(folder)]) == 1
+    assert "would overwrite input" in capsys.readouterr().err
+    with Image.open(folder / "a.png") as png:
+        assert png.mode == "RGB"  # untouched
+    tabular = tmp_path / "none.ska"
+    skanomaly.save(
+        skanomaly.Mahalanobis().fit(np.random.default_rng(0).normal(size=(20, 2))),
+        tabular,
+    )
+    np.save(tmp_path / "rows.npy", np.zeros((3, 2)))
+    assert (
+        main(
+            [
+                "score",
+                str(tabular),
+                str(tmp_path / "rows.npy"),
+                "--maps",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 1
+    )
+    assert "has no anomaly maps" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """DeepMahalanobis: TimmFeatures + one Gaussian per level, as one detector.
 
-Backbones are randomly initialised (seeded) resnet18s at 32x32: nothing is
-downloaded, and the checks are about the composition, not the accuracy of
-pretrained features.
+Most backbones are randomly initialised (seeded) resnet18s at 32x32, for
+checks of the composition; the default backbone's real ImageNet weights
+(installed with skanomaly, nothing is downloaded) are checked on digits.
 """
 
 import pickle
@@ -104,9 +104,27 @@ def test_offline_error_leaves_it_unfitted(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     det = DeepMahalanobis(backbone="resnet18", image_size=32)
-    with pytest.raises(OSError, match="'resnet18'.*weights=<path>.*weights=None"):
+    with pytest.raises(
+        OSError, match="'resnet18'.*tf_efficientnet_lite0.*weights=<path>.*weights=None"
+    ):
         det.fit(_images(n=4))
     assert not hasattr(det, "offset_") and not hasattr(det, "features_")
+
+
+def test_default_real_weights_separate_digits():
+    # one-class digits, upsampled to 64x64, on the packaged ImageNet weights
+    from sklearn.datasets import load_digits
+    from sklearn.metrics import roc_auc_score
+
+    X, y = load_digits(return_X_y=True)
+    images = np.round(X.reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    normal = rng.permutation(np.flatnonzero(y == 3))
+    test = np.r_[normal[60:90], rng.permutation(np.flatnonzero(y != 3))[:60]]
+    det = DeepMahalanobis(image_size=64).fit(images[normal[:60]])
+    assert det.features_.backbone == "tf_efficientnet_lite0"
+    assert det.levels_[0] == "stem" and det.levels_[-1] == "head"
+    assert roc_auc_score(y[test] != 3, -det.score_samples(images[test])) > 0.95
 
 
 def test_registered():
@@ -114,7 +132,9 @@ def test_registered():
     assert skanomaly.get_detector("mahalanobis") is Mahalanobis
     det = skanomaly.make_detector("deep_mahalanobis", backbone="efficientnet_b0")
     assert det.get_params()["backbone"] == "efficientnet_b0"
-    assert DeepMahalanobis().get_params()["backbone"] == "efficientnet_b4"
+    defaults = DeepMahalanobis().get_params()
+    assert defaults["backbone"] == "tf_efficientnet_lite0"
+    assert defaults["weights"] == "imagenet"
 
 
 @pytest.mark.cuda

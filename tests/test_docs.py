@@ -22,6 +22,8 @@ FULL_MODULES = [
     "skanomaly.persistence",
     "skanomaly.metrics",
     "skanomaly.model_selection",
+    "skanomaly.reporting",
+    "skanomaly.export",
 ]
 # Helpers for benchmarks and for detector authors: a summary line suffices.
 SUMMARY_MODULES = [
@@ -30,6 +32,8 @@ SUMMARY_MODULES = [
     "skanomaly.detectors.gan_base",
     "skanomaly.app.datasets",
     "skanomaly.app.benchmark",
+    "skanomaly.app.tables",
+    "skanomaly.nn.backbones",
     "skanomaly.testing",
 ]
 

@@ -1,4 +1,4 @@
-"""Scorers for both label conventions, and the label converter."""
+"""Scorers for both label conventions, the label converter, the pixel metrics."""
 
 import pickle
 
@@ -17,9 +17,11 @@ from sklearn.metrics import get_scorer as sklearn_get_scorer
 from skanomaly import AutoEncoder
 from skanomaly.metrics import (
     anomaly_roc_auc_scorer,
+    aupro_score,
     get_scorer,
     get_scorer_names,
     outlier_roc_auc_scorer,
+    pixel_roc_auc_score,
     to_outlier_labels,
 )
 
@@ -261,3 +263,128 @@ def test_scorers_work_with_scikit_learn_detectors():
     assert get_scorer("outlier_roc_auc")(
         det, X, to_outlier_labels(y_anomaly)
     ) == pytest.approx(manual)
+
+
+# ------------------------------------------------------------ pixel metrics
+
+
+def _rows(*rows):
+    """Images of one row each: (n_images, 1, width)."""
+    return np.array(rows, dtype=float)[:, None, :]
+
+
+def test_aupro_hand_computed_with_a_defect_free_image():
+    # image 1: region {0.9, 0.6}, normal {0.7, 0.1}; image 2 has no defect.
+    # 6 normal pixels; curve (0,0) (0,.5) (1/6,.5) (1/6,1) (1/3,1) ...:
+    # area to 0.3 = 0.5/6 + 1 * (0.3 - 1/6) = 13/60
+    masks = _rows([1, 1, 0, 0], [0, 0, 0, 0])
+    maps = _rows([0.9, 0.6, 0.7, 0.1], [0.5, 0.4, 0.3, 0.2])
+    assert aupro_score(masks, maps) == pytest.approx(13 / 18, abs=1e-12)
+    # without the defect-free image the FPR steps are 1/2: PRO stays 0.5
+    assert aupro_score(masks[:1], maps[:1]) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_aupro_ties_enter_the_curve_together():
+    # the region pixel ties with a normal pixel: one point (0.5, 1), not a
+    # step; PRO interpolated at 0.3 is 0.6, area 0.09
+    masks = _rows([1, 0, 0])
+    maps = _rows([0.5, 0.5, 0.0])
+    assert aupro_score(masks, maps) == pytest.approx(0.3, abs=1e-12)
+    # a constant map: the curve is the diagonal, AUPRO = limit / 2
+    assert aupro_score(masks, np.zeros_like(maps)) == pytest.approx(0.15)
+    assert aupro_score(masks, np.zeros_like(maps), fpr_limit=1.0) == pytest.approx(0.5)
+
+
+def test_aupro_regions_are_8_connected_and_weigh_one_each():
+    masks = np.zeros((1, 4, 4), bool)
+    masks[0, 0, 0] = masks[0, 1, 1] = True  # touch at a corner: one region
+    masks[0, 3, 3] = True  # a second region
+    maps = np.linspace(0.1, 0.8, 16).reshape(1, 4, 4)
+    maps[0, 3, 3], maps[0, 0, 0], maps[0, 1, 1] = 0.95, 0.9, 0.0
+    # region {(3,3)} fully and half of {(0,0),(1,1)} above every normal
+    # pixel: PRO = (1 + 1/2) / 2 at FPR 0 (4-connectivity would give 2/3)
+    assert aupro_score(masks, maps) == pytest.approx(0.75, abs=1e-12)
+
+
+def test_aupro_many_small_regions():
+    masks = np.zeros((2, 10, 10), bool)
+    masks[:, ::2, ::2] = True  # 25 isolated pixels per image: 50 regions
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0.2, 0.8, size=masks.shape)
+    region = np.flatnonzero(masks.ravel())
+    high = rng.choice(region, 20, replace=False)
+    maps.ravel()[region] = 0.0
+    maps.ravel()[high] = 1.0
+    assert aupro_score(masks, maps) == pytest.approx(20 / 50, abs=1e-12)
+
+
+def _brute_force_aupro(masks, maps, limit):
+    """The definition, threshold by threshold (slow; tiny inputs only)."""
+    from scipy import ndimage
+
+    regions = []
+    for mask, values in zip(masks, maps):
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [values[labels == r] for r in range(1, n + 1)]
+    normal = maps[~masks]
+    points = [(0.0, 0.0)]
+    for t in np.unique(maps)[::-1]:
+        pro = np.mean([np.mean(r >= t) for r in regions])
+        points.append((np.mean(normal >= t), pro))
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+        if x1 <= limit:
+            area += (x1 - x0) * (y0 + y1) / 2
+        elif x0 < limit:
+            y = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            area += (limit - x0) * (y0 + y) / 2
+    return area / limit
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_aupro_matches_the_definition_and_stays_in_0_1(seed):
+    rng = np.random.default_rng(seed)
+    n, h, w = rng.integers(1, 4), rng.integers(2, 9), rng.integers(2, 9)
+    masks = rng.random((n, h, w)) < rng.uniform(0.05, 0.6)
+    masks.flat[rng.integers(masks.size)] = True
+    masks.flat[rng.integers(masks.size)] = False
+    if masks.all() or not masks.any():
+        pytest.skip("one kind of pixel only")
+    maps = rng.normal(size=masks.shape) + rng.uniform(0, 3) * masks
+    if seed % 2:
+        maps = np.round(maps * 2) / 2  # heavy ties
+    limit = float(rng.choice([0.05, 0.3, 1.0]))
+    score = aupro_score(masks, maps, fpr_limit=limit)
+    assert 0.0 <= score <= 1.0
+    assert score == pytest.approx(_brute_force_aupro(masks, maps, limit), abs=1e-9)
+    # only the order of the map values matters
+    assert aupro_score(masks, np.exp(maps) * 100 - 50, fpr_limit=limit) == (
+        pytest.approx(score, abs=1e-9)
+    )
+
+
+def test_pixel_roc_auc_counts_every_pixel_of_every_image():
+    masks = _rows([1, 0, 0], [0, 0, 0])
+    maps = _rows([0.6, 0.5, 0.1], [0.7, 0.0, 0.0])
+    # the defect pixel outranks 4 of the 5 normal pixels
+    assert pixel_roc_auc_score(masks, maps) == pytest.approx(0.8)
+    assert pixel_roc_auc_score(masks[:1], maps[:1]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("metric", [aupro_score, pixel_roc_auc_score])
+def test_pixel_metrics_refuse_what_they_would_have_to_guess(metric):
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, 1, 1] = True
+    maps = np.random.default_rng(0).random((2, 4, 4))
+    with pytest.raises(ValueError, match="resize"):
+        metric(masks, maps[:, :, :3])
+    with pytest.raises(ValueError, match="resize"):
+        metric(masks[:1], maps)
+    with pytest.raises(ValueError, match="binary"):
+        metric(masks * 255, maps)
+    with pytest.raises(ValueError, match="without defect pixels"):
+        metric(np.zeros_like(masks), maps)
+    with pytest.raises(ValueError, match="NaN"):
+        metric(masks, np.where(masks, np.nan, maps))
+    # a single (height, width) image is one image
+    assert metric(masks[0], maps[0]) == metric(masks[:1], maps[:1])

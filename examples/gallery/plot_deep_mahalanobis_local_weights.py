@@ -4,11 +4,12 @@ DeepMahalanobis with a local weights file
 
 :class:`~skanomaly.DeepMahalanobis` fits one Gaussian per level of a frozen
 pretrained network and scores images by their Mahalanobis distances; it
-trains nothing. By default it asks timm for ImageNet weights, which needs
-the Hugging Face cache or a network. Offline, or with weights of your own
-(fine-tuned, or from a model zoo you trust), pass a local file:
-``weights="path/to/model.safetensors"``. A ``.safetensors`` file holds
-tensors only, so loading it cannot run code.
+trains nothing. Its default backbone's ImageNet weights come with skanomaly
+(see :ref:`sphx_glr_auto_examples_plot_deep_mahalanobis_packaged_weights.py`);
+other timm backbones read theirs from the Hugging Face cache or a network.
+Offline, or with weights of your own (fine-tuned, or from a model zoo you
+trust), pass a local file: ``weights="path/to/model.safetensors"``. A
+``.safetensors`` file holds tensors only, so loading it cannot run code.
 
 This example writes such a file from a randomly initialised timm ResNet-18,
 so that it runs anywhere without a download, then fits the detector from

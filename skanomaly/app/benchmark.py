@@ -7,7 +7,11 @@ sample of the nine other digits (the anomalies); the score is the AUROC of
 the anomaly score (``-score_samples``), averaged over the normal digits. The
 8x8 digits are given as images, ``(n, 1, 8, 8)``; a detector whose tags say
 it takes no images (:class:`~skanomaly.DetectorTags`) gets the 64 pixels as
-tabular features instead (said in the table).
+tabular features instead (said in the table), and one on a pretrained
+backbone resizes them to the backbone's input size itself (DeepMahalanobis:
+224x224 for its default EfficientNet-Lite0). A detector whose tags say it
+works on pretrained weights that are not available here without a download
+is skipped unless named.
 
 With ``data`` the benchmark reads MVTec-style folders instead (a category
 folder with ``train/good`` and ``test/<defect>``, or a folder of such
@@ -46,7 +50,7 @@ DEFAULT_EPOCHS = 20
 MIN_STEPS_PER_EPOCH = 8
 
 _PRETRAINED_NOTE = (
-    "works on pretrained weights, which may not be available offline; name it "
+    "its pretrained weights are not available without a download; name it "
     "in --detectors (detectors=) to run it"
 )
 _ERROR_CHARS = 200
@@ -151,11 +155,12 @@ def load_benchmark_datasets(
 
 
 def _make(name, epochs, seed):
+    from .._compat import param_names
     from ..detectors.base import get_detector_tags
     from ..registry import get_detector, make_detector
 
     cls = get_detector(name)
-    names = set(cls._get_param_names())
+    names = set(param_names(cls))
     params = dict(get_detector_tags(cls).benchmark_params)
     if epochs is not None and "max_epochs" in names:
         params["max_epochs"] = epochs
@@ -273,8 +278,9 @@ def run_benchmark(
     ----------
     detectors : list of str or None, default=None
         Registry names. None runs every registered detector, except those
-        whose tags say they work on pretrained weights (reported as skipped;
-        name them to run them).
+        whose tags say they work on pretrained weights that are not
+        available here without a download (reported as skipped; name them
+        to run them).
     epochs : int or None, default=20
         ``max_epochs`` of the detectors that take it; None keeps their own.
     data : str, path-like or None, default=None
@@ -321,11 +327,11 @@ def run_benchmark(
 
     if detectors is None:
         names = list_detectors()
-        skipped = {
-            name: _PRETRAINED_NOTE
-            for name in names
-            if get_detector_tags(get_detector(name)).pretrained_weights
-        }
+        skipped = {}
+        for name in names:
+            tags = get_detector_tags(get_detector(name))
+            if tags.pretrained_weights and not tags.weights_available:
+                skipped[name] = _PRETRAINED_NOTE
     else:
         names = list(dict.fromkeys(detectors))
         for name in names:

@@ -1,4 +1,4 @@
-"""The ``skanomaly`` command line: list, fit, score, evaluate, benchmark.
+"""The ``skanomaly`` command line: list, fit, score, evaluate, export, benchmark.
 
 Run ``skanomaly --help`` or ``skanomaly <command> --help``. Errors on bad
 input (a missing folder, an unknown detector, a bad parameter) are printed
@@ -88,21 +88,34 @@ def _show_progress():
     return sys.stderr.isatty()
 
 
+def _row_names(path, n_rows):
+    return [f"{path}[{i}]" for i in range(n_rows)]
+
+
 def _load_data(path, *, image_size, color_mode, recursive, on_error):
-    """Images of a folder, or the rows of a .npy file; returns (X, names)."""
+    """Images of a folder, or the rows of a .npy, .csv or .parquet file.
+
+    Returns (X, names); a table comes as a DataFrame, so that a detector
+    fitted on it records its column names.
+    """
     import numpy as np
 
     from .datasets import load_image_folder
+    from .tables import is_table_file, read_table
 
     path = Path(path)
+    if is_table_file(path):
+        frame, _ = read_table(path)
+        return frame, _row_names(path, len(frame))
     if path.suffix.lower() == ".npy" and path.is_file():
         X = np.load(path, allow_pickle=False)
-        return X, [f"{path}[{i}]" for i in range(len(X))]
+        return X, _row_names(path, len(X))
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist.")
     if not path.is_dir():
         raise ValueError(
-            f"{str(path)!r} is neither a folder of images nor a .npy array file."
+            f"{str(path)!r} is neither a folder of images nor a .npy, .csv or "
+            ".parquet file."
         )
     return load_image_folder(
         path,
@@ -116,15 +129,25 @@ def _load_data(path, *, image_size, color_mode, recursive, on_error):
 
 def _model_input(detector, path, *, recursive, on_error):
     """Data for a fitted detector: images resized to its training shape."""
+    from .tables import is_table_file, match_columns, read_table
+
     image_shape = getattr(detector, "image_shape_", None)
     if image_shape is None:
         if Path(path).is_dir():
             raise ValueError(
-                f"the model was fitted on tabular data; give a .npy array, not the "
-                f"folder {str(path)!r}."
+                "the model was fitted on tabular data; give a .npy, .csv or "
+                f".parquet file, not the folder {str(path)!r}."
             )
+        if is_table_file(path):
+            frame, _ = read_table(path)
+            return match_columns(frame, detector, path), _row_names(path, len(frame))
         return _load_data(
             path, image_size=None, color_mode="auto", recursive=False, on_error=on_error
+        )
+    if is_table_file(path):
+        raise ValueError(
+            f"the model was fitted on images; give a folder of images, not the "
+            f"table {str(path)!r}."
         )
     from .datasets import color_mode_for
 
@@ -179,6 +202,92 @@ def _decisions(detector, X):
     ]
     decision = np.concatenate(parts) if parts else np.empty(0)
     return decision, np.where(decision < 0, -1, 1)
+
+
+# ---------------------------------------------------------------- anomaly maps
+
+# Maps are 16-bit grayscale PNGs: 0 .. 65535 spans 0 .. the largest map value
+# of the run, which each file records in its 'skanomaly_map_max' text chunk.
+_MAP_LEVELS = 65535
+
+
+def _map_paths(files, data, folder):
+    """One PNG per input, named after it; subfolders of a data folder mirrored."""
+    data, folder = Path(data), Path(folder)
+    paths = []
+    for i, name in enumerate(files):
+        if data.is_dir():
+            relative = Path(name).resolve().relative_to(data.resolve())
+            paths.append(folder / relative.with_suffix(".png"))
+        else:  # rows of a .npy file
+            paths.append(folder / f"{data.stem}_{i:05d}.png")
+    return paths
+
+
+def _check_maps_folder(detector, folder, files):
+    from ..detectors.base import get_detector_tags
+
+    if not get_detector_tags(detector).anomaly_maps:
+        raise ValueError(
+            f"{type(detector).__name__} has no anomaly maps; --maps needs a detector "
+            "that makes them (e.g. padim, patchcore, autoencoder)."
+        )
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"--maps {str(folder)!r} exists and is not a folder.")
+
+
+def _write_maps(detector, X, files, data, folder):
+    """Write ``detector.anomaly_map`` of each input as a 16-bit PNG."""
+    import numpy as np
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    paths = _map_paths(files, data, folder)
+    inputs = {Path(name).resolve() for name in files if Path(name).exists()}
+    clashes = [str(path) for path in paths if path.resolve() in inputs]
+    if clashes:
+        raise ValueError(
+            f"--maps would overwrite input image(s) such as {clashes[0]!r}; choose "
+            "another folder."
+        )
+    maps = np.concatenate(
+        [
+            detector.anomaly_map(X[start : start + 256])
+            for start in range(0, len(X), 256)
+        ]
+    )
+    top = float(maps.max()) if maps.size else 0.0
+    scale = _MAP_LEVELS / top if top > 0 else 0.0
+    info = PngInfo()
+    info.add_text("skanomaly_map_max", repr(top))
+    for path, image in zip(paths, maps):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        levels = np.clip(np.round(image * scale), 0, _MAP_LEVELS).astype(np.uint16)
+        Image.fromarray(levels).save(path, pnginfo=info)
+    print(
+        f"Wrote {len(paths)} anomaly maps to {folder} (16-bit PNG; 65535 = "
+        f"{top:.6g}, the largest value).",
+        file=sys.stderr,
+    )
+
+
+def _print_pixel_metrics(detector, root, X, anomalous, files):
+    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there."""
+    import numpy as np
+
+    from ..detectors.base import get_detector_tags
+    from ..metrics import aupro_score, pixel_roc_auc_score
+    from .datasets import load_mvtec_masks
+
+    if not (Path(root) / "ground_truth").is_dir():
+        return
+    if not get_detector_tags(detector).anomaly_maps:
+        print(f"(no pixel metrics: {type(detector).__name__} has no anomaly maps)")
+        return
+    masks = load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
+    maps = detector.anomaly_map(X)
+    print(f"pixel AUROC  {pixel_roc_auc_score(masks, maps):.4f}")
+    print(f"AUPRO@0.3    {aupro_score(masks, maps):.4f}")
 
 
 # ---------------------------------------------------------------- commands
@@ -243,6 +352,7 @@ def _cmd_score(args):
 
     from ..persistence import load
 
+    _check_report_path(args)
     detector = load(args.model, device=args.device)
     X, files = _model_input(
         detector,
@@ -252,7 +362,11 @@ def _cmd_score(args):
     )
     if args.csv:
         _check_output(args.csv, [args.model, args.data, *files])
+    if args.maps:
+        _check_maps_folder(detector, args.maps, files)
     decision, labels = _decisions(detector, X)
+    if args.maps:
+        _write_maps(detector, X, files, args.data, args.maps)
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
         writer = csv.writer(out)
@@ -269,23 +383,62 @@ def _cmd_score(args):
             f"Scored {len(files)} samples, {int((labels == -1).sum())} predicted "
             f"anomalous; wrote {args.csv}."
         )
+    # with the CSV on stdout, the report's line goes to stderr
+    _write_report(
+        args, detector, X, files, decision, file=None if args.csv else sys.stderr
+    )
     return 0
 
 
-def _cmd_evaluate(args):
-    import numpy as np
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+def _check_report_path(args):
+    """Fail before any work if --report cannot be written (or would hit the model)."""
+    if args.report is None:
+        return
+    from ..reporting import _matplotlib
 
-    from ..persistence import load
+    _matplotlib()  # its ImportError names the extra to install
+    report = Path(args.report)
+    if not report.parent.is_dir():
+        raise FileNotFoundError(f"Report folder {str(report.parent)!r} does not exist.")
+    if report.is_dir():
+        raise IsADirectoryError(f"--report {str(report)!r} is a folder, not a file.")
+    if report.exists() and report.resolve() == Path(args.model).resolve():
+        raise ValueError(f"--report {str(report)!r} would overwrite the model file.")
+
+
+def _write_report(args, detector, X, files, decision, y=None, kinds=None, file=None):
+    if args.report is None:
+        return
+    from ..reporting import report
+
+    report(
+        detector,
+        X,
+        args.report,
+        y=y,
+        names=files,
+        scores=decision + detector.offset_,
+        kinds=kinds,
+        dataset=str(args.data),
+    )
+    print(f"Wrote the report {args.report}.", file=file)
+
+
+def _labelled_images(detector, args):
+    """(X, anomalous, names, kinds, source) of an MVTec-style test folder."""
+    import numpy as np
+
     from .datasets import color_mode_for, load_labelled_image_folder
 
-    detector = load(args.model, device=args.device)
-    image_shape = getattr(detector, "image_shape_", None)
-    if image_shape is None:
-        raise ValueError("evaluate needs a model fitted on images.")
+    if args.label_column is not None:
+        raise ValueError(
+            "--label-column is for tables (.csv, .parquet); the model was fitted "
+            "on images, whose labels are their folders (good = normal)."
+        )
     folder = Path(args.data)
     if (folder / "test").is_dir() and not (folder / "good").is_dir():
         folder = folder / "test"  # an MVTec category root
+    image_shape = detector.image_shape_
     X, y, files = load_labelled_image_folder(
         folder,
         image_size=tuple(image_shape[1:]),
@@ -298,12 +451,34 @@ def _cmd_evaluate(args):
             f"{str(folder)!r} needs both normal images (in 'good') and anomalous "
             "ones (in other subfolders) to evaluate."
         )
-    decision, labels = _decisions(detector, X)
-    anomalous = y == -1
-    kinds = np.array([Path(name).parent.name for name in files])
+    kinds = [Path(name).parent.name for name in files]
+    return X, y == -1, files, kinds, folder
+
+
+def _labelled_table(detector, args):
+    """(X, anomalous, names, None, source) of a table with a label column."""
+    from .tables import is_table_file, match_columns, read_table
+
+    path = Path(args.data)
+    if not is_table_file(path) or args.label_column is None:
+        raise ValueError(
+            "evaluate on a model fitted on tabular data needs a .csv or .parquet "
+            "file and --label-column NAME (labels 1 = anomaly / 0 = normal, or "
+            "+1 normal / -1 anomaly)."
+        )
+    frame, anomalous = read_table(path, label_column=args.label_column)
+    X = match_columns(frame, detector, path)
+    return X, anomalous, _row_names(path, len(frame)), None, path
+
+
+def _print_evaluation(detector, source, anomalous, decision, labels, kinds):
+    import numpy as np
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    normal, unit = ("normal", "rows") if kinds is None else ("good", "images")
     print(
-        f"{type(detector).__name__} on {folder}: {int((~anomalous).sum())} good, "
-        f"{int(anomalous.sum())} anomalous images"
+        f"{type(detector).__name__} on {source}: {int((~anomalous).sum())} "
+        f"{normal}, {int(anomalous.sum())} anomalous {unit}"
     )
     print(f"AUROC  {roc_auc_score(anomalous, -decision):.4f}")
     print(f"AP     {average_precision_score(anomalous, -decision):.4f}")
@@ -312,10 +487,45 @@ def _cmd_evaluate(args):
         f"F1     {f1:.4f}  (at the model's threshold: {int((labels == -1).sum())} "
         "predicted anomalous)"
     )
+    if kinds is None:
+        return
+    kinds = np.asarray(kinds)
     for kind in sorted(set(kinds[anomalous])):
         rows = (kinds == kind) | ~anomalous
         auroc = roc_auc_score(anomalous[rows], -decision[rows])
         print(f"  AUROC good vs {kind}: {auroc:.4f}  ({int((kinds == kind).sum())})")
+
+
+def _cmd_evaluate(args):
+    from ..persistence import load
+
+    _check_report_path(args)
+    detector = load(args.model, device=args.device)
+    if getattr(detector, "image_shape_", None) is None:
+        X, anomalous, files, kinds, source = _labelled_table(detector, args)
+    else:
+        X, anomalous, files, kinds, source = _labelled_images(detector, args)
+    decision, labels = _decisions(detector, X)
+    _print_evaluation(detector, source, anomalous, decision, labels, kinds)
+    if kinds is not None:  # images: MVTec masks live next to the test folder
+        _print_pixel_metrics(detector, Path(source).parent, X, anomalous, files)
+    _write_report(args, detector, X, files, decision, y=anomalous, kinds=kinds)
+    return 0
+
+
+def _cmd_export(args):
+    from ..export import export_onnx, model_card_path
+    from ..persistence import load
+
+    detector = load(args.model, device="cpu")
+    card = export_onnx(detector, args.output, force=args.force)
+    outputs = ", ".join(output["name"] for output in card["outputs"])
+    shape = ", ".join(map(str, card["input"]["shape"]))
+    print(
+        f"Exported {type(detector).__name__} to {args.output} (input "
+        f"{card['input']['dtype']} ({shape}); outputs {outputs}); model card "
+        f"{model_card_path(args.output)}."
+    )
     return 0
 
 
@@ -367,13 +577,23 @@ def _add_scoring_options(parser):
     _add_skip_unreadable(parser)
 
 
+def _add_report_option(parser, contents):
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help=f"also write a self-contained HTML report to PATH ({contents}; "
+        "needs matplotlib: pip install 'skanomaly[report]')",
+    )
+
+
 def _build_parser():
     from .benchmark import DEFAULT_EPOCHS, DEFAULT_NORMAL_CLASSES
 
     parser = _Parser(
         prog="skanomaly",
         description="Anomaly detection for images and tables with skanomaly's "
-        "detectors: fit, score and evaluate models, and run the benchmark.",
+        "detectors: fit, score, evaluate and export models, and run the benchmark.",
     )
     parser.add_argument(
         "--debug",
@@ -399,7 +619,9 @@ def _build_parser():
         "(safe to load: no code runs).",
     )
     fit.add_argument("detector", help="registered detector name (skanomaly list)")
-    fit.add_argument("data", help="folder of images, or a .npy array file")
+    fit.add_argument(
+        "data", help="folder of images, or a .npy, .csv or .parquet file of rows"
+    )
     fit.add_argument(
         "-o", "--output", required=True, help="model file to write (e.g. model.ska)"
     )
@@ -445,37 +667,94 @@ def _build_parser():
 
     score = commands.add_parser(
         "score",
-        help="score images with a saved model (CSV: path, score, label)",
-        description="Score every image under a folder (subfolders included) with "
-        "a saved model; images are resized to the model's training size. "
+        help="score images or rows with a saved model (CSV: path, score, label)",
+        description="Score every image under a folder (subfolders included), or "
+        "the rows of a .npy, .csv or .parquet file, with a saved model; images "
+        "are resized to the model's training size, table columns are matched "
+        "to the training columns by name. "
         "Writes CSV rows path, score, label: score is the detector's "
         "decision_function (higher = more normal, negative = predicted "
         "anomaly) and label is +1 (normal) or -1 (anomaly).",
     )
     score.add_argument("model", help="model file written by skanomaly fit")
-    score.add_argument("data", help="folder of images, or a .npy array file")
+    score.add_argument(
+        "data", help="folder of images, or a .npy, .csv or .parquet file of rows"
+    )
     score.add_argument(
         "--csv", default=None, metavar="PATH", help="write to PATH instead of stdout"
     )
     score.add_argument(
         "--no-recursive", action="store_true", help="do not read subfolders"
     )
+    score.add_argument(
+        "--maps",
+        default=None,
+        metavar="DIR",
+        help="also write each image's anomaly map to DIR as a 16-bit grayscale "
+        "PNG named after the image (subfolders mirrored); 0..65535 spans 0..the "
+        "largest map value of the run, stored in each PNG's "
+        "'skanomaly_map_max' text chunk. Never overwrites an input.",
+    )
     _add_scoring_options(score)
+    _add_report_option(score, "the score distribution and the most anomalous samples")
     score.set_defaults(func=_cmd_score)
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="AUROC, AP and F1 of a saved model on labelled images",
+        help="AUROC, AP and F1 of a saved model on labelled images or rows",
         description="Evaluate a saved model on an MVTec-style folder: DATA/good "
         "holds normal images and every other subfolder anomalies (an MVTec "
-        "category root is read from its test folder). Prints AUROC and AP "
-        "(anomalies positive), F1 at the model's threshold, and the AUROC per "
-        "anomaly type.",
+        "category root is read from its test folder); or, for a model fitted "
+        "on tabular data, on a .csv/.parquet table whose --label-column holds "
+        "the labels. Prints AUROC and AP (anomalies positive), F1 at the "
+        "model's threshold, and for images the AUROC per anomaly type; with "
+        "MVTec ground-truth masks (ROOT/ground_truth/<defect>/<image>_mask.png) "
+        "and a detector with anomaly maps, also pixel AUROC and AUPRO (up to "
+        "FPR 0.3).",
     )
     evaluate.add_argument("model", help="model file written by skanomaly fit")
-    evaluate.add_argument("data", help="folder with good/ and one folder per defect")
+    evaluate.add_argument(
+        "data",
+        help="folder with good/ and one folder per defect, or a .csv/.parquet "
+        "table with --label-column",
+    )
+    evaluate.add_argument(
+        "--label-column",
+        default=None,
+        metavar="NAME",
+        help="for a table: the column of labels, 1 = anomaly / 0 = normal or +1 "
+        "normal / -1 anomaly (both classes needed); the other columns are the "
+        "features",
+    )
     _add_scoring_options(evaluate)
+    _add_report_option(
+        evaluate,
+        "ROC and PR curves, score histograms, the confusion matrix and the "
+        "worst samples",
+    )
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = commands.add_parser(
+        "export",
+        help="export a saved model to ONNX, with a JSON model card",
+        description="Export a saved model to an ONNX graph from the raw input "
+        "(uint8 images, or float64 rows; any batch size) to anomaly_score "
+        "(-score_samples: higher = more anomalous) and, for detectors with "
+        "anomaly maps, anomaly_map. The model card OUTPUT.json beside it "
+        "records the input, the outputs and the threshold: a sample is an "
+        "anomaly when anomaly_score > -offset_. Needs the onnx extra: pip "
+        "install 'skanomaly[onnx]'.",
+    )
+    export.add_argument("model", help="model file written by skanomaly fit")
+    export.add_argument(
+        "-o", "--output", required=True, help="ONNX file to write (e.g. model.onnx)"
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite OUTPUT and its model card if they exist",
+    )
+    export.set_defaults(func=_cmd_export)
 
     bench = commands.add_parser(
         "benchmark",
@@ -492,7 +771,7 @@ def _build_parser():
         default=None,
         metavar="A,B",
         help="comma-separated detector names (default: all registered, except "
-        "ones needing downloaded weights)",
+        "ones whose pretrained weights would need a download)",
     )
     bench.add_argument(
         "--epochs",

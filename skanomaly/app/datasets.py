@@ -22,6 +22,7 @@ __all__ = [
     "load_image_folder",
     "load_labelled_image_folder",
     "load_mvtec_category",
+    "load_mvtec_masks",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -444,6 +445,33 @@ def load_mvtec_category(
     )
     if not return_masks:
         return X, y, paths
+    return X, y, paths, load_mvtec_masks(root, paths, y, X.shape[2:])
+
+
+def load_mvtec_masks(root, paths, y, size):
+    """Ground-truth masks of MVTec-layout test images, at ``size``.
+
+    The mask of a defect image ``root/test/<defect>/<stem>.<ext>`` is
+    ``root/ground_truth/<defect>/<stem>_mask.png``; normal images (``y ==
+    1``) get an empty mask. Masks of another size are resized with nearest
+    neighbours to the size the images were read at.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The category folder.
+    paths : list of str
+        The test images.
+    y : array-like of shape (n_images,)
+        +1 for normal images, -1 for defects.
+    size : (int, int)
+        ``(height, width)`` of the masks to return.
+
+    Returns
+    -------
+    masks : ndarray of shape (n_images, height, width), dtype bool
+    """
+    root = Path(root)
     mask_paths = [
         None
         if label == 1
@@ -453,8 +481,7 @@ def load_mvtec_category(
         / f"{Path(path).stem}_mask.png"
         for path, label in zip(paths, y)
     ]
-    masks = _read_masks(mask_paths, paths, X.shape[2:])
-    return X, y, paths, masks
+    return _read_masks(mask_paths, paths, tuple(size))
 
 
 def load_digits_novelty(

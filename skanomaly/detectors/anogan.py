@@ -186,6 +186,8 @@ class AnoGAN(BaseGANDetector):
         # The threshold needs training scores, each a full latent search:
         # take them on at most 1,000 training images.
         tags.max_offset_samples = 1000
+        # a score is a gradient search per sample, not one forward pass
+        tags.onnx_export = False
         return tags
 
     def _fit(self, X):

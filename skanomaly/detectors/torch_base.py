@@ -1,5 +1,6 @@
 """Shared by every torch detector: scaling, seeding, the skorch net, batched scoring."""
 
+import copy
 import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
@@ -13,7 +14,13 @@ from skorch.callbacks import Callback, ProgressBar
 
 from .._compat import Interval, ListOf
 from .._validation import check_device
-from ..nets import TensorBatchIterator, evaluation, torch_random_state
+from ..nets import (
+    TensorBatchIterator,
+    evaluation,
+    input_tensor,
+    net_modules,
+    torch_random_state,
+)
 from .base import BaseDetector
 
 __all__ = ["BaseTorchDetector"]
@@ -118,6 +125,12 @@ class BaseTorchDetector(BaseDetector):
     anomalous, for a batch already on the net's device), and
     ``_reconstruct(net, X_batch)`` when they have anomaly maps.
 
+    Scoring is then one forward pass from the raw input, so these detectors
+    export to ONNX (``onnx_export`` tag): the exported graph runs the
+    scaling, ``_score_batch`` and, for images with maps, the pixel error of
+    ``anomaly_map``. A detector whose ``_score_batch`` is not a fixed
+    forward pass (a per-sample search) sets the tag to False.
+
     Tabular rows are scored in float64 (the weights are converted for the
     scoring and back, exactly), so that a row's score does not depend on
     how many rows are scored with it: float32 matrix products round
@@ -158,6 +171,7 @@ class BaseTorchDetector(BaseDetector):
         tags.anomaly_maps = (
             type(self)._reconstruct is not BaseTorchDetector._reconstruct
         )
+        tags.onnx_export = True
         return tags
 
     def _net_kwargs(self, callbacks=()):
@@ -209,7 +223,7 @@ class BaseTorchDetector(BaseDetector):
 
     def _scale_input(self, X):
         """The whole validated array ``X`` as the network sees it (float32)."""
-        return self._scale_batch(torch.as_tensor(X)).numpy()
+        return self._scale_batch(input_tensor(X)).numpy()
 
     def _scale_batch(self, X_batch, dtype=torch.float32):
         """A batch tensor as the network sees it, on the batch's device.
@@ -273,13 +287,49 @@ class BaseTorchDetector(BaseDetector):
                 "images; this one was fitted on tabular data."
             )
         X = self._validate_input(X, reset=False)
+        return self._run_batched(self._pixel_error, X)
 
-        def pixel_error(net, X_batch):
-            return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)
+    def _pixel_error(self, net, X_batch):
+        """The anomaly map of a scaled image batch (see ``anomaly_map``)."""
+        return ((self._reconstruct(net, X_batch) - X_batch) ** 2).mean(dim=1)
 
-        return self._run_batched(pixel_error, X)
+    def _onnx_module(self):
+        """Raw batch -> anomaly score (and map), for :func:`skanomaly.export_onnx`."""
+        images = self.image_shape_ is not None
+        with_maps = images and self.__skanomaly_tags__().anomaly_maps
+        return _ScoringModule(self, with_maps=with_maps)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+class _ScoringModule(torch.nn.Module):
+    """A fitted detector's scoring as one module, on the CPU.
+
+    Takes a raw batch, as ``score_samples`` gets it after validation
+    (uint8 images (N, C, H, W), or float64 rows), and returns the anomaly
+    score ``_score_batch`` gives (``-score_samples``), with the anomaly map
+    when ``with_maps``. Tabular rows run in float64 as in ``score_samples``.
+    The net's modules are copies in evaluation mode, so exporting leaves
+    the detector as it was.
+    """
+
+    def __init__(self, detector, *, with_maps):
+        super().__init__()
+        self.dtype = torch.float32 if detector.image_shape_ else torch.float64
+        # stands in for the skorch net: _score_batch reads net.module_ ...
+        self.net = torch.nn.Module()
+        for name, module in net_modules(detector.net_).items():
+            module = copy.deepcopy(module).to(device="cpu", dtype=self.dtype)
+            setattr(self.net, f"{name}_", module.eval())
+        self.detector = detector
+        self.with_maps = with_maps
+
+    def forward(self, x):
+        x = self.detector._scale_batch(x, self.dtype)
+        score = self.detector._score_batch(self.net, x)
+        if not self.with_maps:
+            return score
+        return score, self.detector._pixel_error(self.net, x)

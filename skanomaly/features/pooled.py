@@ -1,6 +1,7 @@
 """TimmFeatures: pooled multi-level features of a pretrained timm backbone."""
 
 import contextlib
+import copy
 import os
 from numbers import Integral
 
@@ -13,11 +14,10 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import Interval, StrOptions, fit_context
 from .._validation import check_device, parse_image_size, validate_images
 from ..nn.backbones import (
+    PooledFeatures,
     create_backbone,
     describe_levels,
     offline_architecture,
-    pooled_levels,
-    preprocess_images,
 )
 
 __all__ = ["TimmFeatures"]
@@ -36,25 +36,34 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     ``make_pipeline(TimmFeatures("resnet18"), OneClassSVM())``.
 
     Levels are what timm's ``forward_intermediates`` exposes (see
-    :mod:`skanomaly.nn.backbones`): for EfficientNets ``stem``,
-    ``blocks.0`` ... ``blocks.6`` and ``head`` (9 levels), for ResNets
+    :mod:`skanomaly.nn.backbones`): for EfficientNets and
+    EfficientNet-Lites ``stem``, ``blocks.0`` ... ``blocks.6`` and ``head``
+    (9 levels, Rippel et al.'s), for ResNets
     ``act1``, ``layer1`` ... ``layer4``, for other models the modules of
     their ``feature_info`` and ``head`` when it differs from the last stage.
 
     Images are resized (antialiased, the backbone's interpolation) to the
     backbone's evaluation resolution and normalised with its own mean and
-    std, both from timm's data config. Grayscale images are repeated to three
+    std, both from timm's data config (for the EfficientNet-Lites: bicubic,
+    mean = std = 0.5). Grayscale images are repeated to three
     channels. Inference runs under ``torch.inference_mode`` in
     channels-last layout, in batches of ``batch_size`` images (which bounds
     memory), with bfloat16 autocast on CUDA.
 
     Parameters
     ----------
-    backbone : str, default='efficientnet_b4'
+    backbone : str, default='tf_efficientnet_lite0'
         timm model name, optionally with a pretrained tag
-        (``'resnet18.a1_in1k'``).
+        (``'resnet18.a1_in1k'``). The default's ImageNet weights come with
+        skanomaly, so it works offline; Rippel et al.'s EfficientNet-B4 is
+        ``'tf_efficientnet_b4.aa_in1k'`` (timm's TF port of those weights,
+        380 px; see the user guide on weights).
     weights : 'imagenet', None or path, default='imagenet'
-        ``'imagenet'``: timm's pretrained weights, from the Hugging Face hub
+        ``'imagenet'``: pretrained ImageNet weights. For the packaged
+        backbones (``tf_efficientnet_lite0``, ``tf_efficientnet_lite1``,
+        ``tf_efficientnet_lite2``) they are read from their installed pip
+        package, without network; a missing package is an ``OSError`` naming
+        it. For any other name they are timm's, from the Hugging Face hub
         cache (downloaded when missing and the hub is reachable; otherwise
         ``fit`` raises an ``OSError`` naming the remedies). ``None``: random
         initialisation. A path to a local ``.safetensors`` file or a
@@ -64,8 +73,8 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         Levels to keep, by name or position in :attr:`all_levels_`.
     image_size : int, (int, int) or None, default=None
         ``(height, width)`` the backbone sees; None: the backbone's
-        evaluation resolution from timm's data config (e.g. 384 for
-        ``efficientnet_b4``, 224 for ``efficientnet_b0``).
+        evaluation resolution from timm's data config (224 for
+        ``tf_efficientnet_lite0``, 380 for ``tf_efficientnet_b4``).
     batch_size : int, default=32
         Images per forward pass.
     device : str or torch.device, default='cpu'
@@ -136,7 +145,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        backbone="efficientnet_b4",
+        backbone="tf_efficientnet_lite0",
         *,
         weights="imagenet",
         levels="all",
@@ -171,8 +180,21 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        device = check_device(self.device)
         X = _check_images(self, X, reset=True)
+        names, channels = self._build_backbone()
+        keep = _resolve_levels(self.levels, names)
+        self.levels_ = tuple(names[i] for i in keep)
+        self.level_channels_ = tuple(channels[i] for i in keep)
+        return self
+
+    def _build_backbone(self):
+        """Build the frozen backbone and record how it reads images.
+
+        Sets ``backbone_``, ``image_size_``, ``mean_``, ``std_``,
+        ``interpolation_``, ``in_chans_``, ``has_head_`` and ``all_levels_``;
+        returns the level names and widths.
+        """
+        device = check_device(self.device)
         in_chans = 3
         if self.weights is None:
             seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
@@ -195,13 +217,10 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         self.in_chans_ = in_chans
 
         names, channels, has_head = describe_levels(model, self.image_size_, in_chans)
-        keep = _resolve_levels(self.levels, names)
         self.backbone_ = model
         self.has_head_ = bool(has_head)
         self.all_levels_ = tuple(names)
-        self.levels_ = tuple(names[i] for i in keep)
-        self.level_channels_ = tuple(channels[i] for i in keep)
-        return self
+        return names, channels
 
     @property
     def level_slices_(self):
@@ -230,49 +249,16 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
 
     def _transform(self, X):
         """Features of validated images ``X`` (uint8 or float, N x C x H x W)."""
-        from tqdm.auto import tqdm
-
         device = check_device(self.device)
-        model = self.backbone_.to(device)
-        keep = [self.all_levels_.index(name) for name in self.levels_]
-        if keep == list(range(len(self.all_levels_))):
-            keep = None
+        module = self._pooling_module(self.backbone_.to(device))
         out = np.empty((X.shape[0], sum(self.level_channels_)), dtype=np.float32)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        starts = range(0, X.shape[0], self.batch_size)
-        progress = tqdm(
-            starts,
-            desc=f"TimmFeatures({self.backbone})",
-            unit="batch",
-            disable=not self.verbose,
-        )
         pending, flushed = [], 0
-        with torch.inference_mode(), autocast:
-            for start in progress:
-                batch = X[start : start + self.batch_size]
-                if X.dtype != np.uint8 and X.dtype != np.float32:
-                    batch = batch.astype(np.float32)
-                elif not batch.flags.writeable:
-                    batch = batch.copy()
-                batch = torch.from_numpy(batch).to(device, non_blocking=True)
-                batch = preprocess_images(
-                    batch,
-                    size=self.image_size_,
-                    mean=self.mean_,
-                    std=self.std_,
-                    interpolation=self.interpolation_,
-                    in_chans=self.in_chans_,
-                )
-                pending.append(
-                    pooled_levels(model, batch, has_head=self.has_head_, keep=keep)
-                )
+        with torch.inference_mode():
+            for start, features in self._device_batches(X, module):
+                pending.append(features)
                 # On an accelerator, copy back every few batches rather than
                 # after each one, so the host does not wait on every batch.
-                done = start + len(batch)
+                done = start + len(features)
                 if (
                     device.type == "cpu"
                     or done == len(X)
@@ -281,6 +267,68 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
                     out[flushed:done] = torch.cat(pending).cpu().numpy()
                     pending, flushed = [], done
         return out
+
+    def _device_batches(self, X, module):
+        """Yield ``(start, module(batch))`` over batches of ``X``.
+
+        Each batch of ``batch_size`` validated images (uint8 stays uint8
+        until it is on the device) goes to ``module``, which preprocesses it
+        and runs the backbone, under bfloat16 autocast on CUDA; what it
+        returns comes back in float32. Callers run this under
+        ``torch.inference_mode``.
+        """
+        from tqdm.auto import tqdm
+
+        device = check_device(self.device)
+        starts = range(0, X.shape[0], self.batch_size)
+        progress = tqdm(
+            starts,
+            desc=f"{type(self).__name__}({self.backbone})",
+            unit="batch",
+            disable=not self.verbose,
+        )
+        for start in progress:
+            batch = X[start : start + self.batch_size]
+            if X.dtype != np.uint8 and X.dtype != np.float32:
+                batch = batch.astype(np.float32)
+            elif not batch.flags.writeable:
+                batch = batch.copy()
+            batch = torch.from_numpy(batch).to(device, non_blocking=True)
+            # autocast around the backbone only: it must not reach the
+            # caller's code between two batches
+            autocast = (
+                torch.autocast("cuda", dtype=torch.bfloat16)
+                if device.type == "cuda"
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                features = module(batch)
+            yield start, features.float()
+
+    def _preprocessing(self):
+        """The arguments of ``preprocess_images`` for this extractor."""
+        return dict(
+            size=self.image_size_,
+            mean=self.mean_,
+            std=self.std_,
+            interpolation=self.interpolation_,
+            in_chans=self.in_chans_,
+        )
+
+    def _pooling_module(self, model):
+        """``model`` (the backbone) with this extractor's preprocessing."""
+        keep = [self.all_levels_.index(name) for name in self.levels_]
+        return PooledFeatures(
+            model,
+            **self._preprocessing(),
+            has_head=self.has_head_,
+            keep=None if keep == list(range(len(self.all_levels_))) else keep,
+        )
+
+    def _onnx_module(self):
+        """Raw image batch -> features, on a CPU copy of the backbone (export)."""
+        model = copy.deepcopy(self.backbone_).to(device="cpu", dtype=torch.float32)
+        return self._pooling_module(model.eval())
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names: ``'<level>_ch<channel>'``.
@@ -312,7 +360,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         ``device``.
         """
         if name != "backbone_":
-            raise ValueError(f"TimmFeatures has no module attribute {name!r}.")
+            raise ValueError(f"{type(self).__name__} has no module attribute {name!r}.")
         model = create_backbone(offline_architecture(self.backbone), None)
         return model.to(memory_format=torch.channels_last)
 

@@ -128,4 +128,6 @@ class Discriminator(nn.Module):
         return self.feature_extractor(x).flatten(1)
 
     def forward(self, x):
-        return self.head(self.feature_extractor(x)).flatten(1).squeeze(1)
+        out = self.head(self.feature_extractor(x)).flatten(1)
+        # squeeze(1) only where it squeezes: ONNX's Squeeze refuses a wider axis
+        return out[:, 0] if out.shape[1] == 1 else out

@@ -33,6 +33,7 @@ __all__ = [
     "checksum",
     "read_document",
     "read_tensors",
+    "write_atomically",
     "write_file",
 ]
 
@@ -62,25 +63,38 @@ def checksum(tensors, document=None):
 
 
 def write_file(path, tensors, document):
-    """Write ``tensors`` and ``document`` to ``path`` atomically.
+    """Write ``tensors`` and ``document`` to ``path`` atomically."""
+    from safetensors.torch import save as save_bytes
+
+    metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
+    write_atomically(path, save_bytes(tensors, metadata=metadata))
+
+
+def write_atomically(path, data):
+    """Write the bytes ``data`` to ``path`` through a temporary file.
 
     The bytes go to a temporary file in the same folder, which then replaces
     ``path``: a partly written file never replaces an existing one.
     """
-    from safetensors.torch import save as save_bytes
-
-    metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
-    data = save_bytes(tensors, metadata=metadata)
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        # mkstemp makes the file private (0600); give it the permissions of
+        # any new file (the umask's), as open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _refuse_constant(name):

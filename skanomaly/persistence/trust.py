@@ -28,6 +28,7 @@ __all__ = [
 # stages, and scikit-learn transformers whose fitted state is plain arrays.
 NESTED_ESTIMATORS = (
     "skanomaly.features.pooled:TimmFeatures",
+    "skanomaly.features.patches:PatchFeatures",
     "sklearn.preprocessing:StandardScaler",
     "sklearn.preprocessing:MinMaxScaler",
     "sklearn.preprocessing:MaxAbsScaler",

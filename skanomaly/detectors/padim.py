@@ -1,0 +1,261 @@
+"""PaDiM detector (Defard, Setkov, Loesch & Audigier, ICPR workshops 2021)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from .._compat import Interval, StrOptions
+from .._validation import check_device
+from ..features.patches import PatchFeatures
+from ..nn.padim import PositionMoments, position_distances
+from .mahalanobis import _ledoit_wolf_shrink
+from .patch_base import BasePatchDetector
+
+__all__ = ["PaDiM"]
+
+# Positions whose covariances are shrunk and factorised at once.
+_CHUNK_BYTES = 64 * 2**20
+
+
+class PaDiM(BasePatchDetector):
+    """Patch distribution modelling: a Gaussian per position of the feature grid.
+
+    Nothing is trained: a frozen pretrained backbone turns each image into a
+    grid of patch vectors (:class:`PatchFeatures`: by default the levels of
+    strides 4, 8 and 16, upsampled to the stride-4 grid and concatenated,
+    then a random subset of ``n_channels`` channels). Over the training
+    images, each grid position gets its own Gaussian: the mean and a
+    regularised covariance of the patch vectors seen there. The anomaly map
+    is the Mahalanobis distance of each patch to its position's Gaussian,
+    upsampled to the image the backbone saw and smoothed by a Gaussian of
+    ``sigma`` pixels; the image's anomaly score is the map's maximum, and
+    ``score_samples`` returns its negative.
+
+    The fit streams over batches: it keeps float64 sums of the patch
+    vectors and of their outer products per position, never the features
+    of all images. **Memory**: the Gaussians take ``positions x d x d``
+    numbers (``d = n_channels``, positions = the grid, e.g. 56 x 56 = 3,136
+    at 224 px): the fit holds the float64 sums (8 bytes each) and builds the
+    float32 Cholesky factors the fitted detector keeps (4 bytes each), so
+    it needs about ``12 * positions * d**2`` bytes (376 MB for d = 100 at
+    224 px). ``fit`` refuses, before allocating anything, a configuration
+    that needs more than ``max_memory_bytes``. Distances are triangular
+    solves with the Cholesky factors, batched over positions.
+
+    Parameters
+    ----------
+    backbone : str, default='tf_efficientnet_lite0'
+        timm model name (a CNN).
+    weights : 'imagenet', None or path, default='imagenet'
+        As in :class:`TimmFeatures`.
+    levels : list of str or int, or None, default=None
+        Levels to use; None: the last level of each of ``strides``.
+    strides : tuple of int, default=(4, 8, 16)
+        Strides of the default levels: ``blocks.1``, ``blocks.2`` and
+        ``blocks.4`` of EfficientNets (24 + 40 + 112 = 176 channels for
+        ``tf_efficientnet_lite0``), ``layer1`` to ``layer3`` of ResNets (the
+        paper's choice).
+    image_size : int, (int, int) or None, default=None
+        Resolution the backbone sees; None: its evaluation resolution (224
+        for ``tf_efficientnet_lite0``).
+    n_channels : int or None, default=100
+        ``d``, the size of the random channel subset (the paper: 100 of the
+        448 channels of ResNet18, 550 of WideResNet-50's 1,792); None: all
+        channels. It must not exceed the channels of the levels.
+    covariance : {'empirical', 'ledoit_wolf'}, default='empirical'
+        Covariance estimate of each position: the sample covariance
+        (normalised by n - 1, as the paper), or Ledoit-Wolf shrinkage towards
+        a scaled identity (the default of :class:`Mahalanobis`). With fewer
+        images than channels the sample covariance is singular and the
+        ridge ``reg_covar`` decides the directions the training patches do
+        not span, which is what localises defects best on the benchmark
+        (AUPRO 0.973 vs 0.955 with Ledoit-Wolf, 100 images, d = 100);
+        Ledoit-Wolf shrinks towards a Euclidean distance instead.
+    reg_covar : float, default=0.01
+        Added to the diagonal of every covariance (the paper's 0.01 I).
+    pool_size : int, default=1
+        Local averaging of the feature maps before the Gaussians (1: none,
+        as the paper; 3: PatchCore's neighbourhood).
+    sigma : float, default=4.0
+        Smoothing of the map, in pixels of the image the backbone sees.
+    max_memory_bytes : int, default=4 GiB
+        Upper bound on the memory of the Gaussians (see above).
+    batch_size : int, default=32
+        Images per forward pass.
+    device : str or torch.device, default='cpu'
+        Where the backbone and the Gaussians run, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the channel subset (and the backbone when ``weights=None``).
+    verbose : int, default=0
+        If > 0, show a progress bar over batches.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
+        comes from the scores of 32 training images (a fixed random subset).
+
+    Attributes
+    ----------
+    features_ : PatchFeatures
+        The fitted feature stage (holds the backbone and the channel subset).
+    location_ : ndarray of shape (n_positions, d), float32
+        Mean patch vector of each position (row-major over the grid).
+    cholesky_ : ndarray of shape (n_positions, d, d), float32
+        Lower Cholesky factor of each position's regularised covariance.
+    shrinkages_ : ndarray of shape (n_positions,)
+        Ledoit-Wolf shrinkage of each position (zeros for 'empirical').
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+        Channels x height x width of the training images.
+    image_shape_ : tuple of int
+        ``(channels, height, width)`` of the training images.
+
+    See Also
+    --------
+    PatchCore : Nearest neighbours in a memory bank of patches.
+    DeepMahalanobis : One Gaussian per level of pooled features (image level).
+
+    References
+    ----------
+    T. Defard, A. Setkov, A. Loesch and R. Audigier, "PaDiM: a Patch
+    Distribution Modeling Framework for Anomaly Detection and
+    Localization", ICPR Workshops 2021.
+
+    Examples
+    --------
+    Random weights, only to show the API (use the pretrained default):
+
+    >>> import numpy as np
+    >>> from skanomaly import PaDiM
+    >>> rng = np.random.default_rng(0)
+    >>> good = rng.integers(100, 156, size=(20, 3, 32, 32), dtype=np.uint8)
+    >>> det = PaDiM(backbone="resnet18", weights=None, image_size=64,
+    ...             n_channels=50, random_state=0).fit(good)
+    >>> bad = good[:2].copy()
+    >>> bad[:, :, 8:16, 8:16] = 255
+    >>> det.anomaly_map(bad).shape
+    (2, 32, 32)
+    >>> bool(det.score_samples(bad).max() < det.score_samples(good).min())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BasePatchDetector._parameter_constraints,
+        **{
+            key: value
+            for key, value in PatchFeatures._parameter_constraints.items()
+            if key != "pool_size"
+        },
+        "covariance": [StrOptions({"empirical", "ledoit_wolf"})],
+        "reg_covar": [Interval(Real, 0, None, closed="left")],
+        "pool_size": [Interval(Integral, 1, None, closed="left")],
+        "sigma": [Interval(Real, 0, None, closed="left")],
+        "max_memory_bytes": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        backbone="tf_efficientnet_lite0",
+        *,
+        weights="imagenet",
+        levels=None,
+        strides=(4, 8, 16),
+        image_size=None,
+        n_channels=100,
+        covariance="empirical",
+        reg_covar=0.01,
+        pool_size=1,
+        sigma=4.0,
+        max_memory_bytes=4 * 2**30,
+        batch_size=32,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.backbone = backbone
+        self.weights = weights
+        self.levels = levels
+        self.strides = strides
+        self.image_size = image_size
+        self.n_channels = n_channels
+        self.covariance = covariance
+        self.reg_covar = reg_covar
+        self.pool_size = pool_size
+        self.sigma = sigma
+        self.max_memory_bytes = max_memory_bytes
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {
+            "backbone": "test_efficientnet",
+            "weights": None,
+            "image_size": 32,
+            "strides": (4, 8),
+            "n_channels": 16,
+            "random_state": 0,
+        }
+        return tags
+
+    def _fit_patches(self, patch_batches, n_images):
+        features = self.features_
+        positions = int(np.prod(features.grid_shape_))
+        d = features.n_channels_
+        needed = 12 * positions * d * d
+        if needed > self.max_memory_bytes:
+            raise ValueError(
+                f"PaDiM's Gaussians need about {needed / 2**20:,.0f} MiB "
+                f"({positions} positions x {d} x {d} channels, float64 sums and "
+                f"float32 factors), more than max_memory_bytes="
+                f"{self.max_memory_bytes:,}; lower n_channels or image_size, or "
+                "raise max_memory_bytes."
+            )
+        if n_images < 2:
+            raise ValueError("PaDiM needs at least 2 training images.")
+        ledoit_wolf = self.covariance == "ledoit_wolf"
+        moments = PositionMoments(
+            positions, d, check_device(self.device), fourth_moments=ledoit_wolf
+        )
+        for batch in patch_batches():
+            moments.update(batch)
+        cholesky = np.empty((positions, d, d), dtype=np.float32)
+        shrinkages = np.zeros(positions)
+        chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+        for start in range(0, positions, chunk):
+            rows = slice(start, start + chunk)
+            covariance = moments.covariance(rows, ddof=0 if ledoit_wolf else 1)
+            covariance = covariance.cpu().numpy()
+            if ledoit_wolf:
+                fourth = moments.sum_norms4(rows).cpu().numpy()
+                covariance, shrinkages[rows] = _ledoit_wolf_shrink(
+                    covariance, fourth, moments.count
+                )
+            np.einsum("...ii->...i", covariance)[...] += self.reg_covar
+            try:
+                cholesky[rows] = np.linalg.cholesky(covariance)
+            except np.linalg.LinAlgError:
+                raise ValueError(
+                    "The covariance of some grid positions is singular (constant "
+                    "features, or fewer images than channels without "
+                    "regularisation); use reg_covar > 0 or "
+                    "covariance='ledoit_wolf'."
+                ) from None
+        self.location_ = moments.mean().float().cpu().numpy()
+        self.cholesky_ = cholesky
+        self.shrinkages_ = shrinkages
+
+    def _device_state(self, device):
+        return (
+            torch.from_numpy(self.location_).to(device),
+            torch.from_numpy(self.cholesky_).to(device),
+        )
+
+    def _patch_scores(self, features, state):
+        grid = position_distances(features, *state)
+        maps = self._smoothed(grid)
+        return grid, maps.amax(dim=(1, 2))

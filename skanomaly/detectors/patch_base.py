@@ -1,0 +1,165 @@
+"""BasePatchDetector: what PaDiM and PatchCore share on top of PatchFeatures.
+
+A patch detector scores every position of the :class:`PatchFeatures` grid;
+the grid of patch scores becomes the anomaly map (upsampled to the image
+the backbone saw, Gaussian-smoothed, resized to the input images) and one
+image score. Subclasses implement ``_fit_patches`` (fit on a stream of
+feature batches) and ``_patch_scores`` (grid scores and image scores of one
+batch).
+"""
+
+from abc import abstractmethod
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from .._compat import param_names
+from .._validation import check_device
+from ..features.patches import PatchFeatures
+from ..nn.maps import resize_maps, smooth_maps
+from .base import BaseDetector
+
+__all__ = ["BasePatchDetector"]
+
+# Training images whose scores set offset_.
+_OFFSET_IMAGES = 32
+# Keep the training features for the training scores (no second backbone
+# pass) when they take at most this many bytes.
+_KEEP_TRAINING_BYTES = 256 * 2**20
+
+
+class BasePatchDetector(BaseDetector):
+    """Base class of detectors that score the patches of :class:`PatchFeatures`.
+
+    Subclasses have every parameter of :class:`PatchFeatures` (passed on
+    to it) and implement:
+
+    - ``_fit_patches(patch_batches, n_images)``: fit on the training
+      images' features; ``patch_batches(images=None)`` yields them as
+      float32 tensors (batch, channels, height, width), for the images at
+      the positions ``images`` (all, in order, when None);
+    - ``_device_state(device)``: the fitted arrays as tensors on ``device``,
+      made once per pass over the images;
+    - ``_patch_scores(features, state)``: ``(grid, image)``, the anomaly
+      score of each patch (batch, height, width) and of each image
+      (batch,), as tensors;
+
+    and have a ``sigma`` parameter (the smoothing of the maps, in pixels of
+    the image the backbone sees).
+
+    Parameters
+    ----------
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
+
+    Attributes
+    ----------
+    features_ : PatchFeatures
+        The fitted feature stage (holds the backbone).
+    offset_ : float
+        Threshold on ``score_samples``.
+    """
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.tabular = False
+        tags.anomaly_maps = True
+        tags.pretrained_weights = True
+        tags.keeps_uint8 = True
+        # scoring the training set for offset_ would cost as much as the fit
+        tags.max_offset_samples = _OFFSET_IMAGES
+        return tags
+
+    @abstractmethod
+    def _fit_patches(self, patch_batches, n_images):
+        """Fit on the training features, from ``patch_batches(images=None)``."""
+
+    @abstractmethod
+    def _device_state(self, device):
+        """The fitted arrays ``_patch_scores`` needs, as tensors on ``device``."""
+
+    @abstractmethod
+    def _patch_scores(self, features, state):
+        """``(grid scores (B, h, w), image scores (B,))`` of one batch."""
+
+    def _batch_scores(self, X):
+        """Yield ``(start, grid scores, image scores)`` over batches of ``X``."""
+        state = self._device_state(check_device(self.device))
+        for start, batch in self.features_._patch_batches(X):
+            yield start, *self._patch_scores(batch, state)
+
+    def _make_features(self):
+        return PatchFeatures(
+            **{name: getattr(self, name) for name in param_names(PatchFeatures)}
+        )
+
+    def _fit(self, X):
+        features = self._make_features().fit(X)
+        self.features_ = features
+        # offset_ comes from the scores of a fixed subset of the training
+        # images (max_offset_samples); their features are kept as they go by
+        offset_images = self._offset_subset(np.arange(len(X)))
+        per_image = features.n_channels_ * int(np.prod(features.grid_shape_)) * 4
+        keep = len(offset_images) * per_image <= _KEEP_TRAINING_BYTES
+        wanted = np.zeros(len(X), bool)
+        wanted[offset_images] = keep
+        kept = []
+
+        def patch_batches(images=None):
+            subset = X if images is None else X[images]
+            positions = np.arange(len(X)) if images is None else images
+            for start, batch in features._patch_batches(subset):
+                rows = positions[start : start + len(batch)]
+                if wanted[rows].any():
+                    chosen = np.flatnonzero(wanted[rows])
+                    index = torch.as_tensor(chosen, device=batch.device)
+                    kept.append((rows[chosen], batch.index_select(0, index)))
+                yield batch
+
+        with torch.inference_mode():
+            self._fit_patches(patch_batches, len(X))
+            if not keep:
+                return None  # the base scores the subset
+            # the training scores, without running the backbone again
+            state = self._device_state(check_device(self.device))
+            scores = np.empty(len(X))
+            for rows, batch in kept:
+                scores[rows] = self._patch_scores(batch, state)[1].double().cpu()
+        return -scores[offset_images]
+
+    def _score_samples(self, X):
+        with torch.inference_mode():
+            scores = [image for _, _, image in self._batch_scores(X)]
+        return -torch.cat(scores).double().cpu().numpy()
+
+    def _smoothed(self, grid):
+        return smooth_maps(grid, size=self.features_.image_size_, sigma=self.sigma)
+
+    def anomaly_map(self, X):
+        """Per-pixel anomaly map of each image, at the images' resolution.
+
+        The patch scores, upsampled bilinearly to the image the backbone
+        saw, smoothed by a Gaussian of ``sigma`` pixels there, and resized
+        to the input images.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, height, width) or \
+(n_samples, channels, height, width)
+            Images of the training shape.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, height, width), float32
+            Larger values mark more anomalous pixels.
+        """
+        check_is_fitted(self, "offset_")
+        X = self._validate_input(X, reset=False)
+        out = np.empty((len(X), *self.image_shape_[1:]), dtype=np.float32)
+        with torch.inference_mode():
+            for start, grid, _ in self._batch_scores(X):
+                maps = self._smoothed(grid)
+                maps = resize_maps(maps, self.image_shape_[1:])
+                out[start : start + len(maps)] = maps.cpu().numpy()
+        return out

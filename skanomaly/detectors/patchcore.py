@@ -1,0 +1,280 @@
+"""PatchCore detector (Roth, Pemula, Zepeda, Schölkopf, Brox & Gehler, CVPR 2022)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from .._compat import Interval
+from .._validation import check_device
+from ..features.patches import PatchFeatures
+from ..nn.patchcore import (
+    greedy_coreset,
+    nearest_neighbours,
+    random_projection,
+    reweighted_scores,
+)
+from .patch_base import BasePatchDetector
+
+__all__ = ["PatchCore"]
+
+
+class PatchCore(BasePatchDetector):
+    """Nearest-neighbour distance to a coreset memory bank of training patches.
+
+    Nothing is trained: a frozen pretrained backbone turns each image into a
+    grid of patch vectors (:class:`PatchFeatures`: the levels of strides 8
+    and 16, each averaged over 3 x 3 neighbourhoods, upsampled to the
+    stride-8 grid and concatenated: 40 + 112 = 152 channels for
+    ``tf_efficientnet_lite0``). The patches of the training images are
+    subsampled to a *coreset* by greedy farthest-point selection (k-center)
+    on a random Gaussian projection to ``projection_dim`` dimensions, and
+    the selected (unprojected) patches are the memory bank. A test patch's
+    anomaly score is its Euclidean distance to the nearest bank patch; the
+    map is the grid of these scores upsampled to the image the backbone saw
+    and smoothed by a Gaussian of ``sigma`` pixels. The image's anomaly
+    score is the largest patch score, re-weighted as in the paper's Eq. 7
+    by how isolated its nearest bank patch is among its ``num_neighbors``
+    nearest bank patches; ``score_samples`` returns its negative.
+
+    **Scale.** Greedy selection of ``k`` of ``n`` patches costs
+    ``k x n x projection_dim`` operations, quadratic in the number of
+    patches. The training patches are therefore split into shards of at
+    most ``shard_size`` patches (whole images, in a random order drawn
+    with ``random_state``), and each shard contributes its own coreset of
+    ``coreset_ratio`` of its patches: the cost becomes linear in the number
+    of images, each shard's greedy loop works on data that fits in the CPU
+    cache, and fitting holds one shard of features (``shard_size x
+    channels`` floats, 10 MB by default) plus the bank, never all training
+    features. Every training patch still lies within its shard's covering
+    radius of the bank. ``shard_size=None`` runs one greedy selection over
+    all patches (the paper's algorithm, exact, but slow beyond ~10^5
+    patches and holding all features). The bank keeps ``coreset_ratio`` of
+    all training patches (e.g. 78,400 x 152 floats, 48 MB, for 1,000
+    images at 224 px and 10%); scoring compares each test patch with the
+    whole bank in chunks of matrix products, ``O(patches x bank x
+    channels)``.
+
+    Parameters
+    ----------
+    backbone : str, default='tf_efficientnet_lite0'
+        timm model name (a CNN).
+    weights : 'imagenet', None or path, default='imagenet'
+        As in :class:`TimmFeatures`.
+    levels : list of str or int, or None, default=None
+        Levels to use; None: the last level of each of ``strides``.
+    strides : tuple of int, default=(8, 16)
+        Strides of the default levels: ``blocks.2`` and ``blocks.4`` of
+        EfficientNets, ``layer2`` and ``layer3`` of ResNets (the paper's).
+    image_size : int, (int, int) or None, default=None
+        Resolution the backbone sees; None: its evaluation resolution (224
+        for ``tf_efficientnet_lite0``).
+    pool_size : int, default=3
+        Local neighbourhood averaged into each patch vector (1: none).
+    n_channels : int or None, default=None
+        Keep a random subset of this many channels; None: all.
+    coreset_ratio : float, default=0.1
+        Fraction of the training patches kept in the memory bank (the paper
+        uses 0.01 to 0.1).
+    projection_dim : int, default=128
+        Dimension of the random projection the greedy selection runs on (as
+        in the paper); when the features have no more channels than this,
+        the selection runs on the features themselves.
+    shard_size : int or None, default=16384
+        Most patches per greedy selection (see Scale); None: one selection
+        over all training patches.
+    num_neighbors : int, default=9
+        ``b`` of the re-weighting (Eq. 7); 1: no re-weighting.
+    sigma : float, default=4.0
+        Smoothing of the map, in pixels of the image the backbone sees.
+    batch_size : int, default=32
+        Images per forward pass.
+    device : str or torch.device, default='cpu'
+        Where the backbone, the selection and the search run, e.g. 'cuda'.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the image order, the projection and the greedy starts (and the
+        backbone when ``weights=None``).
+    verbose : int, default=0
+        If > 0, show a progress bar over batches.
+    contamination : 'auto' or float, default='auto'
+        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
+        comes from the scores of 32 training images (a fixed random subset;
+        scoring all would cost as much as the fit), which are optimistic:
+        training patches in the bank are at distance 0 from it.
+
+    Attributes
+    ----------
+    features_ : PatchFeatures
+        The fitted feature stage (holds the backbone).
+    memory_bank_ : ndarray of shape (n_bank, n_channels), float32
+        The coreset of training patch vectors.
+    n_training_patches_ : int
+        Patches of the training images the coreset was chosen from.
+    offset_ : float
+        Threshold on ``score_samples``.
+    n_features_in_ : int
+        Channels x height x width of the training images.
+    image_shape_ : tuple of int
+        ``(channels, height, width)`` of the training images.
+
+    See Also
+    --------
+    PaDiM : A Gaussian per position of the grid.
+
+    References
+    ----------
+    K. Roth, L. Pemula, J. Zepeda, B. Schölkopf, T. Brox and P. Gehler,
+    "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
+
+    Examples
+    --------
+    Random weights, only to show the API (use the pretrained default):
+
+    >>> import numpy as np
+    >>> from skanomaly import PatchCore
+    >>> rng = np.random.default_rng(0)
+    >>> good = rng.integers(100, 156, size=(20, 3, 32, 32), dtype=np.uint8)
+    >>> det = PatchCore(backbone="resnet18", weights=None, image_size=64,
+    ...                 random_state=0).fit(good)
+    >>> det.memory_bank_.shape
+    (128, 384)
+    >>> bad = good[:2].copy()
+    >>> bad[:, :, 8:16, 8:16] = 255
+    >>> det.anomaly_map(bad).shape
+    (2, 32, 32)
+    >>> bool(det.score_samples(bad).max() < det.score_samples(good).min())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BasePatchDetector._parameter_constraints,
+        **PatchFeatures._parameter_constraints,
+        "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
+        "projection_dim": [Interval(Integral, 1, None, closed="left")],
+        "shard_size": [Interval(Integral, 1, None, closed="left"), None],
+        "num_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "sigma": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        backbone="tf_efficientnet_lite0",
+        *,
+        weights="imagenet",
+        levels=None,
+        strides=(8, 16),
+        image_size=None,
+        pool_size=3,
+        n_channels=None,
+        coreset_ratio=0.1,
+        projection_dim=128,
+        shard_size=16384,
+        num_neighbors=9,
+        sigma=4.0,
+        batch_size=32,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        contamination="auto",
+    ):
+        super().__init__(contamination=contamination)
+        self.backbone = backbone
+        self.weights = weights
+        self.levels = levels
+        self.strides = strides
+        self.image_size = image_size
+        self.pool_size = pool_size
+        self.n_channels = n_channels
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.shard_size = shard_size
+        self.num_neighbors = num_neighbors
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {
+            "backbone": "test_efficientnet",
+            "weights": None,
+            "image_size": 32,
+            "strides": (4, 8),
+            "random_state": 0,
+        }
+        return tags
+
+    def _fit_patches(self, patch_batches, n_images):
+        # Shards are groups of whole images in a random order; the features
+        # come shard by shard, so only one shard is held at a time.
+        features = self.features_
+        patches_per_image = int(np.prod(features.grid_shape_))
+        n_patches = n_images * patches_per_image
+        if int(self.coreset_ratio * n_patches) < 1:
+            raise ValueError(
+                f"coreset_ratio={self.coreset_ratio} of the {n_patches} training "
+                "patches leaves an empty memory bank; expected at least one "
+                "patch: raise coreset_ratio or give more images."
+            )
+        rng = check_random_state(self.random_state)
+        order = rng.permutation(n_images)
+        generator = torch.Generator().manual_seed(
+            int(rng.randint(np.iinfo(np.int32).max))
+        )
+        projection = None
+        if features.n_channels_ > self.projection_dim:
+            projection = random_projection(
+                features.n_channels_,
+                self.projection_dim,
+                generator,
+                check_device(self.device),
+            )
+        per_shard = n_images
+        if self.shard_size is not None:
+            per_shard = max(1, self.shard_size // patches_per_image)
+        bank, done = [], 0
+        for first in range(0, n_images, per_shard):
+            images = np.sort(order[first : first + per_shard])
+            shard = torch.cat(
+                [
+                    batch.flatten(2).transpose(1, 2).reshape(-1, batch.shape[1])
+                    for batch in patch_batches(images)
+                ]
+            )
+            # this shard's share of the bank, so that the shares add up
+            share = int(self.coreset_ratio * (done + len(shard))) - int(
+                self.coreset_ratio * done
+            )
+            done += len(shard)
+            if share == 0:
+                continue
+            start = int(torch.randint(len(shard), (1,), generator=generator))
+            selected = greedy_coreset(
+                shard if projection is None else shard @ projection,
+                share,
+                start=start,
+            )
+            bank.append(shard[selected])
+        self.memory_bank_ = torch.cat(bank).cpu().numpy()
+        self.n_training_patches_ = n_patches
+
+    def _device_state(self, device):
+        bank = torch.from_numpy(self.memory_bank_).to(device)
+        return bank, bank.square().sum(dim=1)
+
+    def _patch_scores(self, features, state):
+        bank, bank_norms2 = state
+        batch, channels, height, width = features.shape
+        queries = features.flatten(2).transpose(1, 2)  # (batch, patches, C)
+        distances, indices = nearest_neighbours(
+            queries.reshape(-1, channels), bank, bank_norms2
+        )
+        distances = distances.view(batch, height * width)
+        indices = indices.view(batch, height * width)
+        image = reweighted_scores(
+            queries, distances, indices, bank, bank_norms2, self.num_neighbors
+        )
+        return distances.view(batch, height, width), image

@@ -1,0 +1,325 @@
+"""Export fitted detectors to ONNX, with a model card that carries the threshold.
+
+:func:`export_onnx` writes two files: ``model.onnx``, one graph from the raw
+input to the anomaly score (and the anomaly map, for detectors that have
+maps), and ``model.onnx.json``, the model card a consumer needs to apply the
+same threshold: input shape and dtype, output meaning, ``offset_``, the
+detector's name and parameters, and the skanomaly version.
+
+A detector is exportable when its tags declare ``onnx_export``
+(:class:`~skanomaly.DetectorTags`): its scoring is one forward pass, and its
+``_onnx_module()`` returns the torch module that computes it. The graph
+includes the input scaling the detector applies (uint8 images read as
+value / 255, the training statistics); tabular rows run in float64, as in
+``score_samples``, images in float32.
+"""
+
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from .detectors.base import get_detector_tags
+
+__all__ = ["export_onnx", "model_card_path"]
+
+INPUT_NAME = "input"
+SCORE_NAME = "anomaly_score"
+MAP_NAME = "anomaly_map"
+CARD_FORMAT = "skanomaly-onnx-model-card"
+CARD_VERSION = 1
+# the model card also travels inside the .onnx file, under this metadata key
+CARD_METADATA_KEY = "skanomaly_model_card"
+
+_INSTALL_HINT = "pip install 'skanomaly[onnx]'"
+
+
+def model_card_path(path):
+    """The model card written beside the ONNX file ``path``: ``<path>.json``.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    card : pathlib.Path
+
+    Examples
+    --------
+    >>> from skanomaly.export import model_card_path
+    >>> model_card_path("models/digits.onnx").as_posix()
+    'models/digits.onnx.json'
+    """
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export_onnx(detector, path, *, force=False):
+    """Export a fitted detector to an ONNX file and a model card beside it.
+
+    The graph takes the raw input, with a dynamic batch size: uint8 images
+    of the training shape ``(batch, channels, height, width)``, or float64
+    rows ``(batch, n_features)`` in the training column order. It returns
+    ``anomaly_score`` of shape ``(batch,)``, ``-score_samples(X)`` (higher
+    = more anomalous), and, for images of detectors with anomaly maps,
+    ``anomaly_map`` of shape ``(batch, height, width)``, as
+    ``anomaly_map(X)``. A sample is an anomaly (``predict`` gives -1) when
+    ``anomaly_score > -offset_``; the model card (``<path>.json``, also
+    stored in the ONNX file's metadata) records that threshold.
+
+    Parameters
+    ----------
+    detector : fitted detector
+        A detector whose tags declare ``onnx_export``.
+    path : str or path-like
+        The ONNX file to write (conventionally ``*.onnx``).
+    force : bool, default=False
+        Overwrite ``path`` and its model card if they exist.
+
+    Returns
+    -------
+    card : dict
+        The model card, as written to ``model_card_path(path)``.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        If the detector is not fitted.
+    ValueError
+        If the detector cannot be exported (its scoring is not one forward
+        pass, e.g. AnoGAN's per-sample latent search).
+    FileExistsError
+        If ``path`` or its model card exists and ``force`` is False.
+    ImportError
+        If onnx or onnxscript is not installed (``pip install
+        'skanomaly[onnx]'``).
+
+    Notes
+    -----
+    Nothing is written unless the export succeeds; both files are written
+    through temporary files. Where ``score_samples`` replaces a non-finite
+    score by the lowest float (with a warning), the graph returns it as it
+    is.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import onnxruntime
+    >>> from skanomaly import Mahalanobis, export_onnx
+    >>> X = np.random.default_rng(0).normal(size=(100, 3))
+    >>> detector = Mahalanobis().fit(X)
+    >>> path = tempfile.mkdtemp() + "/gaussian.onnx"
+    >>> card = export_onnx(detector, path)
+    >>> card["input"]["dtype"], card["input"]["shape"]
+    ('float64', ['batch', 3])
+    >>> session = onnxruntime.InferenceSession(path)
+    >>> (score,) = session.run(None, {"input": X[:4]})
+    >>> np.allclose(score, -detector.score_samples(X[:4]))
+    True
+    >>> bool(np.all((score > card["threshold"]["anomaly_score"])
+    ...              == (detector.predict(X[:4]) == -1)))
+    True
+    """
+    from .persistence.format import write_atomically
+
+    check_is_fitted(detector, "offset_")
+    name = type(detector).__name__
+    if not get_detector_tags(detector).onnx_export:
+        raise ValueError(
+            f"{name} cannot be exported to ONNX: its tags do not declare "
+            "onnx_export. Export needs scoring that is one forward pass of a "
+            "network; a per-sample search (such as AnoGAN's latent search) "
+            "is not."
+        )
+    path = Path(path)
+    card_path = model_card_path(path)
+    _check_destination(path, card_path, force=force)
+    module = detector._onnx_module().eval()
+    model = _export_module(module, _example_input(detector), name)
+    card = _model_card(detector, model, path)
+    text = json.dumps(card, indent=2, allow_nan=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_METADATA_KEY, text
+    write_atomically(path, model.SerializeToString())
+    write_atomically(card_path, (text + "\n").encode())
+    return card
+
+
+def _check_destination(path, card_path, *, force):
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Output folder {str(path.parent)!r} does not exist.")
+    for target in (path, card_path):
+        if target.is_dir():
+            raise IsADirectoryError(f"{str(target)!r} is a folder, not a file.")
+        if target.exists() and not force:
+            raise FileExistsError(
+                f"{str(target)!r} exists; pass force=True (--force on the "
+                "command line) to overwrite it."
+            )
+
+
+def _example_input(detector):
+    """A batch of two zero samples of the graph's input type."""
+    import torch
+
+    shape = detector.image_shape_
+    if shape is None:
+        return torch.zeros((2, detector.n_features_in_), dtype=torch.float64)
+    return torch.zeros((2, *shape), dtype=torch.uint8)
+
+
+def _export_module(module, example, name):
+    """The ONNX ModelProto of ``module`` with a dynamic batch dimension."""
+    import torch
+
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"ONNX export needs onnx and onnxscript ({exc.name} is missing): "
+            f"{_INSTALL_HINT}."
+        ) from None
+    with torch.inference_mode():
+        outputs = module(example)
+    n_outputs = len(outputs) if isinstance(outputs, tuple) else 1
+    translations = _float64_translations() if example.is_floating_point() else None
+    try:
+        program = torch.onnx.export(
+            module,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[SCORE_NAME, MAP_NAME][:n_outputs],
+            dynamic_shapes=({0: "batch"},),
+            custom_translation_table=translations,
+            verbose=False,
+        )
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise RuntimeError(
+            f"ONNX export of {name} failed ({type(exc).__name__}: {message})."
+        ) from exc
+    return program.model_proto
+
+
+def _float64_translations():
+    """ONNX Runtime has no float64 LeakyRelu: the same values with Where."""
+    import torch
+    from onnxscript import opset18 as op
+
+    def leaky_relu(x, negative_slope: float = 0.01):
+        zero = op.CastLike(0.0, x)
+        return op.Where(
+            op.Greater(x, zero), x, op.Mul(x, op.CastLike(negative_slope, x))
+        )
+
+    return {torch.ops.aten.leaky_relu.default: leaky_relu}
+
+
+def _value_info(value):
+    """(numpy dtype name, shape with named dynamic dimensions) of a graph value."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    tensor = value.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return tensor_dtype_to_np_dtype(tensor.elem_type).name, dims
+
+
+def _jsonable(value):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+def _registered_name_or_none(cls):
+    from .persistence import _registered_name
+
+    try:
+        return _registered_name(cls)
+    except ValueError:
+        return None
+
+
+def _model_card(detector, model, path):
+    from . import __version__
+
+    cls = type(detector)
+    (graph_input,) = model.graph.input
+    input_dtype, input_shape = _value_info(graph_input)
+    images = detector.image_shape_ is not None
+    if images:
+        layout = (
+            "uint8 images, channels first (batch, channels, height, width), of "
+            "the training size: the images score_samples takes, unscaled."
+        )
+    else:
+        layout = "float64 rows (batch, n_features), columns in the training order."
+    meanings = {
+        SCORE_NAME: "anomaly score, higher = more anomalous: -score_samples(X).",
+        MAP_NAME: "per-pixel anomaly map, higher = more anomalous: anomaly_map(X).",
+    }
+    outputs = []
+    for value in model.graph.output:
+        dtype, shape = _value_info(value)
+        outputs.append(
+            {
+                "name": value.name,
+                "dtype": dtype,
+                "shape": shape,
+                "meaning": meanings[value.name],
+            }
+        )
+    offset = float(detector.offset_)
+    card = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "skanomaly_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "onnx_file": path.name,
+        "opset": max(entry.version for entry in model.opset_import if not entry.domain),
+        "detector": {
+            "name": _registered_name_or_none(cls),
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "params": _jsonable(detector.get_params(deep=False)),
+        },
+        "input": {
+            "name": graph_input.name,
+            "dtype": input_dtype,
+            "shape": input_shape,
+            "layout": layout,
+        },
+        "outputs": outputs,
+        "threshold": {
+            "offset_": offset,
+            "anomaly_score": -offset,
+            "contamination": _jsonable(getattr(detector, "contamination", None)),
+            "rule": (
+                "a sample is an anomaly (predict = -1) when anomaly_score > "
+                "threshold.anomaly_score, i.e. when decision_function = "
+                "-anomaly_score - offset_ < 0; otherwise normal (+1)."
+            ),
+        },
+        "score_orientation": (
+            "anomaly_score = -score_samples(X): higher = more anomalous; "
+            "score_samples = -anomaly_score (higher = more normal); "
+            "decision_function = -anomaly_score - offset_."
+        ),
+    }
+    names = getattr(detector, "feature_names_in_", None)
+    if names is not None and not images:
+        card["input"]["feature_names"] = [str(name) for name in names]
+    return card

@@ -1,0 +1,760 @@
+"""One self-contained HTML file that shows what a fitted detector does on data.
+
+:func:`report` writes the dataset, the model and its parameters, the score
+distribution with the threshold ``offset_``, and, for images, the most
+anomalous samples with their anomaly maps overlaid; with labels also the ROC
+and precision-recall curves, the confusion matrix at the threshold and the
+least normal-looking normal samples; with ground-truth masks the pixel
+metrics. Plots are SVG (matplotlib), images PNG, all inline: the file opens
+from disk, needs no network and can be mailed as it is.
+"""
+
+import base64
+import datetime
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted
+
+from .detectors.base import get_detector_tags
+
+__all__ = ["anomaly_mask", "report"]
+
+# Section ids, in page order (also what the tests look for).
+SECTIONS = {
+    "summary": "Summary",
+    "dataset": "Dataset",
+    "model": "Model",
+    "scores": "Score distribution",
+    "curves": "ROC and precision-recall curves",
+    "confusion": "Confusion matrix at the threshold",
+    "kinds": "AUROC per kind of anomaly",
+    "pixel-metrics": "Pixel metrics",
+    "examples": "Samples",
+}
+
+_TILE_PIXELS = (96, 192)  # shown images are scaled into this range of sizes
+_HISTOGRAM_BINS = 50
+
+
+def report(
+    detector,
+    X,
+    path,
+    *,
+    y=None,
+    names=None,
+    scores=None,
+    kinds=None,
+    masks=None,
+    dataset=None,
+    title=None,
+    n_examples=8,
+):
+    """Write an HTML report of a fitted detector on ``X``.
+
+    One self-contained file (plots and images inline, no network) with the
+    dataset, the model and its parameters and the distribution of
+    ``score_samples`` with the threshold ``offset_``. For images, a grid of
+    the most anomalous samples, with their anomaly maps overlaid when the
+    detector's tags declare ``anomaly_maps`` (otherwise the report says it
+    has none); for tabular data, a table of them. With labels ``y``, also
+    the ROC and precision-recall curves, the confusion matrix at the
+    threshold, the AUROC per kind of anomaly (``kinds``) and the least
+    normal-looking normal samples. With ground-truth ``masks``, the pixel
+    metrics of ``skanomaly.metrics`` (pixel AUROC, AUPRO) where this version
+    has them.
+
+    Parameters
+    ----------
+    detector : fitted detector
+    X : array-like
+        Tabular rows (n_samples, n_features) or images (n_samples, height,
+        width) / (n_samples, channels, height, width), as for
+        ``score_samples``; uint8 images, or float images in [0, 1].
+    path : str or path-like
+        The HTML file to write (replaced if it exists).
+    y : array-like of shape (n_samples,), default=None
+        Labels, either 1 = anomaly / 0 = normal, or scikit-learn's outlier
+        convention +1 normal / -1 anomaly (or booleans, True = anomaly);
+        both classes must occur. None: the report leaves out what needs
+        labels.
+    names : sequence of str, default=None
+        A name per sample (e.g. its file); default: its index.
+    scores : array-like of shape (n_samples,), default=None
+        ``detector.score_samples(X)`` when already computed.
+    kinds : sequence of str, default=None
+        The kind of each anomalous sample (e.g. the defect folder), for the
+        AUROC per kind; entries of normal samples are ignored.
+    masks : array-like of shape (n_samples, height, width), default=None
+        Ground-truth anomaly masks of images (nonzero = anomalous pixel).
+    dataset : str, default=None
+        A description of the data (e.g. its path).
+    title : str, default=None
+        Page title; default: the detector's name and the dataset.
+    n_examples : int, default=8
+        Samples per group in the grid of examples.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed (``pip install 'skanomaly[report]'``).
+    ValueError
+        If the lengths of ``X``, ``y``, ``names``, ``scores``, ``kinds`` or
+        ``masks`` differ, or ``y`` is not in one of the two conventions with
+        both classes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from sklearn.datasets import load_digits
+    >>> from skanomaly import AutoEncoder, report
+    >>> X, digit = load_digits(return_X_y=True)
+    >>> images = (X.reshape(-1, 8, 8) * 255 / 16).astype("uint8")
+    >>> detector = AutoEncoder(max_epochs=3, random_state=0).fit(images[digit == 0])
+    >>> path = report(detector, images[:200], tempfile.mkdtemp() + "/report.html",
+    ...               y=digit[:200] != 0, dataset="digits, 0 normal")
+    >>> page = path.read_text()
+    >>> 'id="curves"' in page and 'id="examples"' in page
+    True
+    """
+    from .persistence.format import write_atomically
+
+    check_is_fitted(detector, "offset_")
+    figures = _matplotlib()
+    data = _ReportData(detector, X, y, names, scores, kinds, masks, n_examples)
+    sections = [
+        _summary_section(data),
+        _dataset_section(data, dataset),
+        _model_section(data),
+        _scores_section(data, figures),
+    ]
+    if data.anomalous is not None:
+        sections += [
+            _curves_section(data, figures),
+            _confusion_section(data),
+            _kinds_section(data),
+        ]
+    if data.masks is not None:
+        sections.append(_pixel_metrics_section(data))
+    sections.append(_examples_section(data))
+    name = type(detector).__name__
+    if title is None:
+        title = f"{name} on {dataset}" if dataset else f"{name} report"
+    page = _page(title, [section for section in sections if section])
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Output folder {str(path.parent)!r} does not exist.")
+    write_atomically(path, page.encode("utf-8"))
+    return path
+
+
+# ---------------------------------------------------------------- the data
+
+
+def anomaly_mask(y, *, what="y"):
+    """Labels in either convention as a boolean mask, True = anomaly.
+
+    Accepts 1 = anomaly / 0 = normal, the outlier convention +1 normal /
+    -1 anomaly, or booleans (True = anomaly); both classes must occur, so
+    that the convention is never a guess.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+    what : str, default='y'
+        What ``y`` is, for the messages.
+
+    Returns
+    -------
+    anomalous : ndarray of bool
+
+    Examples
+    --------
+    >>> from skanomaly.reporting import anomaly_mask
+    >>> anomaly_mask([0, 1, 1]).tolist(), anomaly_mask([1, -1, 1]).tolist()
+    ([False, True, True], [False, True, False])
+    >>> anomaly_mask([1, 1])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: y has only the label 1; the label-dependent parts need both ...
+    """
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{what} must be 1-D; got shape {y.shape}.")
+    if y.dtype == bool:
+        values = {False, True} if y.size else set()
+    else:
+        try:
+            numeric = y.astype(np.float64)
+        except (TypeError, ValueError):
+            numeric = None
+        if numeric is None or np.isnan(numeric).any():
+            problem = "missing values" if numeric is not None else "non-numbers"
+            raise ValueError(
+                f"{what} holds {problem}; expected labels 1 = anomaly / 0 = "
+                "normal, or +1 normal / -1 anomaly."
+            )
+        y = numeric
+        values = set(np.unique(y).tolist())
+    if not values:
+        raise ValueError(f"{what} is empty.")
+    if values == {0, 1}:
+        return y == 1
+    if values == {-1, 1}:
+        return y == -1
+    shown = sorted(values)[:5]
+    if values <= {0, 1} or values <= {-1, 1}:
+        raise ValueError(
+            f"{what} has only the label {shown[0]:g}; the label-dependent parts "
+            "need both normal and anomalous samples."
+        )
+    raise ValueError(
+        f"{what} has the labels {shown}; expected 1 = anomaly / 0 = normal, or "
+        "+1 normal / -1 anomaly (scikit-learn's outlier convention)."
+    )
+
+
+class _ReportData:
+    """The validated inputs and everything derived from the scores."""
+
+    def __init__(self, detector, X, y, names, scores, kinds, masks, n_examples):
+        self.detector = detector
+        self.tags = get_detector_tags(detector)
+        self.X = X
+        n = len(X)
+        if n == 0:
+            raise ValueError("report needs at least one sample; X is empty.")
+        self.scores = (
+            detector.score_samples(X)
+            if scores is None
+            else np.asarray(scores, dtype=np.float64).reshape(-1)
+        )
+        self.offset = float(detector.offset_)
+        self.anomalous = None if y is None else anomaly_mask(y)
+        self.names = [str(i) for i in range(n)] if names is None else list(names)
+        self.kinds = None if kinds is None else np.asarray(kinds, dtype=object)
+        self.masks = None if masks is None else np.asarray(masks) != 0
+        for what, value in [
+            ("y", self.anomalous),
+            ("names", self.names),
+            ("scores", self.scores),
+            ("kinds", self.kinds),
+            ("masks", self.masks),
+        ]:
+            if value is not None and len(value) != n:
+                raise ValueError(
+                    f"{what} has {len(value)} entries but X has {n} samples."
+                )
+        self.images = detector.image_shape_ is not None
+        if self.images:
+            self.X = np.asarray(X)  # indexed for the grid
+        self.predicted = self.scores < self.offset  # predict() == -1
+        self.metrics = None if y is None else _label_metrics(self)
+        self.n_examples = int(n_examples)
+
+    def images_of(self, rows):
+        """Images of ``rows`` as uint8 (n, height, width, 1 or 3)."""
+        images = self.X[rows]
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.dtype != np.uint8:
+            images = images.astype(np.float64)
+            low, high = float(images.min()), float(images.max())
+            if low < 0 or high > 1:  # floats of another range: stretch them
+                images = (images - low) / (high - low or 1.0)
+            images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+        return images.transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _matplotlib():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            "The HTML report draws its plots with matplotlib, which is not "
+            "installed: pip install 'skanomaly[report]'."
+        ) from None
+    return Figure
+
+
+def _svg(figure):
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "skanomaly", "svg.fonttype": "path"}):
+        figure.savefig(
+            buffer, format="svg", bbox_inches="tight", metadata={"Date": None}
+        )
+    return _img(buffer.getvalue(), "image/svg+xml", "plot")
+
+
+def _img(data, mime, css_class, alt=""):
+    encoded = base64.b64encode(data).decode("ascii")
+    return (
+        f'<img class="{css_class}" alt="{html.escape(alt)}" '
+        f'src="data:{mime};base64,{encoded}">'
+    )
+
+
+def _histogram(data, Figure):
+    scores, offset = data.scores, data.offset
+    low, high = _shown_range(np.append(scores, offset))
+    clipped = np.clip(scores, low, high)
+    bins = np.linspace(low, high, _HISTOGRAM_BINS + 1)
+    figure = Figure(figsize=(7, 3.2))
+    axes = figure.subplots()
+    if data.anomalous is None:
+        axes.hist(clipped, bins=bins, color="#4c72b0", label="all samples")
+        axes.set_ylabel("samples")
+    else:
+        # one density per class: a rare class stays visible
+        for mask, label, color in [
+            (~data.anomalous, "normal", "#4c72b0"),
+            (data.anomalous, "anomalous", "#dd8452"),
+        ]:
+            axes.hist(
+                clipped[mask],
+                bins=bins,
+                density=True,
+                histtype="stepfilled",
+                alpha=0.5,
+                edgecolor=color,
+                color=color,
+                label=f"{label} ({int(mask.sum())})",
+            )
+        axes.set_ylabel("density (per class)")
+    axes.axvline(offset, color="black", linestyle="--", label=f"offset_ = {offset:.4g}")
+    axes.set_xlabel("score_samples (higher = more normal)")
+    axes.legend(frameon=False)
+    n_outside = int(np.sum((scores < low) | (scores > high)))
+    return _svg(figure), n_outside
+
+
+def _shown_range(values):
+    """A histogram range that extreme scores (e.g. the lowest float) do not squash."""
+    values = values[np.isfinite(values)]
+    q_low, q_high = np.percentile(values, [0.5, 99.5])
+    spread = (q_high - q_low) or 1.0
+    low = max(float(values.min()), q_low - 2 * spread)
+    high = min(float(values.max()), q_high + 2 * spread)
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
+
+
+def _curves(data, Figure):
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    anomaly_score = -data.scores
+    figure = Figure(figsize=(8, 3.6))
+    roc_axes, pr_axes = figure.subplots(1, 2)
+    fpr, tpr, _ = roc_curve(data.anomalous, anomaly_score)
+    roc_axes.plot(fpr, tpr, color="#4c72b0")
+    roc_axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    point_fpr = data.predicted[~data.anomalous].mean()
+    point_tpr = data.predicted[data.anomalous].mean()
+    roc_axes.plot(point_fpr, point_tpr, "o", color="black", label="at offset_")
+    roc_axes.set(xlabel="false positive rate", ylabel="true positive rate")
+    roc_axes.set_title(f"ROC, AUROC {data.metrics['AUROC']:.4f}", fontsize=10)
+    roc_axes.legend(frameon=False, loc="lower right")
+    precision, recall, _ = precision_recall_curve(data.anomalous, anomaly_score)
+    pr_axes.plot(recall, precision, color="#dd8452")
+    pr_axes.axhline(data.anomalous.mean(), color="grey", linestyle=":")
+    pr_axes.set(xlabel="recall (anomalies)", ylabel="precision", ylim=(0, 1.02))
+    pr_axes.set_title(f"Precision-recall, AP {data.metrics['AP']:.4f}", fontsize=10)
+    for axes in (roc_axes, pr_axes):
+        axes.set_aspect("equal", adjustable="box")
+    figure.tight_layout()
+    return _svg(figure)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _section(key, body, note=None):
+    note = f'<p class="note">{note}</p>' if note else ""
+    return f'<section id="{key}"><h2>{SECTIONS[key]}</h2>{note}{body}</section>'
+
+
+def _table(rows, header=None):
+    head = ""
+    if header:
+        head = "<tr>" + "".join(f"<th>{cell}</th>" for cell in header) + "</tr>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _label_metrics(data):
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    anomalous, anomaly_score = data.anomalous, -data.scores
+    return {
+        "AUROC": roc_auc_score(anomalous, anomaly_score),
+        "AP": average_precision_score(anomalous, anomaly_score),
+        "F1": f1_score(anomalous, data.predicted, zero_division=0.0),
+    }
+
+
+def _summary_section(data):
+    n = len(data.scores)
+    cards = [
+        ("samples", f"{n}"),
+        ("predicted anomalous", f"{int(data.predicted.sum())}"),
+    ]
+    if data.anomalous is not None:
+        cards.insert(1, ("labelled anomalous", f"{int(data.anomalous.sum())}"))
+        cards += [
+            ("AUROC", f"{data.metrics['AUROC']:.4f}"),
+            ("AP", f"{data.metrics['AP']:.4f}"),
+            ("F1 at offset_", f"{data.metrics['F1']:.4f}"),
+        ]
+    body = "".join(
+        f'<div class="card"><div class="value">{value}</div>'
+        f'<div class="label">{label}</div></div>'
+        for label, value in cards
+    )
+    note = None
+    if data.anomalous is None:
+        note = (
+            "No labels: the curves, the confusion matrix and the metrics that "
+            "need them are left out."
+        )
+    return _section("summary", f'<div class="cards">{body}</div>', note)
+
+
+def _dataset_section(data, dataset):
+    n = len(data.scores)
+    if data.images:
+        shape = np.shape(data.X)[1:]
+        kind = f"images, {'x'.join(map(str, shape))} (channels first)"
+    else:
+        kind = f"tabular, {np.shape(data.X)[1]} features"
+    rows = [
+        ("source", html.escape(dataset or "(not given)")),
+        ("kind", kind),
+        ("samples", n),
+    ]
+    if data.anomalous is not None:
+        n_anomalous = int(data.anomalous.sum())
+        rows += [("normal", n - n_anomalous), ("anomalous", n_anomalous)]
+    if data.masks is not None:
+        rows.append(
+            (
+                "ground-truth masks",
+                f"{int(data.masks.any(axis=(1, 2)).sum())} images with defect pixels",
+            )
+        )
+    return _section("dataset", _table(rows))
+
+
+def _model_section(data):
+    from . import __version__
+    from .persistence import _registered_name
+
+    detector = data.detector
+    cls = type(detector)
+    try:
+        registered = _registered_name(cls)
+    except ValueError:
+        registered = "(not registered)"
+    fitted = detector.image_shape_ or (detector.n_features_in_,)
+    rows = [
+        ("detector", f"{cls.__name__} (<code>{html.escape(registered)}</code>)"),
+        ("class", f"<code>{cls.__module__}.{cls.__qualname__}</code>"),
+        ("fitted on", "x".join(map(str, fitted))),
+        ("threshold offset_", f"{data.offset:.6g}"),
+        ("anomaly maps", "yes" if data.tags.anomaly_maps else "no"),
+        ("skanomaly", __version__),
+    ]
+    params = sorted(detector.get_params(deep=False).items())
+    parameters = _table(
+        [(f"<code>{name}</code>", html.escape(repr(value))) for name, value in params],
+        header=("parameter", "value"),
+    )
+    return _section("model", _table(rows) + "<h3>Parameters</h3>" + parameters)
+
+
+def _scores_section(data, Figure):
+    plot, n_outside = _histogram(data, Figure)
+    note = (
+        "score_samples of every sample (higher = more normal); samples below "
+        f"the threshold offset_ = {data.offset:.6g} are predicted anomalous "
+        "(decision_function = score_samples - offset_ &lt; 0)."
+    )
+    if n_outside:
+        note += f" {n_outside} extreme score(s) are drawn at the edges of the plot."
+    return _section("scores", plot, note)
+
+
+def _curves_section(data, Figure):
+    note = (
+        "Anomalies are the positive class; the dot is the operating point at offset_."
+    )
+    return _section("curves", _curves(data, Figure), note)
+
+
+def _confusion_section(data):
+    anomalous, predicted = data.anomalous, data.predicted
+    counts = {
+        (a, p): int(np.sum((anomalous == a) & (predicted == p)))
+        for a in (False, True)
+        for p in (False, True)
+    }
+    rows = [
+        ("<th>normal</th>", counts[False, False], counts[False, True]),
+        ("<th>anomalous</th>", counts[True, False], counts[True, True]),
+    ]
+    table = _table(rows, header=("labelled \\ predicted", "normal", "anomalous"))
+    table = table.replace("<td><th>", "<th>").replace("</th></td>", "</th>")
+    true_positive = counts[True, True]
+    precision = true_positive / max(1, int(predicted.sum()))
+    recall = true_positive / max(1, int(anomalous.sum()))
+    note = (
+        f"At offset_ = {data.offset:.6g}: precision {precision:.4f}, recall "
+        f"{recall:.4f} (anomalies positive)."
+    )
+    return _section("confusion", table, note)
+
+
+def _kinds_section(data):
+    if data.kinds is None:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    kinds = data.kinds
+    for kind in sorted(set(kinds[data.anomalous].tolist())):
+        chosen = (kinds == kind) & data.anomalous
+        keep = chosen | ~data.anomalous
+        auroc = roc_auc_score(data.anomalous[keep], -data.scores[keep])
+        rows.append((html.escape(str(kind)), int(chosen.sum()), f"{auroc:.4f}"))
+    table = _table(rows, header=("kind", "samples", "AUROC vs normal"))
+    return _section("kinds", table)
+
+
+def _pixel_metrics_section(data):
+    from . import metrics
+
+    if not data.images or not data.tags.anomaly_maps:
+        note = (
+            f"{type(data.detector).__name__} has no anomaly maps, so there are "
+            "no pixel metrics."
+        )
+        return _section("pixel-metrics", "", note)
+    functions = {
+        name: getattr(metrics, function, None)
+        for name, function in [("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro")]
+    }
+    available = {name: f for name, f in functions.items() if f is not None}
+    if not available:
+        note = (
+            "Masks were given, but this version of skanomaly.metrics has no "
+            "pixel metrics (pixel_auroc, aupro)."
+        )
+        return _section("pixel-metrics", "", note)
+    maps = data.detector.anomaly_map(data.X)
+    rows = [
+        (name, f"{float(f(data.masks, maps)):.4f}") for name, f in available.items()
+    ]
+    return _section("pixel-metrics", _table(rows, header=("metric", "value")))
+
+
+def _examples_section(data):
+    order = np.argsort(data.scores, kind="stable")  # most anomalous first
+    k = data.n_examples
+    groups = [("Most anomalous samples (lowest score_samples)", order[:k])]
+    if data.anomalous is not None:
+        normal = order[~data.anomalous[order]]
+        groups.append(
+            (
+                "Least normal-looking normal samples (candidate false positives)",
+                normal[:k],
+            )
+        )
+    else:
+        groups.append(("Most normal samples (highest score_samples)", order[::-1][:k]))
+    if not data.images:
+        body = "".join(
+            f"<h3>{title}</h3>" + _rows_table(data, rows) for title, rows in groups
+        )
+        note = "Tabular data: the samples are listed, there are no images to show."
+        return _section("examples", body, note)
+    if not data.tags.anomaly_maps:
+        body = "".join(
+            f"<h3>{title}</h3>" + _rows_table(data, rows) for title, rows in groups
+        )
+        note = (
+            f"{type(data.detector).__name__} has no anomaly maps (its tags do "
+            "not declare anomaly_maps): no image grid, the samples are listed."
+        )
+        return _section("examples", body, note)
+    shown = np.concatenate([rows for _, rows in groups])
+    maps = data.detector.anomaly_map(data.X[shown]) if len(shown) else None
+    low, high = _map_range(maps)
+    tiles = dict(zip(shown.tolist(), _tiles(data.images_of(shown), maps, low, high)))
+    body = ""
+    for title, rows in groups:
+        cells = "".join(_tile_html(data, row, tiles[row]) for row in rows.tolist())
+        body += f'<h3>{title}</h3><div class="grid">{cells}</div>'
+    note = (
+        "Each sample: the image and its anomaly map overlaid (inferno colours, "
+        f"one scale for all maps shown: {low:.4g} dark to {high:.4g} bright)."
+    )
+    if data.anomalous is not None:
+        note += " A red frame marks a prediction that differs from the label."
+    return _section("examples", body, note)
+
+
+def _caption_lines(data, row):
+    lines = [f"score {data.scores[row]:.5g}"]
+    if data.anomalous is not None:
+        lines.append("anomalous" if data.anomalous[row] else "normal")
+    lines.append("predicted anomalous" if data.predicted[row] else "predicted normal")
+    return lines
+
+
+def _rows_table(data, rows):
+    header = ["sample", "score_samples", "prediction"]
+    if data.anomalous is not None:
+        header.insert(2, "label")
+    table_rows = []
+    for row in rows.tolist():
+        cells = [
+            f"<code>{html.escape(data.names[row])}</code>",
+            f"{data.scores[row]:.6g}",
+        ]
+        if data.anomalous is not None:
+            cells.append("anomalous" if data.anomalous[row] else "normal")
+        cells.append("anomalous" if data.predicted[row] else "normal")
+        table_rows.append(cells)
+    return _table(table_rows, header=header)
+
+
+def _tile_html(data, row, png):
+    name = data.names[row]
+    caption = "<br>".join(html.escape(line) for line in _caption_lines(data, row))
+    wrong = data.anomalous is not None and data.anomalous[row] != data.predicted[row]
+    return (
+        f'<figure class="tile{" wrong" if wrong else ""}">'
+        f"{_img(png, 'image/png', 'sample', alt=name)}"
+        f'<figcaption><span class="name" title="{html.escape(name)}">'
+        f"{html.escape(_short_name(name))}</span><br>{caption}</figcaption></figure>"
+    )
+
+
+def _short_name(name, limit=40):
+    return name if len(name) <= limit else "…" + name[-(limit - 1) :]
+
+
+# ---------------------------------------------------------------- image tiles
+
+
+def _map_range(maps):
+    if maps is None or not maps.size:
+        return 0.0, 1.0
+    finite = maps[np.isfinite(maps)]
+    low, high = float(finite.min()), float(np.percentile(finite, 99.5))
+    return low, high if high > low else low + 1.0
+
+
+def _tiles(images, maps, low, high):
+    """PNG bytes per image: the image and its map overlay, side by side."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    palette = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).astype(
+        np.uint8
+    )
+    height, width = images.shape[1:3]
+    scale = _display_scale(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.NEAREST if scale >= 1 else Image.BILINEAR
+    gap = np.full((size[1], 4, 3), 255, dtype=np.uint8)
+    out = []
+    for image, pixel_map in zip(images, maps):
+        rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3]
+        level = np.clip((pixel_map - low) / (high - low), 0, 1)
+        level = np.nan_to_num(level, nan=1.0)
+        heat = palette[np.rint(level * 255).astype(np.uint8)]
+        blend = (0.45 * rgb + 0.55 * heat).astype(np.uint8)
+        panels = [
+            np.asarray(Image.fromarray(panel).resize(size, resample))
+            for panel in (rgb, blend)
+        ]
+        buffer = io.BytesIO()
+        Image.fromarray(np.concatenate([panels[0], gap, panels[1]], axis=1)).save(
+            buffer, format="PNG"
+        )
+        out.append(buffer.getvalue())
+    return out
+
+
+def _display_scale(height, width):
+    smallest, largest = _TILE_PIXELS
+    side = max(height, width)
+    if side < smallest:
+        return float(np.ceil(smallest / side))  # whole pixels for small images
+    return min(1.0, largest / side)
+
+
+# ---------------------------------------------------------------- page
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+  color: #222; background: #fafafa; }
+header { background: #223; color: #fff; padding: 16px 32px; }
+header h1 { margin: 0 0 4px 0; font-size: 22px; }
+header p { margin: 0; color: #ccd; font-size: 13px; }
+nav { padding: 8px 32px; background: #eef; font-size: 13px; }
+nav a { margin-right: 14px; color: #335; }
+main { padding: 8px 32px 32px 32px; max-width: 1200px; }
+section { background: #fff; border: 1px solid #ddd; border-radius: 6px;
+  padding: 12px 20px; margin: 16px 0; }
+h2 { font-size: 18px; margin: 4px 0 10px 0; }
+h3 { font-size: 15px; margin: 16px 0 8px 0; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 4px 10px; text-align: left; }
+th { background: #f3f3f6; }
+.note { color: #555; font-size: 13px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 16px;
+  min-width: 110px; }
+.card .value { font-size: 22px; font-weight: 600; }
+.card .label { font-size: 12px; color: #666; }
+img.plot { max-width: 100%; height: auto; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+figure.tile { margin: 0; padding: 6px; border: 1px solid #ddd; border-radius: 4px;
+  background: #fff; font-size: 11px; }
+figure.tile.wrong { border-color: #c44; background: #fff5f5; }
+figure.tile img { display: block; image-rendering: pixelated; }
+figure.tile .name { font-family: monospace; }
+"""
+
+
+def _page(title, sections):
+    from . import __version__
+
+    ids = [section.split('"', 2)[1] for section in sections]
+    links = "".join(f'<a href="#{key}">{SECTIONS[key]}</a>' for key in ids)
+    created = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1>"
+        f"<p>skanomaly {__version__} report, written {created}</p></header>"
+        f"<nav>{links}</nav><main>{''.join(sections)}</main></body></html>\n"
+    )

@@ -1,0 +1,131 @@
+"""ONNX export: the model card, refusals, ``skanomaly export``.
+
+The graphs of every exportable detector are checked against score_samples
+in test_export_tabular.py and test_export_images.py.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+import skanomaly
+from skanomaly.app.cli import main
+from skanomaly.detectors.base import get_detector_tags
+from skanomaly.export import model_card_path
+from skanomaly.testing import fast_detector
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def test_every_registered_detector_exports_or_refuses():
+    expected = {"autoencoder", "vae", "ganomaly", "skipganomaly", "egbad"}
+    expected |= {"mahalanobis", "deep_mahalanobis"}
+    declared = {
+        name
+        for name in skanomaly.list_detectors()
+        if get_detector_tags(skanomaly.get_detector(name)).onnx_export
+    }
+    assert expected <= declared
+    assert "anogan" not in declared
+
+
+def test_card_describes_input_outputs_and_threshold(tmp_path):
+    import onnx
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(80, 3)), columns=["speed", "load", "temp"])
+    detector = skanomaly.Mahalanobis(contamination=0.1).fit(frame)
+    path = tmp_path / "gaussian.onnx"
+    card = skanomaly.export_onnx(detector, path)
+    assert card["format"] == "skanomaly-onnx-model-card"
+    assert card["skanomaly_version"] == skanomaly.__version__
+    assert card["detector"] == {
+        "name": "mahalanobis",
+        "class": "skanomaly.detectors.mahalanobis.Mahalanobis",
+        "params": {"contamination": 0.1, "covariance": "ledoit_wolf", "groups": None},
+    }
+    assert card["input"]["feature_names"] == ["speed", "load", "temp"]
+    assert card["threshold"]["anomaly_score"] == -detector.offset_
+    assert card["threshold"]["contamination"] == 0.1
+    assert "higher = more anomalous" in card["score_orientation"]
+    # the card also travels inside the model
+    metadata = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert json.loads(metadata["skanomaly_model_card"]) == card
+    # force=True replaces both files
+    detector.set_params(contamination=0.2).fit(frame)
+    skanomaly.export_onnx(detector, path, force=True)
+    threshold = json.loads(model_card_path(path).read_text())["threshold"]
+    assert threshold["offset_"] == detector.offset_ != card["threshold"]["offset_"]
+
+
+def test_anogan_refuses_and_writes_nothing(tmp_path):
+    detector = fast_detector(skanomaly.get_detector("anogan"), random_state=0)
+    detector.fit(np.random.default_rng(0).normal(size=(40, 4)))
+    path = tmp_path / "anogan.onnx"
+    with pytest.raises(ValueError, match="AnoGAN cannot be exported to ONNX"):
+        skanomaly.export_onnx(detector, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unfitted_detector_refuses(tmp_path):
+    with pytest.raises(NotFittedError):
+        skanomaly.export_onnx(skanomaly.AutoEncoder(), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_files_need_force(tmp_path):
+    detector = skanomaly.Mahalanobis().fit(
+        np.random.default_rng(0).normal(size=(30, 2))
+    )
+    path = tmp_path / "m.onnx"
+    for existing in (path, model_card_path(path)):  # either one blocks
+        existing.write_bytes(b"keep")
+        with pytest.raises(FileExistsError, match="force=True"):
+            skanomaly.export_onnx(detector, path)
+        assert existing.read_bytes() == b"keep"
+        assert [p.name for p in tmp_path.iterdir()] == [existing.name]
+        existing.unlink()
+
+
+def _one_line_error(argv, capsys):
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skanomaly: error: "), err
+    return err[0]
+
+
+def test_export_command(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.normal(size=(40, 3)))
+    model = tmp_path / "m.ska"
+    assert (
+        main(["fit", "mahalanobis", str(tmp_path / "train.npy"), "-o", str(model)]) == 0
+    )
+    out = tmp_path / "m.onnx"
+    capsys.readouterr()
+    assert main(["export", str(model), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"Exported Mahalanobis to {out} (input float64 (batch, 3); outputs "
+        f"anomaly_score); model card {out}.json."
+    )
+    first = out.read_bytes()
+    assert "exists" in _one_line_error(["export", model, "-o", out], capsys)
+    assert out.read_bytes() == first
+    assert main(["export", str(model), "-o", str(out), "--force"]) == 0
+
+    anogan = fast_detector(skanomaly.get_detector("anogan"), random_state=0)
+    skanomaly.save(anogan.fit(rng.normal(size=(40, 3))), tmp_path / "anogan.ska")
+    line = _one_line_error(
+        ["export", tmp_path / "anogan.ska", "-o", tmp_path / "a.onnx"], capsys
+    )
+    assert "AnoGAN cannot be exported to ONNX" in line
+    skanomaly.save(skanomaly.AutoEncoder(), tmp_path / "unfitted.ska")
+    line = _one_line_error(
+        ["export", tmp_path / "unfitted.ska", "-o", tmp_path / "u.onnx"], capsys
+    )
+    assert "not fitted" in line
+    assert not any(p.name.startswith(("a.onnx", "u.onnx")) for p in tmp_path.iterdir())

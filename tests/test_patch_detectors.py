@@ -1,0 +1,326 @@
+"""PatchFeatures, PaDiM and PatchCore: features, Gaussians, coreset, maps."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from sklearn.covariance import ledoit_wolf
+
+import skanomaly
+from skanomaly import PaDiM, PatchCore, PatchFeatures
+from skanomaly.nn.backbones import preprocess_images
+from skanomaly.nn.maps import gaussian_blur
+from skanomaly.nn.patchcore import greedy_coreset, nearest_neighbours
+
+SMALL = dict(backbone="test_efficientnet", weights=None, random_state=0)
+
+
+def _textures(n, size=32, seed=0):
+    """Smooth random textures (uint8, 1 channel): the normal class."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(n, size, size))
+    smooth = np.stack([gaussian_filter(x, 1.5) for x in noise])
+    smooth = (smooth - smooth.mean()) / smooth.std()
+    return np.clip(128 + 40 * smooth, 0, 255).astype(np.uint8)[:, None]
+
+
+def _with_square(images, top=8, left=16, side=8):
+    """Images with a bright square: the defect, and its mask."""
+    bad = images.copy()
+    bad[:, :, top : top + side, left : left + side] = 255
+    mask = np.zeros(images.shape[2:], bool)
+    mask[top : top + side, left : left + side] = True
+    return bad, mask
+
+
+# ----------------------------------------------------------- PatchFeatures
+
+
+def test_default_levels_are_the_last_of_each_stride():
+    images = _textures(2, 64)
+    lite = PatchFeatures("tf_efficientnet_lite0", weights=None, strides=(4, 8, 16))
+    lite.fit(images)
+    assert lite.levels_ == ("blocks.1", "blocks.2", "blocks.4")
+    assert lite.level_channels_ == (24, 40, 112) and lite.n_channels_ == 176
+    assert lite.level_strides_ == (4, 8, 16)
+    resnet = PatchFeatures("resnet18", weights=None, image_size=64).fit(images)
+    assert resnet.levels_ == ("layer2", "layer3")
+    assert resnet.grid_shape_ == (8, 8)
+    with pytest.raises(ValueError, match="no level of stride 5"):
+        PatchFeatures("resnet18", weights=None, strides=(5,)).fit(images)
+
+
+def test_patch_features_are_pooled_upsampled_and_concatenated():
+    images = _textures(3, 40)
+    stage = PatchFeatures(**SMALL, image_size=48, strides=(4, 8)).fit(images)
+    out = stage.transform(images)
+    x = preprocess_images(
+        torch.from_numpy(images),
+        size=(48, 48),
+        mean=stage.mean_,
+        std=stage.std_,
+        interpolation=stage.interpolation_,
+        in_chans=3,
+    )
+    with torch.inference_mode():
+        _, levels = stage.backbone_.forward_intermediates(x, extra_blocks=True)
+    fine, coarse = (levels[stage.all_levels_.index(n)] for n in stage.levels_)
+    fine = F.avg_pool2d(fine, 3, 1, 1)
+    coarse = F.interpolate(
+        F.avg_pool2d(coarse, 3, 1, 1), size=fine.shape[-2:], mode="bilinear"
+    )
+    expected = torch.cat([fine, coarse], dim=1).numpy()
+    assert out.shape == (3, stage.n_channels_, 12, 12)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    subset = PatchFeatures(**SMALL, image_size=48, strides=(4, 8), n_channels=10)
+    subset.fit(images)
+    np.testing.assert_array_equal(
+        subset.channel_indices_, np.sort(subset.channel_indices_)
+    )
+    np.testing.assert_allclose(
+        subset.transform(images), out[:, subset.channel_indices_], rtol=1e-5, atol=1e-6
+    )
+    assert subset.get_feature_names_out().shape == (10,)
+
+
+def test_patch_features_refuse_what_they_cannot_compute():
+    images = _textures(2, 32)
+    with pytest.raises(ValueError, match="at least 32 px"):
+        PatchFeatures("tf_efficientnet_lite0", weights=None, image_size=24).fit(images)
+    with pytest.raises(ValueError, match="more than the 56 channels"):
+        PatchFeatures(**SMALL, image_size=32, strides=(4, 8), n_channels=57).fit(images)
+    with pytest.raises(ValueError, match="pooled vectors"):
+        PatchFeatures(**SMALL, levels=["blocks.1", "head"]).fit(images)
+    with pytest.raises(ValueError, match="odd"):
+        PatchFeatures(**SMALL, pool_size=2).fit(images)
+
+
+# ------------------------------------------------------------------- PaDiM
+
+
+@pytest.mark.parametrize("covariance", ["empirical", "ledoit_wolf"])
+def test_padim_gaussians_are_the_per_position_estimates(covariance):
+    images = _textures(24, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
+    # batches of 5: the float64 sums stream over several batches
+    det = PaDiM(**params, covariance=covariance, batch_size=5).fit(images)
+    features = det.features_.transform(images)  # (24, 12, 8, 8)
+    rows = features.reshape(24, 12, -1).transpose(2, 0, 1).astype(np.float64)
+    np.testing.assert_allclose(det.location_, rows.mean(axis=1), rtol=1e-5, atol=1e-5)
+    for position in (0, 17, 63):
+        x = rows[position]
+        if covariance == "empirical":
+            expected = np.cov(x, rowvar=False)
+        else:
+            expected = ledoit_wolf(x)[0]
+        expected += 0.01 * np.eye(12)
+        factor = det.cholesky_[position].astype(np.float64)
+        np.testing.assert_allclose(factor @ factor.T, expected, rtol=1e-4, atol=1e-5)
+    # the map's grid is the Mahalanobis distance to each position's Gaussian
+    state = det._device_state(torch.device("cpu"))
+    grid = det._patch_scores(torch.from_numpy(features[:2]), state)[0].numpy()
+    x = rows[17, :2] - rows[17].mean(axis=0)
+    factor = det.cholesky_[17].astype(np.float64)
+    expected = np.sqrt(np.einsum("ij,ij->i", x @ np.linalg.inv(factor @ factor.T), x))
+    np.testing.assert_allclose(grid.reshape(2, -1)[:, 17], expected, rtol=1e-3)
+
+
+def test_padim_localises_a_defect():
+    normal = _textures(40, 32)
+    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=24).fit(normal)
+    good = _textures(6, 32, seed=1)
+    bad, mask = _with_square(good)
+    maps = det.anomaly_map(bad)
+    assert maps.shape == (6, 32, 32) and maps.dtype == np.float32
+    peaks = maps.reshape(6, -1).argmax(axis=1)
+    assert mask.ravel()[peaks].all()
+    assert det.score_samples(bad).max() < det.score_samples(good).min()
+    # at the backbone's own size, the image score is the map's maximum
+    np.testing.assert_allclose(
+        -det.score_samples(bad), maps.max(axis=(1, 2)), rtol=1e-5
+    )
+
+
+def test_padim_map_is_smoothed_upsampled_and_resized():
+    images = _textures(20, 24)
+    images = np.concatenate([images, images[:, :, :, :16]], axis=3)  # 24 x 40
+    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8, sigma=2.0)
+    det.fit(images)
+    features = torch.from_numpy(det.features_.transform(images[:2]))
+    grid = det._patch_scores(features, det._device_state(torch.device("cpu")))[0]
+    up = F.interpolate(grid[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    expected = F.interpolate(
+        gaussian_blur(up, 2.0)[:, None], size=(24, 40), mode="bilinear", antialias=True
+    )[:, 0]
+    maps = det.anomaly_map(images[:2])
+    assert maps.shape == (2, 24, 40)
+    np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_padim_refuses_gaussians_that_would_not_fit_before_allocating():
+    images = _textures(4, 32)
+    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=16)
+    # 64 positions x 16 x 16 x 12 bytes = 196,608 bytes
+    with pytest.raises(ValueError, match="max_memory_bytes=100,000"):
+        det.set_params(max_memory_bytes=100_000).fit(images)
+    assert not hasattr(det, "offset_") and not hasattr(det, "features_")
+    det.set_params(max_memory_bytes=196_608).fit(images)
+
+
+def test_padim_needs_regularisation_for_singular_covariances():
+    images = _textures(4, 32)  # 4 images, 16 channels: singular sample covariances
+    det = PaDiM(
+        **SMALL, image_size=32, strides=(4, 8), n_channels=16, covariance="empirical"
+    )
+    with pytest.raises(ValueError, match="reg_covar > 0"):
+        det.set_params(reg_covar=0.0).fit(images)
+    det.set_params(covariance="ledoit_wolf").fit(images)
+
+
+# --------------------------------------------------------------- PatchCore
+
+
+def _farthest_point_reference(x, n, start):
+    """Greedy k-center, the textbook way (numpy, float64)."""
+    picks = [start]
+    nearest = np.linalg.norm(x - x[start], axis=1)
+    for _ in range(n - 1):
+        pick = int(np.argmax(nearest))
+        picks.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(x - x[pick], axis=1))
+    return picks
+
+
+def test_greedy_coreset_is_farthest_point_selection():
+    x = np.random.default_rng(0).normal(size=(500, 6))
+    picks = greedy_coreset(torch.from_numpy(x).float(), 40, start=7)
+    assert picks.tolist() == _farthest_point_reference(x, 40, 7)
+
+
+def test_nearest_neighbours_match_brute_force():
+    rng = np.random.default_rng(0)
+    bank, queries = rng.normal(size=(300, 5)), rng.normal(size=(70, 5))
+    bank_t = torch.from_numpy(bank).float()
+    distances, indices = nearest_neighbours(
+        torch.from_numpy(queries).float(), bank_t, bank_t.square().sum(1), k=3
+    )
+    full = np.linalg.norm(queries[:, None] - bank[None], axis=2)
+    np.testing.assert_array_equal(indices.numpy(), np.argsort(full, axis=1)[:, :3])
+    np.testing.assert_allclose(
+        distances.numpy(), np.sort(full, axis=1)[:, :3], atol=1e-4
+    )
+
+
+def test_patchcore_bank_is_a_coreset_of_training_patches():
+    images = _textures(12, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), coreset_ratio=0.25)
+    det = PatchCore(**params, shard_size=None).fit(images)
+    patches = det.features_.transform(images)
+    patches = patches.transpose(0, 2, 3, 1).reshape(-1, det.features_.n_channels_)
+    assert det.n_training_patches_ == 12 * 64
+    assert det.memory_bank_.shape == (int(0.25 * 12 * 64), 56)
+    distance = np.linalg.norm(det.memory_bank_[:, None] - patches[None], axis=2)
+    assert distance.min(axis=1).max() < 1e-4  # every bank row is a training patch
+    # 56 channels < projection_dim: the selection ran on the features themselves
+    start = int(np.flatnonzero(distance[0] < 1e-4)[0])
+    order = np.argsort(
+        np.linalg.norm(patches[start] - patches, axis=1)
+    )  # only to check the second pick is the farthest from the first
+    assert np.linalg.norm(det.memory_bank_[1] - patches[order[-1]]) < 1e-4
+    # shards of 3 images: the shares still add up to 25% of all patches
+    sharded = PatchCore(**params, shard_size=3 * 64).fit(images)
+    assert sharded.memory_bank_.shape == det.memory_bank_.shape
+    # with the whole bank, training patches are at distance 0
+    full = PatchCore(**dict(params, coreset_ratio=1.0), num_neighbors=1).fit(images)
+    np.testing.assert_allclose(full.score_samples(images), 0.0, atol=1e-3)
+
+
+def test_patchcore_image_score_is_the_reweighted_top_patch():
+    images = _textures(16, 32)
+    det = PatchCore(**SMALL, image_size=32, strides=(4, 8), num_neighbors=4)
+    det.fit(images)
+    test, _ = _with_square(_textures(2, 32, seed=3))
+    patches = det.features_.transform(test).reshape(2, 56, -1).transpose(0, 2, 1)
+    bank = det.memory_bank_.astype(np.float64)
+    for image, score in zip(patches, -det.score_samples(test)):
+        d = np.linalg.norm(image[:, None] - bank[None], axis=2)
+        top = d.min(axis=1).argmax()
+        s, m = d[top].min(), d[top].argmin()
+        neighbours = np.argsort(np.linalg.norm(bank - bank[m], axis=1))[:4]
+        weight = 1 - np.exp(s) / np.exp(d[top, neighbours]).sum()
+        assert score == pytest.approx(weight * s, rel=1e-4)
+    plain = PatchCore(**SMALL, image_size=32, strides=(4, 8), num_neighbors=1)
+    plain.fit(images)
+    grid = plain._patch_scores(
+        torch.from_numpy(plain.features_.transform(test)),
+        plain._device_state(torch.device("cpu")),
+    )[0]
+    np.testing.assert_allclose(
+        -plain.score_samples(test), grid.amax(dim=(1, 2)), rtol=1e-6
+    )
+
+
+def test_patchcore_localises_a_defect():
+    normal = _textures(30, 32)
+    det = PatchCore(**SMALL, image_size=32, strides=(4, 8)).fit(normal)
+    good = _textures(6, 32, seed=1)
+    bad, mask = _with_square(good)
+    maps = det.anomaly_map(bad)
+    assert mask.ravel()[maps.reshape(6, -1).argmax(axis=1)].all()
+    assert det.score_samples(bad).max() < det.score_samples(good).min()
+
+
+def test_patchcore_refuses_an_empty_bank():
+    with pytest.raises(ValueError, match="empty memory bank"):
+        PatchCore(**SMALL, image_size=32, strides=(4, 8), coreset_ratio=0.001).fit(
+            _textures(4, 32)
+        )
+
+
+# ------------------------------------------------------------ both of them
+
+
+@pytest.mark.parametrize("cls", [PaDiM, PatchCore])
+def test_patch_detectors_save_and_load_identically(cls, tmp_path):
+    images = _textures(10, 32)
+    params = {"n_channels": 16} if cls is PaDiM else {}
+    det = cls(**SMALL, image_size=32, strides=(4, 8), **params).fit(images)
+    path = tmp_path / "model.ska"
+    skanomaly.save(det, path)
+    loaded = skanomaly.load(path)
+    np.testing.assert_array_equal(
+        loaded.score_samples(images), det.score_samples(images)
+    )
+    np.testing.assert_array_equal(loaded.anomaly_map(images), det.anomaly_map(images))
+    assert isinstance(loaded.features_, PatchFeatures)
+
+
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_patch_detectors_declare_maps_and_images_only(name):
+    tags = skanomaly.detectors.base.get_detector_tags(skanomaly.get_detector(name))
+    assert tags.anomaly_maps and tags.images and not tags.tabular
+    assert tags.pretrained_weights
+    det = skanomaly.make_detector(name)
+    assert (det.backbone, det.weights) == ("tf_efficientnet_lite0", "imagenet")
+
+
+@pytest.mark.parametrize("cls", [PaDiM, PatchCore])
+def test_offset_comes_from_the_kept_features_of_32_training_images(cls):
+    images = _textures(40, 32)
+    params = {"n_channels": 16} if cls is PaDiM else {"shard_size": 5 * 64}
+    det = cls(**SMALL, image_size=32, strides=(4, 8), batch_size=7, **params)
+    det.fit(images)
+    subset = np.sort(np.random.default_rng(0).choice(40, 32, replace=False))
+    expected = det._offset_from_training_scores(det.score_samples(images[subset]))
+    assert det.offset_ == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["padim", "patchcore"])
+def test_patch_detectors_fit_offline_with_the_packaged_weights(name):
+    normal = _textures(12, 64)
+    bad, mask = _with_square(_textures(2, 64, seed=1), top=20, left=30, side=12)
+    det = skanomaly.make_detector(name, image_size=64, random_state=0).fit(normal)
+    maps = det.anomaly_map(bad)
+    assert maps.shape == (2, 64, 64)
+    assert mask.ravel()[maps.reshape(2, -1).argmax(axis=1)].all()

@@ -1,0 +1,232 @@
+"""The HTML report: its sections, its inputs, and how it renders in a browser."""
+
+import base64
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from _browser import CHROMIUM, render
+from _images import bar_images
+
+import skanomaly
+from skanomaly import metrics
+from skanomaly.reporting import anomaly_mask
+from skanomaly.testing import fast_detector
+
+pytest.importorskip("matplotlib")
+
+LABELLED = ["summary", "dataset", "model", "scores", "curves", "confusion"]
+UNLABELLED = ["summary", "dataset", "model", "scores", "examples"]
+
+
+def _sections(page):
+    return re.findall(r'<section id="([\w-]+)">', page)
+
+
+def _images(page):
+    """(mime, decoded bytes) of every inline image."""
+    return [
+        (mime, base64.b64decode(data))
+        for mime, data in re.findall(r'src="data:([\w/+]+);base64,([^"]+)"', page)
+    ]
+
+
+@pytest.fixture(scope="module")
+def bars():
+    """An AutoEncoder on horizontal bars; a test set with vertical-bar anomalies."""
+    detector = skanomaly.AutoEncoder(
+        latent_dim=8, base_channels=8, max_epochs=4, batch_size=8, random_state=0
+    ).fit(bar_images(128, seed=0))
+    X = np.concatenate([bar_images(40, seed=1), bar_images(20, True, seed=2)])
+    X = np.rint(X * 255).astype(np.uint8)
+    y = np.r_[np.zeros(40, int), np.ones(20, int)]  # 1 = anomaly
+    names = [f"{'bad' if label else 'good'}/{i:03d}.png" for i, label in enumerate(y)]
+    return detector, X, y, names
+
+
+def test_labelled_images_report(bars, tmp_path):
+    detector, X, y, names = bars
+    kinds = np.where(y == 1, "vertical", "")
+    path = skanomaly.report(
+        detector, X, tmp_path / "r.html", y=y, names=names, kinds=kinds, dataset="bars"
+    )
+    page = path.read_text()
+    assert _sections(page) == [*LABELLED, "kinds", "examples"]
+    assert "<title>AutoEncoder on bars</title>" in page
+    assert "https://" not in page and "http://" not in page  # nothing to fetch
+    images = _images(page)
+    # histogram and curves as SVG, 2 x 8 tiles as PNG
+    assert [mime for mime, _ in images] == ["image/svg+xml"] * 2 + ["image/png"] * 16
+    assert all(data.startswith(b"\x89PNG") for mime, data in images[2:])
+    # the grid starts with the lowest score_samples, each named and scored
+    scores = detector.score_samples(X)
+    worst = np.argsort(scores, kind="stable")[:8]
+    shown = re.findall(r'<span class="name" title="([^"]+)">', page)
+    assert shown[:8] == [names[i] for i in worst]
+    assert f"score {scores[worst[0]]:.5g}" in page
+    # the normal group holds only normal samples, least normal first
+    normal = [i for i in np.argsort(scores, kind="stable") if y[i] == 0][:8]
+    assert shown[8:] == [names[i] for i in normal]
+    # the confusion matrix at offset_
+    predicted = scores < detector.offset_
+    true_positives = int((predicted & (y == 1)).sum())
+    confusion = page[page.index('id="confusion"') :]
+    assert f"<td>{true_positives}</td>" in confusion[: confusion.index("</table>")]
+
+
+def test_report_without_labels(bars, tmp_path):
+    detector, X, _, names = bars
+    page = skanomaly.report(detector, X, tmp_path / "r.html", names=names).read_text()
+    assert _sections(page) == UNLABELLED
+    assert "No labels" in page and "Most normal samples" in page
+
+
+def test_precomputed_scores_are_used(bars, tmp_path):
+    detector, X, y, _ = bars
+    fake = np.linspace(-1.0, 1.0, len(X))
+    page = skanomaly.report(detector, X, tmp_path / "r.html", scores=fake).read_text()
+    assert f"score {fake[0]:.5g}" in page  # the lowest of the given scores
+
+
+def test_detector_without_maps_gets_no_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(100, 156, size=(30, 3, 16, 16), dtype=np.uint8)
+    detector = fast_detector(skanomaly.DeepMahalanobis).fit(images)
+    y = np.r_[np.ones(20), -np.ones(10)]  # the outlier convention
+    page = skanomaly.report(detector, images, tmp_path / "r.html", y=y).read_text()
+    assert _sections(page) == [*LABELLED, "examples"]
+    assert "has no anomaly maps" in page and 'class="grid"' not in page
+    assert [mime for mime, _ in _images(page)] == ["image/svg+xml"] * 2
+
+
+def test_tabular_report_lists_rows(tmp_path):
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    X[:5] += 6
+    detector = skanomaly.Mahalanobis().fit(X[5:])
+    page = skanomaly.report(
+        detector, X, tmp_path / "r.html", y=np.r_[np.ones(5), np.zeros(45)]
+    ).read_text()
+    assert _sections(page) == [*LABELLED, "examples"]
+    assert "Tabular data" in page and "tabular, 3 features" in page
+    first_rows = re.findall(r"<tr><td><code>(\d+)</code>", page)[:5]
+    assert sorted(first_rows) == ["0", "1", "2", "3", "4"]
+
+
+def test_pixel_metrics_call_the_metrics_module(bars, tmp_path, monkeypatch):
+    detector, X, y, _ = bars
+    masks = np.zeros((len(X), 16, 16), dtype=bool)
+    masks[y == 1, :, 6:10] = True
+    page = skanomaly.report(detector, X, tmp_path / "a.html", y=y, masks=masks)
+    assert "has no pixel metrics" in page.read_text()  # not in this version yet
+    seen = []
+
+    def pixel_auroc(masks, maps):
+        seen.append((masks.shape, maps.shape))
+        return 0.25
+
+    monkeypatch.setattr(metrics, "pixel_auroc", pixel_auroc, raising=False)
+    page = skanomaly.report(detector, X, tmp_path / "b.html", y=y, masks=masks)
+    section = page.read_text().split('id="pixel-metrics"')[1].split("</section>")[0]
+    assert "<td>pixel AUROC</td><td>0.2500</td>" in section
+    assert seen == [((len(X), 16, 16), (len(X), 16, 16))]
+
+
+@pytest.mark.parametrize(
+    ("y", "expected"),
+    [
+        ([0, 1, 1], [False, True, True]),
+        ([1, -1, 1], [False, True, False]),
+        ([True, False], [True, False]),
+        ([0.0, 1.0], [False, True]),
+    ],
+)
+def test_both_label_conventions(y, expected):
+    assert anomaly_mask(y).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("y", "message"),
+    [
+        ([1, 1, 1], "only the label 1"),
+        ([0, 1, 2], r"labels \[0.0, 1.0, 2.0\]"),
+        ([0, -1, 1], "expected 1 = anomaly / 0 = normal"),
+        (["good", "bad"], "non-numbers"),
+        ([0.0, np.nan], "missing values"),
+    ],
+)
+def test_ambiguous_labels_are_refused(y, message):
+    with pytest.raises(ValueError, match=message):
+        anomaly_mask(y)
+
+
+def test_bad_report_input(bars, tmp_path):
+    detector, X, y, _ = bars
+    with pytest.raises(ValueError, match="names has 3 entries but X has 60"):
+        skanomaly.report(detector, X, tmp_path / "r.html", names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="y has 2 entries"):
+        skanomaly.report(detector, X, tmp_path / "r.html", y=[0, 1])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        skanomaly.report(detector, X, tmp_path / "no" / "r.html")
+    with pytest.raises(ValueError, match="not fitted"):
+        skanomaly.report(skanomaly.AutoEncoder(), X, tmp_path / "r.html")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium to render the report in (Debian: apt-get install chromium)",
+)
+def test_report_renders_in_chromium(bars, tmp_path):
+    detector, X, y, names = bars
+    path = skanomaly.report(
+        detector, X, tmp_path / "report.html", y=y, names=names, dataset="bars"
+    )
+    screenshot = tmp_path / "report.png"
+    verdict = render(path, screenshot=screenshot)
+    assert verdict["images"] == 18 and verdict["broken"] == []
+    assert all(width > 0 for width in verdict["widths"])
+    # every section is laid out (the page has no hidden parts)
+    assert list(verdict["sections"]) == [*LABELLED, "examples"]
+    assert all(height > 50 for height in verdict["sections"].values())
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
+    keep = os.environ.get("SKANOMALY_SCREENSHOTS")  # to look at it by eye
+    if keep:
+        shutil.copy(screenshot, keep)
+
+
+def test_evaluate_and_score_reports_from_the_command_line(bars, tmp_path, capsys):
+    from PIL import Image
+
+    from skanomaly.app.cli import main
+
+    detector, X, y, _ = bars
+    for i, (image, label) in enumerate(zip(X, y)):
+        folder = tmp_path / "test" / ("scratch" if label else "good")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    model = tmp_path / "bars.ska"
+    skanomaly.save(detector, model)
+    report = tmp_path / "evaluate.html"
+    assert main(["evaluate", str(model), str(tmp_path), "--report", str(report)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"Wrote the report {report}."
+    page = report.read_text()
+    assert _sections(page) == [*LABELLED, "kinds", "examples"]
+    assert "<td>scratch</td><td>20</td>" in page
+    assert str(tmp_path / "test" / "scratch") in page  # file names in the grid
+    report = tmp_path / "score.html"
+    out = tmp_path / "scores.csv"
+    argv = ["score", model, tmp_path / "test", "--csv", out, "--report", report]
+    assert main([str(a) for a in argv]) == 0
+    assert _sections(report.read_text()) == UNLABELLED
+    # the report may not replace the model, and its folder must exist
+    for target, message in [
+        (model, "would overwrite the model"),
+        (tmp_path / "no/r.html", "does not exist"),
+    ]:
+        assert (
+            main(["evaluate", str(model), str(tmp_path), "--report", str(target)]) == 1
+        )
+        assert message in capsys.readouterr().err
+    assert skanomaly.load(model).offset_ == detector.offset_
