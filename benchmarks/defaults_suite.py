@@ -251,8 +251,8 @@ def run(args):
             if name == "DeepMahalanobis" and not is_image:
                 continue
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     if name == "anomalib GANomaly":
                         result = _run_anomalib(args.anomalib_python, X_tr, X_te, y_test)
                         row.update(
@@ -273,6 +273,15 @@ def run(args):
                             fit_s=fit_s,
                             score_s=score_s,
                         )
+                # what a user would see: skanomaly's own warnings at fit time
+                row["warnings"] = sorted(
+                    {
+                        f"{w.category.__name__}: {str(w.message)[:120]}"
+                        for w in caught
+                        if w.category.__name__
+                        in ("ConvergenceWarning", "TooFewStepsWarning")
+                    }
+                )
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 row["error"] = f"{type(exc).__name__}: {exc}"[:200]
             print(json.dumps(row), flush=True)

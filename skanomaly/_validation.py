@@ -4,6 +4,7 @@ import warnings
 from numbers import Integral
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
@@ -57,6 +58,7 @@ def validate_detector_input(
     other kind is refused with a message naming what it takes.
     """
     name = type(estimator).__name__
+    _refuse_sparse(X, name)
     ndim = _rank(X)
     if ndim is not None and ndim > 4:
         raise ValueError(f"{_RANK_HELP}; got an array of rank {ndim}.")
@@ -68,7 +70,12 @@ def validate_detector_input(
                 "into features first (e.g. skanomaly.TimmFeatures)."
             )
         X = validate_images(
-            X, name=name, min_samples=min_samples, keep_uint8=keep_uint8
+            X,
+            name=name,
+            min_samples=min_samples,
+            keep_uint8=keep_uint8,
+            estimator=estimator,
+            reset=reset,
         )
         _record_or_match_image_shape(estimator, X, reset=reset)
         return X
@@ -92,11 +99,36 @@ def validate_detector_input(
     )
     if reset:
         estimator.image_shape_ = None
+        estimator.image_dtype_ = None
     return X
 
 
+def _refuse_sparse(X, name):
+    if issparse(X):
+        raise ValueError(
+            f"{name} takes dense arrays; got a sparse {type(X).__name__} (sparse "
+            "input is not supported). Convert it with X.toarray()."
+        )
+
+
+def _dtype_name(X):
+    """The name of the dtype ``X`` comes in (``'uint8'``, ``'int64'``...)."""
+    dtype = getattr(X, "dtype", None)
+    if not isinstance(dtype, np.dtype):
+        dtype = np.asarray(X).dtype
+    return dtype.name
+
+
 def validate_images(
-    X, *, name, min_samples=1, keep_uint8=False, float_range=None, channels=None
+    X,
+    *,
+    name,
+    min_samples=1,
+    keep_uint8=False,
+    float_range=None,
+    channels=None,
+    estimator=None,
+    reset=True,
 ):
     """Check a batch of images and return it as (n_samples, channels, height, width).
 
@@ -104,6 +136,13 @@ def validate_images(
     float32 copy; with ``keep_uint8=True`` they come back as they are (no
     float copy of the whole batch), for callers that scale them batch by
     batch. Other dtypes come back as float32 or float64.
+
+    With an ``estimator``, images read as they did in its ``fit``: with
+    ``reset=True`` their dtype is recorded as its ``image_dtype_``;
+    otherwise ``uint8`` images read as value / 255 and other integers as
+    their values, so integer images of the other family are converted to
+    the dtype of ``fit`` with a warning (their values must fit it), and
+    float images after a ``uint8`` fit must lie in [0, 1].
 
     Parameters
     ----------
@@ -118,12 +157,24 @@ def validate_images(
         floats as [0, 1].
     channels : collection of int or None, default=None
         Accepted channel counts (None: any).
+    estimator : estimator or None, default=None
+        Where ``image_dtype_`` is recorded (``reset=True``) or read from
+        (None: no dtype rule).
+    reset : bool, default=True
+        Whether this is ``fit``.
     """
+    _refuse_sparse(X, name)
     if _rank(X) not in (3, 4):
         raise ValueError(
             f"{name} takes images (n_samples, height, width) or (n_samples, "
             f"channels, height, width); got an array of rank {_rank(X)}."
         )
+    dtype_in = _dtype_name(X)
+    fitted = None if reset else getattr(estimator, "image_dtype_", None)
+    if fitted is not None:  # None too for files saved before it was recorded
+        X = _as_fitted_dtype(X, np.dtype(dtype_in), np.dtype(fitted), name)
+        if fitted == "uint8" and float_range is None:
+            float_range = (0.0, 1.0)
     is_uint8 = getattr(X, "dtype", None) == np.uint8
     X = check_array(
         X,
@@ -151,7 +202,35 @@ def validate_images(
             f"{name} takes images with {accepted} channels; got {X.shape[1]} "
             f"(shape {X.shape[1:]}, channels first). Drop an alpha channel first."
         )
+    if estimator is not None and reset:
+        estimator.image_dtype_ = dtype_in
     return X
+
+
+def _as_fitted_dtype(X, dtype, fitted, name):
+    """Integer images (of ``dtype``) in the integer family of ``fit``."""
+    if dtype.kind not in "iu" or fitted.kind not in "iu":
+        return X
+    if (dtype == np.uint8) == (fitted == np.uint8):
+        return X  # both read as values, or both uint8
+    X = np.asarray(X)
+    limits = np.iinfo(fitted)
+    low, high = (int(X.min()), int(X.max())) if X.size else (0, 0)
+    if low < limits.min or high > limits.max:
+        raise ValueError(
+            f"{name} was fitted on {fitted} images and got {dtype} images with "
+            f"values in [{low}, {high}], outside the {fitted} range; pass "
+            f"{fitted} images as in fit."
+        )
+    reading = "value / 255" if fitted == np.uint8 else "their values"
+    warnings.warn(
+        f"{name} was fitted on {fitted} images and got {dtype} images; they are "
+        f"converted to {fitted} and read as in fit ({reading}). Pass {fitted} "
+        "images to silence this warning.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return X.astype(fitted)
 
 
 # Float images a little outside their range (interpolation overshoot) are fine.
@@ -222,7 +301,7 @@ def parse_image_size(image_size, *, name="image_size"):
 
 
 def check_device(device, *, what=None, fix="use device='cpu'"):
-    """``device`` as a ``torch.device``, refusing CUDA where there is none.
+    """``device`` as a ``torch.device``, refusing CUDA or MPS where there is none.
 
     Parameters
     ----------
@@ -241,9 +320,16 @@ def check_device(device, *, what=None, fix="use device='cpu'"):
         raise ValueError(
             f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')."
         ) from None
+    what = what or f"device={str(device)!r}"
     if device.type == "cuda" and not torch.cuda.is_available():
-        what = what or f"device={str(device)!r}"
         raise ValueError(f"{what} but CUDA is not available on this machine; {fix}.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"{what} but this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s); {fix}."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{what} but MPS is not available on this machine; {fix}.")
     return device
 
 

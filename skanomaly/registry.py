@@ -7,9 +7,12 @@ like a plugin declares its own::
     my_detector = "my_package.module:MyDetector"
 
 Discovery reads package metadata only; a detector's module is imported the
-first time the detector is asked for. A plugin that fails to import, or whose
-entry point is not a detector class, is skipped with a warning naming it;
-when two packages declare the same name, the first found wins with a warning.
+first time the detector is asked for. A plugin that fails to import (whatever
+it raises, ``SystemExit`` included; ``KeyboardInterrupt`` still interrupts),
+or whose entry point is not a detector class, is skipped with a warning
+naming it. A plugin cannot take a built-in detector's name: the built-in
+keeps it and the plugin is skipped with a warning naming both packages.
+When two plugins declare the same name, the first found wins with a warning.
 Results are cached; ``refresh_registry()`` rescans (e.g. after a pip install
 in a running session).
 """
@@ -57,10 +60,21 @@ def detector_entry_points():
     'skanomaly.detectors.ganomaly:GANomaly'
     """
     found = {}
-    for entry_point in _entry_points_in_group():
+    # built-ins first: a plugin cannot take over their names
+    for entry_point in sorted(_entry_points_in_group(), key=_is_plugin):
         kept = found.get(entry_point.name)
         if kept is None:
             found[entry_point.name] = entry_point
+        elif kept.value != entry_point.value and not _is_plugin(kept):
+            warnings.warn(
+                f"Detector plugin {entry_point.value!r} (package "
+                f"{_package_of(entry_point)}) declares the name "
+                f"{entry_point.name!r} of skanomaly's built-in detector "
+                f"{kept.value!r} (package {_package_of(kept)}) and is skipped; "
+                "a plugin must register under a name of its own.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         elif kept.value != entry_point.value:
             warnings.warn(
                 f"Detector name {entry_point.name!r} is declared twice: "
@@ -78,6 +92,10 @@ def _is_builtin(entry_point):
         _package_of(entry_point) == "unknown"
         and entry_point.value.startswith("skanomaly.")
     )
+
+
+def _is_plugin(entry_point):
+    return not _is_builtin(entry_point)
 
 
 @functools.cache
@@ -121,7 +139,7 @@ def _load(name):
     where = f"{entry_point.value!r} from package {_package_of(entry_point)}"
     try:
         obj = entry_point.load()
-    except Exception as exc:  # a broken plugin must not break the others
+    except (Exception, SystemExit) as exc:  # a broken plugin must not break others
         warnings.warn(
             f"Detector plugin {name!r} ({where}) failed to import and is "
             f"skipped: {type(exc).__name__}: {exc}",

@@ -1,9 +1,12 @@
 """AutoEncoder and VAE: quality on digits, images, maps, training machinery."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
 
 from skanomaly import VAE, AutoEncoder
@@ -185,3 +188,61 @@ def test_tabular_regularisation_reaches_the_mlps(batch_norm, dropout):
     np.testing.assert_allclose(
         det.score_samples(X[:7]), det.score_samples(X)[:7], rtol=1e-5
     )
+
+
+# ------------------------------------------------- divergence and scaling
+
+
+def test_finite_divergence_warns_naming_the_loss_and_the_learning_rate(
+    digits_one_class,
+):
+    # trained to a loss of 2e7 without a word (AUROC far below the 1.0 at the
+    # default learning rate)
+    X_train, _, _ = digits_one_class
+    with pytest.warns(ConvergenceWarning) as record:
+        AutoEncoder(lr=1e3, random_state=0).fit(X_train)
+    (message,) = [str(w.message) for w in record if "diverged" in str(w.message)]
+    assert "training loss ended at" in message and "lr=1000.0" in message
+
+
+def test_a_reconstruction_loss_that_never_decreases_warns(digits_one_class):
+    # tanh outputs saturate: the loss stays near its first value (AUROC 0.28)
+    X_train, _, _ = digits_one_class
+    images = (X_train.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    match = "did not decrease in 30 epochs.*lr=1000.0"
+    with pytest.warns(ConvergenceWarning, match=match):
+        AutoEncoder(lr=1e3, random_state=0).fit(images)
+
+
+def test_vae_divergence_warns_on_images(digits_one_class):
+    X_train, _, _ = digits_one_class
+    images = (X_train.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    with pytest.warns(ConvergenceWarning, match="VAE training diverged"):
+        VAE(lr=1e3, max_epochs=5, random_state=0).fit(images)
+
+
+@pytest.mark.parametrize("cls", [AutoEncoder, VAE])
+def test_default_training_does_not_warn(cls, digits_one_class):
+    X_train, _, _ = digits_one_class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        cls(random_state=0).fit(X_train)
+        cls(random_state=0).fit((X_train.reshape(-1, 1, 8, 8) * 16).astype(np.uint8))
+
+
+def test_float32_data_at_1e30_is_scaled_in_float64(digits_one_class):
+    # float32 statistics overflowed: input_scale_ = inf, one score for all
+    X_train, X_test, y_test = digits_one_class
+    det = AutoEncoder(max_epochs=5, random_state=0)
+    det.fit(X_train.astype(np.float32) * np.float32(1e30))
+    assert np.isfinite(det.input_scale_).all()
+    scores = det.score_samples(X_test.astype(np.float32) * np.float32(1e30))
+    assert roc_auc_score(y_test, -scores) > 0.9
+
+
+def test_statistics_beyond_float32_are_an_error_naming_the_column(digits_one_class):
+    X_train, _, _ = digits_one_class
+    det = AutoEncoder(max_epochs=1)
+    with pytest.raises(ValueError, match=r"cannot scale column 1 .*float32"):
+        det.fit(X_train * 1e300)
+    assert not hasattr(det, "input_scale_")

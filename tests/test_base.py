@@ -1,5 +1,7 @@
 """The contract in BaseDetector and the shared input validation."""
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
@@ -188,3 +190,72 @@ def test_unknown_device_is_reported_before_training(X):
     with pytest.raises(ValueError, match="CUDA is not available"):
         det.fit(X)
     assert not hasattr(det, "net_")
+
+
+# ------------------------------------------------- images read as in fit
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    from sklearn.datasets import load_digits
+
+    X, digit = load_digits(return_X_y=True)
+    images = (X.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    return images[digit == 0][:60], images[::25]
+
+
+@pytest.fixture(scope="module")
+def uint8_autoencoder(digit_images):
+    from skanomaly.testing import fast_detector
+
+    return fast_detector(AutoEncoder).fit(digit_images[0])
+
+
+def test_int64_images_are_read_as_the_uint8_of_fit(uint8_autoencoder, digit_images):
+    # int64 images (np.array of a list) predicted every image an outlier
+    test = digit_images[1]
+    assert uint8_autoencoder.image_dtype_ == "uint8"
+    with pytest.warns(UserWarning, match="fitted on uint8 images and got int64.*/ 255"):
+        scores = uint8_autoencoder.score_samples(test.astype(np.int64))
+    np.testing.assert_array_equal(scores, uint8_autoencoder.score_samples(test))
+    with pytest.raises(ValueError, match=r"values in \[0, 381\], outside the uint8"):
+        uint8_autoencoder.score_samples(np.arange(128).reshape(2, 1, 8, 8) * 3)
+
+
+def test_float_images_after_a_uint8_fit_must_be_in_0_1(uint8_autoencoder, digit_images):
+    test = digit_images[1]
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*divide by 255"):
+        uint8_autoencoder.score_samples(test.astype(np.float32))
+    np.testing.assert_allclose(
+        uint8_autoencoder.score_samples(test.astype(np.float32) / 255),
+        uint8_autoencoder.score_samples(test),
+        rtol=1e-5,
+    )
+
+
+def test_uint8_images_after_an_integer_fit_read_as_values(digit_images):
+    train, test = digit_images
+    det = _Distance().fit(train.astype(np.int64))
+    assert det.image_dtype_ == "int64"
+    with pytest.warns(UserWarning, match="fitted on int64 images and got uint8"):
+        scores = det.score_samples(test)
+    np.testing.assert_array_equal(scores, det.score_samples(test.astype(np.int64)))
+    # integers of the same reading need no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det.score_samples(test.astype(np.int32))
+
+
+def test_tabular_data_records_no_image_dtype(X):
+    assert _Distance().fit(X).image_dtype_ is None
+
+
+@pytest.mark.parametrize("fitted", [False, True])
+def test_sparse_input_is_a_value_error(X, fitted):
+    from scipy import sparse
+
+    det = _Distance().fit(X) if fitted else _Distance()
+    method = det.score_samples if fitted else det.fit
+    # was sklearn's TypeError
+    with pytest.raises(ValueError, match="sparse.*X.toarray()"):
+        method(sparse.csr_matrix(X))

@@ -316,6 +316,45 @@ def test_score_and_evaluate_errors(fitted, category, tmp_path, capsys):
         assert line.startswith("skanomaly: error: ") and message in line
 
 
+def test_outputs_never_overwrite_inputs(fitted, category, tmp_path, capsys):
+    _, fitted_model = fitted
+    model = tmp_path / "m.ska"
+    model.write_bytes(fitted_model.read_bytes())
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in (category / "test/good").iterdir():
+        (images / path.name).write_bytes(path.read_bytes())
+    image = sorted(images.iterdir())[0]
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.random.default_rng(0).normal(size=(20, 3)))
+    inputs = {p: p.read_bytes() for p in [model, image, rows]}
+    for argv in [
+        # it overwrote the model
+        ["score", model, images, "--csv", model],
+        ["score", model, images, "--csv", image],
+        ["fit", "mahalanobis", rows, "-o", rows],
+    ]:
+        line = _one_line_error(argv, capsys)
+        assert "Refusing to write" in line and "it is the input" in line
+    assert {p: p.read_bytes() for p in inputs} == inputs
+
+
+def test_fit_to_a_folder_fails_first(category, tmp_path, capsys, monkeypatch):
+    trained = []
+    monkeypatch.setattr(skanomaly.AutoEncoder, "fit", lambda *a: trained.append(a))
+    argv = ["fit", "autoencoder", category / "train/good", "-o", tmp_path]
+    line = _one_line_error(argv, capsys)
+    assert "is a folder" in line
+    assert trained == []
+
+
+def test_non_callbacks_are_one_line_errors(category, tmp_path, capsys):
+    # was an AttributeError about set_params, after reading the images
+    argv = ["fit", "autoencoder", category / "train/good", "-o", tmp_path / "m.ska"]
+    line = _one_line_error([*argv, "-p", "callbacks=['x']"], capsys)
+    assert "'callbacks' parameter of AutoEncoder must be a list of skorch" in line
+
+
 # ------------------------------------------------------------- anomaly maps
 
 

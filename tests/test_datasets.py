@@ -209,3 +209,20 @@ def test_digits_novelty_split_is_fixed_by_the_seed():
     assert not np.array_equal(a[0], c[0])
     with pytest.raises(ValueError, match="digit 0..9"):
         load_digits_novelty(10)
+
+
+@pytest.mark.parametrize("pixels", [12 * 12, 20 * 20])  # PIL: a warning, an error
+def test_decompression_bombs_raise_or_are_skipped(tmp_path, monkeypatch, pixels):
+    # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; the
+    # error was not skipped and the warning let the image load
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    side = int(pixels**0.5)
+    Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="bomb.png.*decompression bomb"):
+        load_image_folder(tmp_path, image_size=8)
+    with pytest.warns(UserWarning, match="bomb.png.*skipped"):
+        X, paths = load_image_folder(tmp_path, image_size=8, on_error="skip")
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["0.png", "1.png"]
+    assert X.shape == (2, 1, 8, 8)

@@ -144,3 +144,20 @@ def test_cuda_separates_like_cpu():
     good, bad = _images(n=10, seed=2), _with_squares(_images(n=5, seed=3))
     assert det.features_.backbone_.conv1.weight.is_cuda
     assert det.score_samples(bad).max() < det.score_samples(good).min()
+
+
+def test_float_images_in_0_255_are_refused_when_scoring_too(fitted):
+    # fit refused them, score_samples scored them (as if in [0, 1])
+    floats = _images(n=4, seed=1).astype(np.float32)
+    for method in [fitted.score_samples, fitted.level_distances, fitted.predict]:
+        with pytest.raises(ValueError, match=r"values in \[0, 1\].*divide by 255"):
+            method(floats)
+    np.testing.assert_allclose(
+        fitted.score_samples(floats / 255), fitted.score_samples(_images(4, seed=1))
+    )
+
+
+def test_after_a_float_fit_scoring_checks_the_range_too():
+    det = DeepMahalanobis(**FAST).fit(_images().astype(np.float32) / 255)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*divide by 255"):
+        det.score_samples(_images(n=4, seed=1).astype(np.float32))

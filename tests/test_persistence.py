@@ -8,6 +8,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from _forge import rewrite
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from sklearn.datasets import load_digits
@@ -168,24 +169,6 @@ def test_skanomaly_namespace_exports_save_and_load():
 # ------------------------------------------------------------------ bad files
 
 
-def _rewrite(path, edit, *, keep_checksum=False):
-    """Apply ``edit`` to the JSON document of a saved file, keeping the tensors.
-
-    The checksum is recomputed, as a deliberate forger would, unless
-    ``keep_checksum``: the loader's own checks are what is under test.
-    """
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    document = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["skanomaly"])
-    edit(document)
-    if not keep_checksum and "checksum" in document:
-        covered = {"name": document.get("name"), "detector": document.get("detector")}
-        document["checksum"] = _checksum(load_tensors(raw), covered)
-    path.write_bytes(
-        save_tensors(load_tensors(raw), metadata={"skanomaly": json.dumps(document)})
-    )
-
-
 def _set(key, value):
     def edit(document):
         document[key] = value
@@ -215,7 +198,7 @@ def _set(key, value):
     ],
 )
 def test_tampered_files_are_refused(saved_autoencoder, edit, message):
-    _rewrite(saved_autoencoder, edit)
+    rewrite(saved_autoencoder, edit)
     with pytest.raises(ValueError, match=message):
         load(saved_autoencoder)
 
@@ -229,19 +212,21 @@ def test_tampered_files_are_refused(saved_autoencoder, edit, message):
     ],
 )
 def test_edited_headers_are_detected(saved_autoencoder, edit):
-    _rewrite(saved_autoencoder, edit, keep_checksum=True)
+    rewrite(saved_autoencoder, edit, keep_checksum=True)
     with pytest.raises(ValueError, match="damaged or was edited"):
         load(saved_autoencoder)
 
 
-def test_format_1_files_still_load(saved_autoencoder, fitted_autoencoder):
+def test_format_1_files_load_only_when_allowed(saved_autoencoder, fitted_autoencoder):
     def as_format_1(document):
         document["format_version"] = 1
         document["checksum"] = _checksum(load_tensors(saved_autoencoder.read_bytes()))
 
-    _rewrite(saved_autoencoder, as_format_1, keep_checksum=True)
+    rewrite(saved_autoencoder, as_format_1, keep_checksum=True)
+    with pytest.raises(ValueError, match="allow_legacy=True"):
+        load(saved_autoencoder)
     np.testing.assert_array_equal(
-        load(saved_autoencoder).score_samples(IMAGES_TEST),
+        load(saved_autoencoder, allow_legacy=True).score_samples(IMAGES_TEST),
         fitted_autoencoder.score_samples(IMAGES_TEST),
     )
 
@@ -284,7 +269,7 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_model_without_cuda_asks_for_device_override(saved_autoencoder):
-    _rewrite(
+    rewrite(
         saved_autoencoder,
         lambda d: d["detector"]["params"].update(device="cuda"),
     )

@@ -134,3 +134,76 @@ def test_example_plugin_is_found_when_installed():
     X = np.random.default_rng(0).normal(size=(50, 3))
     scores = det.fit(X).score_samples(np.vstack([X[:1] * 0, X[:1] * 0 + 10]))
     assert scores[0] > scores[1]
+
+
+def test_a_plugin_cannot_take_a_builtin_name(fake_entry_points, plugin_module):
+    # found first on the path, the plugin used to replace the built-in (and
+    # then saving a real AutoEncoder failed, older files were refused)
+    builtin = "skanomaly.detectors.autoencoder:AutoEncoder"
+    fake_entry_points(
+        [
+            _entry_point("autoencoder", "fake_plugin_module:MyDetector", "evil-pkg"),
+            _entry_point("autoencoder", builtin, package="skanomaly"),
+        ]
+    )
+    with pytest.warns(RuntimeWarning) as record:
+        assert skanomaly.get_detector("autoencoder") is AutoEncoder
+    (message,) = [str(w.message) for w in record]
+    assert "evil-pkg" in message and "skanomaly" in message
+    assert "built-in" in message and "skipped" in message
+    assert registry.builtin_detector_classes()["AutoEncoder"] == "autoencoder"
+
+
+@pytest.fixture
+def exiting_plugin(tmp_path, monkeypatch):
+    """A plugin module that calls sys.exit (or raises what it is told) on import."""
+
+    def make(statement):
+        name = f"exiting_plugin_{abs(hash(statement))}"
+        (tmp_path / f"{name}.py").write_text(f"import sys\n{statement}\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        return name
+
+    return make
+
+
+@pytest.mark.parametrize("statement", ["sys.exit(3)", "raise SystemExit", "1 / 0"])
+def test_whatever_a_plugin_raises_on_import_is_a_warning(
+    fake_entry_points, plugin_module, exiting_plugin, statement
+):
+    module = exiting_plugin(statement)
+    fake_entry_points(
+        [
+            _entry_point("exiting", f"{module}:Thing", package="exit-pkg"),
+            _entry_point("good", "fake_plugin_module:MyDetector"),
+        ]
+    )
+    with pytest.warns(RuntimeWarning, match="'exiting'.*exit-pkg.*failed to import"):
+        assert skanomaly.list_detectors() == ["good"]
+
+
+def test_a_keyboard_interrupt_in_a_plugin_still_interrupts(
+    fake_entry_points, exiting_plugin
+):
+    module = exiting_plugin("raise KeyboardInterrupt")
+    fake_entry_points([_entry_point("interrupting", f"{module}:Thing")])
+    with pytest.raises(KeyboardInterrupt):
+        skanomaly.list_detectors()
+
+
+def test_list_prints_the_others_when_a_plugin_exits(
+    fake_entry_points, plugin_module, exiting_plugin, capsys
+):
+    from skanomaly.app.cli import main
+
+    module = exiting_plugin("sys.exit(3)")
+    fake_entry_points(
+        [
+            _entry_point("exiting", f"{module}:Thing", package="exit-pkg"),
+            _entry_point("good", "fake_plugin_module:MyDetector"),
+        ]
+    )
+    assert main(["list"]) == 0  # it printed nothing and exited 3
+    out, err = capsys.readouterr()
+    assert "good" in out and "fake-plugin" in out
+    assert "warning" in err and "'exiting'" in err and "exit-pkg" in err

@@ -219,6 +219,36 @@ class _Unpicklable:
     """Any custom class: torch.load(weights_only=True) must refuse it."""
 
 
+@pytest.mark.parametrize(
+    ("content", "suffix"),
+    [
+        (bytes(range(256)) * 4, ".pth"),  # was "would run pickled code"
+        (b"", ".pth"),
+        (b"plain text, not weights", ".pth"),
+        (bytes(range(256)) * 4, ".safetensors"),
+    ],
+)
+def test_a_garbage_weights_file_is_not_a_state_dict(tmp_path, content, suffix):
+    path = tmp_path / f"garbage{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="is not a valid state dict file") as info:
+        TimmFeatures("resnet18", weights=path, image_size=SIZE).fit(_images())
+    assert "pickled code" not in str(info.value)
+
+
+def test_a_folder_as_weights_is_named_a_folder(tmp_path):
+    # was reported as "does not exist"
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        TimmFeatures("resnet18", weights=tmp_path, image_size=SIZE).fit(_images())
+
+
+def test_a_vit_at_another_size_is_a_clear_value_error():
+    # was timm's AssertionError from the forward pass
+    features = TimmFeatures("vit_tiny_patch16_224", weights=None, image_size=SIZE)
+    with pytest.raises(ValueError, match="cannot take 32x32 images.*image_size=None"):
+        features.fit(_images())
+
+
 def test_weight_file_of_another_backbone(effnet_file):
     path, _ = effnet_file
     with pytest.raises(ValueError, match="does not fit backbone 'resnet18'.*missing"):

@@ -161,6 +161,28 @@ def _model_input(detector, path, *, recursive, on_error):
     )
 
 
+def _check_output(output, inputs):
+    """Refuse an output path that is a folder or one of the ``inputs``."""
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(
+            f"Output {str(output)!r} is a folder; give a file path (e.g. "
+            f"{str(output / 'out')!r} with an extension)."
+        )
+    if not output.exists():
+        return
+    for path in inputs:
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # an input that is not a file (e.g. 'rows.npy[3]')
+            continue
+        if same:
+            raise ValueError(
+                f"Refusing to write {str(output)!r}: it is the input "
+                f"{str(path)!r}. Choose another output file."
+            )
+
+
 def _decisions(detector, X):
     """decision_function over chunks with a progress bar; labels follow from it."""
     import numpy as np
@@ -309,6 +331,7 @@ def _cmd_fit(args):
     out = Path(args.output)
     if not out.parent.is_dir():
         raise FileNotFoundError(f"Output folder {str(out.parent)!r} does not exist.")
+    _check_output(out, [args.data])  # before training, not after
     X, files = _load_data(
         args.data,
         image_size=args.image_size,
@@ -341,6 +364,8 @@ def _cmd_score(args):
         recursive=not args.no_recursive,
         on_error="skip" if args.skip_unreadable else "raise",
     )
+    if args.csv:
+        _check_output(args.csv, [args.model, args.data, *files])
     if args.maps:
         _check_maps_folder(detector, args.maps, files)
     decision, labels = _decisions(detector, X)

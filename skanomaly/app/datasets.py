@@ -113,6 +113,15 @@ def _decode(image, grayscale, size_hw, resample):
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
+def _open_image(path):
+    """``PIL.Image.open``, with PIL's decompression-bomb warning an error."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
     """Decode ``paths`` into one (n, c, h, w) uint8 array; return it and the kept paths.
 
@@ -126,7 +135,15 @@ def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
     _check_choice("on_error", on_error, {"raise", "skip"})
     size_hw = parse_image_size(image_size)
     resample = Image.Resampling.BILINEAR
-    read_errors = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+    read_errors = (
+        OSError,
+        UnidentifiedImageError,
+        ValueError,
+        SyntaxError,
+        # more pixels than PIL.Image.MAX_IMAGE_PIXELS (a decompression bomb)
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    )
 
     def failed(path, exc):
         message = f"Cannot read image file {str(path)!r}: {exc}"
@@ -137,7 +154,7 @@ def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
     headers = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with _open_image(path) as image:
                 headers.append((path, image.size, image.mode))
         except read_errors as exc:
             failed(path, exc)
@@ -168,7 +185,7 @@ def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
         headers, desc="reading images", unit="img", disable=not progress, leave=False
     ):
         try:
-            with Image.open(path) as image:
+            with _open_image(path) as image:
                 image.load()
                 pixels = _decode(image, grayscale, size_hw, resample)
         except read_errors as exc:

@@ -181,6 +181,12 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     image_shape_ : tuple of int or None
         ``(channels, height, width)`` of the training images, ``None`` for
         tabular data.
+    image_dtype_ : str or None
+        dtype of the training images (``'uint8'``, ``'float32'``...), ``None``
+        for tabular data. Later images read as in ``fit``: ``uint8`` as
+        value / 255, other integers as their values, so integer images of
+        the other kind are converted with a warning, and float images after
+        a ``uint8`` fit must lie in [0, 1].
 
     Examples
     --------

@@ -173,7 +173,9 @@ class DeepMahalanobis(BaseDetector):
         return -self._level_distances(X).sum(axis=1)
 
     def _level_distances(self, X):
-        features = self.features_._transform(X)
+        # transform, not _transform: its checks (floats in [0, 1]...) apply
+        # to scoring as they do to fit
+        features = self.features_.transform(X)
         device = torch.device(self.features_.device)
         if device.type == "cpu":
             return self.gaussian_._distances(features)

@@ -8,13 +8,14 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, ProgressBar
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
-from .._compat import Interval, StrOptions
+from .._compat import Interval, ListOf, StrOptions
 from .._validation import check_device
 from ..nets import (
     TensorBatchIterator,
@@ -88,6 +89,90 @@ def training_plan(n_samples, batch_size, max_epochs, min_steps, default_epochs):
     return batch_size, epochs, epochs * steps_per_epoch
 
 
+def _is_callback(item):
+    """A skorch callback as skorch takes it: instance, class or (name, callback)."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        item = item[1]
+    return isinstance(item, Callback) or (
+        isinstance(item, type) and issubclass(item, Callback)
+    )
+
+
+# A training loss that ends more than this many times above its first batch's
+# has diverged. Measured on digits: reconstruction losses end below it (at
+# most 1.05 times it), a GAN's generator loss up to about 4 times it.
+_DIVERGED_FACTOR = {False: 2.0, True: 10.0}  # by "has a discriminator"
+# Epochs after which a reconstruction loss that has not decreased is a failure
+# (a VAE's loss can rise for a few epochs while its KL term grows).
+_MIN_EPOCHS_TO_DECREASE = 10
+
+
+def _warn_if_diverged(detector, history):
+    """Warn when training diverged although every loss stayed finite.
+
+    Two signs, read from the net's history: the last epoch's loss far above
+    the first batch's (what the untrained network gives), and, for nets
+    without a discriminator, after ten epochs or more, not below the first
+    batch's and the first epoch's (a GAN's generator loss need not
+    decrease). Non-finite losses stop training with an error before this
+    (``nets._check_finite``). Measured on digits
+    (benchmarks/RESULTS_divergence.md): no warning on normal runs of any
+    detector, one on most runs at learning rates of 0.1 and above.
+    """
+    try:
+        first = float(history[0, "batches", 0, "train_loss"])
+        first_epoch = float(history[0, "train_loss"])
+        final = float(history[-1, "train_loss"])
+        adversarial = "train_loss_d" in history[-1]
+    except (KeyError, IndexError, TypeError):  # custom callbacks, no batches
+        return
+    loss = "generator loss" if adversarial else "training loss"
+    params = detector.get_params(deep=False)
+    rates = ", ".join(f"{k}={params[k]!r}" for k in ("lr", "lr_d") if k in params)
+    if final > first + (_DIVERGED_FACTOR[adversarial] - 1) * abs(first):
+        what = (
+            f"diverged: its {loss} ended at {final:.3g}, far above the {first:.3g} "
+            "of its first batch"
+        )
+        fix = f"Lower the learning rate ({rates}) or rescale the input"
+    elif (
+        not adversarial
+        and len(history) >= _MIN_EPOCHS_TO_DECREASE
+        and final >= max(first, first_epoch)
+    ):
+        start = max(first, first_epoch)
+        what = (
+            f"failed: its {loss} did not decrease in {len(history)} epochs "
+            f"({start:.3g} at the start, {final:.3g} in the last epoch)"
+        )
+        fix = f"Try another learning rate ({rates}), usually a lower one"
+    else:
+        return
+    warnings.warn(
+        f"{type(detector).__name__} training {what}, so its scores are unlikely "
+        f"to mean anything. {fix}.",
+        ConvergenceWarning,
+        stacklevel=4,
+    )
+
+
+def _check_finite_statistics(detector, X):
+    """Refuse training data whose scaling statistics overflow float32."""
+    bad = ~(np.isfinite(detector.input_center_) & np.isfinite(detector.input_scale_))
+    if not bad.any():
+        return
+    if X.ndim == 2:
+        column = int(np.flatnonzero(bad.reshape(-1))[0])
+        what = f"column {column} (largest |value| {np.abs(X[:, column]).max():.3g})"
+    else:
+        what = f"the images (largest |value| {np.abs(X).max():.3g})"
+    raise ValueError(
+        f"{type(detector).__name__} cannot scale {what}: its mean or standard "
+        "deviation is beyond float32's range (about 3.4e38). Rescale the data "
+        "first (e.g. divide by a power of ten)."
+    )
+
+
 class BaseTorchDetector(BaseDetector):
     """Base for detectors trained with skorch (composition, not inheritance).
 
@@ -144,7 +229,14 @@ class BaseTorchDetector(BaseDetector):
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
-        "callbacks": [list, None],
+        "callbacks": [
+            ListOf(
+                _is_callback,
+                "a list of skorch callbacks (Callback instances or classes, or "
+                "(name, callback) pairs)",
+            ),
+            None,
+        ],
     }
 
     # epochs of max_epochs='auto' on large training sets (the authors' count)
@@ -194,17 +286,20 @@ class BaseTorchDetector(BaseDetector):
 
     def _fit(self, X):
         check_device(self.device)
-        if X.ndim == 2:
-            center = X.mean(axis=0)
-            scale = X.std(axis=0)
-        else:
-            low, high = float(X.min()), float(X.max())
-            if X.dtype == np.uint8:
-                low, high = low / 255.0, high / 255.0
-            center, scale = np.float64((high + low) / 2), np.float64((high - low) / 2)
-        scale = np.where(scale > 1e-12, scale, 1.0)
-        self.input_center_ = np.asarray(center, dtype=np.float32)
-        self.input_scale_ = np.asarray(scale, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if X.ndim == 2:
+                center = X.mean(axis=0, dtype=np.float64)
+                scale = X.std(axis=0, dtype=np.float64)
+            else:
+                low, high = float(X.min()), float(X.max())
+                if X.dtype == np.uint8:
+                    low, high = low / 255.0, high / 255.0
+                center = np.float64(high / 2 + low / 2)
+                scale = np.float64(high / 2 - low / 2)
+            scale = np.where(scale > 1e-12, scale, 1.0)
+            self.input_center_ = np.asarray(center, dtype=np.float32)
+            self.input_scale_ = np.asarray(scale, dtype=np.float32)
+        _check_finite_statistics(self, X)
         self.random_seed_ = int(
             check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         )
@@ -238,6 +333,7 @@ class BaseTorchDetector(BaseDetector):
             net.fit(X_train, None)
         self.net_ = net
         self._warn_if_too_few_steps(planned)
+        _warn_if_diverged(self, net.history)
 
     def _validation_split(self, X):
         """``(X_train, X_valid)``; ``X_valid`` is None without early stopping."""

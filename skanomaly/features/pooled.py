@@ -13,7 +13,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, fit_context
 from .._validation import check_device, parse_image_size, validate_images
-from ..nn.backbones import PooledFeatures, create_backbone, describe_levels
+from ..nn.backbones import (
+    PooledFeatures,
+    create_backbone,
+    describe_levels,
+    offline_architecture,
+)
 
 __all__ = ["TimmFeatures"]
 
@@ -100,6 +105,9 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         ``(channels, height, width)`` of the training images. ``transform``
         takes any height and width (images are resized) with the same
         number of channels.
+    image_dtype_ : str
+        dtype of the training images; ``transform`` reads images as ``fit``
+        did (see :class:`~skanomaly.detectors.base.BaseDetector`).
 
     Examples
     --------
@@ -346,12 +354,16 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
         )
 
     def _make_persistent_module(self, name):
-        """A randomly initialised backbone for ``skanomaly.load`` to fill."""
+        """A randomly initialised backbone for ``skanomaly.load`` to fill.
+
+        Built offline from the architecture's name alone (its weights come
+        from the file; ``weights`` is not read); ``transform`` moves it to
+        ``device``.
+        """
         if name != "backbone_":
             raise ValueError(f"{type(self).__name__} has no module attribute {name!r}.")
-        model = create_backbone(self.backbone, None)
-        device = check_device(self.device)
-        return model.to(device=device, memory_format=torch.channels_last)
+        model = create_backbone(offline_architecture(self.backbone), None)
+        return model.to(memory_format=torch.channels_last)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -368,7 +380,13 @@ def _check_images(estimator, X, *, reset):
     """
     name = type(estimator).__name__
     X = validate_images(
-        X, name=name, keep_uint8=True, float_range=(0.0, 1.0), channels={1, 3}
+        X,
+        name=name,
+        keep_uint8=True,
+        float_range=(0.0, 1.0),
+        channels={1, 3},
+        estimator=estimator,
+        reset=reset,
     )
     if reset:
         estimator.image_shape_ = tuple(int(s) for s in X.shape[1:])

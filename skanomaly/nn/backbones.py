@@ -52,6 +52,7 @@ __all__ = [
     "level_maps",
     "load_packaged_weights",
     "load_weights_file",
+    "offline_architecture",
     "packaged_backbones",
     "packaged_weights_path",
     "pooled_levels",
@@ -371,6 +372,34 @@ def create_backbone(name, weights="imagenet"):
     return model
 
 
+def offline_architecture(name):
+    """``name``, if timm builds it from the name alone (no file, no network).
+
+    That is a timm architecture, optionally with a pretrained tag
+    (``'resnet18.a1_in1k'``), built with ``pretrained=False``. Hub and local
+    names (``'hf-hub:...'``, ``'local-dir:...'``), whose configuration timm
+    would download or read, and anything path-like are refused.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not such a name.
+    """
+    import timm
+
+    if (
+        not isinstance(name, str)
+        or any(c in name for c in ":/\\")
+        or not timm.is_model(name)
+    ):
+        raise ValueError(
+            f"Backbone {name!r:.80} is not a timm architecture that builds offline "
+            "(a timm model name such as 'resnet18'); hub and local models "
+            "('hf-hub:...', 'local-dir:...') cannot be rebuilt from a model file."
+        )
+    return name
+
+
 def _create(name, pretrained, **kwargs):
     import timm
 
@@ -546,23 +575,16 @@ def load_weights_file(model, path, *, name=None):
     """
     path = Path(path)
     name = name or type(model).__name__
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Weights path {str(path)!r} for backbone {name!r} is a folder; give "
+            "the .safetensors or .pth file."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"Weights file {str(path)!r} for backbone {name!r} does not exist."
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path, device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(
-                f"{str(path)!r} is not a plain state dict: loading it would run "
-                "pickled code, which is refused. Save model.state_dict() with "
-                "torch.save or safetensors.torch.save_file."
-            ) from exc
+    state = _read_state(path, name)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -589,6 +611,40 @@ def load_weights_file(model, path, *, name=None):
             f"Weights file {str(path)!r} does not fit backbone {name!r}: {exc}"
         ) from exc
     return model
+
+
+def _read_state(path, name):
+    """The object a weights file holds, read without running pickled code."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    def invalid(reason):
+        if isinstance(reason, BaseException):
+            reason = " ".join(f"{type(reason).__name__}: {reason}".split())
+        return ValueError(
+            f"Weights file {str(path)!r} for backbone {name!r} is not a valid state "
+            f"dict file ({reason[:120].rstrip(': ')}); expected a .safetensors file "
+            "or a torch.save-d state dict."
+        )
+
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as exc:
+            raise invalid(exc) from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the global (a function or class) that a pickle calls
+        if "global" not in str(exc).lower():
+            raise invalid("it is not a torch.save file") from exc
+        raise ValueError(
+            f"{str(path)!r} is not a plain state dict: loading it would run "
+            "pickled code, which is refused. Save model.state_dict() with "
+            "torch.save or safetensors.torch.save_file."
+        ) from exc
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        raise invalid(exc) from exc
 
 
 def _is_classifier(model, key):
@@ -649,7 +705,19 @@ def describe_levels(model, image_size, in_chans=3):
     device = next(model.parameters()).device
     probe = torch.zeros(1, in_chans, *image_size, device=device)
     with torch.inference_mode():
-        final, levels = _intermediates(model, probe)
+        try:
+            final, levels = _intermediates(model, probe)
+        except (AssertionError, RuntimeError) as exc:  # e.g. a ViT's fixed size
+            architecture = getattr(model, "pretrained_cfg", {}).get(
+                "architecture", type(model).__name__
+            )
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise ValueError(
+                f"Backbone {architecture!r} cannot take {image_size[0]}x"
+                f"{image_size[1]} images ({reason}); use the image size it is "
+                "built for (image_size=None) or a backbone that takes any size, "
+                "such as a CNN."
+            ) from exc
         last = levels[-1]
         has_head = not (
             final is last or (final.shape == last.shape and torch.equal(final, last))

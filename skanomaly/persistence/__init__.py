@@ -37,7 +37,11 @@ stored the same way, recursively. Two hooks cover other state:
 
 - ``_make_persistent_module(name)``: for a fitted attribute holding a plain
   ``torch.nn.Module``, return a freshly built module of the same
-  architecture; its ``state_dict`` is then loaded into it.
+  architecture on the default device, from the estimator's parameters alone
+  (read no file, reach no network); its ``state_dict`` is then loaded into
+  it. The loader calls it twice: first under ``torch.device("meta")``, to
+  check the module's shapes against the stored weights without allocating
+  them, then for real.
 - ``_get_persistent_state()`` / ``_set_persistent_state(state)``: replace
   the attribute walk altogether; the first returns a dict of storable values
   (``state_dict()`` values are fine), the second receives it, decoded, on load.
@@ -48,6 +52,12 @@ builds a new net as always). Parameters that the
 format cannot store, such as a list of skorch callback objects, make
 ``save`` fail with a message naming them.
 
+What a file can and cannot make :func:`load` do is the threat model of the
+user guide's persistence page; in short, it reads the one file, imports no
+module the file names, allocates no more than the file's size plus
+:data:`LOAD_MARGIN_BYTES`, and fails with a ``ValueError`` for everything
+else.
+
 Pickle and joblib keep working as for any scikit-learn estimator, but
 unpickling runs code named by the file: use them for trusted files only.
 """
@@ -55,9 +65,10 @@ unpickling runs code named by the file: use them for trusted files only.
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .._validation import check_device
-from .codec import FormatError
+from .codec import Budget, FormatError, Refused
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -68,7 +79,20 @@ from .format import (
 )
 from .trust import detector_class
 
-__all__ = ["FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_VERSION", "LOAD_MARGIN_BYTES", "load", "save"]
+
+# What a load may allocate beyond the size of the file: modules are rebuilt
+# at the size of their stored weights, plus buffers that are not stored and
+# decoded values.
+LOAD_MARGIN_BYTES = 16 * 2**20
+# The widest element of a string array (a feature name, a level name...).
+_MAX_STRING_ITEMSIZE = 64 * 2**10
+# Where a file's tensors and modules may be loaded.
+_LOADABLE_DEVICES = ("cpu", "cuda", "mps")
+# What malformed contents raise when they reach numpy, torch or an estimator
+# (a wrong type, a missing key, an impossible dtype or shape), besides
+# ValueError.
+_MALFORMED = (LookupError, TypeError, AttributeError, RuntimeError, ArithmeticError)
 
 
 def _registered_name(cls):
@@ -149,29 +173,41 @@ def save(detector, path):
 def _device_policy(requested):
     """The checks of where a loaded detector's tensors and modules may go."""
 
+    def loadable(device, what, fix):
+        try:
+            device = check_device(device, what=what, fix=fix)
+        except ValueError as exc:
+            raise Refused(str(exc).rstrip(".")) from None
+        if device.type not in _LOADABLE_DEVICES:
+            raise Refused(
+                f"{what}, which is not a device a model loads to "
+                f"({', '.join(_LOADABLE_DEVICES)}); {fix}"
+            )
+        return device
+
     def check_estimator_device(estimator):
         device = getattr(estimator, "device", None)
         if device is None:
             return
         if requested is not None:
-            check_device(
+            loadable(
                 device,
                 what=f"device={str(device)!r} was requested",
                 fix="use device='cpu' (--device cpu), or leave it out to use the "
                 "device the file was saved with",
             )
             return
-        check_device(
+        loadable(
             device,
             what=f"The {type(estimator).__name__} in this file was saved with "
-            f"device={str(device)!r}",
+            f"device={str(device)!r:.40}",
             fix="load it with skanomaly.load(path, device='cpu')",
         )
 
     def checked_device(saved):
-        return check_device(
+        return loadable(
             saved,
-            what=f"A tensor in this file was saved on {str(saved)!r}",
+            what=f"A tensor in this file was saved on {str(saved)!r:.40}",
             fix="load it with skanomaly.load(path, device='cpu')",
         )
 
@@ -181,12 +217,22 @@ def _device_policy(requested):
 def _string_dtype(text):
     dtype = np.dtype(text)
     if dtype.kind not in "US":
-        raise FormatError(f"a string array has dtype {text!r}")
+        raise FormatError(f"a string array has dtype {text!r:.40}")
+    if dtype.itemsize > _MAX_STRING_ITEMSIZE:
+        raise FormatError(
+            f"a string array has dtype {text!r:.40}, of {dtype.itemsize:,} bytes per "
+            f"element (at most {_MAX_STRING_ITEMSIZE:,} are read)"
+        )
     return dtype
 
 
-def load(path, *, device=None):
+def load(path, *, device=None, allow_legacy=False):
     """Load a detector saved by :func:`save`, executing no code from the file.
+
+    Loading reads this one file only (no other path, no network), imports
+    no module the file names and allocates at most the file's size plus
+    :data:`LOAD_MARGIN_BYTES` beyond its tensors; sizes and shapes are
+    checked before anything is built.
 
     Parameters
     ----------
@@ -194,6 +240,11 @@ def load(path, *, device=None):
     device : str, torch.device or None, default=None
         Override the ``device`` parameter of the detector (and of its
         nested estimators), e.g. 'cpu' for a model saved on a GPU.
+    allow_legacy : bool, default=False
+        Also read files of format version 1, whose checksum does not cover
+        the parameters and fitted values (an edit of them goes undetected):
+        only for files you trust. Saving the loaded detector again writes
+        the current format.
 
     Returns
     -------
@@ -205,9 +256,11 @@ def load(path, *, device=None):
     FileNotFoundError
         If there is no such file.
     ValueError
-        If the file is not a skanomaly model (a foreign or corrupted file),
-        was written by a newer format version, or holds a detector that is
-        not registered here; the message says which.
+        If the file is not a skanomaly model (a foreign, corrupted or
+        edited file), was written by a newer or (without ``allow_legacy``)
+        an older format version, holds a detector that is not registered
+        here, or sizes, names or devices that this loader refuses; the
+        message says which, in one line.
 
     Examples
     --------
@@ -224,16 +277,13 @@ def load(path, *, device=None):
     if not path.is_file():
         raise FileNotFoundError(f"No skanomaly model file {str(path)!r}.")
     try:
-        document = read_document(path)
+        document = read_document(path, allow_legacy=allow_legacy)
         tensors = read_tensors(path, document)
         name = document.get("name")
         encoded = document.get("detector")
         if not isinstance(name, str) or not isinstance(encoded, dict):
             raise FormatError("its header names no detector")
-        try:
-            cls = detector_class(name, encoded.get("class"))
-        except ValueError as exc:
-            raise ValueError(f"{str(path)!r} {exc}.") from None
+        cls = detector_class(name, encoded.get("class"))
         check_estimator_device, checked_device = _device_policy(device)
         reader = EstimatorReader(
             tensors,
@@ -241,14 +291,20 @@ def load(path, *, device=None):
             check_estimator_device=check_estimator_device,
             checked_device=checked_device,
             string_dtype=_string_dtype,
+            budget=Budget(path.stat().st_size + LOAD_MARGIN_BYTES),
         )
         return reader.estimator(cls, encoded)
+    except Refused as exc:
+        raise ValueError(f"{str(path)!r} cannot be loaded: {exc}.") from None
     except FormatError as exc:
         raise ValueError(
             f"{str(path)!r} is not a valid skanomaly model file: {exc}."
         ) from None
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, *_MALFORMED) as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
         raise ValueError(
             f"{str(path)!r} is not a valid skanomaly model file: its header is "
-            f"malformed ({type(exc).__name__}: {exc})."
+            f"malformed ({reason})."
         ) from None

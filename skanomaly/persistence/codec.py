@@ -10,7 +10,9 @@ name. Estimators (``"__estimator__"``) are handed to the caller's hooks
 
 Decoding checks what it reads: a tensor that is missing, or whose dtype or
 shape is not what the JSON says, and a tag no rule knows, are format errors
-(:class:`FormatError`, a ``ValueError``).
+(:class:`FormatError`, a ``ValueError``). Memory that decoding allocates
+beyond the file's own tensors (string arrays, rebuilt modules) is drawn from
+a :class:`Budget` first, so a small file cannot make a large allocation.
 """
 
 import math
@@ -24,7 +26,15 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-__all__ = ["RULES", "CannotStore", "Decoder", "Encoder", "FormatError"]
+__all__ = [
+    "RULES",
+    "Budget",
+    "CannotStore",
+    "Decoder",
+    "Encoder",
+    "FormatError",
+    "Refused",
+]
 
 # numpy kinds stored as raw tensors: bool, signed and unsigned ints, floats
 _ARRAY_KINDS = "biuf"
@@ -36,6 +46,36 @@ class CannotStore(TypeError):
 
 class FormatError(ValueError):
     """The file's contents are not what a skanomaly file may hold."""
+
+
+class Refused(ValueError):
+    """A well-formed file asks for what this loader does not do here.
+
+    A newer format, a detector that is not registered, a device this
+    machine lacks, a backbone that cannot be built offline...
+    """
+
+
+class Budget:
+    """The bytes a load may still allocate; refuses what goes beyond.
+
+    Parameters
+    ----------
+    nbytes : int
+        The whole budget, e.g. the file's size plus a margin.
+    """
+
+    def __init__(self, nbytes):
+        self.left = int(nbytes)
+
+    def spend(self, nbytes, what):
+        """Take ``nbytes`` for ``what``; a FormatError if they are not left."""
+        if nbytes > self.left:
+            raise FormatError(
+                f"{what} would take {nbytes:,} bytes, more than a file of this size "
+                "can account for"
+            )
+        self.left -= nbytes
 
 
 @dataclass(frozen=True)
@@ -90,10 +130,17 @@ def _decode_array(decoder, obj):
 
 def _decode_array_list(decoder, obj):
     flat = _flat(decoder.decode(obj["__ndarray_list__"]))
-    shape = [int(s) for s in obj["shape"]]
+    shape = obj["shape"]
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise FormatError(f"an array has shape {_short(shape)}")
     if math.prod(shape) != len(flat):
         raise FormatError(f"an array of shape {shape} holds {len(flat)} values")
-    dtype = object if obj["dtype"] == "object" else decoder.string_dtype(obj["dtype"])
+    dtype = np.dtype(
+        object if obj["dtype"] == "object" else decoder.string_dtype(obj["dtype"])
+    )
+    decoder.budget.spend(len(flat) * dtype.itemsize, f"an array of dtype {dtype}")
     array = np.empty(len(flat), dtype=dtype)
     array[:] = flat
     return array.reshape(shape)
@@ -301,21 +348,31 @@ class Decoder:
         tensor's saved device.
     string_dtype : callable
         ``string_dtype(text) -> numpy dtype``, checks a string array's dtype.
+    budget : Budget
+        What decoding may allocate beyond the tensors.
     """
 
     def __init__(
-        self, tensors, decode_estimator, *, device, checked_device, string_dtype
+        self,
+        tensors,
+        decode_estimator,
+        *,
+        device,
+        checked_device,
+        string_dtype,
+        budget,
     ):
         self.tensors = tensors
         self.decode_estimator = decode_estimator
         self.device = device
         self.checked_device = checked_device
         self.string_dtype = string_dtype
+        self.budget = budget
 
     def tensor(self, name):
         """The stored tensor ``name``; a FormatError if it is missing."""
         if not isinstance(name, str) or name not in self.tensors:
-            raise FormatError(f"tensor {name!r} is missing")
+            raise FormatError(f"tensor {_short(name)} is missing")
         return self.tensors[name]
 
     def decode(self, obj):

@@ -8,15 +8,37 @@ detector's own ``_make_net`` for its input shape; a plain torch module is
 rebuilt by the estimator's ``_make_persistent_module(name)``; estimators
 with ``_get_persistent_state``/``_set_persistent_state`` store what those
 return instead of the attribute walk.
+
+Reading builds nothing from the file's sizes before checking them: a net or
+module is first built on torch's meta device (shapes without memory), with
+the number of parameters, buffers and submodules it may register bounded by
+the number of tensors the file stores for it; its state dict must then fit
+the stored weights exactly, and its bytes are drawn from the load's
+:class:`~skanomaly.persistence.codec.Budget`. Only then is it built for real.
 """
+
+import threading
+import warnings
+from contextlib import contextmanager
+from itertools import chain
 
 import torch
 from skorch import NeuralNet
 from skorch.history import History
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from ..nets import initialize_for_inference, net_modules
-from .codec import CannotStore, Decoder, Encoder, FormatError
+from .codec import CannotStore, Decoder, Encoder, FormatError, Refused
 from .trust import nested_estimator_class, qualified_name
+
+# A probe build may register this many parameters, buffers and submodules per
+# stored tensor (activations and pooling layers have none), plus a constant.
+_REGISTRATIONS_PER_TENSOR = 8
+_EXTRA_REGISTRATIONS = 1024
 
 __all__ = ["EstimatorReader", "EstimatorWriter"]
 
@@ -124,6 +146,58 @@ def _net_input_shape(owner, where):
     return (int(n_features),)
 
 
+@contextmanager
+def _bounded_registrations(limit, where):
+    """Stop a module build in this thread once it registers over ``limit`` parts."""
+    thread = threading.get_ident()
+    count = 0
+
+    def count_one(*args):
+        nonlocal count
+        if threading.get_ident() == thread:
+            count += 1
+            if count > limit:
+                raise FormatError(
+                    f"its parameters make {where} far larger than the weights it stores"
+                )
+
+    handles = [
+        register(count_one)
+        for register in (
+            register_module_parameter_registration_hook,
+            register_module_buffer_registration_hook,
+            register_module_module_registration_hook,
+        )
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def _refusals(where):
+    """The ValueErrors of an estimator's own code (a hook) as Refused."""
+    try:
+        yield
+    except (FormatError, Refused):
+        raise
+    except ValueError as exc:
+        raise Refused(f"{where}: {' '.join(str(exc).split()).rstrip('.')}") from None
+
+
+def _input_shape(value):
+    if (
+        not isinstance(value, list)
+        or len(value) not in (1, 3)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+        or min(value) < 1
+    ):
+        raise FormatError(f"a net has input shape {value!r:.60}")
+    return tuple(value)
+
+
 class EstimatorReader(Decoder):
     """Rebuilds estimators from their encoding and the file's tensors.
 
@@ -137,10 +211,19 @@ class EstimatorReader(Decoder):
         available here.
     checked_device, string_dtype : callable
         See :class:`~skanomaly.persistence.codec.Decoder`.
+    budget : Budget
+        What rebuilt modules and decoded values may allocate.
     """
 
     def __init__(
-        self, tensors, *, device, check_estimator_device, checked_device, string_dtype
+        self,
+        tensors,
+        *,
+        device,
+        check_estimator_device,
+        checked_device,
+        string_dtype,
+        budget,
     ):
         super().__init__(
             tensors,
@@ -148,6 +231,7 @@ class EstimatorReader(Decoder):
             device=device,
             checked_device=checked_device,
             string_dtype=string_dtype,
+            budget=budget,
         )
         self.check_estimator_device = check_estimator_device
 
@@ -166,37 +250,91 @@ class EstimatorReader(Decoder):
                 f"its parameters do not fit {cls.__name__} here ({exc}); it was "
                 "probably written by another version"
             ) from None
+        _check_params(estimator)
         self.check_estimator_device(estimator)
         if "custom_state" in encoded:
             estimator._set_persistent_state(self.decode(encoded["custom_state"]))
             return estimator
         for attr, value in encoded["state"].items():
+            _check_attribute(cls, attr, params)
             setattr(estimator, attr, self.decode(value))
         for attr, module_state in encoded["modules"].items():
+            _check_attribute(cls, attr, params)
             make = getattr(estimator, "_make_persistent_module", None)
             if make is None:
                 raise FormatError(
                     f"{cls.__name__} has no _make_persistent_module to rebuild {attr}"
                 )
-            # a fresh module draws initial weights: keep the caller's stream
-            with torch.random.fork_rng(devices=[]):
+
+            def build(meta, attr=attr, make=make):
                 module = make(attr)
+                return {attr: module}, module
+
+            module = self.built(build, {attr: module_state}, cls.__name__)
             self.load_module(module, module_state, f"{cls.__name__}.{attr}")
             setattr(estimator, attr, module)
         for attr, net_state in encoded["nets"].items():
+            _check_attribute(cls, attr, params)
             net = self.net(estimator, net_state, f"{cls.__name__}.{attr}")
             setattr(estimator, attr, net)
         return estimator
 
-    def load_module(self, module, encoded, where):
+    def built(self, build, stored, where):
+        """What ``build(meta)`` makes, checked on the meta device first.
+
+        ``build(meta)`` returns ``(modules, result)``: a dict of the modules
+        it made, by name, and what to return. ``stored`` maps some of those
+        names to their encoded state. The probe, ``build(True)`` on the meta
+        device, allocates nothing and may register only so many parts; its
+        state dicts must fit the stored tensors and its bytes the budget.
+        Then ``build(False)`` makes the result for real.
+        """
+        n_stored = sum(len(state["tensors"]) for state in stored.values())
+        limit = _REGISTRATIONS_PER_TENSOR * n_stored + _EXTRA_REGISTRATIONS
+        # building draws initial weights: keep the caller's random stream
+        with torch.random.fork_rng(devices=[]), _refusals(where):
+            try:
+                with torch.device("meta"), _bounded_registrations(limit, where):
+                    probe, _ = build(True)
+            except (RuntimeError, OverflowError) as exc:  # sizes torch refuses
+                reason = " ".join(str(exc).split())[:160]
+                raise FormatError(
+                    f"its parameters make {where} impossible to build ({reason})"
+                ) from None
+            for name, state in stored.items():
+                if name not in probe:
+                    raise FormatError(f"{where} has no module {name!r} here")
+                self.load_module(probe[name], state, f"{where}.{name}", meta=True)
+            self.budget.spend(
+                sum(
+                    tensor.numel() * tensor.element_size()
+                    for module in probe.values()
+                    for tensor in chain(module.parameters(), module.buffers())
+                ),
+                f"the modules of {where}",
+            )
+            return build(False)[1]
+
+    def load_module(self, module, encoded, where, *, meta=False):
+        """Load the stored state ``encoded`` into ``module`` (strictly).
+
+        With ``meta``, only the shapes are loaded (into a module on the meta
+        device).
+        """
         state = {key: self.tensor(name) for key, name in encoded["tensors"].items()}
+        if meta:
+            state = {k: torch.empty_like(t, device="meta") for k, t in state.items()}
         try:
-            module.load_state_dict(state, strict=True)
+            with warnings.catch_warnings():
+                # BatchNorm fills a missing counter with a CPU tensor (then
+                # the strict check refuses the state anyway)
+                warnings.filterwarnings("ignore", "for .*: copying from a non-meta")
+                module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise FormatError(
                 f"the weights stored for {where} do not fit the "
                 f"{type(module).__name__} this version builds: "
-                f"{' '.join(str(exc).split())}"
+                f"{' '.join(str(exc).split())[:300]}"
             ) from None
         module.train(bool(encoded["training"]))
         frozen = set(encoded["frozen"])
@@ -204,15 +342,45 @@ class EstimatorReader(Decoder):
             parameter.requires_grad_(name not in frozen)
 
     def net(self, owner, encoded, where):
-        net = owner._make_net(tuple(encoded["input_shape"]))
-        # building a net draws its initial weights: keep the caller's stream
-        with torch.random.fork_rng(devices=[]):
+        input_shape = _input_shape(encoded["input_shape"])
+        stored = encoded["modules"]
+
+        def build(meta):
+            net = owner._make_net(input_shape)
+            if meta:
+                net.device = "meta"
             initialize_for_inference(net)
+            return net_modules(net), net
+
+        net = self.built(build, stored, where)
         modules = net_modules(net)
-        for name, module_state in encoded["modules"].items():
-            if name not in modules:
-                raise FormatError(f"{where} has no module {name!r} here")
-            self.load_module(modules[name], module_state, f"{where}.{name}_")
+        for name, module_state in stored.items():
+            self.load_module(modules[name], module_state, f"{where}.{name}")
         if encoded.get("history") is not None:
             net.history = History(self.decode(encoded["history"]))
         return net
+
+
+def _check_params(estimator):
+    """The constructor parameters pass the estimator's own constraints."""
+    validate = getattr(estimator, "_validate_params", None)
+    if validate is None or not getattr(estimator, "_parameter_constraints", None):
+        return
+    try:
+        validate()
+    except ValueError as exc:  # scikit-learn's InvalidParameterError
+        raise FormatError(f"its parameters are invalid: {exc}".rstrip(".")) from None
+
+
+def _check_attribute(cls, attr, params):
+    """A fitted attribute name a file may set: not a parameter, method or dunder."""
+    if (
+        not isinstance(attr, str)
+        or not attr.isidentifier()
+        or attr.startswith("__")
+        or attr in params
+        or hasattr(cls, attr)
+    ):
+        raise FormatError(
+            f"it sets {cls.__name__} attribute {attr!r:.60}, which no fitted state has"
+        )

@@ -8,6 +8,12 @@ entry, ``"skanomaly"``: the JSON document ``{"format", "format_version",
 SHA-256 of the ``name`` and ``detector`` entries (canonical JSON) and of
 every tensor's name, dtype, shape and bytes: it finds damaged and edited
 files; it is not a signature.
+
+Reading checks the structure before anything uses it: the header's length
+against the file's size, JSON nested at most :data:`MAX_DEPTH` levels, with
+integers of at most 64 bits and no ``NaN``/``Infinity`` literals, and a
+format version this module reads (version 1, whose checksum leaves the
+header out, only when the caller allows it).
 """
 
 import hashlib
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .codec import FormatError
+from .codec import FormatError, Refused
 
 __all__ = [
     "FORMAT_NAME",
@@ -36,6 +42,9 @@ FORMAT_NAME = "skanomaly"
 FORMAT_VERSION = 2
 METADATA_KEY = "skanomaly"
 _MAX_HEADER_BYTES = 100_000_000
+# A document written by save() nests about a dozen levels deep.
+MAX_DEPTH = 64
+_INT_LIMIT = 2**63
 
 
 def checksum(tensors, document=None):
@@ -88,8 +97,48 @@ def _umask():
     return mask
 
 
-def read_document(path):
-    """The skanomaly document of the file at ``path``; precise errors for others."""
+def _refuse_constant(name):
+    raise FormatError(f"it holds the non-standard JSON value {name}")
+
+
+def _check_structure(value, what):
+    """Depth and integer size of parsed JSON, walked without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise FormatError(f"{what} nests deeper than {MAX_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and not -_INT_LIMIT <= item < _INT_LIMIT
+        ):
+            raise FormatError(f"{what} holds an integer of more than 64 bits")
+
+
+def _parse_json(text, what):
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise FormatError(f"{what} nests deeper than {MAX_DEPTH} levels") from None
+    except FormatError:
+        raise
+    except (TypeError, ValueError) as exc:  # JSONDecodeError, too many digits
+        reason = " ".join(str(exc).split())[:120]
+        raise FormatError(f"{what} is not valid JSON ({reason})") from None
+    _check_structure(value, what)
+    return value
+
+
+def read_document(path, *, allow_legacy=False):
+    """The skanomaly document of the file at ``path``; precise errors for others.
+
+    Format version 1 (whose checksum does not cover the document) is read
+    only with ``allow_legacy=True``.
+    """
     size = path.stat().st_size
     with path.open("rb") as file:
         prefix = file.read(8)
@@ -100,9 +149,10 @@ def read_document(path):
             raise FormatError("it is not in the safetensors format")
         raw = file.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        raw = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise FormatError("its safetensors header is not valid JSON") from None
+    header = _parse_json(raw, "its safetensors header")
     if not isinstance(header, dict):
         raise FormatError("its safetensors header is not a JSON object")
     metadata = header.get("__metadata__") or {}
@@ -111,22 +161,28 @@ def read_document(path):
             "it is a safetensors file without a skanomaly header (not written by "
             "skanomaly.save)"
         )
-    try:
-        document = json.loads(metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError):
-        raise FormatError("its skanomaly header is not valid JSON") from None
+    if not isinstance(metadata[METADATA_KEY], str):
+        raise FormatError("its skanomaly header is not a JSON string")
+    document = _parse_json(metadata[METADATA_KEY], "its skanomaly header")
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise FormatError("its header does not describe a skanomaly model")
     version = document.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise FormatError(f"its format version {version!r} is not an integer")
     if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{str(path)!r} was written in skanomaly file format version {version}, "
-            f"newer than the version {FORMAT_VERSION} this skanomaly reads; "
-            "upgrade skanomaly."
+        raise Refused(
+            f"it was written in skanomaly file format version {version}, newer "
+            f"than the version {FORMAT_VERSION} this skanomaly reads; upgrade "
+            "skanomaly"
         )
-    if version < 1:
+    if version == 1 and not allow_legacy:
+        raise Refused(
+            "it is in skanomaly file format version 1, whose checksum does not "
+            "cover its parameters and fitted values, so an edit of them goes "
+            "undetected; if you trust where it comes from, load it with "
+            "skanomaly.load(path, allow_legacy=True) and save it again"
+        )
+    if version not in (1, FORMAT_VERSION):
         raise FormatError(f"its format version {version} is unknown")
     return document
 

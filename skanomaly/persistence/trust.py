@@ -12,7 +12,7 @@ their files still load.
 import functools
 import importlib
 
-from .codec import FormatError
+from .codec import FormatError, Refused
 
 __all__ = [
     "MOVED",
@@ -69,20 +69,20 @@ def detector_class(name, class_path):
 
     Raises
     ------
-    ValueError
+    Refused
         If ``name`` is not registered here or is registered to another class.
     """
     from ..registry import detector_entry_points, get_detector
 
     if name not in detector_entry_points():
         known = ", ".join(detector_entry_points()) or "none"
-        raise ValueError(
+        raise Refused(
             f"it holds a {name!r} detector, which is not registered here (known "
             f"detectors: {known}); install the package that provides it"
         )
     cls = get_detector(name)
     if qualified_name(cls) != current_path(class_path):
-        raise ValueError(
+        raise Refused(
             f"it holds a {name!r} detector of class {class_path!r}, but {name!r} is "
             f"{qualified_name(cls)!r} here; refusing to load it into another class"
         )
@@ -100,19 +100,26 @@ def _allowed_nested_classes():
 
 
 def _registered_class(path):
-    """The registered detector whose class path is ``path``, or None."""
-    from ..registry import detector_entry_points, get_detector, list_detectors
+    """The registered detector whose class path is ``path``, or None.
 
-    # by the entry points' own paths first (package metadata, no import) ...
+    Only detectors whose entry point names a class of that name are imported
+    to compare (under their own or a re-exported path): a file cannot make
+    every plugin load.
+    """
+    from ..registry import detector_entry_points, get_detector
+
+    def class_name(target):
+        return target.replace(":", ".").rpartition(".")[2].strip()
+
     for name, entry_point in detector_entry_points().items():
-        if entry_point.value.replace(" ", "").replace(":", ".") == path:
+        if class_name(entry_point.value) != class_name(path):
+            continue
+        try:
             cls = get_detector(name)
-            if qualified_name(cls) == path:
-                return cls
-    # ... then among classes registered under another (re-exported) path
-    for name in list_detectors():
-        if qualified_name(get_detector(name)) == path:
-            return get_detector(name)
+        except ValueError:  # a broken plugin
+            continue
+        if qualified_name(cls) == path:
+            return cls
     return None
 
 
