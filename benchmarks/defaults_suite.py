@@ -237,6 +237,11 @@ def run(args):
             row["code"] = "peers" if args.peers else args.code
             if task.startswith("mnist2000") and name in _SKIP_ON_LARGE:
                 continue
+            if any(
+                name == skip_name and task.startswith(prefix)
+                for skip_name, prefix in args.skip
+            ):
+                continue
             if name == "anomalib GANomaly" and not (
                 is_image and X_train.shape[-1] == 32
             ):
@@ -291,27 +296,111 @@ def run(args):
 
 
 def table(paths):
+    """Markdown tables: ours before/after per task, the peers, the targets."""
     rows = [row for path in paths for row in json.loads(Path(path).read_text())]
-    tasks = list(dict.fromkeys(row["task"] for row in rows))
-    detectors = list(dict.fromkeys((row["detector"], row["code"]) for row in rows))
     cell = {(r["task"], r["detector"], r["code"]): r for r in rows}
-    lines = [
-        "| task | n train | " + " | ".join(f"{d} ({c})" for d, c in detectors) + " |"
-    ]
-    lines.append("|" + "---|" * (len(detectors) + 2))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    n_train = {r["task"]: r["n_train"] for r in rows}
+    codes = [c for c in dict.fromkeys(r["code"] for r in rows) if c != "peers"]
+
+    def auroc(task, name, code):
+        r = cell.get((task, name, code))
+        return None if r is None or "error" in r else r["auroc"]
+
+    def fmt(value, spec=".3f"):
+        return "" if value is None else format(value, spec)
+
+    def seconds(task, name, code, key):
+        r = cell.get((task, name, code))
+        return None if r is None or "error" in r else r[key]
+
+    header = ["task", "n train", "detector"]
+    header += [f"AUROC {c}" for c in codes] + [f"fit s {c}" for c in codes]
+    header += [f"score s {c}" for c in codes] + [f"steps {codes[-1]}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task in tasks:
-        n = next(r["n_train"] for r in rows if r["task"] == task)
-        cells = []
-        for d, c in detectors:
-            r = cell.get((task, d, c))
-            if r is None:
-                cells.append("")
-            elif "error" in r:
-                cells.append("failed")
-            else:
-                cells.append(f"{r['auroc']:.3f} ({r['fit_s']:.0f} s)")
-        lines.append(f"| {task} | {n} | " + " | ".join(cells) + " |")
+        for name in OURS:
+            if not any((task, name, c) in cell for c in codes):
+                continue
+            values = [fmt(auroc(task, name, c)) for c in codes]
+            values += [fmt(seconds(task, name, c, "fit_s"), ".1f") for c in codes]
+            values += [fmt(seconds(task, name, c, "score_s"), ".1f") for c in codes]
+            last = cell.get((task, name, codes[-1]), {})
+            values.append(str(last.get("steps", "")))
+            lines.append(
+                f"| {task} | {n_train[task]} | {name} | " + " | ".join(values) + " |"
+            )
+    lines += [
+        "",
+        "| task | " + " | ".join(PEERS) + " |",
+        "|" + "---|" * (len(PEERS) + 1),
+    ]
+    for task in tasks:
+        values = [fmt(auroc(task, name, "peers")) for name in PEERS]
+        lines.append(f"| {task} | " + " | ".join(values) + " |")
+    lines += ["", *_targets(tasks, codes[-1], auroc, n_train, rows)]
     return "\n".join(lines)
+
+
+def _targets(tasks, code, auroc, n_train, rows):
+    """The issue's four targets, checked on code version ``code``."""
+
+    def ours(task, name):
+        return auroc(task, name, code)
+
+    def peer(task, name):
+        return auroc(task, name, "peers")
+
+    def below(task, name, other):
+        a, b = ours(task, name), peer(task, other)
+        return a is not None and b is not None and a < b
+
+    low = [
+        f"{name} on {task} ({ours(task, name):.3f})"
+        for task in tasks
+        if (peer(task, "PyOD KNN") or 0) > 0.9
+        for name in OURS
+        if ours(task, name) is not None and ours(task, name) < 0.6
+    ]
+    images = [t for t in tasks if not t.startswith("adbench")]
+    worse = [
+        f"{name} on {task} ({ours(task, name):.3f})"
+        for task in images
+        for name in ("AutoEncoder", "VAE")
+        if below(task, name, "PyOD AutoEncoder")
+    ]
+    lost = [
+        f"{task} ({ours(task, 'GANomaly'):.3f})"
+        for task in tasks
+        if below(task, "GANomaly", "anomalib GANomaly")
+    ]
+    out = [
+        f"- ours below 0.6 where PyOD's KNN > 0.9: {', '.join(low) or 'none'}",
+        "- our AutoEncoder/VAE below PyOD's AutoEncoder on images: "
+        + (", ".join(worse) or "none"),
+        f"- our GANomaly below anomalib's GANomaly: {', '.join(lost) or 'none'}",
+    ]
+    # mean fit time on the large tasks, over the fits both versions made
+    ok = [r for r in rows if r["code"] != "peers" and "error" not in r]
+    large = {t for t in tasks if n_train[t] >= 1000}
+    versions = list(dict.fromkeys(r["code"] for r in ok))
+    common = set.intersection(
+        *[{(r["task"], r["detector"]) for r in ok if r["code"] == v} for v in versions]
+    )
+    for version in versions:
+        fits = [
+            r["fit_s"]
+            for r in ok
+            if r["code"] == version
+            and r["task"] in large
+            and (r["task"], r["detector"]) in common
+        ]
+        if fits:
+            out.append(
+                f"- mean fit s on the tasks with >= 1000 training samples, "
+                f"{version}: {np.mean(fits):.1f} ({len(fits)} fits)"
+            )
+    return out
 
 
 def _setting(item):
@@ -339,7 +428,15 @@ def main():
         "e.g. --set early_stopping=True",
     )
     parser.add_argument("--table", nargs="+", metavar="JSON", help="print the table")
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="DETECTOR:TASK_PREFIX",
+        help="leave a detector out of some tasks, e.g. AnoGAN:mnist",
+    )
     args = parser.parse_args()
+    args.skip = [tuple(item.split(":", 1)) for item in args.skip]
     args.set = [_setting(item) for item in args.set]
     if args.table:
         print(table(args.table))

@@ -10,7 +10,12 @@ from torch.nn import functional as F
 
 from skanomaly.detectors.anogan import AnoGAN
 from skanomaly.detectors.base import get_detector_tags
-from skanomaly.nn.anogan import AnoGANGenerator, anogan_loss, latent_search
+from skanomaly.nn.anogan import (
+    AnoGANGenerator,
+    anogan_loss,
+    best_starts,
+    latent_search,
+)
 from skanomaly.nn.gan import DCGANLoss, Discriminator
 
 FAST = {**get_detector_tags(AnoGAN).test_params, "random_state": 0}
@@ -107,6 +112,48 @@ def test_converged_queries_stop_alone_and_leave_the_batch():
             disc_weight=0.1,
         )
         torch.testing.assert_close(z_i, z_fixed, rtol=1e-5, atol=1e-5)
+
+
+def test_best_start_is_the_candidate_whose_image_fits_best():
+    generator, discriminator = _frozen_dcgan()
+    candidates = torch.randn(9, 6)
+    with torch.no_grad():
+        X = generator.generate(candidates[[4, 1, 7]])  # loss 0 at their own codes
+    starts = best_starts(generator.generate, discriminator.features, X, candidates)
+    torch.testing.assert_close(starts, candidates[[4, 1, 7]], rtol=0, atol=0)
+    # the choice is by the full AnoGAN loss, sample by sample
+    with torch.no_grad():
+        images = generator.generate(candidates)
+        losses = torch.stack(
+            [
+                anogan_loss(
+                    X,
+                    discriminator.features(X),
+                    images[k].expand_as(X),
+                    discriminator.features(images[k : k + 1]).expand(3, -1),
+                    0.1,
+                )
+                for k in range(9)
+            ],
+            dim=1,
+        )
+    torch.testing.assert_close(starts, candidates[losses.argmin(dim=1)])
+    alone = best_starts(generator.generate, discriminator.features, X[1:2], candidates)
+    torch.testing.assert_close(alone, starts[1:2])
+
+
+def test_more_starts_lower_every_unsearched_loss(fitted_images):
+    det, X = fitted_images
+    params = det.get_params()
+    one = det.set_params(search_steps=0, search_starts=1).score_samples(X)
+    many = det.set_params(search_starts=32).score_samples(X)
+    # latent_init_ is one of the 32 candidates: no loss can rise
+    assert np.all(many >= one - 1e-5) and np.any(many > one + 1e-3)
+    assert det._start_codes().shape == (32, det.latent_dim)
+    np.testing.assert_array_equal(det._start_codes()[0], det.latent_init_)
+    # and they are a fixed draw: scoring again gives the same scores
+    np.testing.assert_array_equal(det.score_samples(X), many)
+    det.set_params(**params)
 
 
 def test_search_score_is_the_weighted_loss_at_the_final_code():

@@ -25,7 +25,7 @@ from torch import nn
 from .dcgan import ConvDecoder, dcgan_init
 from .mlp import MLP
 
-__all__ = ["AnoGANGenerator", "anogan_loss", "latent_search"]
+__all__ = ["AnoGANGenerator", "anogan_loss", "best_starts", "latent_search"]
 
 
 class AnoGANGenerator(nn.Module):
@@ -89,6 +89,39 @@ def anogan_loss(X, X_features, reconstruction, reconstruction_features, disc_wei
     residual = (X - reconstruction).abs().flatten(1).sum(dim=1)
     discrimination = (X_features - reconstruction_features).abs().flatten(1).sum(dim=1)
     return (1.0 - disc_weight) * residual + disc_weight * discrimination
+
+
+def best_starts(generate, features, X, candidates, *, disc_weight=0.1):
+    """For every sample, the candidate code whose image fits it best.
+
+    The candidates' images and discriminator features are computed once;
+    each sample is then compared with all of them by :func:`anogan_loss`
+    (broadcast, no Python loop over the samples). A sample's choice
+    depends on that sample alone.
+
+    Parameters
+    ----------
+    generate, features : callable
+        As in :func:`latent_search`.
+    X : tensor of shape (N, ...)
+    candidates : tensor of shape (K, latent_dim)
+    disc_weight : float, default=0.1
+
+    Returns
+    -------
+    z : tensor of shape (N, latent_dim)
+    """
+    with torch.no_grad():
+        images = generate(candidates)  # (K, ...)
+        image_features = features(images)
+        X_features = features(X)
+        n, k = X.shape[0], candidates.shape[0]
+        residual = torch.cdist(X.reshape(n, -1), images.reshape(k, -1), p=1)
+        discrimination = torch.cdist(
+            X_features.reshape(n, -1), image_features.reshape(k, -1), p=1
+        )
+        loss = (1.0 - disc_weight) * residual + disc_weight * discrimination
+        return candidates[loss.argmin(dim=1)]
 
 
 def latent_search(
