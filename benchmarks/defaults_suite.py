@@ -228,13 +228,18 @@ def run(args):
     from sklearn.metrics import roc_auc_score
 
     names = args.detectors or (PEERS if args.peers else OURS)
-    rows = []
+    out = Path(args.out)
+    # an interrupted run goes on where it stopped
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["task"], r["detector"], r["code"]) for r in rows}
     for task in args.tasks:
         X_train, X_test, y_test = load_task(task, args.data)
         is_image = X_train.ndim == 4
         for name in names:
             row = {"task": task, "n_train": len(X_train), "detector": name}
             row["code"] = "peers" if args.peers else args.code
+            if (task, name, row["code"]) in done:
+                continue
             if task.startswith("mnist2000") and name in _SKIP_ON_LARGE:
                 continue
             if any(
@@ -291,7 +296,7 @@ def run(args):
                 row["error"] = f"{type(exc).__name__}: {exc}"[:200]
             print(json.dumps(row), flush=True)
             rows.append(row)
-            Path(args.out).write_text(json.dumps(rows, indent=1))
+            out.write_text(json.dumps(rows, indent=1))
     return rows
 
 

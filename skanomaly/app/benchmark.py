@@ -19,7 +19,7 @@ categories) and averages over the categories.
 
 Each detector is built with :func:`skanomaly.make_detector` from its
 constructor defaults, updated with the ``benchmark_params`` of its tags
-(AnoGAN searches its latent codes for 50 steps instead of 500 here), with
+(none of the built-ins has any), with
 ``random_state`` and ``verbose=0`` where it takes them, and with
 ``max_epochs`` only when ``epochs`` is given: by default the trained
 detectors size their own training (``batch_size='auto'``,
