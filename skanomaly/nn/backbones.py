@@ -780,6 +780,17 @@ def level_maps(model, x, *, keep):
     )
 
 
+def _preprocessing(size, mean, std, interpolation, in_chans):
+    """The keyword arguments of :func:`preprocess_images`, as a module keeps them."""
+    return dict(
+        size=tuple(size),
+        mean=tuple(mean),
+        std=tuple(std),
+        interpolation=interpolation,
+        in_chans=in_chans,
+    )
+
+
 def preprocess_images(x, *, size, mean, std, interpolation="bicubic", in_chans=3):
     """Scale, resize and normalise a batch for a backbone.
 
@@ -837,13 +848,7 @@ class PooledFeatures(torch.nn.Module):
     ):
         super().__init__()
         self.model = model
-        self.preprocessing = dict(
-            size=tuple(size),
-            mean=tuple(mean),
-            std=tuple(std),
-            interpolation=interpolation,
-            in_chans=in_chans,
-        )
+        self.preprocessing = _preprocessing(size, mean, std, interpolation, in_chans)
         self.has_head = has_head
         self.keep = None if keep is None else list(keep)
 
@@ -894,13 +899,7 @@ class PatchGrid(torch.nn.Module):
     ):
         super().__init__()
         self.model = model
-        self.preprocessing = dict(
-            size=tuple(size),
-            mean=tuple(mean),
-            std=tuple(std),
-            interpolation=interpolation,
-            in_chans=in_chans,
-        )
+        self.preprocessing = _preprocessing(size, mean, std, interpolation, in_chans)
         self.keep = list(keep)
         self.pool_size = int(pool_size)
         self.grid = tuple(int(s) for s in grid)
