@@ -909,7 +909,7 @@ class PatchGrid(torch.nn.Module):
         )
 
     def forward(self, x):
-        """Patch features (N, channels, *grid) of images ``x``."""
+        """Patch features ``(N, channels, *grid)`` of images ``x``."""
         x = preprocess_images(x, **self.preprocessing)
         pool, out = self.pool_size, []
         for level in level_maps(self.model, x, keep=self.keep):
