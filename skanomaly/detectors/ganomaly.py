@@ -68,8 +68,10 @@ class GANomaly(BaseGANDetector):
     beta1 : float, default=0.5
         Adam's first-moment decay for both optimizers (betas=(beta1, 0.999)).
     batch_size : int or 'auto', default='auto'
-        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 64],
-        so that small training sets get at least 8 optimizer steps an epoch.
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 32],
+        so that small training sets get at least 8 optimizer steps an epoch
+        (32, not 64, from 256 samples on: 500 MNIST 3s gave AUROC 0.912 in
+        batches of 32 for 15 epochs, 0.657 in batches of 62 for 207 steps).
         Scoring runs in batches of this size (256 with 'auto'), which
         bounds its memory.
     max_epochs : int or 'auto', default='auto'
@@ -163,6 +165,7 @@ class GANomaly(BaseGANDetector):
     }
 
     _default_epochs = 15
+    _auto_max_batch = 32
 
     def __init__(
         self,

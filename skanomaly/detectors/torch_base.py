@@ -31,7 +31,7 @@ __all__ = ["BaseTorchDetector", "TooFewStepsWarning", "training_plan"]
 # batch_size='auto': at least this many optimizer steps per epoch on small
 # training sets, batches of 8 to 64 samples
 _AUTO_STEPS_PER_EPOCH = 8
-_AUTO_BATCH_RANGE = (8, 64)
+_AUTO_BATCH_RANGE = (8, 64)  # the default largest batch: max_batch
 # Scoring batches when batch_size='auto' (memory stays bounded by it).
 _AUTO_SCORING_BATCH = 256
 # Fewer optimizer steps than this leave every trained detector here far from
@@ -43,7 +43,9 @@ class TooFewStepsWarning(UserWarning):
     """A detector was trained for too few optimizer steps to be reliable."""
 
 
-def training_plan(n_samples, batch_size, max_epochs, min_steps, default_epochs):
+def training_plan(
+    n_samples, batch_size, max_epochs, min_steps, default_epochs, max_batch=64
+):
     """Batch size, epochs and optimizer steps a torch detector trains with.
 
     Parameters
@@ -51,13 +53,16 @@ def training_plan(n_samples, batch_size, max_epochs, min_steps, default_epochs):
     n_samples : int
         Training samples (after any validation split).
     batch_size : int or 'auto'
-        'auto': ``clip(n_samples // 8, 8, 64)`` (at most ``n_samples``), so
-        that small training sets get at least 8 steps an epoch.
+        'auto': ``clip(n_samples // 8, 8, max_batch)`` (at most
+        ``n_samples``), so that small training sets get at least 8 steps an
+        epoch.
     max_epochs : int or 'auto'
         'auto': ``default_epochs``, raised until training takes at least
         ``min_steps`` optimizer steps; an int is taken as it is.
     min_steps : int
     default_epochs : int
+    max_batch : int, default=64
+        Largest batch of ``batch_size='auto'``.
 
     Returns
     -------
@@ -73,9 +78,11 @@ def training_plan(n_samples, batch_size, max_epochs, min_steps, default_epochs):
     (64, 30, 23460)
     >>> training_plan(60, 64, 15, min_steps=500, default_epochs=30)
     (64, 15, 15)
+    >>> training_plan(500, "auto", "auto", 200, 15, max_batch=32)
+    (32, 15, 240)
     """
     if batch_size == "auto":
-        low, high = _AUTO_BATCH_RANGE
+        low, high = _AUTO_BATCH_RANGE[0], max_batch
         batch_size = min(
             n_samples, max(low, min(high, n_samples // _AUTO_STEPS_PER_EPOCH))
         )
@@ -241,6 +248,8 @@ class BaseTorchDetector(BaseDetector):
 
     # epochs of max_epochs='auto' on large training sets (the authors' count)
     _default_epochs = 30
+    # largest batch of batch_size='auto'
+    _auto_max_batch = 64
 
     @abstractmethod
     def _make_net(self, input_shape):
@@ -311,6 +320,7 @@ class BaseTorchDetector(BaseDetector):
             self.max_epochs,
             self.min_steps,
             self._default_epochs,
+            self._auto_max_batch,
         )
         net = self._make_net(tuple(X.shape[1:]))
         net.set_params(batch_size=self.batch_size_, max_epochs=self.n_epochs_)
