@@ -44,7 +44,8 @@ class AnoGAN(BaseGANDetector):
     MNIST and tabular one-class tasks (``benchmarks/RESULTS_defaults.md``),
     the best of 64 starts with that stopping rule took 10-60 steps per
     query and ranked as well as or better than 500 steps from one random
-    code. ``search_starts=1, search_tol=None`` is the paper's procedure
+    code (32x32 digits: 10-17x the images/s, AUROC 0.992 -> 0.998 and
+    0.9998 -> 1.000). ``search_starts=1, search_tol=None`` is the paper's procedure
     (Gamma = 500 steps from one random code).
 
     Images go through DCGAN convolutional stacks (any size), tabular rows
