@@ -83,11 +83,15 @@ class TensorBatchIterator:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
 
+    @staticmethod
+    def samples_used(n_samples, batch_size, shuffle):
+        """Samples an epoch goes through (a lone last one is skipped when shuffling)."""
+        if shuffle and n_samples > 1 and n_samples % batch_size == 1:
+            return n_samples - 1
+        return n_samples
+
     def _n_used(self):
-        n = len(self.data)
-        if self.shuffle and n > 1 and n % self.batch_size == 1:
-            return n - 1
-        return n
+        return self.samples_used(len(self.data), self.batch_size, self.shuffle)
 
     def __len__(self):
         return math.ceil(self._n_used() / self.batch_size)

@@ -133,6 +133,7 @@ def test_prefixed_params_reach_the_net(images):
         optimizer_d__lr=0.0123,
         optimizer__lr=0.0456,
         criterion__w_con=7.0,
+        max_epochs=FAST["max_epochs"],
     )
     net.initialize()
     assert net.module_.encoder.out_features == 3

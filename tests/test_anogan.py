@@ -10,7 +10,12 @@ from torch.nn import functional as F
 
 from skanomaly.detectors.anogan import AnoGAN
 from skanomaly.detectors.base import get_detector_tags
-from skanomaly.nn.anogan import AnoGANGenerator, anogan_loss, latent_search
+from skanomaly.nn.anogan import (
+    AnoGANGenerator,
+    anogan_loss,
+    best_starts,
+    latent_search,
+)
 from skanomaly.nn.gan import DCGANLoss, Discriminator
 
 FAST = {**get_detector_tags(AnoGAN).test_params, "random_state": 0}
@@ -51,11 +56,11 @@ def test_batched_search_equals_per_sample_searches():
     X = torch.rand(7, 1, 8, 8) * 2 - 1
     z_init = torch.randn(7, 6)
     kwargs = dict(steps=15, lr=0.05, disc_weight=0.1)
-    loss, z, reconstruction = latent_search(
+    loss, z, reconstruction, _ = latent_search(
         generator.generate, discriminator.features, X, z_init, **kwargs
     )
     for i in range(len(X)):
-        loss_i, z_i, rec_i = latent_search(
+        loss_i, z_i, rec_i, _ = latent_search(
             generator.generate,
             discriminator.features,
             X[i : i + 1],
@@ -67,10 +72,88 @@ def test_batched_search_equals_per_sample_searches():
         torch.testing.assert_close(reconstruction[i : i + 1], rec_i)
     # the codes moved, and the search lowered the loss it reports
     assert not torch.allclose(z, z_init)
-    initial, _, _ = latent_search(
+    initial, _, _, _ = latent_search(
         generator.generate, discriminator.features, X, z_init, steps=0
     )
     assert loss.mean() < initial.mean()
+
+
+def test_converged_queries_stop_alone_and_leave_the_batch():
+    generator, discriminator = _frozen_dcgan()
+    with torch.no_grad():  # queries the generator can explain: the loss falls
+        X = generator.generate(torch.randn(9, 6) * 2)
+    z_init = torch.randn(9, 6)
+    kwargs = dict(steps=200, lr=0.05, disc_weight=0.1, tol=1e-2, patience=5)
+    loss, z, _, n_steps = latent_search(
+        generator.generate, discriminator.features, X, z_init, **kwargs
+    )
+    # the tolerance stopped searches early, at different steps
+    assert n_steps.max() < 200 and len(set(n_steps.tolist())) > 1
+    for i in range(len(X)):
+        # alone, each query stops at the same step with the same score
+        loss_i, z_i, _, steps_i = latent_search(
+            generator.generate,
+            discriminator.features,
+            X[i : i + 1],
+            z_init[i : i + 1],
+            **kwargs,
+        )
+        assert steps_i.item() == n_steps[i].item()
+        torch.testing.assert_close(loss[i : i + 1], loss_i, rtol=1e-4, atol=1e-4)
+        # and its code is the one it had when it stopped: a search of exactly
+        # that many steps without a tolerance ends at the same code
+        fixed, z_fixed, _, _ = latent_search(
+            generator.generate,
+            discriminator.features,
+            X[i : i + 1],
+            z_init[i : i + 1],
+            steps=int(steps_i),
+            lr=0.05,
+            disc_weight=0.1,
+        )
+        torch.testing.assert_close(z_i, z_fixed, rtol=1e-5, atol=1e-5)
+
+
+def test_best_start_is_the_candidate_whose_image_fits_best():
+    generator, discriminator = _frozen_dcgan()
+    candidates = torch.randn(9, 6)
+    with torch.no_grad():
+        X = generator.generate(candidates[[4, 1, 7]])  # loss 0 at their own codes
+    starts = best_starts(generator.generate, discriminator.features, X, candidates)
+    torch.testing.assert_close(starts, candidates[[4, 1, 7]], rtol=0, atol=0)
+    # the choice is by the full AnoGAN loss, sample by sample
+    with torch.no_grad():
+        images = generator.generate(candidates)
+        losses = torch.stack(
+            [
+                anogan_loss(
+                    X,
+                    discriminator.features(X),
+                    images[k].expand_as(X),
+                    discriminator.features(images[k : k + 1]).expand(3, -1),
+                    0.1,
+                )
+                for k in range(9)
+            ],
+            dim=1,
+        )
+    torch.testing.assert_close(starts, candidates[losses.argmin(dim=1)])
+    alone = best_starts(generator.generate, discriminator.features, X[1:2], candidates)
+    torch.testing.assert_close(alone, starts[1:2])
+
+
+def test_more_starts_lower_every_unsearched_loss(fitted_images):
+    det, X = fitted_images
+    params = det.get_params()
+    one = det.set_params(search_steps=0, search_starts=1).score_samples(X)
+    many = det.set_params(search_starts=32).score_samples(X)
+    # latent_init_ is one of the 32 candidates: no loss can rise
+    assert np.all(many >= one - 1e-5) and np.any(many > one + 1e-3)
+    assert det._start_codes().shape == (32, det.latent_dim)
+    np.testing.assert_array_equal(det._start_codes()[0], det.latent_init_)
+    # and they are a fixed draw: scoring again gives the same scores
+    np.testing.assert_array_equal(det.score_samples(X), many)
+    det.set_params(**params)
 
 
 def test_search_score_is_the_weighted_loss_at_the_final_code():
@@ -78,7 +161,7 @@ def test_search_score_is_the_weighted_loss_at_the_final_code():
     X = torch.rand(5, 1, 8, 8) * 2 - 1
     z_init = torch.randn(5, 6)
     with torch.no_grad():
-        loss, z, reconstruction = latent_search(
+        loss, z, reconstruction, _ = latent_search(
             generator.generate,
             discriminator.features,
             X,

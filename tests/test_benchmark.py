@@ -119,24 +119,9 @@ def test_make_passes_epochs_seed_and_silences():
     assert detector.verbose == 0
 
 
-def test_small_training_sets_get_batches_for_enough_steps():
-    from skanomaly import EGBAD, AutoEncoder, Mahalanobis
-
-    steps = benchmark.MIN_STEPS_PER_EPOCH
-    # 89 digits: a batch of 64 would be two steps an epoch
-    small = benchmark._for_training_set(AutoEncoder(batch_size=64), 89)
-    assert 89 // small.batch_size >= steps and small.batch_size >= 8
-    # never below 8, never above the detector's own batch size
-    assert benchmark._for_training_set(AutoEncoder(batch_size=64), 20).batch_size == 8
-    assert benchmark._for_training_set(AutoEncoder(batch_size=4), 89).batch_size == 4
-    big = benchmark._for_training_set(AutoEncoder(batch_size=64), 10_000)
-    assert big.batch_size == 64
-    # not for untrained detectors, a copy each time
-    template = EGBAD(batch_size=100)
-    assert benchmark._for_training_set(template, 89) is not template
-    assert template.batch_size == 100
-    assert "batch_size" not in Mahalanobis().get_params()
-    assert isinstance(benchmark._for_training_set(Mahalanobis(), 89), Mahalanobis)
+def test_by_default_detectors_size_their_own_training():
+    detector = benchmark._make("autoencoder", None, 7)
+    assert detector.max_epochs == "auto" and detector.batch_size == "auto"
 
 
 def test_a_failing_detector_is_reported_and_others_still_run(fake_registry):

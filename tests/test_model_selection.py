@@ -38,6 +38,8 @@ def digits():
 
 
 AE = dict(hidden_sizes=(16,), max_epochs=2, batch_size=32, random_state=0)
+# the searches train for a few steps on purpose (speed), and say so
+SHORT_TRAINING_IS_MEANT = "ignore::skanomaly.detectors.torch_base.TooFewStepsWarning"
 
 
 # -- the splits ---------------------------------------------------------------
@@ -139,6 +141,7 @@ def test_labels_are_checked(y, match):
 # undefined score on a one-class fold may pass unnoticed.
 
 
+@pytest.mark.filterwarnings(SHORT_TRAINING_IS_MEANT)
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_grid_search_scores_equal_a_manual_novelty_cv(digits):
     X, y = digits
@@ -165,6 +168,7 @@ def test_grid_search_scores_equal_a_manual_novelty_cv(digits):
     )
 
 
+@pytest.mark.filterwarnings(SHORT_TRAINING_IS_MEANT)
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_cross_validate_with_several_scorers(digits):
     X, y = digits
@@ -186,6 +190,7 @@ def test_cross_validate_with_several_scorers(digits):
         assert det.net_.history[-1, "train_batch_count"] == np.ceil(train.size / 32)
 
 
+@pytest.mark.filterwarnings(SHORT_TRAINING_IS_MEANT)
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_randomized_search_refits(digits):
     X, y = digits
@@ -203,6 +208,7 @@ def test_randomized_search_refits(digits):
     assert search.best_estimator_.predict(X[:5]).shape == (5,)
 
 
+@pytest.mark.filterwarnings(SHORT_TRAINING_IS_MEANT)
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_halving_search_over_epochs(digits):
     X, y = digits

@@ -424,3 +424,25 @@ def test_files_of_the_flat_layout_still_load_and_score_the_same(name):
     # precision; everything else to float64 rounding
     rtol = 1e-5 if X.ndim == 2 and hasattr(detector, "net_") else 1e-12
     np.testing.assert_allclose(detector.score_samples(X), expected, rtol=rtol)
+
+
+@pytest.mark.parametrize(
+    ("cls", "older"),
+    [
+        (skanomaly.AnoGAN, {"search_tol": None, "search_starts": 1}),
+        (skanomaly.VAE, {"logvar_floor": -8.0}),
+    ],
+)
+def test_files_without_a_newer_parameter_keep_the_old_behaviour(cls, older, tmp_path):
+    # A file written before a parameter existed has no value for it: the
+    # loader must give it the value that reproduces the saved scores, not
+    # today's default (the VAE's log-variance floor, AnoGAN's search).
+    detector = fast_detector(cls, random_state=0, **older).fit(TABLE)
+    path = tmp_path / "old.ska"
+    save(detector, path)
+    rewrite(path, lambda d: [d["detector"]["params"].pop(k) for k in older])
+    loaded = load(path)
+    assert {k: loaded.get_params()[k] for k in older} == older
+    np.testing.assert_array_equal(
+        loaded.score_samples(TABLE[:10]), detector.score_samples(TABLE[:10])
+    )

@@ -32,10 +32,14 @@ def test_defaults_are_the_authors():
         score_lambda=0.9,
         lr=2e-4,
         beta1=0.5,
-        batch_size=64,
-        max_epochs=15,
     )
     assert {k: params[k] for k in expected} == expected
+    # the training budget: the authors' 15 epochs of 64 on large training
+    # sets, more steps on small ones (the authors' are batch_size=64,
+    # max_epochs=15)
+    assert (params["batch_size"], params["max_epochs"]) == ("auto", "auto")
+    assert params["min_steps"] == 200
+    assert type(SkipGANomaly())._default_epochs == 15
 
 
 @pytest.mark.parametrize(

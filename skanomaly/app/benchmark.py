@@ -19,13 +19,13 @@ categories) and averages over the categories.
 
 Each detector is built with :func:`skanomaly.make_detector` from its
 constructor defaults, updated with the ``benchmark_params`` of its tags
-(AnoGAN searches its latent codes for 50 steps instead of 500 here), and
-with ``max_epochs``, ``random_state`` and ``verbose=0`` where it takes them.
-A detector trained for ``max_epochs`` gets a batch size small enough for
-``MIN_STEPS_PER_EPOCH`` optimizer steps per epoch on small training sets
-(the digits' ~90 images per class), since the GANs need a few hundred
-steps before their scores mean anything. A detector that
-fails is reported as failed, with its error, and the others still run.
+(none of the built-ins has any), with
+``random_state`` and ``verbose=0`` where it takes them, and with
+``max_epochs`` only when ``epochs`` is given: by default the trained
+detectors size their own training (``batch_size='auto'``,
+``max_epochs='auto'``: enough optimizer steps on the digits' ~90 images a
+class). A detector that fails is reported as failed, with its error, and
+the others still run.
 """
 
 import math
@@ -46,8 +46,7 @@ __all__ = [
 ]
 
 DEFAULT_NORMAL_CLASSES = (0, 1, 2)
-DEFAULT_EPOCHS = 20
-MIN_STEPS_PER_EPOCH = 8
+DEFAULT_EPOCHS = None
 
 _PRETRAINED_NOTE = (
     "its pretrained weights are not available without a download; name it "
@@ -171,32 +170,6 @@ def _make(name, epochs, seed):
     return make_detector(name, **params)
 
 
-def _for_training_set(template, n_train):
-    """A clone of ``template`` whose batches give each epoch enough steps.
-
-    The digits' classes have about 90 training images: with a batch of 64
-    an epoch is two optimizer steps, and 20 epochs leave GANomaly so early
-    in training that its latent score ranks anomalies as normal (AUROC
-    0.015). Trained detectors therefore get a batch of at most
-    ``n_train / MIN_STEPS_PER_EPOCH`` (and at least 8) unless their
-    ``benchmark_params`` tag names a batch size.
-    """
-    from sklearn.base import clone
-
-    from ..detectors.base import get_detector_tags
-
-    detector = clone(template)
-    params = detector.get_params(deep=False)
-    if (
-        "max_epochs" in params
-        and isinstance(params.get("batch_size"), int)
-        and "batch_size" not in get_detector_tags(detector).benchmark_params
-    ):
-        batch = max(8, n_train // MIN_STEPS_PER_EPOCH)
-        detector.set_params(batch_size=min(params["batch_size"], batch))
-    return detector
-
-
 def _error_text(exc):
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     if len(text) > _ERROR_CHARS:
@@ -222,6 +195,8 @@ def _flat(X):
 
 
 def _run_one(name, datasets, *, epochs, seed, advance):
+    from sklearn.base import clone
+
     from ..detectors.base import get_detector_tags
 
     try:
@@ -239,7 +214,7 @@ def _run_one(name, datasets, *, epochs, seed, advance):
         if as_table:
             X_train, X_test = _flat(X_train), _flat(X_test)
         try:
-            detector = _for_training_set(template, len(X_train))
+            detector = clone(template)
             runs[data_name] = _evaluate(detector, X_train, X_test, y_test)
         except Exception as exc:
             advance(len(datasets) - i)
@@ -281,8 +256,9 @@ def run_benchmark(
         whose tags say they work on pretrained weights that are not
         available here without a download (reported as skipped; name them
         to run them).
-    epochs : int or None, default=20
-        ``max_epochs`` of the detectors that take it; None keeps their own.
+    epochs : int or None, default=None
+        ``max_epochs`` of the detectors that take it; None keeps their own
+        (``'auto'`` for skanomaly's trained detectors).
     data : str, path-like or None, default=None
         None for the embedded digits, or MVTec-style folders (see
         :func:`load_benchmark_datasets`).

@@ -788,8 +788,8 @@ def _build_parser():
         "--epochs",
         type=_positive_int,
         default=DEFAULT_EPOCHS,
-        help=f"max_epochs of detectors that train in epochs (default: "
-        f"{DEFAULT_EPOCHS})",
+        help="max_epochs of detectors that train in epochs (default: each "
+        "detector's own, 'auto': enough optimizer steps for the data)",
     )
     bench.add_argument(
         "--data",

@@ -42,10 +42,25 @@ class AutoEncoder(BaseTorchDetector):
         Adam learning rate.
     weight_decay : float, default=0.0
         Adam weight decay.
-    batch_size : int, default=64
-        Training and scoring batch size (scoring memory is bounded by it).
-    max_epochs : int, default=30
-        Training epochs.
+    batch_size : int or 'auto', default='auto'
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 64],
+        so that small training sets get at least 8 optimizer steps an epoch.
+        Scoring runs in batches of this size (256 with 'auto'), which
+        bounds its memory.
+    max_epochs : int or 'auto', default='auto'
+        Training epochs. 'auto' is 30, raised on small training sets
+        until training takes ``min_steps`` optimizer steps
+        (60 samples: 63 epochs of 8 batches); an int is used as it is.
+    min_steps : int, default=500
+        Optimizer steps that ``max_epochs='auto'`` trains for at least.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training inliers and stop
+        when their loss has not improved for ``n_iter_no_change`` epochs,
+        keeping the best epoch's weights (skorch's ``EarlyStopping``).
+    validation_fraction : float, default=0.1
+        Share of the training inliers held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
     device : str or torch.device, default='cpu'
         Where to train and score, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -91,6 +106,8 @@ class AutoEncoder(BaseTorchDetector):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
+    _default_epochs = 30
+
     def __init__(
         self,
         *,
@@ -101,8 +118,12 @@ class AutoEncoder(BaseTorchDetector):
         base_channels=32,
         lr=1e-3,
         weight_decay=0.0,
-        batch_size=64,
-        max_epochs=30,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=500,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -119,6 +140,10 @@ class AutoEncoder(BaseTorchDetector):
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

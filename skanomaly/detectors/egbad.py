@@ -30,13 +30,18 @@ class EGBAD(BaseGANDetector):
     returns ``-A(x)``. Images go through DCGAN convolutional stacks (any
     size), tabular rows through MLPs (the paper evaluates KDD99).
 
-    Defaults follow the authors' code: Adam with ``lr=1e-5`` and
-    ``beta1=0.5``, batch size 100 (MNIST; 50 on KDD99), latent size 200
-    for images and 32 for tabular data, discriminator dropout, and an
-    exponential moving average (0.999) of the weights at evaluation. With
-    that learning rate training is slow, hence ``max_epochs=100``; a larger
-    ``lr`` (say 1e-4) moves faster, with the usual risk of an unstable
-    adversarial game.
+    Defaults follow the authors' code (Adam with ``beta1=0.5``, latent size
+    200 for images and 32 for tabular data, discriminator dropout, an
+    exponential moving average (0.999) of the weights at evaluation) except
+    the learning rate and the training budget: the authors' ``lr=1e-5``
+    needs tens of thousands of optimizer steps, and the few hundred a small
+    training set gives leave it untrained (60 digit images, 100 steps:
+    AUROC 0.64). With ``lr=2e-4`` the weight average scores 0.94 after 200
+    steps and 0.99-1.00 from 300 to 600 steps on the same images (every
+    rate tried goes through an early phase, 50-150 steps, where the
+    discriminator wins and the ranking is inverted; 1e-3 learns faster but
+    collapses after 400 steps). Hence ``lr=2e-4`` and ``min_steps=400``;
+    ``lr=1e-5, batch_size=100, max_epochs=100`` are the authors'.
 
     Parameters
     ----------
@@ -65,17 +70,34 @@ class EGBAD(BaseGANDetector):
         ``min(ema_decay, (1 + t) / (10 + t))`` over the updates ``t``, as
         TensorFlow's average with ``num_updates`` does, so that short runs
         are not scored with weights close to their initialisation.
-    lr : float, default=1e-5
+    lr : float, default=2e-4
         Adam learning rate of the generator and encoder (one optimiser on
         both), and of the discriminator unless ``lr_d`` is given.
     lr_d : float or None, default=None
         Discriminator learning rate; None uses ``lr``.
     beta1 : float, default=0.5
         Adam's first-moment decay, for every optimiser.
-    batch_size : int, default=100
-        Training and scoring batch size.
-    max_epochs : int, default=100
-        Training epochs.
+    batch_size : int or 'auto', default='auto'
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 64],
+        so that small training sets get at least 8 optimizer steps an epoch.
+        Scoring runs in batches of this size (256 with 'auto'), which
+        bounds its memory.
+    max_epochs : int or 'auto', default='auto'
+        Training epochs. 'auto' is 30, raised on small training sets
+        until training takes ``min_steps`` optimizer steps
+        (60 samples: 50 epochs of 8 batches); an int is used as it is.
+        The authors' settings are ``batch_size=100`` (MNIST; 50 on KDD99)
+        with their ``lr=1e-5``, for tens of thousands of steps.
+    min_steps : int, default=400
+        Optimizer steps that ``max_epochs='auto'`` trains for at least.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training inliers and stop
+        when their loss has not improved for ``n_iter_no_change`` epochs,
+        keeping the best epoch's weights (skorch's ``EarlyStopping``).
+    validation_fraction : float, default=0.1
+        Share of the training inliers held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
     device : str or torch.device, default='cpu'
         Where to train and score, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -141,6 +163,8 @@ class EGBAD(BaseGANDetector):
         "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
     }
 
+    _default_epochs = 30
+
     def __init__(
         self,
         *,
@@ -151,11 +175,15 @@ class EGBAD(BaseGANDetector):
         disc_weight=0.1,
         disc_loss="fm",
         ema_decay=0.999,
-        lr=1e-5,
+        lr=2e-4,
         lr_d=None,
         beta1=0.5,
-        batch_size=100,
-        max_epochs=100,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=400,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -175,6 +203,10 @@ class EGBAD(BaseGANDetector):
         self.beta1 = beta1
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -183,10 +215,6 @@ class EGBAD(BaseGANDetector):
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
         tags.test_params["lr"] = 1e-3
-        # The authors' lr=1e-5 needs tens of thousands of steps; the
-        # benchmark's quick run (about 160 steps a digit) learns nothing
-        # with it.
-        tags.benchmark_params = {"lr": 2e-4}
         return tags
 
     def _fit(self, X):

@@ -67,10 +67,28 @@ class GANomaly(BaseGANDetector):
         Adam learning rate of the discriminator; ``None`` uses ``lr``.
     beta1 : float, default=0.5
         Adam's first-moment decay for both optimizers (betas=(beta1, 0.999)).
-    batch_size : int, default=64
-        Training and scoring batch size.
-    max_epochs : int, default=15
-        Training epochs.
+    batch_size : int or 'auto', default='auto'
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 32],
+        so that small training sets get at least 8 optimizer steps an epoch
+        (32, not 64, from 256 samples on: 500 MNIST 3s gave AUROC 0.912 in
+        batches of 32 for 15 epochs, 0.657 in batches of 62 for 207 steps).
+        Scoring runs in batches of this size (256 with 'auto'), which
+        bounds its memory.
+    max_epochs : int or 'auto', default='auto'
+        Training epochs. 'auto' is 15, raised on small training sets
+        until training takes ``min_steps`` optimizer steps
+        (60 samples: 25 epochs of 8 batches); an int is used as it is.
+        The authors' settings are ``batch_size=64, max_epochs=15``.
+    min_steps : int, default=200
+        Optimizer steps that ``max_epochs='auto'`` trains for at least.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training inliers and stop
+        when their loss has not improved for ``n_iter_no_change`` epochs,
+        keeping the best epoch's weights (skorch's ``EarlyStopping``).
+    validation_fraction : float, default=0.1
+        Share of the training inliers held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
     device : str or torch.device, default='cpu'
         Where to train and score, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -113,11 +131,13 @@ class GANomaly(BaseGANDetector):
 
     Notes
     -----
-    The latent score needs a trained encoder pair: a few hundred optimizer
-    steps at least. Very early in training (e.g. 89 digit images, batches of
-    64, 20 epochs: 40 steps) it can rank anomalies as *more* normal (AUROC
-    0.01 on sklearn's digits, 0.99 with batches of 11 for the same epochs).
-    On small training sets lower ``batch_size`` or raise ``max_epochs``.
+    The latent score needs a trained encoder pair, and what counts is
+    optimizer steps, not epochs: on 60 digit images (32x32) it ranks
+    anomalies as *more* normal for about the first 50 steps, whatever the
+    batch size (AUROC 0.26-0.59), and at 0.95-1.00 from 75-150 steps on.
+    The authors' 15 epochs of 64 are 15 steps on such a set (AUROC 0.35);
+    the default budget trains it for ``min_steps=200`` steps, and a fit of
+    fewer than 100 steps warns.
 
     Examples
     --------
@@ -144,6 +164,9 @@ class GANomaly(BaseGANDetector):
         "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
     }
 
+    _default_epochs = 15
+    _auto_max_batch = 32
+
     def __init__(
         self,
         *,
@@ -157,8 +180,12 @@ class GANomaly(BaseGANDetector):
         lr=2e-4,
         lr_d=None,
         beta1=0.5,
-        batch_size=64,
-        max_epochs=15,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -178,6 +205,10 @@ class GANomaly(BaseGANDetector):
         self.beta1 = beta1
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

@@ -72,10 +72,26 @@ class SkipGANomaly(BaseGANDetector):
         Adam learning rate of the discriminator; ``None`` uses ``lr``.
     beta1 : float, default=0.5
         Adam's first-moment decay for both optimizers.
-    batch_size : int, default=64
-        Training and scoring batch size.
-    max_epochs : int, default=15
-        Training epochs.
+    batch_size : int or 'auto', default='auto'
+        Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 64],
+        so that small training sets get at least 8 optimizer steps an epoch.
+        Scoring runs in batches of this size (256 with 'auto'), which
+        bounds its memory.
+    max_epochs : int or 'auto', default='auto'
+        Training epochs. 'auto' is 15, raised on small training sets
+        until training takes ``min_steps`` optimizer steps
+        (60 samples: 25 epochs of 8 batches); an int is used as it is.
+        The authors' settings are ``batch_size=64, max_epochs=15``.
+    min_steps : int, default=200
+        Optimizer steps that ``max_epochs='auto'`` trains for at least.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training inliers and stop
+        when their loss has not improved for ``n_iter_no_change`` epochs,
+        keeping the best epoch's weights (skorch's ``EarlyStopping``).
+    validation_fraction : float, default=0.1
+        Share of the training inliers held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Patience of ``early_stopping``, in epochs.
     device : str or torch.device, default='cpu'
         Where to train and score, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -140,6 +156,8 @@ class SkipGANomaly(BaseGANDetector):
         "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
     }
 
+    _default_epochs = 15
+
     def __init__(
         self,
         *,
@@ -154,8 +172,12 @@ class SkipGANomaly(BaseGANDetector):
         lr=2e-4,
         lr_d=None,
         beta1=0.5,
-        batch_size=64,
-        max_epochs=15,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=200,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -176,6 +198,10 @@ class SkipGANomaly(BaseGANDetector):
         self.beta1 = beta1
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

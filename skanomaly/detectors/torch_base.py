@@ -1,6 +1,7 @@
-"""Shared by every torch detector: scaling, seeding, the skorch net, batched scoring."""
+"""Shared by every torch detector: scaling, seeding, training budget, scoring."""
 
 import copy
+import math
 import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
@@ -10,9 +11,11 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import Callback, ProgressBar
+from skorch.callbacks import Callback, EarlyStopping, ProgressBar
+from skorch.dataset import Dataset
+from skorch.helper import predefined_split
 
-from .._compat import Interval, ListOf
+from .._compat import Interval, ListOf, StrOptions
 from .._validation import check_device
 from ..nets import (
     TensorBatchIterator,
@@ -23,7 +26,74 @@ from ..nets import (
 )
 from .base import BaseDetector
 
-__all__ = ["BaseTorchDetector"]
+__all__ = ["BaseTorchDetector", "TooFewStepsWarning", "training_plan"]
+
+# batch_size='auto': at least this many optimizer steps per epoch on small
+# training sets, batches of 8 to 64 samples
+_AUTO_STEPS_PER_EPOCH = 8
+_AUTO_BATCH_RANGE = (8, 64)  # the default largest batch: max_batch
+# Scoring batches when batch_size='auto' (memory stays bounded by it).
+_AUTO_SCORING_BATCH = 256
+# Fewer optimizer steps than this leave every trained detector here far from
+# its quality (GANomaly's latent score ranks anomalies as normal below ~75).
+_TOO_FEW_STEPS = 100
+
+
+class TooFewStepsWarning(UserWarning):
+    """A detector was trained for too few optimizer steps to be reliable."""
+
+
+def training_plan(
+    n_samples, batch_size, max_epochs, min_steps, default_epochs, max_batch=64
+):
+    """Batch size, epochs and optimizer steps a torch detector trains with.
+
+    Parameters
+    ----------
+    n_samples : int
+        Training samples (after any validation split).
+    batch_size : int or 'auto'
+        'auto': ``clip(n_samples // 8, 8, max_batch)`` (at most
+        ``n_samples``), so that small training sets get at least 8 steps an
+        epoch.
+    max_epochs : int or 'auto'
+        'auto': ``default_epochs``, raised until training takes at least
+        ``min_steps`` optimizer steps; an int is taken as it is.
+    min_steps : int
+    default_epochs : int
+    max_batch : int, default=64
+        Largest batch of ``batch_size='auto'``.
+
+    Returns
+    -------
+    batch_size, epochs, steps : int
+        ``steps`` counts the planned optimizer steps (without early stopping).
+
+    Examples
+    --------
+    >>> from skanomaly.detectors.torch_base import training_plan
+    >>> training_plan(60, "auto", "auto", min_steps=500, default_epochs=30)
+    (8, 63, 504)
+    >>> training_plan(50_000, "auto", "auto", min_steps=500, default_epochs=30)
+    (64, 30, 23460)
+    >>> training_plan(60, 64, 15, min_steps=500, default_epochs=30)
+    (64, 15, 15)
+    >>> training_plan(500, "auto", "auto", 200, 15, max_batch=32)
+    (32, 15, 240)
+    """
+    if batch_size == "auto":
+        low, high = _AUTO_BATCH_RANGE[0], max_batch
+        batch_size = min(
+            n_samples, max(low, min(high, n_samples // _AUTO_STEPS_PER_EPOCH))
+        )
+    batch_size = max(1, int(batch_size))
+    used = TensorBatchIterator.samples_used(n_samples, batch_size, shuffle=True)
+    steps_per_epoch = math.ceil(used / batch_size)
+    if max_epochs == "auto":
+        epochs = max(default_epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
+    else:
+        epochs = int(max_epochs)
+    return batch_size, epochs, epochs * steps_per_epoch
 
 
 def _is_callback(item):
@@ -131,6 +201,16 @@ class BaseTorchDetector(BaseDetector):
     ``anomaly_map``. A detector whose ``_score_batch`` is not a fixed
     forward pass (a per-sample search) sets the tag to False.
 
+    Training budget (:func:`training_plan`): ``batch_size='auto'`` and
+    ``max_epochs='auto'`` give small training sets enough optimizer steps
+    (``min_steps``) while large ones train as before; the fitted
+    ``batch_size_`` and ``n_epochs_`` say what was used, and
+    ``net_.history`` records each epoch's batches. A fit of fewer than 100
+    steps warns (:class:`TooFewStepsWarning`). ``early_stopping=True``
+    holds out ``validation_fraction`` of the training inliers and stops
+    when their loss has not improved for ``n_iter_no_change`` epochs,
+    keeping the best epoch's weights.
+
     Tabular rows are scored in float64 (the weights are converted for the
     scoring and back, exactly), so that a row's score does not depend on
     how many rows are scored with it: float32 matrix products round
@@ -141,8 +221,18 @@ class BaseTorchDetector(BaseDetector):
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
         "lr": [Interval(Real, 0, None, closed="neither")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            Interval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "max_epochs": [
+            Interval(Integral, 1, None, closed="left"),
+            StrOptions({"auto"}),
+        ],
+        "min_steps": [Interval(Integral, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -155,6 +245,11 @@ class BaseTorchDetector(BaseDetector):
             None,
         ],
     }
+
+    # epochs of max_epochs='auto' on large training sets (the authors' count)
+    _default_epochs = 30
+    # largest batch of batch_size='auto'
+    _auto_max_batch = 64
 
     @abstractmethod
     def _make_net(self, input_shape):
@@ -177,15 +272,15 @@ class BaseTorchDetector(BaseDetector):
     def _net_kwargs(self, callbacks=()):
         """skorch arguments every detector passes through unchanged.
 
-        ``callbacks`` are the detector's own, run after the user's.
+        ``callbacks`` are the detector's own, run after the user's. The
+        training budget (batch size, epochs, a validation split) is set by
+        ``_fit`` on the net it builds.
         """
         all_callbacks = [*(self.callbacks or []), *callbacks]
         if self.verbose:
             all_callbacks.insert(0, ("progress_bar", ProgressBar()))
         return dict(
             lr=self.lr,
-            max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
             device=self.device,
             train_split=None,
             verbose=int(self.verbose),
@@ -194,6 +289,9 @@ class BaseTorchDetector(BaseDetector):
             iterator_train__shuffle=True,
             iterator_valid=TensorBatchIterator,
         )
+
+    def _scoring_batch_size(self):
+        return _AUTO_SCORING_BATCH if self.batch_size == "auto" else self.batch_size
 
     def _fit(self, X):
         check_device(self.device)
@@ -215,11 +313,65 @@ class BaseTorchDetector(BaseDetector):
             check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         )
         X = self._scale_input(X)
+        X_train, X_valid = self._validation_split(X)
+        self.batch_size_, self.n_epochs_, planned = training_plan(
+            len(X_train),
+            self.batch_size,
+            self.max_epochs,
+            self.min_steps,
+            self._default_epochs,
+            self._auto_max_batch,
+        )
         net = self._make_net(tuple(X.shape[1:]))
+        net.set_params(batch_size=self.batch_size_, max_epochs=self.n_epochs_)
+        if X_valid is not None:
+            net.set_params(
+                train_split=predefined_split(Dataset(X_valid, None)),
+                callbacks=[
+                    *net.callbacks,
+                    (
+                        "early_stopping",
+                        EarlyStopping(
+                            monitor="valid_loss",
+                            patience=self.n_iter_no_change,
+                            load_best=True,
+                        ),
+                    ),
+                ],
+            )
         with torch_random_state(self.random_seed_, self.device):
-            net.fit(X, None)
+            net.fit(X_train, None)
         self.net_ = net
+        self._warn_if_too_few_steps(planned)
         _warn_if_diverged(self, net.history)
+
+    def _validation_split(self, X):
+        """``(X_train, X_valid)``; ``X_valid`` is None without early stopping."""
+        if not self.early_stopping:
+            return X, None
+        n_valid = max(1, int(round(self.validation_fraction * len(X))))
+        if len(X) - n_valid < 2:
+            raise ValueError(
+                f"early_stopping needs at least 2 training samples besides the "
+                f"validation_fraction={self.validation_fraction}; got {len(X)} "
+                "samples in all."
+            )
+        order = np.random.default_rng(self.random_seed_).permutation(len(X))
+        return X[np.sort(order[n_valid:])], X[np.sort(order[:n_valid])]
+
+    def _warn_if_too_few_steps(self, planned):
+        # early stopping may end sooner than planned: that was asked for
+        if planned >= _TOO_FEW_STEPS:
+            return
+        warnings.warn(
+            f"{type(self).__name__} trained for only {planned} optimizer steps "
+            f"({self.n_epochs_} epochs of batches of {self.batch_size_}); its "
+            f"scores are unreliable below about {_TOO_FEW_STEPS} steps. Leave "
+            "max_epochs='auto' (it trains for min_steps steps), raise "
+            "max_epochs, or lower batch_size.",
+            TooFewStepsWarning,
+            stacklevel=4,
+        )
 
     def _scale_input(self, X):
         """The whole validated array ``X`` as the network sees it (float32)."""
@@ -252,8 +404,9 @@ class BaseTorchDetector(BaseDetector):
         net = self.net_
         dtype = torch.float64 if X.ndim == 2 else torch.float32
         outputs = []
+        batch_size = self._scoring_batch_size()
         with evaluation(net, dtype=dtype), torch.inference_mode():
-            for X_batch, _ in TensorBatchIterator(X, batch_size=self.batch_size):
+            for X_batch, _ in TensorBatchIterator(X, batch_size=batch_size):
                 X_batch = self._scale_batch(X_batch.to(net.device), dtype)
                 outputs.append(fn(net, X_batch).double().cpu().numpy())
         return np.concatenate(outputs)

@@ -17,13 +17,15 @@ batch is B independent per-sample steps. Only floating-point rounding of
 batched kernels differs from searching one sample at a time.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from .dcgan import ConvDecoder, dcgan_init
 from .mlp import MLP
 
-__all__ = ["AnoGANGenerator", "anogan_loss", "latent_search"]
+__all__ = ["AnoGANGenerator", "anogan_loss", "best_starts", "latent_search"]
 
 
 class AnoGANGenerator(nn.Module):
@@ -89,18 +91,67 @@ def anogan_loss(X, X_features, reconstruction, reconstruction_features, disc_wei
     return (1.0 - disc_weight) * residual + disc_weight * discrimination
 
 
+def best_starts(generate, features, X, candidates, *, disc_weight=0.1):
+    """For every sample, the candidate code whose image fits it best.
+
+    The candidates' images and discriminator features are computed once;
+    each sample is then compared with all of them by :func:`anogan_loss`
+    (broadcast, no Python loop over the samples). A sample's choice
+    depends on that sample alone.
+
+    Parameters
+    ----------
+    generate, features : callable
+        As in :func:`latent_search`.
+    X : tensor of shape (N, ...)
+    candidates : tensor of shape (K, latent_dim)
+    disc_weight : float, default=0.1
+
+    Returns
+    -------
+    z : tensor of shape (N, latent_dim)
+    """
+    with torch.no_grad():
+        images = generate(candidates)  # (K, ...)
+        image_features = features(images)
+        X_features = features(X)
+        n, k = X.shape[0], candidates.shape[0]
+        residual = torch.cdist(X.reshape(n, -1), images.reshape(k, -1), p=1)
+        discrimination = torch.cdist(
+            X_features.reshape(n, -1), image_features.reshape(k, -1), p=1
+        )
+        loss = (1.0 - disc_weight) * residual + disc_weight * discrimination
+        return candidates[loss.argmin(dim=1)]
+
+
 def latent_search(
-    generate, features, X, z_init, *, steps=500, lr=1e-3, disc_weight=0.1
+    generate,
+    features,
+    X,
+    z_init,
+    *,
+    steps=500,
+    lr=1e-3,
+    disc_weight=0.1,
+    tol=None,
+    patience=5,
 ):
     """AnoGAN's test-time search, for every sample of a batch at once.
 
-    ``steps`` Adam steps (betas (0.9, 0.999)) on the (N, latent_dim) codes,
-    minimising the sum over the batch of :func:`anogan_loss`; each sample's
-    search is independent of the others (see the module docstring). Only
-    the codes are optimised: gradients flow through ``generate`` and
-    ``features`` to ``z`` and are accumulated nowhere else, so the networks'
-    parameters stay untouched. The networks must be in evaluation mode
-    (BatchNorm in training mode would mix the samples of a batch).
+    At most ``steps`` Adam steps (betas (0.9, 0.999)) on the (N, latent_dim)
+    codes, minimising the sum over the batch of :func:`anogan_loss`; each
+    sample's search is independent of the others (see the module
+    docstring). Only the codes are optimised: gradients flow through
+    ``generate`` and ``features`` to ``z`` and are accumulated nowhere else,
+    so the networks' parameters stay untouched. The networks must be in
+    evaluation mode (BatchNorm in training mode would mix the samples of a
+    batch).
+
+    With ``tol``, a sample's search stops once its loss improved by less
+    than ``tol`` (relative) over the last ``patience`` steps; stopped
+    samples leave the batch, so the remaining steps cost only what the
+    searching samples need. Whether and when a sample stops depends on its
+    own losses alone, so scores still do not depend on the batch.
 
     Works whatever the caller's autograd mode (also inside
     ``torch.inference_mode``).
@@ -117,11 +168,16 @@ def latent_search(
     z_init : tensor of shape (N, latent_dim)
         Starting codes; not modified.
     steps : int, default=500
-        Number of Adam steps (the paper's Gamma); 0 scores ``z_init``.
+        Most Adam steps (the paper's Gamma); 0 scores ``z_init``.
     lr : float, default=1e-3
         Adam learning rate on z.
     disc_weight : float, default=0.1
         Weight of the discrimination term (the paper's lambda).
+    tol : float or None, default=None
+        Relative improvement over ``patience`` steps below which a sample's
+        search stops; None searches every sample for ``steps`` steps.
+    patience : int, default=5
+        Steps over which the improvement is measured.
 
     Returns
     -------
@@ -131,6 +187,8 @@ def latent_search(
         The final codes.
     reconstruction : tensor of shape X.shape
         ``G(z)`` at the final codes.
+    n_steps : tensor of shape (N,)
+        Steps each sample was searched for.
     """
     with torch.inference_mode(False), torch.enable_grad():
         # a plain copy: inference tensors cannot take part in autograd
@@ -139,18 +197,47 @@ def latent_search(
             X_features = features(X)
         z = z_init.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
+        n = X.shape[0]
+        active = torch.arange(n, device=X.device)
+        n_steps = torch.zeros(n, dtype=torch.long, device=X.device)
+        # losses of the last patience + 1 steps of every sample
+        recent = torch.full((patience + 1, n), math.inf, dtype=X.dtype, device=X.device)
+        for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            reconstruction = generate(z)
+            codes = z[active]
+            reconstruction = generate(codes)
             loss = anogan_loss(
-                X, X_features, reconstruction, features(reconstruction), disc_weight
+                X[active],
+                X_features[active],
+                reconstruction,
+                features(reconstruction),
+                disc_weight,
             )
+            if tol is not None:
+                recent[step % (patience + 1), active] = loss.detach()
+                if step >= patience:
+                    before = recent[(step - patience) % (patience + 1), active]
+                    still = (before - loss.detach()) > tol * before.abs()
+                    if not bool(still.all()):
+                        active, loss = active[still], loss[still]
+                        if active.numel() == 0:
+                            break
             # sum, not mean: each sample's gradient must not depend on N
             loss.sum().backward(inputs=[z])
-            optimizer.step()
+            if active.numel() == n:
+                optimizer.step()
+            else:
+                # Adam's momentum would still move stopped samples: keep them
+                stopped = torch.ones(n, dtype=torch.bool, device=X.device)
+                stopped[active] = False
+                kept = z.detach()[stopped].clone()
+                optimizer.step()
+                with torch.no_grad():
+                    z[stopped] = kept
+            n_steps[active] += 1
         with torch.no_grad():
             reconstruction = generate(z)
             loss = anogan_loss(
                 X, X_features, reconstruction, features(reconstruction), disc_weight
             )
-    return loss, z.detach(), reconstruction
+    return loss, z.detach(), reconstruction, n_steps

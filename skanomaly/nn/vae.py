@@ -22,18 +22,27 @@ class VAEModule(nn.Module):
     """Gaussian encoder q(z|x) and Gaussian decoder p(x|z) with a variance per value.
 
     ``forward`` returns ``(x_mean, x_logvar, z_mean, z_logvar)`` with one
-    reparameterised draw of z.
+    reparameterised draw of z. Log-variances are clamped to
+    ``[logvar_floor, 8]``: the floor keeps a value that never varies in
+    training (an image's background, a constant column) from getting a
+    near-zero variance, which would make any small error on it dominate
+    the likelihood.
     """
 
-    # keeps exp(-logvar) finite early in training
-    logvar_bounds = (-8.0, 8.0)
+    logvar_ceiling = 8.0
 
     def __init__(
-        self, input_shape, latent_dim=8, hidden_sizes=(64, 32), base_channels=32
+        self,
+        input_shape,
+        latent_dim=8,
+        hidden_sizes=(64, 32),
+        base_channels=32,
+        logvar_floor=-4.0,
     ):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.latent_dim = latent_dim
+        self.logvar_bounds = (float(logvar_floor), self.logvar_ceiling)
         self.encoder, self.decoder = make_encoder_decoder(
             input_shape, 2 * latent_dim, latent_dim, hidden_sizes, base_channels, 2
         )

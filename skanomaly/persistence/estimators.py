@@ -241,6 +241,9 @@ class EstimatorReader(Decoder):
     def estimator(self, cls, encoded):
         """An instance of ``cls`` with the parameters and state of ``encoded``."""
         params = {k: self.decode(v) for k, v in encoded["params"].items()}
+        # parameters added since a file was written take the value that
+        # gives the scores it was saved with, not today's default
+        params = {**getattr(cls, "_older_file_params", {}), **params}
         if self.device is not None and "device" in params:
             params["device"] = self.device
         try:

@@ -1,0 +1,457 @@
+"""Every detector at its constructor defaults on one-class tasks, 60 to 1000s of rows.
+
+For issue 15 ("trained detectors that are good with their defaults"): the
+same splits for every model, skanomaly's detectors built with nothing but
+``random_state=0``, side by side with PyOD's AutoEncoder, VAE and KNN (at
+their defaults, on flattened pixels for images) and anomalib's GANomaly.
+
+Tasks (one class normal, AUROC with the anomalies positive):
+
+- ``digits8-D``: scikit-learn's digits as 8x8 images, 60 training images of
+  digit D; test: the other images of D and 200 of other digits.
+- ``digits32-D``: the same images upsampled to 32x32 (bilinear).
+- ``mnistN-D``: MNIST test-set digits zero-padded to 32x32, N training images
+  of digit D; test: 200 other images of D and 500 of other digits.
+- ``adbench-NAME``: ADBench tabular sets, 60 % of the normal rows to train,
+  the rest and every anomaly to test.
+
+Run it once per code version and once for the peers, one thread each, then
+merge the JSON files into a table::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=<checkout of the old code> python \\
+        benchmarks/defaults_suite.py ../shared/data --code before --out before.json
+    OMP_NUM_THREADS=1 python benchmarks/defaults_suite.py ../shared/data \\
+        --code after --out after.json
+    OMP_NUM_THREADS=1 python benchmarks/defaults_suite.py ../shared/data \\
+        --peers --anomalib-python /path/to/venv-with-anomalib/bin/python \\
+        --out peers.json
+    python benchmarks/defaults_suite.py --table before.json after.json peers.json
+
+(``--tasks`` and ``--detectors`` pick a subset.)
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _data_module():
+    """benchmarks/_data.py of this file's checkout, by path: ``skanomaly``
+    itself must come from PYTHONPATH (the "before" run's old checkout)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_suite_data", HERE / "_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_DATA = _data_module()
+load_adbench, load_mnist = _DATA.load_adbench, _DATA.load_mnist
+
+OURS = [
+    "AutoEncoder",
+    "VAE",
+    "GANomaly",
+    "SkipGANomaly",
+    "EGBAD",
+    "AnoGAN",
+    "Mahalanobis",
+    "DeepMahalanobis",
+]
+PEERS = ["PyOD AutoEncoder", "PyOD VAE", "PyOD KNN", "anomalib GANomaly"]
+# detectors too slow for the largest image task on this CPU (same budget
+# before and after: they are left out of it in both runs)
+_SKIP_ON_LARGE = {"SkipGANomaly", "EGBAD", "AnoGAN"}
+DEFAULT_TASKS = [
+    "digits8-0",
+    "digits8-3",
+    "digits32-0",
+    "digits32-3",
+    "mnist50-3",
+    "mnist50-7",
+    "mnist500-3",
+    "mnist2000-3",
+    "adbench-cardio",
+    "adbench-thyroid",
+    "adbench-satellite",
+    "adbench-pendigits",
+    "adbench-mammography",
+    "adbench-WBC",
+]
+
+
+def _upsample(images, size):
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(images, dtype=torch.float32)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).numpy()
+
+
+def load_task(task, data):
+    """``(X_train, X_test, y_test)``, y_test 1 = anomaly; images float in [0, 1]."""
+    kind, _, name = task.partition("-")
+    rng = np.random.default_rng(0)
+    if kind.startswith("digits"):
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        X = (X / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+        digit = int(name)
+        normal = rng.permutation(np.flatnonzero(y == digit))
+        others = rng.permutation(np.flatnonzero(y != digit))[:200]
+        train, test = normal[:60], np.r_[normal[60:], others]
+        y_test = np.r_[np.zeros(len(normal) - 60), np.ones(len(others))]
+        X_train, X_test = X[train], X[test]
+        if kind == "digits32":
+            X_train, X_test = _upsample(X_train, (32, 32)), _upsample(X_test, (32, 32))
+        return X_train, X_test, y_test.astype(int)
+    if kind.startswith("mnist"):
+        n_train, digit = int(kind[5:]), int(name)
+        images, labels = load_mnist(Path(data) / "mnist")
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None] / np.float32(255)
+        normal = rng.permutation(np.flatnonzero(labels == digit))
+        others = rng.permutation(np.flatnonzero(labels != digit))[:500]
+        train, held = normal[:n_train], normal[n_train : n_train + 200]
+        test = np.r_[held, others]
+        y_test = np.r_[np.zeros(len(held)), np.ones(len(others))]
+        return images[train].astype(np.float32), images[test].astype(np.float32), y_test
+    if kind == "adbench":
+        folder = Path(data) / "adbench" / "Classical"
+        (path,) = [p for p in folder.glob("*.npz") if p.stem.split("_", 1)[-1] == name]
+        X, y = load_adbench(path)
+        normal = rng.permutation(np.flatnonzero(y == 0))
+        n_train = int(0.6 * len(normal))
+        train, test = normal[:n_train], np.r_[normal[n_train:], np.flatnonzero(y == 1)]
+        return X[train], X[test], y[test]
+    raise ValueError(f"unknown task {task!r}")
+
+
+def _ours(name, settings=()):
+    import skanomaly
+
+    cls = getattr(skanomaly, name)
+    accepted = cls().get_params()
+    params = {"random_state": 0} if "random_state" in accepted else {}
+    params.update((k, v) for k, v in settings if k in accepted)
+    return cls(**params)
+
+
+def _training(detector):
+    """Epochs and optimizer steps a trained detector of ours took, if any."""
+    net = getattr(detector, "net_", None)
+    if net is None:
+        return {}
+    history = net.history
+    return {
+        "epochs": len(history),
+        "steps": int(sum(len(epoch["batches"]) for epoch in history)),
+    }
+
+
+def _fit_score(detector, X_train, X_test):
+    start = time.perf_counter()
+    detector.fit(X_train)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    anomaly = -np.asarray(detector.score_samples(X_test))
+    return anomaly, fit_s, time.perf_counter() - start
+
+
+def _pyod(name):
+    if name == "PyOD KNN":
+        from pyod.models.knn import KNN
+
+        return KNN()
+    if name == "PyOD AutoEncoder":
+        from pyod.models.auto_encoder import AutoEncoder
+
+        return AutoEncoder(verbose=0, random_state=0)
+    from pyod.models.vae import VAE
+
+    return VAE(verbose=0, random_state=0)
+
+
+def _run_pyod(name, X_train, X_test):
+    model = _pyod(name)
+    flat_train, flat_test = (
+        X_train.reshape(len(X_train), -1),
+        X_test.reshape(len(X_test), -1),
+    )
+    start = time.perf_counter()
+    model.fit(flat_train)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    anomaly = model.decision_function(flat_test)
+    return anomaly, fit_s, time.perf_counter() - start
+
+
+def _run_anomalib(python, X_train, X_test, y_test):
+    # anomalib's GANomaly at its defaults (batch 32) for the paper's 15
+    # epochs, on the same 32x32 images mapped to [-1, 1]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for key, value in (("train", X_train), ("test", X_test)):
+            paths[key] = Path(tmp) / f"{key}.npy"
+            np.save(paths[key], (value * 2 - 1).astype(np.float32))
+        labels = Path(tmp) / "labels.npy"
+        np.save(labels, y_test.astype(np.int64))
+        out = Path(tmp) / "out.json"
+        command = [
+            python,
+            str(HERE / "anomalib_ganomaly.py"),
+            "--train", str(paths["train"]),
+            "--test", str(paths["test"]),
+            "--test-labels", str(labels),
+            "--epochs", "15",
+            "--batch-size", "32",
+            "--channels", "1",
+            "--threads", "1",
+            "--out", str(out),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        result = json.loads(out.read_text())
+    return result
+
+
+def run(args):
+    from sklearn.metrics import roc_auc_score
+
+    names = args.detectors or (PEERS if args.peers else OURS)
+    out = Path(args.out)
+    # an interrupted run goes on where it stopped
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["task"], r["detector"], r["code"]) for r in rows}
+    for task in args.tasks:
+        X_train, X_test, y_test = load_task(task, args.data)
+        is_image = X_train.ndim == 4
+        for name in names:
+            row = {"task": task, "n_train": len(X_train), "detector": name}
+            row["code"] = "peers" if args.peers else args.code
+            if (task, name, row["code"]) in done:
+                continue
+            if task.startswith("mnist2000") and name in _SKIP_ON_LARGE:
+                continue
+            if any(
+                name == skip_name and task.startswith(prefix)
+                for skip_name, prefix in args.skip
+            ):
+                continue
+            if name == "anomalib GANomaly" and not (
+                is_image and X_train.shape[-1] == 32
+            ):
+                continue
+            if name in ("Mahalanobis",) and is_image:
+                X_tr, X_te = (
+                    X_train.reshape(len(X_train), -1),
+                    X_test.reshape(len(X_test), -1),
+                )
+            else:
+                X_tr, X_te = X_train, X_test
+            if name == "DeepMahalanobis" and not is_image:
+                continue
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    if name == "anomalib GANomaly":
+                        result = _run_anomalib(args.anomalib_python, X_tr, X_te, y_test)
+                        row.update(
+                            auroc=result["auroc"],
+                            fit_s=result["fit_seconds"],
+                            score_s=result["score_seconds"],
+                        )
+                    else:
+                        run_one = _run_pyod if name.startswith("PyOD") else None
+                        if run_one is None:
+                            detector = _ours(name, args.set)
+                            anomaly, fit_s, score_s = _fit_score(detector, X_tr, X_te)
+                            row.update(_training(detector))
+                        else:
+                            anomaly, fit_s, score_s = run_one(name, X_tr, X_te)
+                        row.update(
+                            auroc=float(roc_auc_score(y_test, anomaly)),
+                            fit_s=fit_s,
+                            score_s=score_s,
+                        )
+                # what a user would see: skanomaly's own warnings at fit time
+                row["warnings"] = sorted(
+                    {
+                        f"{w.category.__name__}: {str(w.message)[:120]}"
+                        for w in caught
+                        if w.category.__name__
+                        in ("ConvergenceWarning", "TooFewStepsWarning")
+                    }
+                )
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def table(paths):
+    """Markdown tables: ours before/after per task, the peers, the targets."""
+    rows = [row for path in paths for row in json.loads(Path(path).read_text())]
+    cell = {(r["task"], r["detector"], r["code"]): r for r in rows}
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    n_train = {r["task"]: r["n_train"] for r in rows}
+    codes = [c for c in dict.fromkeys(r["code"] for r in rows) if c != "peers"]
+
+    def auroc(task, name, code):
+        r = cell.get((task, name, code))
+        return None if r is None or "error" in r else r["auroc"]
+
+    def fmt(value, spec=".3f"):
+        return "" if value is None else format(value, spec)
+
+    def seconds(task, name, code, key):
+        r = cell.get((task, name, code))
+        return None if r is None or "error" in r else r[key]
+
+    header = ["task", "n train", "detector"]
+    header += [f"AUROC {c}" for c in codes] + [f"fit s {c}" for c in codes]
+    header += [f"score s {c}" for c in codes] + [f"steps {codes[-1]}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        for name in OURS:
+            if not any((task, name, c) in cell for c in codes):
+                continue
+            values = [fmt(auroc(task, name, c)) for c in codes]
+            values += [fmt(seconds(task, name, c, "fit_s"), ".1f") for c in codes]
+            values += [fmt(seconds(task, name, c, "score_s"), ".1f") for c in codes]
+            last = cell.get((task, name, codes[-1]), {})
+            values.append(str(last.get("steps", "")))
+            lines.append(
+                f"| {task} | {n_train[task]} | {name} | " + " | ".join(values) + " |"
+            )
+    lines += [
+        "",
+        "| task | " + " | ".join(PEERS) + " |",
+        "|" + "---|" * (len(PEERS) + 1),
+    ]
+    for task in tasks:
+        values = [fmt(auroc(task, name, "peers")) for name in PEERS]
+        lines.append(f"| {task} | " + " | ".join(values) + " |")
+    lines += ["", *_targets(tasks, codes[-1], auroc, n_train, rows)]
+    return "\n".join(lines)
+
+
+def _targets(tasks, code, auroc, n_train, rows):
+    """The issue's four targets, checked on code version ``code``."""
+
+    def ours(task, name):
+        return auroc(task, name, code)
+
+    def peer(task, name):
+        return auroc(task, name, "peers")
+
+    def below(task, name, other):
+        a, b = ours(task, name), peer(task, other)
+        return a is not None and b is not None and a < b
+
+    low = [
+        f"{name} on {task} ({ours(task, name):.3f})"
+        for task in tasks
+        if (peer(task, "PyOD KNN") or 0) > 0.9
+        for name in OURS
+        if ours(task, name) is not None and ours(task, name) < 0.6
+    ]
+    images = [t for t in tasks if not t.startswith("adbench")]
+    worse = [
+        f"{name} on {task} ({ours(task, name):.3f})"
+        for task in images
+        for name in ("AutoEncoder", "VAE")
+        if below(task, name, "PyOD AutoEncoder")
+    ]
+    lost = [
+        f"{task} ({ours(task, 'GANomaly'):.3f})"
+        for task in tasks
+        if below(task, "GANomaly", "anomalib GANomaly")
+    ]
+    out = [
+        f"- ours below 0.6 where PyOD's KNN > 0.9: {', '.join(low) or 'none'}",
+        "- our AutoEncoder/VAE below PyOD's AutoEncoder on images: "
+        + (", ".join(worse) or "none"),
+        f"- our GANomaly below anomalib's GANomaly: {', '.join(lost) or 'none'}",
+    ]
+    # mean fit time on the large tasks, over the fits both versions made
+    ok = [r for r in rows if r["code"] != "peers" and "error" not in r]
+    large = {t for t in tasks if n_train[t] >= 1000}
+    versions = list(dict.fromkeys(r["code"] for r in ok))
+    common = set.intersection(
+        *[{(r["task"], r["detector"]) for r in ok if r["code"] == v} for v in versions]
+    )
+    for version in versions:
+        fits = [
+            r["fit_s"]
+            for r in ok
+            if r["code"] == version
+            and r["task"] in large
+            and (r["task"], r["detector"]) in common
+        ]
+        if fits:
+            out.append(
+                f"- mean fit s on the tasks with >= 1000 training samples, "
+                f"{version}: {np.mean(fits):.1f} ({len(fits)} fits)"
+            )
+    return out
+
+
+def _setting(item):
+    import ast
+
+    name, _, value = item.partition("=")
+    return name, ast.literal_eval(value)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", help="folder with mnist/ and adbench/")
+    parser.add_argument("--code", default="after", help="label of this code version")
+    parser.add_argument("--peers", action="store_true", help="run the peers instead")
+    parser.add_argument("--anomalib-python", default=None)
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
+    parser.add_argument("--detectors", nargs="+", default=None)
+    parser.add_argument("--out", default="defaults_suite.json")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=VALUE",
+        help="parameters of ours that differ from the defaults (where accepted), "
+        "e.g. --set early_stopping=True",
+    )
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print the table")
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        metavar="DETECTOR:TASK_PREFIX",
+        help="leave a detector out of some tasks, e.g. AnoGAN:mnist",
+    )
+    args = parser.parse_args()
+    args.skip = [tuple(item.split(":", 1)) for item in args.skip]
+    args.set = [_setting(item) for item in args.set]
+    if args.table:
+        print(table(args.table))
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    print(f"# torch threads 1; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
