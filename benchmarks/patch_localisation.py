@@ -36,7 +36,8 @@ sys.path.insert(0, str(HERE.parent))
 
 # name -> (library, what to build); ours are built in _ours below
 METHODS = {
-    "ours-padim": "PaDiM (sample covariance + 0.01 I, d=100)",
+    "ours-padim": "PaDiM (default: semi-orthogonal projection to d=100, 0.01 I)",
+    "ours-padim-random": "PaDiM (the paper's random subset of d=100, 0.01 I)",
     "ours-padim-ledoit-wolf": "PaDiM (Ledoit-Wolf + 0.01 I, d=100)",
     "anomalib-padim": "anomalib PaDiM (d=100)",
     "ours-patchcore": "PatchCore (10%, shards of 16,384 patches)",
@@ -52,8 +53,15 @@ def _ours(name, weights, seed):
     common = dict(weights=weights, image_size=256, random_state=seed)
     if name == "ours-padim":
         return PaDiM(n_channels=100, **common)
+    if name == "ours-padim-random":
+        return PaDiM(n_channels=100, channel_reduction="random", **common)
     if name == "ours-padim-ledoit-wolf":
-        return PaDiM(n_channels=100, covariance="ledoit_wolf", **common)
+        return PaDiM(
+            n_channels=100,
+            channel_reduction="random",
+            covariance="ledoit_wolf",
+            **common,
+        )
     if name == "ours-patchcore":
         return PatchCore(**common)
     if name == "ours-patchcore-exact":

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _forge import rewrite
 from scipy.ndimage import gaussian_filter
 from sklearn.covariance import ledoit_wolf
 
@@ -82,6 +83,71 @@ def test_patch_features_are_pooled_upsampled_and_concatenated():
         subset.transform(images), out[:, subset.channel_indices_], rtol=1e-5, atol=1e-6
     )
     assert subset.get_feature_names_out().shape == (10,)
+
+
+def test_orthogonal_reduction_projects_every_channel_onto_orthonormal_columns():
+    images = _textures(3, 40)
+    params = dict(SMALL, image_size=48, strides=(4, 8))
+    full = PatchFeatures(**params).fit(images)
+    out = full.transform(images)  # (3, 56, 12, 12)
+    stage = PatchFeatures(**params, n_channels=10, channel_reduction="orthogonal")
+    stage.fit(images)
+    W = stage.projection_
+    assert W.shape == (56, 10) and stage.channel_indices_ is None
+    np.testing.assert_allclose(W.T @ W, np.eye(10), atol=1e-5)
+    # not a subset in disguise: every reduced channel mixes many channels
+    assert (np.abs(W) > 1e-3).sum(axis=0).min() > 40
+    expected = np.einsum("nchw,cd->ndhw", out, W)
+    reduced = stage.transform(images)
+    assert reduced.shape == (3, 10, 12, 12)
+    np.testing.assert_allclose(reduced, expected, rtol=1e-4, atol=1e-4)
+    assert list(stage.get_feature_names_out()[:2]) == ["projection0", "projection1"]
+    again = PatchFeatures(**params, n_channels=10, channel_reduction="orthogonal")
+    np.testing.assert_array_equal(again.fit(images).projection_, W)
+    other = PatchFeatures(
+        **{**params, "random_state": 1}, n_channels=10, channel_reduction="orthogonal"
+    )
+    assert not np.allclose(other.fit(images).projection_, W)
+    with pytest.raises(ValueError, match="channel_reduction"):
+        PatchFeatures(**params, n_channels=10, channel_reduction="pca").fit(images)
+
+
+def test_padim_projects_by_default_and_keeps_the_papers_subset_as_an_option():
+    images = _textures(12, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
+    det = PaDiM(**params).fit(images)
+    assert det.features_.projection_.shape == (56, 12)
+    assert det.location_.shape == (64, 12)
+    paper = PaDiM(**params, channel_reduction="random").fit(images)
+    assert paper.features_.projection_ is None
+    assert paper.features_.channel_indices_.shape == (12,)
+    assert not np.allclose(det.score_samples(images), paper.score_samples(images))
+
+
+def test_padim_files_from_before_the_projection_keep_the_random_subset(tmp_path):
+    # written before channel_reduction (and projection_) existed: the loader
+    # must rebuild the paper's subset, not project with today's default
+    images = _textures(10, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=16)
+    det = PaDiM(**params, channel_reduction="random").fit(images)
+    path = tmp_path / "old.ska"
+    skanomaly.save(det, path)
+
+    def forget(document):
+        detector = document["detector"]
+        detector["params"].pop("channel_reduction")
+        features = detector["state"]["features_"]["__estimator__"]
+        features["params"].pop("channel_reduction")
+        features["state"].pop("projection_")
+
+    rewrite(path, forget)
+    loaded = skanomaly.load(path)
+    assert loaded.channel_reduction == "random"
+    assert loaded.features_.channel_reduction == "random"
+    np.testing.assert_array_equal(
+        loaded.score_samples(images), det.score_samples(images)
+    )
+    np.testing.assert_array_equal(loaded.anomaly_map(images), det.anomaly_map(images))
 
 
 def test_patch_features_refuse_what_they_cannot_compute():

@@ -24,7 +24,7 @@ class PaDiM(BasePatchDetector):
     Nothing is trained: a frozen pretrained backbone turns each image into a
     grid of patch vectors (:class:`PatchFeatures`: by default the levels of
     strides 4, 8 and 16, upsampled to the stride-4 grid and concatenated,
-    then a random subset of ``n_channels`` channels). Over the training
+    then reduced to ``n_channels`` channels). Over the training
     images, each grid position gets its own Gaussian: the mean and a
     regularised covariance of the patch vectors seen there. The anomaly map
     is the Mahalanobis distance of each patch to its position's Gaussian,
@@ -60,9 +60,19 @@ class PaDiM(BasePatchDetector):
         Resolution the backbone sees; None: its evaluation resolution (224
         for ``tf_efficientnet_lite0``).
     n_channels : int or None, default=100
-        ``d``, the size of the random channel subset (the paper: 100 of the
-        448 channels of ResNet18, 550 of WideResNet-50's 1,792); None: all
-        channels. It must not exceed the channels of the levels.
+        ``d``, the channels of the reduced patch vectors (the paper: 100 of
+        the 448 channels of ResNet18, 550 of WideResNet-50's 1,792); None:
+        all channels, unreduced. It must not exceed the channels of the
+        levels.
+    channel_reduction : {'orthogonal', 'random'}, default='orthogonal'
+        How the ``d`` channels are made. 'random' is the paper's: a random
+        subset of the channels. 'orthogonal' projects all of them with a
+        random matrix with orthonormal columns (Kim et al. 2021's
+        semi-orthogonal embedding), so that every kept direction mixes
+        every level; at the same ``d`` (and so the same memory and speed)
+        it localised better on the benchmark, over three seeds (mean AUPRO
+        0.979 vs 0.975 for the random subset, pixel AUROC 0.995 vs 0.993;
+        benchmarks/RESULTS_patch_localisation.md).
     covariance : {'empirical', 'ledoit_wolf'}, default='empirical'
         Covariance estimate of each position: the sample covariance
         (normalised by n - 1, as the paper), or Ledoit-Wolf shrinkage towards
@@ -86,7 +96,8 @@ class PaDiM(BasePatchDetector):
     device : str or torch.device, default='cpu'
         Where the backbone and the Gaussians run, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
-        Seeds the channel subset (and the backbone when ``weights=None``).
+        Seeds the channel subset or projection (and the backbone when
+        ``weights=None``).
     verbose : int, default=0
         If > 0, show a progress bar over batches.
     contamination : 'auto' or float, default='auto'
@@ -96,7 +107,8 @@ class PaDiM(BasePatchDetector):
     Attributes
     ----------
     features_ : PatchFeatures
-        The fitted feature stage (holds the backbone and the channel subset).
+        The fitted feature stage (holds the backbone and the channel subset
+        or projection).
     location_ : ndarray of shape (n_positions, d), float32
         Mean patch vector of each position (row-major over the grid).
     cholesky_ : ndarray of shape (n_positions, d, d), float32
@@ -139,6 +151,9 @@ class PaDiM(BasePatchDetector):
     True
     """
 
+    # files written before channel_reduction existed used the random subset
+    _older_file_params = {"channel_reduction": "random"}
+
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **{
@@ -162,6 +177,7 @@ class PaDiM(BasePatchDetector):
         strides=(4, 8, 16),
         image_size=None,
         n_channels=100,
+        channel_reduction="orthogonal",
         covariance="empirical",
         reg_covar=0.01,
         pool_size=1,
@@ -180,6 +196,7 @@ class PaDiM(BasePatchDetector):
         self.strides = strides
         self.image_size = image_size
         self.n_channels = n_channels
+        self.channel_reduction = channel_reduction
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.pool_size = pool_size

@@ -74,7 +74,11 @@ class PatchCore(BasePatchDetector):
     pool_size : int, default=3
         Local neighbourhood averaged into each patch vector (1: none).
     n_channels : int or None, default=None
-        Keep a random subset of this many channels; None: all.
+        Reduce the patch vectors to this many channels; None: all.
+    channel_reduction : {'random', 'orthogonal'}, default='random'
+        How ``n_channels`` are made: a random subset of the channels or a
+        random semi-orthogonal projection of them (as in
+        :class:`PatchFeatures`).
     coreset_ratio : float, default=0.1
         Fraction of the training patches kept in the memory bank (the paper
         uses 0.01 to 0.1).
@@ -168,6 +172,7 @@ class PatchCore(BasePatchDetector):
         image_size=None,
         pool_size=3,
         n_channels=None,
+        channel_reduction="random",
         coreset_ratio=0.1,
         projection_dim=128,
         shard_size=16384,
@@ -187,6 +192,7 @@ class PatchCore(BasePatchDetector):
         self.image_size = image_size
         self.pool_size = pool_size
         self.n_channels = n_channels
+        self.channel_reduction = channel_reduction
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.shard_size = shard_size

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .._compat import Interval, fit_context
+from .._compat import Interval, StrOptions, fit_context
 from .._validation import check_device
 from ..nn.backbones import PatchGrid, level_maps
 from .pooled import TimmFeatures, _check_images, _resolve_levels
@@ -34,8 +34,9 @@ class PatchFeatures(TimmFeatures):
        level, bilinearly with ``align_corners=False``: for a stride ratio r,
        that places each coarse feature at the centre of the r x r cells it
        covers, which is where a strided convolution's output sits;
-    3. the levels are concatenated along channels, and optionally a random
-       subset of ``n_channels`` channels is kept (PaDiM's reduction).
+    3. the levels are concatenated along channels, and optionally reduced to
+       ``n_channels``: a random subset of the channels (PaDiM's reduction) or
+       a random semi-orthogonal projection of all of them (Kim et al.'s).
 
     The grid has the finest chosen level's resolution, e.g. 28 x 28 for
     levels of strides 8 and 16 at 224 px. Images are resized and normalised
@@ -67,15 +68,23 @@ class PatchFeatures(TimmFeatures):
     pool_size : int, default=3
         Side of the local averaging neighbourhood (odd); 1: none.
     n_channels : int or None, default=None
-        Keep a random subset of this many channels (sorted, drawn with
-        ``random_state``); None: all.
+        Reduce the patch vectors to this many channels (see
+        ``channel_reduction``); None: all channels, unreduced.
+    channel_reduction : {'random', 'orthogonal'}, default='random'
+        How ``n_channels`` are made: 'random' keeps a random subset of the
+        channels (sorted, drawn with ``random_state``; PaDiM's); 'orthogonal'
+        multiplies all of them by a random ``(channels, n_channels)`` matrix
+        ``W`` with orthonormal columns (``W.T @ W = I``, the Q of a QR
+        decomposition of a Gaussian matrix drawn with ``random_state``), so
+        that every reduced channel mixes every level (Kim et al. 2021,
+        "semi-orthogonal embedding").
     batch_size : int, default=32
         Images per forward pass.
     device : str or torch.device, default='cpu'
         Where the backbone runs, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
-        Seeds the channel subset, and the random initialisation when
-        ``weights=None``.
+        Seeds the channel subset or projection, and the random
+        initialisation when ``weights=None``.
     verbose : int, default=0
         If > 0, show a progress bar over batches.
 
@@ -94,7 +103,11 @@ class PatchFeatures(TimmFeatures):
     grid_shape_ : tuple of int
         ``(height, width)`` of the patch grid.
     channel_indices_ : ndarray of int or None
-        The channels kept (positions in the concatenated levels), or None.
+        The channels kept (positions in the concatenated levels), or None
+        (all, or a projection).
+    projection_ : ndarray of shape (channels of the levels, n_channels_) or None
+        The semi-orthogonal projection ('orthogonal' reduction), float32, or
+        None.
     n_channels_ : int
         Channels of each patch vector.
     image_size_ : tuple of int
@@ -118,7 +131,8 @@ class PatchFeatures(TimmFeatures):
     """
 
     # Fitted state: TimmFeatures' plus the tuples level_strides_ and
-    # grid_shape_, the int n_channels_ and the array channel_indices_.
+    # grid_shape_, the int n_channels_ and the arrays channel_indices_ and
+    # projection_ (files written before projection_ existed have none).
 
     _parameter_constraints: dict = {
         **TimmFeatures._parameter_constraints,
@@ -126,6 +140,7 @@ class PatchFeatures(TimmFeatures):
         "strides": [tuple, list],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "n_channels": [Interval(Integral, 1, None, closed="left"), None],
+        "channel_reduction": [StrOptions({"random", "orthogonal"})],
     }
 
     def __init__(
@@ -138,6 +153,7 @@ class PatchFeatures(TimmFeatures):
         image_size=None,
         pool_size=3,
         n_channels=None,
+        channel_reduction="random",
         batch_size=32,
         device="cpu",
         random_state=None,
@@ -150,6 +166,7 @@ class PatchFeatures(TimmFeatures):
         self.image_size = image_size
         self.pool_size = pool_size
         self.n_channels = n_channels
+        self.channel_reduction = channel_reduction
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -206,19 +223,23 @@ class PatchFeatures(TimmFeatures):
         self.level_strides_ = tuple(strides[i] for i in keep)
         self._check_grid(keep)
         total = sum(self.level_channels_)
+        self.channel_indices_ = self.projection_ = None
+        self.n_channels_ = total
         if self.n_channels is None:
-            self.channel_indices_ = None
-            self.n_channels_ = total
-        else:
-            if self.n_channels > total:
-                raise ValueError(
-                    f"n_channels={self.n_channels} is more than the {total} "
-                    f"channels of levels {list(self.levels_)} "
-                    f"({' + '.join(map(str, self.level_channels_))})."
-                )
-            rng = check_random_state(self.random_state)
+            return self
+        if self.n_channels > total:
+            raise ValueError(
+                f"n_channels={self.n_channels} is more than the {total} "
+                f"channels of levels {list(self.levels_)} "
+                f"({' + '.join(map(str, self.level_channels_))})."
+            )
+        rng = check_random_state(self.random_state)
+        if self.channel_reduction == "random":
             self.channel_indices_ = np.sort(rng.permutation(total)[: self.n_channels])
-            self.n_channels_ = int(self.n_channels)
+        else:
+            gaussian = rng.standard_normal((total, self.n_channels))
+            self.projection_ = np.linalg.qr(gaussian)[0].astype(np.float32)
+        self.n_channels_ = int(self.n_channels)
         return self
 
     def _level_strides(self, positions):
@@ -303,10 +324,14 @@ grid_width), float32
             pool_size=self.pool_size,
             grid=self.grid_shape_,
             channels=self.channel_indices_,
+            projection=getattr(self, "projection_", None),
         )
 
     def get_feature_names_out(self, input_features=None):
-        """Names of the channels of a patch vector: ``'<level>_ch<channel>'``.
+        """Names of the channels of a patch vector.
+
+        ``'<level>_ch<channel>'``, or ``'projection<k>'`` for the channels of
+        an 'orthogonal' reduction (each mixes every level).
 
         Parameters
         ----------
@@ -318,6 +343,8 @@ grid_width), float32
         names : ndarray of str of shape (n_channels_,)
         """
         names = super().get_feature_names_out()
+        if getattr(self, "projection_", None) is not None:
+            return np.array([f"projection{k}" for k in range(self.n_channels_)], object)
         if self.channel_indices_ is None:
             return names
         return names[self.channel_indices_]

@@ -864,8 +864,9 @@ class PatchGrid(torch.nn.Module):
     :func:`preprocess_images`, then :func:`level_maps`; each level averaged
     over ``pool_size`` x ``pool_size`` neighbourhoods (stride 1, zero
     padding counted), resized bilinearly to ``grid`` and concatenated along
-    channels, then optionally a subset of the channels (what
-    ``PatchFeatures`` runs per batch, and what the patch detectors export).
+    channels, then optionally reduced to fewer channels, by a subset or a
+    linear projection (what ``PatchFeatures`` runs per batch, and what the
+    patch detectors export).
 
     Parameters
     ----------
@@ -881,6 +882,9 @@ class PatchGrid(torch.nn.Module):
         ``(height, width)`` of the output grid (the finest level's).
     channels : sequence of int or None
         Channels to keep, among the concatenated levels'; None: all.
+    projection : array-like of shape (all channels, n) or None
+        Matrix the concatenated channels are multiplied by, instead of a
+        subset (``channels`` must then be None); None: none.
     """
 
     def __init__(
@@ -896,8 +900,11 @@ class PatchGrid(torch.nn.Module):
         pool_size,
         grid,
         channels=None,
+        projection=None,
     ):
         super().__init__()
+        if channels is not None and projection is not None:
+            raise ValueError("Give channels or projection, not both.")
         self.model = model
         self.preprocessing = _preprocessing(size, mean, std, interpolation, in_chans)
         self.keep = list(keep)
@@ -906,6 +913,12 @@ class PatchGrid(torch.nn.Module):
         self.register_buffer(
             "channels",
             None if channels is None else torch.as_tensor(channels, dtype=torch.int64),
+        )
+        self.register_buffer(
+            "projection",
+            None
+            if projection is None
+            else torch.as_tensor(projection, dtype=torch.float32),
         )
 
     def forward(self, x):
@@ -921,6 +934,9 @@ class PatchGrid(torch.nn.Module):
                 )
             out.append(level)
         out = torch.cat(out, dim=1)
+        if self.projection is not None:
+            # (N, C, h, w) -> (N, h, w, C) @ (C, n) -> (N, n, h, w): a MatMul in ONNX
+            return (out.permute(0, 2, 3, 1) @ self.projection).permute(0, 3, 1, 2)
         if self.channels is None:
             return out
         return out.index_select(1, self.channels)
