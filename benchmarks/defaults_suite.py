@@ -196,7 +196,7 @@ def _run_pyod(name, X_train, X_test):
     return anomaly, fit_s, time.perf_counter() - start
 
 
-def _run_anomalib(python, X_train, X_test, y_test):
+def _run_anomalib(python, X_train, X_test, y_test, seed=0):
     # anomalib's GANomaly at its defaults (batch 32) for the paper's 15
     # epochs, on the same 32x32 images mapped to [-1, 1]
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,6 +217,7 @@ def _run_anomalib(python, X_train, X_test, y_test):
             "--batch-size", "32",
             "--channels", "1",
             "--threads", "1",
+            "--seed", str(seed),
             "--out", str(out),
         ]  # fmt: skip
         subprocess.run(command, check=True, capture_output=True, text=True)
@@ -262,7 +263,9 @@ def run(args):
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     if name == "anomalib GANomaly":
-                        result = _run_anomalib(args.anomalib_python, X_tr, X_te, y_test)
+                        result = _run_anomalib(
+                            args.anomalib_python, X_tr, X_te, y_test, args.anomalib_seed
+                        )
                         row.update(
                             auroc=result["auroc"],
                             fit_s=result["fit_seconds"],
@@ -419,6 +422,9 @@ def main():
     parser.add_argument("--code", default="after", help="label of this code version")
     parser.add_argument("--peers", action="store_true", help="run the peers instead")
     parser.add_argument("--anomalib-python", default=None)
+    parser.add_argument(
+        "--anomalib-seed", type=int, default=0, help="seed of anomalib's GANomaly"
+    )
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--detectors", nargs="+", default=None)
     parser.add_argument("--out", default="defaults_suite.json")
