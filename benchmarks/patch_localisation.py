@@ -40,7 +40,8 @@ METHODS = {
     "ours-padim-random": "PaDiM (the paper's random subset of d=100, 0.01 I)",
     "ours-padim-ledoit-wolf": "PaDiM (Ledoit-Wolf + 0.01 I, d=100)",
     "anomalib-padim": "anomalib PaDiM (d=100)",
-    "ours-patchcore": "PatchCore (10%, shards of 16,384 patches)",
+    "ours-patchcore": "PatchCore (default: 10%, one selection up to 65,536 patches)",
+    "ours-patchcore-shards": "PatchCore (10%, shards of 16,384 patches)",
     "ours-patchcore-exact": "PatchCore (10%, one greedy selection)",
     "anomalib-patchcore": "anomalib PatchCore (10%)",
     "ours-autoencoder": "AutoEncoder (20 epochs, at 64 px)",
@@ -66,6 +67,8 @@ def _ours(name, weights, seed):
         return PatchCore(**common)
     if name == "ours-patchcore-exact":
         return PatchCore(shard_size=None, **common)
+    if name == "ours-patchcore-shards":
+        return PatchCore(shard_size=16384, **common)
     if name == "ours-autoencoder":
         return AutoEncoder(max_epochs=20, batch_size=16, random_state=seed)
     raise ValueError(name)

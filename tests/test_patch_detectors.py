@@ -302,6 +302,24 @@ def test_patchcore_bank_is_a_coreset_of_training_patches():
     np.testing.assert_allclose(full.score_samples(images), 0.0, atol=1e-3)
 
 
+def test_patchcore_auto_shards_only_above_the_exact_limit(monkeypatch):
+    from skanomaly.detectors import patchcore as patchcore_module
+
+    images = _textures(12, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), coreset_ratio=0.25)
+    exact = PatchCore(**params, shard_size=None).fit(images)
+    auto = PatchCore(**params).fit(images)  # 768 patches: one selection
+    assert auto.shard_size_ is None and exact.shard_size_ is None
+    np.testing.assert_array_equal(auto.memory_bank_, exact.memory_bank_)
+    monkeypatch.setattr(patchcore_module, "_AUTO_EXACT_PATCHES", 12 * 64 - 1)
+    monkeypatch.setattr(patchcore_module, "_AUTO_SHARD_SIZE", 3 * 64)
+    above = PatchCore(**params).fit(images)
+    assert above.shard_size_ == 3 * 64
+    sharded = PatchCore(**params, shard_size=3 * 64).fit(images)
+    np.testing.assert_array_equal(above.memory_bank_, sharded.memory_bank_)
+    assert not np.array_equal(above.memory_bank_, exact.memory_bank_)
+
+
 def test_patchcore_image_score_is_the_reweighted_top_patch():
     images = _textures(16, 32)
     det = PatchCore(**SMALL, image_size=32, strides=(4, 8), num_neighbors=4)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .._compat import Interval
+from .._compat import Interval, StrOptions
 from .._validation import check_device
 from ..features.patches import PatchFeatures
 from ..nn.patchcore import (
@@ -19,6 +19,13 @@ from ..nn.patchcore import (
 from .patch_base import BasePatchDetector
 
 __all__ = ["PatchCore"]
+
+# shard_size='auto': one greedy selection over at most this many training
+# patches (51,200 took 19 s to fit on one CPU thread, 5,120 in the bank),
+# shards of _AUTO_SHARD_SIZE patches above, where the exact selection's
+# quadratic cost takes over (102,400 patches: 105 s against 33 s).
+_AUTO_EXACT_PATCHES = 65536
+_AUTO_SHARD_SIZE = 16384
 
 
 class PatchCore(BasePatchDetector):
@@ -51,7 +58,12 @@ class PatchCore(BasePatchDetector):
     features. Every training patch still lies within its shard's covering
     radius of the bank. ``shard_size=None`` runs one greedy selection over
     all patches (the paper's algorithm, exact, but slow beyond ~10^5
-    patches and holding all features). The bank keeps ``coreset_ratio`` of
+    patches and holding all features). Sharding costs a little quality:
+    on the localisation benchmark (50 training images, 51,200 patches,
+    three seeds) shards of 16,384 gave a mean image AUROC of 0.984
+    against 0.988 for one selection. So the default, 'auto', runs one
+    selection over up to 65,536 training patches (64 images at 256 px, 83
+    at 224 px) and shards of 16,384 beyond. The bank keeps ``coreset_ratio`` of
     all training patches (e.g. 78,400 x 152 floats, 48 MB, for 1,000
     images at 224 px and 10%); scoring compares each test patch with the
     whole bank in chunks of matrix products, ``O(patches x bank x
@@ -86,9 +98,10 @@ class PatchCore(BasePatchDetector):
         Dimension of the random projection the greedy selection runs on (as
         in the paper); when the features have no more channels than this,
         the selection runs on the features themselves.
-    shard_size : int or None, default=16384
+    shard_size : int, None or 'auto', default='auto'
         Most patches per greedy selection (see Scale); None: one selection
-        over all training patches.
+        over all training patches; 'auto': None for at most 65,536 training
+        patches, else 16,384.
     num_neighbors : int, default=9
         ``b`` of the re-weighting (Eq. 7); 1: no re-weighting.
     sigma : float, default=4.0
@@ -116,6 +129,8 @@ class PatchCore(BasePatchDetector):
         The coreset of training patch vectors.
     n_training_patches_ : int
         Patches of the training images the coreset was chosen from.
+    shard_size_ : int or None
+        The shard size used (None: one selection over all patches).
     offset_ : float
         Threshold on ``score_samples``.
     n_features_in_ : int
@@ -157,7 +172,11 @@ class PatchCore(BasePatchDetector):
         **PatchFeatures._parameter_constraints,
         "coreset_ratio": [Interval(Real, 0, 1, closed="right")],
         "projection_dim": [Interval(Integral, 1, None, closed="left")],
-        "shard_size": [Interval(Integral, 1, None, closed="left"), None],
+        "shard_size": [
+            Interval(Integral, 1, None, closed="left"),
+            None,
+            StrOptions({"auto"}),
+        ],
         "num_neighbors": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
     }
@@ -175,7 +194,7 @@ class PatchCore(BasePatchDetector):
         channel_reduction="random",
         coreset_ratio=0.1,
         projection_dim=128,
-        shard_size=16384,
+        shard_size="auto",
         num_neighbors=9,
         sigma=4.0,
         batch_size=32,
@@ -240,9 +259,12 @@ class PatchCore(BasePatchDetector):
                 generator,
                 check_device(self.device),
             )
+        shard_size = self.shard_size
+        if shard_size == "auto":
+            shard_size = None if n_patches <= _AUTO_EXACT_PATCHES else _AUTO_SHARD_SIZE
         per_shard = n_images
-        if self.shard_size is not None:
-            per_shard = max(1, self.shard_size // patches_per_image)
+        if shard_size is not None:
+            per_shard = max(1, shard_size // patches_per_image)
         bank, done = [], 0
         for first in range(0, n_images, per_shard):
             images = np.sort(order[first : first + per_shard])
@@ -268,6 +290,7 @@ class PatchCore(BasePatchDetector):
             bank.append(shard[selected])
         self.memory_bank_ = torch.cat(bank).cpu().numpy()
         self.n_training_patches_ = n_patches
+        self.shard_size_ = shard_size
 
     def _device_state(self, device):
         bank = torch.from_numpy(self.memory_bank_).to(device)
