@@ -54,8 +54,8 @@ class PatchCore(BasePatchDetector):
     ``coreset_ratio`` of its patches: the cost becomes linear in the number
     of images, each shard's greedy loop works on data that fits in the CPU
     cache, and fitting holds one shard of features (``shard_size x
-    channels`` floats, 10 MB by default) plus the bank, never all training
-    features. Every training patch still lies within its shard's covering
+    channels`` floats: 10 MB for 16,384 x 152) plus the bank, never all
+    training features. Every training patch still lies within its shard's covering
     radius of the bank. ``shard_size=None`` runs one greedy selection over
     all patches (the paper's algorithm, exact, but slow beyond ~10^5
     patches and holding all features). Sharding costs a little quality:
