@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 METHODS = {
     "ours-padim": "PaDiM (default: semi-orthogonal projection to d=100, 0.01 I)",
     "ours-padim-random": "PaDiM (the paper's random subset of d=100, 0.01 I)",
-    "ours-padim-ledoit-wolf": "PaDiM (Ledoit-Wolf + 0.01 I, d=100)",
+    "ours-padim-ledoit-wolf": "PaDiM (random subset of d=100, Ledoit-Wolf + 0.01 I)",
     "anomalib-padim": "anomalib PaDiM (d=100)",
     "ours-patchcore": "PatchCore (default: 10%, one selection up to 65,536 patches)",
     "ours-patchcore-shards": "PatchCore (10%, shards of 16,384 patches)",

@@ -55,19 +55,19 @@ class PatchCore(BasePatchDetector):
     of images, each shard's greedy loop works on data that fits in the CPU
     cache, and fitting holds one shard of features (``shard_size x
     channels`` floats: 10 MB for 16,384 x 152) plus the bank, never all
-    training features. Every training patch still lies within its shard's covering
-    radius of the bank. ``shard_size=None`` runs one greedy selection over
-    all patches (the paper's algorithm, exact, but slow beyond ~10^5
-    patches and holding all features). Sharding costs a little quality:
-    on the localisation benchmark (50 training images, 51,200 patches,
-    three seeds) shards of 16,384 gave a mean image AUROC of 0.984
-    against 0.988 for one selection. So the default, 'auto', runs one
-    selection over up to 65,536 training patches (64 images at 256 px, 83
-    at 224 px) and shards of 16,384 beyond. The bank keeps ``coreset_ratio`` of
-    all training patches (e.g. 78,400 x 152 floats, 48 MB, for 1,000
-    images at 224 px and 10%); scoring compares each test patch with the
-    whole bank in chunks of matrix products, ``O(patches x bank x
-    channels)``.
+    training features. Every training patch still lies within its shard's
+    covering radius of the bank. ``shard_size=None`` runs one greedy
+    selection over all patches (the paper's algorithm, exact, but slow
+    beyond ~10^5 patches and holding all features). Sharding costs a
+    little quality: on the localisation benchmark (50 training images,
+    51,200 patches, three seeds) shards of 16,384 gave a mean image AUROC
+    of 0.984 against 0.988 for one selection. So the default, 'auto', runs
+    one selection over up to 65,536 training patches (64 images at 256 px,
+    83 at 224 px) and shards of 16,384 beyond. The bank keeps
+    ``coreset_ratio`` of all training patches (e.g. 78,400 x 152 floats,
+    48 MB, for 1,000 images at 224 px and 10%); scoring compares each test
+    patch with the whole bank in chunks of matrix products,
+    ``O(patches x bank x channels)``.
 
     Parameters
     ----------
