@@ -34,6 +34,10 @@ for any scikit-learn outlier detector. In a cross-validated search, where
 ``fit`` needs outlier labels to leave anomalies out of training, use the
 ``outlier_*`` scorers (see :mod:`skanomaly.model_selection`).
 
+:func:`benjamini_hochberg` flags a batch from its conformal p-values
+(``detector.conformal_p_values(X)``) at a false discovery rate (see
+:mod:`skanomaly.conformal`).
+
 Two pixel metrics score anomaly maps against ground-truth masks (1 = defect):
 :func:`pixel_roc_auc_score` (AUROC over all pixels of all images) and
 :func:`aupro_score` (the MVTec AD per-region overlap, integrated up to a false
@@ -54,8 +58,13 @@ from sklearn.metrics import (
 from sklearn.metrics import get_scorer as _sklearn_get_scorer
 from sklearn.metrics import get_scorer_names as _sklearn_get_scorer_names
 
+# next to the metrics, where a user looks for it (defined with the conformal
+# p-values it takes)
+from .conformal import benjamini_hochberg
+
 __all__ = [
     "anomaly_average_precision_scorer",
+    "benjamini_hochberg",
     "anomaly_f1_scorer",
     "anomaly_roc_auc_scorer",
     "aupro_score",

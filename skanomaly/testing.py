@@ -21,10 +21,11 @@ import numpy as np
 from sklearn.base import clone
 
 from ._compat import param_names
+from .conformal import conformal_threshold
 from .detectors.base import get_detector_tags
 
 __all__ = [
-    "check_contamination_sets_offset",
+    "check_calibrated_threshold",
     "check_deterministic_under_random_state",
     "check_fit_drops_labelled_outliers",
     "check_image_input",
@@ -79,14 +80,30 @@ def fast_detector(cls, **params):
     return cls(**{**merged, **params})
 
 
-def check_contamination_sets_offset(name, detector):
-    """A float contamination flags that fraction of the training set."""
+def check_calibrated_threshold(name, detector):
+    """``offset_`` is the conformal threshold of the calibration scores.
+
+    With a float contamination ``c``, ``predict`` flags exactly the samples
+    whose conformal p-value is at most ``c``; with ``calibration='training'``
+    it flags that fraction of the training set, as scikit-learn's detectors.
+    """
     X = _data(detector)
-    det = clone(detector).set_params(contamination=0.1).fit(X)
-    decision = det.decision_function(X)
-    np.testing.assert_allclose(decision, det.score_samples(X) - det.offset_)
-    assert set(np.unique(det.predict(X))) <= {-1, 1}
-    assert abs(np.mean(det.predict(X) == -1) - 0.1) <= 1.5 / len(X), name
+    level = 0.25  # resolvable by the few calibration samples of tiny data
+    det = clone(detector).set_params(contamination=level).fit(X)
+    calibration = det.calibration_scores_
+    assert calibration.ndim == 1 and calibration.size >= 1, name
+    assert np.all(np.diff(calibration) >= 0), name
+    assert det.offset_ == conformal_threshold(calibration, level), name
+    np.testing.assert_allclose(
+        det.decision_function(X), det.score_samples(X) - det.offset_
+    )
+    p_values = det.conformal_p_values(X)
+    assert p_values.min() >= 1 / (calibration.size + 1) - 1e-12, name
+    assert p_values.max() <= 1.0, name
+    np.testing.assert_array_equal(det.predict(X) == -1, p_values <= level)
+    in_sample = clone(detector).set_params(contamination=0.1, calibration="training")
+    labels = in_sample.fit_predict(X)
+    assert abs(np.mean(labels == -1) - 0.1) <= 1.5 / len(X), name
 
 
 def check_fit_drops_labelled_outliers(name, detector):
@@ -167,7 +184,7 @@ def check_image_input(name, detector):
 
 
 _CONTRACT_CHECKS = [
-    check_contamination_sets_offset,
+    check_calibrated_threshold,
     check_fit_drops_labelled_outliers,
     check_pickle_keeps_scores,
     check_deterministic_under_random_state,

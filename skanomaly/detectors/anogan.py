@@ -122,11 +122,11 @@ class AnoGAN(BaseGANDetector):
         If > 0, print skorch's epoch log and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`. Every training score is
-        a full latent search, so the threshold is taken from the scores of
-        at most 1,000 training samples (a fixed random subset); with more
-        training samples it is an estimate of that quantile.
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector`
+        (calibration='auto' holds out 20% of the training samples). Every
+        score is a full latent search, so at most 1,000 calibration samples
+        are scored (a fixed random subset).
 
     Attributes
     ----------
@@ -215,8 +215,14 @@ class AnoGAN(BaseGANDetector):
         verbose=0,
         callbacks=None,
         contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
     ):
-        super().__init__(contamination=contamination)
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.latent_dim = latent_dim
         self.base_channels = base_channels
         self.hidden_sizes = hidden_sizes

@@ -10,22 +10,39 @@ read by the benchmark, the conformance tests and the command line through
 import dataclasses
 import warnings
 from abc import ABCMeta, abstractmethod
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.model_selection import KFold
+from sklearn.utils import check_random_state
+from sklearn.utils._available_if import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, fit_context
 from .._validation import select_inliers, validate_detector_input
+from ..conformal import (
+    MAX_CALIBRATION_SCORES,
+    conformal_p_values,
+    conformal_threshold,
+)
 
-__all__ = ["BaseDetector", "DetectorTags", "get_detector_tags"]
+__all__ = ["BaseDetector", "CalibrationWarning", "DetectorTags", "get_detector_tags"]
 
-# 'auto' threshold: a robust three-sigma rule on the training scores, flagging
-# at least the lowest 1% (training sets are rarely perfectly clean).
+# 'auto' threshold: a robust three-sigma rule on the calibration scores,
+# flagging at least their lowest 1%.
 _AUTO_N_MADS = 3.0
 _MAD_TO_STD = 1.4826
 _AUTO_MIN_PERCENT = 1.0
+# Fewer calibration samples than this make one fit's false-alarm rate vary
+# widely around the level (see CalibrationWarning).
+_FEW_CALIBRATION_SAMPLES = 20
+# The schemes ``calibration`` names (an int is K-fold cross-fitting).
+_CALIBRATION_SCHEMES = {"auto", "split", "leave-one-out", "training"}
+
+
+class CalibrationWarning(UserWarning):
+    """A detector's threshold rests on too few calibration samples to be precise."""
 
 
 @dataclasses.dataclass
@@ -58,9 +75,14 @@ class DetectorTags:
         scale them batch by batch (no float copy of the whole input);
         otherwise uint8 images arrive as float32 in [0, 1].
     max_offset_samples : int or None, default=None
-        Set ``offset_`` from the scores of at most this many training
+        Set ``offset_`` from the scores of at most this many calibration
         samples (a fixed random subset), for detectors whose scoring is
         costly.
+    leave_one_out : bool, default=False
+        Has exact out-of-sample scores of its training samples without a
+        refit: ``_fit(X, leave_one_out=True)`` returns the score of each
+        training sample of the calibration subset as the model fitted
+        without that sample gives it (``calibration='leave-one-out'``).
     onnx_export : bool, default=False
         Can be exported to ONNX (:func:`skanomaly.export_onnx`): the
         detector's scoring is one forward pass, and ``_onnx_module()``
@@ -104,9 +126,19 @@ class DetectorTags:
     weights_available: bool = True
     keeps_uint8: bool = False
     max_offset_samples: int | None = None
+    leave_one_out: bool = False
     onnx_export: bool = False
     test_params: dict = dataclasses.field(default_factory=dict)
     benchmark_params: dict = dataclasses.field(default_factory=dict)
+
+
+def _bounded_sorted(scores):
+    """Sorted scores, a fixed random subset of at most MAX_CALIBRATION_SCORES."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size > MAX_CALIBRATION_SCORES:
+        rng = np.random.default_rng(0)
+        scores = scores[rng.choice(scores.size, MAX_CALIBRATION_SCORES, replace=False)]
+    return np.sort(scores)
 
 
 def get_detector_tags(estimator):
@@ -144,9 +176,11 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     - ``_fit(X)``: train on validated inliers ``X`` (a float array, either
       ``(n_samples, n_features)`` or ``(n_samples, channels, height, width)``).
-      It may return the training scores when it has computed them anyway
-      (the same values ``_score_samples(X)`` would give); otherwise it
-      returns None and the base scores the training set itself.
+      It may return the scores of the training samples it has computed anyway
+      (the same values ``_score_samples`` would give, for the samples
+      ``_calibration_subset(len(X))``); otherwise it returns None. A detector
+      with the ``leave_one_out`` tag also takes ``_fit(X, leave_one_out=True)``
+      and then returns leave-one-out scores of those samples.
     - ``_score_samples(X)``: return the *normality* of each row of a
       validated ``X`` as a 1-D float array (higher = more normal), in
       batches of bounded memory.
@@ -156,25 +190,62 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     Everything else of the scikit-learn outlier-detector contract lives here:
     validation of the input (tabular or images), dropping samples labelled
-    -1 when ``y`` is given, the ``offset_`` set from ``contamination``,
-    ``decision_function``, ``predict`` and ``fit_predict``, and a fit that
-    leaves no half-fitted state behind when it fails.
+    -1 when ``y`` is given, the calibrated threshold ``offset_``,
+    ``decision_function``, ``predict``, ``conformal_p_values``, and a fit
+    that leaves no half-fitted state behind when it fails.
 
     Parameters
     ----------
     contamination : 'auto' or float, default='auto'
-        Expected proportion of outliers, used only to set the threshold
-        ``offset_`` on the training scores. With a float the threshold is
-        that quantile of the training scores, so that fraction of the
-        training set is predicted as outliers. With 'auto' it is a robust
-        three-sigma rule, ``median - 3 * 1.4826 * MAD`` of the training
-        scores, raised if needed so that at least the lowest 1% of the
-        training scores fall below it.
+        The false-alarm rate on *new* normal samples. With a float ``c`` the
+        threshold ``offset_`` is the ``floor((n + 1) c)``-th smallest of the
+        ``n`` calibration scores, so that a new normal sample, exchangeable
+        with the calibration samples, is predicted an outlier with
+        probability at most ``c`` (and within ``1 / (n + 1)`` of it); ``c``
+        below ``1 / (n + 1)`` raises a ``ValueError``. With 'auto' the
+        threshold is a robust three-sigma rule on the calibration scores,
+        ``median - 3 * 1.4826 * MAD``, raised if needed to their 1st
+        percentile: new normal samples are flagged at least as often as 1%
+        (exactly as often as the calibration samples are).
+    calibration : {'auto', 'split', 'leave-one-out', 'training'} or int, \
+default='auto'
+        Where the calibration scores come from (see the user guide,
+        "Thresholds that hold on new data"):
+
+        - 'split': hold out ``calibration_size`` of the normal training
+          samples (at most 5,000), fit on the rest, and score the held-out
+          ones. Exact (split-conformal), at the price of training on less.
+        - 'leave-one-out': score each training sample with the model fitted
+          without it, in closed form or by masking, without a refit; for
+          detectors that have it (the ``leave_one_out`` tag: the Gaussians
+          and PatchCore). Every sample trains and calibrates.
+        - an int ``K >= 2``: cross-fitting. Fit ``K`` models, each without
+          one fold, score each fold with the model that did not see it, then
+          fit the final model on all samples. Every sample trains and
+          calibrates at ``K + 1`` times the training cost, for small data;
+          the final model differs from the ones that made the calibration
+          scores, so its guarantee is approximate.
+        - 'training': the scores of the training samples themselves, as
+          scikit-learn's outlier detectors do: ``contamination`` is then the
+          fraction of the *training* set flagged, and says nothing about new
+          data (a model scores what it was fitted on as more normal).
+        - 'auto': 'leave-one-out' for detectors that have it, else 'split'.
+    calibration_size : float in (0, 1), default=0.2
+        Fraction of the normal training samples that ``calibration='split'``
+        holds out (at most 5,000 samples).
 
     Attributes
     ----------
     offset_ : float
         ``decision_function(X) = score_samples(X) - offset_``.
+    calibration_scores_ : ndarray of shape (n_calibration,)
+        The calibration scores, sorted: normality scores of normal samples
+        the model did not fit (of the training samples themselves with
+        ``calibration='training'``); at most 5,000, a random subset of
+        larger sets. ``conformal_p_values`` ranks new scores among them.
+    calibration_ : str
+        The scheme used: 'split', 'leave-one-out', 'cross-fit' or
+        'training'.
     n_features_in_ : int
         Number of features seen in ``fit`` (for images, channels x height x
         width).
@@ -188,6 +259,15 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         the other kind are converted with a warning, and float images after
         a ``uint8`` fit must lie in [0, 1].
 
+    Notes
+    -----
+    The calibrated threshold is meant for new data: on the training samples
+    themselves, which a model scores as more normal, fewer than
+    ``contamination`` are flagged. ``fit_predict``, which labels the training
+    set, is therefore only available with ``calibration='training'``
+    (scikit-learn's ``LocalOutlierFactor`` does the same with
+    ``novelty=True``); ``novelty`` says which case a detector is in.
+
     Examples
     --------
     A detector scoring the distance to the training mean:
@@ -199,12 +279,21 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     ...         self.mean_ = X.mean(axis=0)
     ...     def _score_samples(self, X):
     ...         return -np.linalg.norm((X - self.mean_).reshape(len(X), -1), axis=1)
-    >>> X = np.random.RandomState(0).normal(size=(100, 2))
-    >>> detector = MeanDistance(contamination=0.1).fit(X)
+    >>> rng = np.random.RandomState(0)
+    >>> detector = MeanDistance(contamination=0.1).fit(rng.normal(size=(2000, 2)))
+    >>> detector.calibration_, len(detector.calibration_scores_)
+    ('split', 400)
     >>> detector.predict([[0.0, 0.0], [6.0, 6.0]])
     array([ 1, -1])
-    >>> float((detector.predict(X) == -1).mean())
-    0.1
+
+    About 10% of new normal samples are flagged (the training samples
+    themselves would be flagged less often):
+
+    >>> new_normals = rng.normal(size=(20_000, 2))
+    >>> bool(abs((detector.predict(new_normals) == -1).mean() - 0.1) < 0.03)
+    True
+    >>> detector.conformal_p_values([[0.0, 0.0], [6.0, 6.0]]).round(4).tolist()
+    [1.0, 0.0025]
     """
 
     _parameter_constraints: dict = {
@@ -212,10 +301,17 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             StrOptions({"auto"}),
             Interval(Real, 0, 0.5, closed="right"),
         ],
+        "calibration": [
+            StrOptions(_CALIBRATION_SCHEMES),
+            Interval(Integral, 2, None, closed="left"),
+        ],
+        "calibration_size": [Interval(Real, 0, 1, closed="neither")],
     }
 
-    def __init__(self, contamination="auto"):
+    def __init__(self, contamination="auto", calibration="auto", calibration_size=0.2):
         self.contamination = contamination
+        self.calibration = calibration
+        self.calibration_size = calibration_size
 
     @abstractmethod
     def _fit(self, X):
@@ -242,19 +338,21 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     @fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Fit the detector on (mostly) normal data.
+        """Fit the detector on (mostly) normal data and calibrate its threshold.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), (n_samples, height, \
 width) or (n_samples, channels, height, width)
             Training data: tabular rows or images (``uint8`` images are
-            scaled to [0, 1]).
+            scaled to [0, 1]). Part of it may be held out for calibration
+            (see ``calibration``).
         y : array-like of shape (n_samples,), default=None
             Optional labels in scikit-learn's outlier convention, +1 inlier
-            and -1 outlier. Samples labelled -1 are left out of training, so a
-            cross-validated search on labelled data trains on inliers only.
-            Labels in any other encoding are ignored with a warning.
+            and -1 outlier. Samples labelled -1 are left out of training and
+            of calibration, so a cross-validated search on labelled data
+            trains on inliers only. Labels in any other encoding are ignored
+            with a warning.
 
         Returns
         -------
@@ -265,12 +363,27 @@ width) or (n_samples, channels, height, width)
         try:
             X = self._validate_input(X, reset=True, min_samples=2)
             X = select_inliers(X, y, estimator_name=type(self).__name__)
-            scores = self._fit(X)
-            if isinstance(scores, np.ndarray):
-                scores = self._checked(scores, fitting=True)
-            else:  # None (or self, from detectors written before scores)
-                scores = self._checked_scores(self._offset_subset(X), fitting=True)
-            self.offset_ = self._offset_from_training_scores(scores)
+            scheme = self._calibration_scheme()
+            if scheme == "split":
+                scores = self._fit_split(X)
+            elif scheme == "cross-fit":
+                scores = self._fit_cross(X)
+            else:
+                loo = scheme == "leave-one-out"
+                scores = self._fit(X, leave_one_out=True) if loo else self._fit(X)
+                if isinstance(scores, np.ndarray):
+                    scores = self._checked(scores, fitting=True)
+                elif loo:
+                    raise TypeError(
+                        f"{type(self).__name__}._fit(X, leave_one_out=True) must "
+                        "return the leave-one-out scores as an array."
+                    )
+                else:  # None (or self, from detectors written before scores)
+                    subset = X[self._calibration_subset(len(X))]
+                    scores = self._checked_scores(subset, fitting=True)
+            self.calibration_ = scheme
+            self.calibration_scores_ = _bounded_sorted(scores)
+            self.offset_ = self._threshold(self.calibration_scores_, scheme)
         except BaseException:
             # leave the estimator as it was: nothing half-fitted
             self.__dict__.clear()
@@ -278,20 +391,141 @@ width) or (n_samples, channels, height, width)
             raise
         return self
 
-    def _offset_subset(self, X):
-        limit = self.__skanomaly_tags__().max_offset_samples
-        if limit is None or len(X) <= limit:
-            return X
-        keep = np.sort(np.random.default_rng(0).choice(len(X), limit, replace=False))
-        return X[keep]
+    def _calibration_scheme(self):
+        """The scheme ``calibration`` resolves to for this detector."""
+        calibration = getattr(self, "calibration", "auto")
+        if isinstance(calibration, Integral) and not isinstance(calibration, bool):
+            return "cross-fit"
+        leave_one_out = self.__skanomaly_tags__().leave_one_out
+        if calibration == "auto":
+            return "leave-one-out" if leave_one_out else "split"
+        if calibration == "leave-one-out" and not leave_one_out:
+            raise ValueError(
+                f"{type(self).__name__} has no leave-one-out scores; use "
+                "calibration='split', 'auto' or an int (cross-fitting)."
+            )
+        return calibration
 
-    def _offset_from_training_scores(self, scores):
-        if self.contamination == "auto":
+    def _split_random_state(self):
+        """The generator of the calibration split and folds."""
+        # detectors without a random_state split the same way every fit
+        return check_random_state(getattr(self, "random_state", 0))
+
+    def _fit_split(self, X):
+        """Fit on part of ``X``; return the scores of the held-out part."""
+        n = len(X)
+        size = getattr(self, "calibration_size", 0.2)
+        n_calibration = min(MAX_CALIBRATION_SCORES, max(1, round(size * n)))
+        if n - n_calibration < 2:
+            raise ValueError(
+                f"calibration='split' holds out calibration_size={size} of the "
+                f"{n} training samples and needs at least 2 left to fit; give "
+                "more samples or use calibration='training'."
+            )
+        order = self._split_random_state().permutation(n)
+        held_out = np.sort(order[:n_calibration])
+        self._fit(X[np.sort(order[n_calibration:])])
+        held_out = held_out[self._calibration_subset(n_calibration)]
+        return self._checked_scores(X[held_out], fitting=True)
+
+    def _fit_cross(self, X):
+        """Out-of-fold scores of ``calibration`` folds; then fit on all of ``X``."""
+        n_folds = int(self.calibration)
+        if len(X) < 2 * n_folds:
+            raise ValueError(
+                f"calibration={n_folds} (cross-fitting) needs at least "
+                f"{2 * n_folds} training samples, 2 per fold; got {len(X)}."
+            )
+        folds = KFold(
+            n_folds,
+            shuffle=True,
+            random_state=self._split_random_state().randint(2**31),
+        )
+        chosen = np.zeros(len(X), dtype=bool)
+        chosen[self._calibration_subset(len(X))] = True
+        # the input attributes fit recorded (n_features_in_, image_shape_...)
+        recorded = {k: v for k, v in vars(self).items() if k.endswith("_")}
+        scores = []
+        for train, held_out in folds.split(np.zeros(len(X))):
+            fold = clone(self)
+            fold.__dict__.update(recorded)
+            fold._fit(X[train])
+            held_out = held_out[chosen[held_out]]
+            scores.append(fold._checked_scores(X[held_out], fitting=True))
+        self._fit(X)
+        return np.concatenate(scores)
+
+    def _calibration_subset(self, n_samples):
+        """Positions of the samples whose scores calibrate (a fixed subset)."""
+        limit = self.__skanomaly_tags__().max_offset_samples
+        if limit is None or n_samples <= limit:
+            return np.arange(n_samples)
+        return np.sort(np.random.default_rng(0).choice(n_samples, limit, replace=False))
+
+    def _threshold(self, scores, scheme):
+        """``offset_`` from the sorted calibration scores."""
+        contamination = self.contamination
+        if scheme != "training" and len(scores) < _FEW_CALIBRATION_SAMPLES:
+            warnings.warn(
+                f"{type(self).__name__} calibrated its threshold on only "
+                f"{len(scores)} normal samples: the false-alarm rate of this one "
+                "fit can lie far from contamination (it is right on average over "
+                f"fits), and p-values are multiples of 1/{len(scores) + 1}. "
+                f"Calibrate on {_FEW_CALIBRATION_SAMPLES} or more (more normal "
+                "samples, or calibration=5 to cross-fit).",
+                CalibrationWarning,
+                stacklevel=4,
+            )
+        if contamination == "auto":
             median = np.median(scores)
             mad = np.median(np.abs(scores - median))
             robust_rule = median - _AUTO_N_MADS * _MAD_TO_STD * mad
             return float(max(robust_rule, np.percentile(scores, _AUTO_MIN_PERCENT)))
-        return float(np.percentile(scores, 100.0 * self.contamination))
+        if scheme == "training":
+            # scikit-learn's rule: that fraction of the training set below
+            return float(np.percentile(scores, 100.0 * contamination))
+        return conformal_threshold(scores, contamination)
+
+    @property
+    def novelty(self):
+        """True when the threshold is calibrated for new data (not 'training').
+
+        As scikit-learn's ``LocalOutlierFactor(novelty=True)``: ``predict``
+        is for new samples, and ``fit_predict`` (labels of the training set)
+        is not available.
+        """
+        return getattr(self, "calibration", "auto") != "training"
+
+    def conformal_p_values(self, X):
+        """Conformal p-value of each sample being normal.
+
+        ``p = (1 + #{calibration scores <= score}) / (n + 1)``, with the
+        ``n`` calibration scores ``calibration_scores_``; in
+        ``[1 / (n + 1), 1]``, small for samples less normal than almost all
+        of them. With a float ``contamination``, ``predict(X)`` is -1
+        exactly where ``p <= contamination``.
+
+        Guarantee: for a new normal sample exchangeable with the calibration
+        samples (the same distribution, independent of training),
+        ``P(p <= c) <= c`` at every level ``c``, and p-values of such samples
+        are uniform over ``{1/(n+1), ..., 1}``. It is marginal (on average
+        over calibration sets) and needs new normals to resemble the
+        calibration data: drift breaks it. With ``calibration='training'``
+        the calibration scores are in-sample and there is no guarantee.
+        To flag a batch at a false discovery rate, pass the p-values to
+        :func:`skanomaly.conformal.benjamini_hochberg`.
+
+        Parameters
+        ----------
+        X : array-like of the same kind and shape per sample as in ``fit``
+            Samples to test.
+
+        Returns
+        -------
+        p_values : ndarray of shape (n_samples,)
+        """
+        check_is_fitted(self, "calibration_scores_")
+        return conformal_p_values(self.calibration_scores_, self.score_samples(X))
 
     def _checked_scores(self, X, fitting=False):
         return self._checked(self._score_samples(X), fitting=fitting)
@@ -372,8 +606,24 @@ width) or (n_samples, channels, height, width)
         labels[decision < 0] = -1
         return labels
 
+    def _check_fit_predict(self):
+        if self.novelty:
+            raise AttributeError(
+                "fit_predict labels the training set, but a calibrated threshold "
+                "is for new data: the training samples, which the model fitted, "
+                "score as more normal, so fewer than contamination of them would "
+                "be flagged. Use fit(X_train).predict(X_new), or "
+                "calibration='training' to flag the contamination fraction of the "
+                "training set."
+            )
+        return True
+
+    @available_if(_check_fit_predict)
     def fit_predict(self, X, y=None):
         """Fit on ``X`` and return its labels (+1 inlier, -1 outlier).
+
+        Only with ``calibration='training'``, where ``contamination`` is the
+        fraction of the training set flagged (see ``novelty``).
 
         Parameters
         ----------

@@ -56,8 +56,11 @@ class DeepMahalanobis(BaseDetector):
         Seeds the backbone's initialisation when ``weights=None``.
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`.
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector` (
+        calibration='auto' is leave-one-out: each training image's distance to
+        the Gaussian of the others, in closed form, so every image trains and
+        calibrates).
 
     Attributes
     ----------
@@ -123,8 +126,14 @@ class DeepMahalanobis(BaseDetector):
         random_state=None,
         verbose=0,
         contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
     ):
-        super().__init__(contamination=contamination)
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.backbone = backbone
         self.weights = weights
         self.levels = levels
@@ -144,6 +153,7 @@ class DeepMahalanobis(BaseDetector):
         # quarter of the memory and transfer of float32.
         tags.keeps_uint8 = True
         tags.onnx_export = True
+        tags.leave_one_out = True
         tags.test_params = {
             "backbone": "test_efficientnet",
             "weights": None,
@@ -152,7 +162,7 @@ class DeepMahalanobis(BaseDetector):
         }
         return tags
 
-    def _fit(self, X):
+    def _fit(self, X, leave_one_out=False):
         extractor = TimmFeatures(
             **{name: getattr(self, name) for name in param_names(TimmFeatures)}
         ).fit(X)
@@ -165,8 +175,11 @@ class DeepMahalanobis(BaseDetector):
         self.features_ = extractor
         self.gaussian_ = gaussian
         self.levels_ = extractor.levels_
-        # the training scores, so that the backbone does not run over the
-        # training images twice
+        # the calibration scores from the features at hand, so that the
+        # backbone does not run over the training images twice
+        features = features[self._calibration_subset(len(X))]
+        if leave_one_out:
+            return -gaussian._leave_one_out_distances(features, len(X)).sum(axis=1)
         return gaussian.score_samples(features)
 
     def _score_samples(self, X):

@@ -98,8 +98,9 @@ class GANomaly(BaseGANDetector):
         If > 0, print skorch's epoch log and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`.
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector` (
+        calibration='auto' holds out 20% of the training samples).
 
     Attributes
     ----------
@@ -191,8 +192,14 @@ class GANomaly(BaseGANDetector):
         verbose=0,
         callbacks=None,
         contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
     ):
-        super().__init__(contamination=contamination)
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.latent_dim = latent_dim
         self.base_channels = base_channels
         self.hidden_sizes = hidden_sizes

@@ -9,6 +9,7 @@ from sklearn.covariance import empirical_covariance, oas
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import StrOptions
+from ..gaussian import leave_one_out_covariance, leave_one_out_squared_distances
 from .base import BaseDetector
 
 __all__ = ["Mahalanobis"]
@@ -96,8 +97,11 @@ class Mahalanobis(BaseDetector):
         label is a group, in sorted order), or a sequence of groups, each a
         ``slice`` or a sequence of column indices. Columns in no group are
         ignored; groups may overlap.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`.
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector` (
+        calibration='auto' is leave-one-out: each training row's distance to the
+        Gaussian of the others, in closed form, so every row trains and
+        calibrates).
 
     Attributes
     ----------
@@ -149,8 +153,20 @@ class Mahalanobis(BaseDetector):
         "groups": ["array-like", None],
     }
 
-    def __init__(self, *, covariance="ledoit_wolf", groups=None, contamination="auto"):
-        super().__init__(contamination=contamination)
+    def __init__(
+        self,
+        *,
+        covariance="ledoit_wolf",
+        groups=None,
+        contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
+    ):
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.covariance = covariance
         self.groups = groups
 
@@ -158,9 +174,10 @@ class Mahalanobis(BaseDetector):
         tags = super().__skanomaly_tags__()
         tags.images = False  # DeepMahalanobis is this Gaussian on images
         tags.onnx_export = True
+        tags.leave_one_out = True
         return tags
 
-    def _fit(self, X):
+    def _fit(self, X, leave_one_out=False):
         X = np.asarray(X, dtype=np.float64)
         groups = _resolve_groups(self.groups, X.shape[1])
         estimate = _COVARIANCES[self.covariance]
@@ -176,19 +193,52 @@ class Mahalanobis(BaseDetector):
         self.covariances_ = tuple(covariances)
         self.shrinkages_ = np.asarray(shrinkages)
         self.cholesky_ = tuple(factors)
-        return self
+        if leave_one_out:
+            rows = X[self._calibration_subset(len(X))]
+            return -self._leave_one_out_distances(rows, len(X)).sum(axis=1)
+        return None
+
+    def _leave_one_out_distances(self, X_train, n_samples):
+        """Distance of training rows to the Gaussians of the other rows.
+
+        ``X_train`` are rows of the ``n_samples`` the detector was fitted on;
+        the covariances' shrinkage and ridge stay as fitted (see
+        :mod:`skanomaly.gaussian`).
+        """
+        factors = []
+        for covariance, shrinkage, factor in zip(
+            self.covariances_, self.shrinkages_, self.cholesky_, strict=True
+        ):
+            used = factor @ factor.T  # with any ridge _cholesky added
+            # shrinkage keeps the trace: mu = trace / p is the target's scale
+            mu = np.trace(covariance) / covariance.shape[0]
+            ridge = used[0, 0] - covariance[0, 0]
+            A, c = leave_one_out_covariance(
+                used,
+                n_samples,
+                ddof=0,
+                shrinkage=shrinkage,
+                diagonal=shrinkage * mu + ridge,
+            )
+            factors.append((_cholesky(A, len(factors)), c))
+        q = self._distances(X_train, [factor for factor, _ in factors]) ** 2
+        c = np.array([c for _, c in factors])
+        return np.sqrt(leave_one_out_squared_distances(q, n_samples, c))
 
     def _score_samples(self, X):
         return -self._distances(X).sum(axis=1)
 
-    def _distances(self, X):
+    def _distances(self, X, factors=None):
+        """Distances of each row to each group's Gaussian (``cholesky_`` or
+        the lower Cholesky ``factors`` given, one per group)."""
+        factors = self.cholesky_ if factors is None else factors
         X = np.asarray(X, dtype=np.float64)
         out = np.empty((X.shape[0], len(self.groups_)))
         rows = max(1, _SCORE_BLOCK_BYTES // (8 * max(1, X.shape[1])))
         for start in range(0, X.shape[0], rows):
             block = X[start : start + rows]
             for g, (columns, factor) in enumerate(
-                zip(self.groups_, self.cholesky_, strict=True)
+                zip(self.groups_, factors, strict=True)
             ):
                 centered = _take(block, columns) - self.location_[columns]
                 # L z = (x - mu)  =>  |z|^2 = (x - mu)^T Sigma^-1 (x - mu)

@@ -8,6 +8,7 @@ import torch
 from .._compat import Interval, StrOptions
 from .._validation import check_device
 from ..features.patches import PatchFeatures
+from ..gaussian import leave_one_out_covariance, leave_one_out_squared_distances
 from ..nn.padim import PositionDistances, PositionMoments, position_distances
 from .mahalanobis import _ledoit_wolf_shrink
 from .patch_base import BasePatchDetector
@@ -101,9 +102,12 @@ class PaDiM(BasePatchDetector):
         ``weights=None``).
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
-        comes from the scores of 32 training images (a fixed random subset).
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
+        calibration='auto' is leave-one-out: each training image is scored
+        against the Gaussians of the other images (a rank-one downdate of
+        each position's Gaussian, in closed form), so every image trains and
+        up to 500 of them (a fixed random subset) calibrate.
 
     Attributes
     ----------
@@ -189,8 +193,14 @@ class PaDiM(BasePatchDetector):
         random_state=None,
         verbose=0,
         contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
     ):
-        super().__init__(contamination=contamination)
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.backbone = backbone
         self.weights = weights
         self.levels = levels
@@ -267,6 +277,7 @@ class PaDiM(BasePatchDetector):
         self.location_ = moments.mean().float().cpu().numpy()
         self.cholesky_ = cholesky
         self.shrinkages_ = shrinkages
+        return moments.count
 
     def _device_state(self, device):
         return (
@@ -278,6 +289,41 @@ class PaDiM(BasePatchDetector):
         grid = position_distances(features, *state)
         maps = self._smoothed(grid)
         return grid, maps.amax(dim=(1, 2))
+
+    def _leave_one_out_state(self, device, n_images):
+        # Sigma = (1 - alpha) W / (n - ddof) + (alpha mu + reg_covar) I per
+        # position (alpha = 0 and ddof = 1 for 'empirical'); see
+        # skanomaly.gaussian. Shrinkage keeps the trace of W / n, so
+        # mu = trace(Sigma) / d - reg_covar.
+        ledoit_wolf = self.covariance == "ledoit_wolf"
+        d = self.cholesky_.shape[-1]
+        factors = np.empty_like(self.cholesky_)
+        c = np.empty(len(self.cholesky_))
+        chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+        for start in range(0, len(self.cholesky_), chunk):
+            rows = slice(start, start + chunk)
+            factor = self.cholesky_[rows].astype(np.float64)
+            used = factor @ factor.transpose(0, 2, 1)
+            shrinkage = self.shrinkages_[rows]
+            mu = np.trace(used, axis1=1, axis2=2) / d - self.reg_covar
+            A, c[rows] = leave_one_out_covariance(
+                used,
+                n_images,
+                ddof=0 if ledoit_wolf else 1,
+                shrinkage=shrinkage,
+                diagonal=shrinkage * mu + self.reg_covar,
+            )
+            factors[rows] = np.linalg.cholesky(A)
+        location, factors = self._device_state(device)[0], torch.from_numpy(factors)
+        return location, factors.to(device), c, n_images
+
+    def _leave_one_out_scores(self, features, state, images):
+        location, factors, c, n_images = state
+        q = position_distances(features, location, factors).double().square()
+        c = torch.from_numpy(c).to(q.device).view(q.shape[1:])
+        squared = leave_one_out_squared_distances(q.cpu().numpy(), n_images, c.numpy())
+        grid = torch.from_numpy(np.sqrt(squared)).to(features)
+        return self._smoothed(grid).amax(dim=(1, 2))
 
     def _onnx_scorer(self):
         return PositionDistances(

@@ -4,8 +4,9 @@ A patch detector scores every position of the :class:`PatchFeatures` grid;
 the grid of patch scores becomes the anomaly map (upsampled to the image
 the backbone saw, Gaussian-smoothed, resized to the input images) and one
 image score. Subclasses implement ``_fit_patches`` (fit on a stream of
-feature batches) and ``_patch_scores`` (grid scores and image scores of one
-batch).
+feature batches), ``_patch_scores`` (grid scores and image scores of one
+batch) and the leave-one-out versions of the scores that calibrate the
+threshold (``_leave_one_out_state``, ``_leave_one_out_scores``).
 """
 
 from abc import abstractmethod
@@ -22,8 +23,10 @@ from .base import BaseDetector
 
 __all__ = ["BasePatchDetector"]
 
-# Training images whose scores set offset_.
-_OFFSET_IMAGES = 32
+# Training images whose (leave-one-out) scores calibrate offset_: p-values
+# resolve 1/501, and the scoring costs at most a second backbone pass over
+# 500 images.
+_CALIBRATION_IMAGES = 500
 # Keep the training features for the training scores (no second backbone
 # pass) when they take at most this many bytes.
 _KEEP_TRAINING_BYTES = 256 * 2**20
@@ -38,12 +41,18 @@ class BasePatchDetector(BaseDetector):
     - ``_fit_patches(patch_batches, n_images)``: fit on the training
       images' features; ``patch_batches(images=None)`` yields them as
       float32 tensors (batch, channels, height, width), for the images at
-      the positions ``images`` (all, in order, when None);
+      the positions ``images`` (all, in order, when None). What it returns
+      is passed to ``_leave_one_out_state``;
     - ``_device_state(device)``: the fitted arrays as tensors on ``device``,
       made once per pass over the images;
     - ``_patch_scores(features, state)``: ``(grid, image)``, the anomaly
       score of each patch (batch, height, width) and of each image
       (batch,), as tensors;
+    - ``_leave_one_out_state(device, fitted)`` and
+      ``_leave_one_out_scores(features, state, images)``: the image scores
+      of training images (at positions ``images`` of the training set)
+      under the model fitted without each of them
+      (``calibration='leave-one-out'``, the default);
 
     and have a ``sigma`` parameter (the smoothing of the maps, in pixels of
     the image the backbone sees). A subclass that declares the
@@ -54,7 +63,7 @@ class BasePatchDetector(BaseDetector):
 
     Parameters
     ----------
-    contamination : 'auto' or float, default='auto'
+    contamination, calibration, calibration_size
         See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes
@@ -71,8 +80,9 @@ class BasePatchDetector(BaseDetector):
         tags.anomaly_maps = True
         tags.pretrained_weights = True
         tags.keeps_uint8 = True
-        # scoring the training set for offset_ would cost as much as the fit
-        tags.max_offset_samples = _OFFSET_IMAGES
+        # scoring all training images would cost as much as the fit
+        tags.max_offset_samples = _CALIBRATION_IMAGES
+        tags.leave_one_out = True
         return tags
 
     @abstractmethod
@@ -87,10 +97,18 @@ class BasePatchDetector(BaseDetector):
     def _patch_scores(self, features, state):
         """``(grid scores (B, h, w), image scores (B,))`` of one batch."""
 
+    @abstractmethod
+    def _leave_one_out_state(self, device, fitted):
+        """What ``_leave_one_out_scores`` needs, from ``_fit_patches``' result."""
+
+    @abstractmethod
+    def _leave_one_out_scores(self, features, state, images):
+        """Image scores (B,) of training images ``images`` without each one."""
+
     def _batch_scores(self, X):
         """Yield ``(start, grid scores, image scores)`` over batches of ``X``."""
         state = self._device_state(check_device(self.device))
-        for start, batch in self.features_._patch_batches(X):
+        for start, batch in self.features_.patch_batches(X):
             yield start, *self._patch_scores(batch, state)
 
     def _make_features(self):
@@ -98,22 +116,23 @@ class BasePatchDetector(BaseDetector):
             **{name: getattr(self, name) for name in param_names(PatchFeatures)}
         )
 
-    def _fit(self, X):
+    def _fit(self, X, leave_one_out=False):
         features = self._make_features().fit(X)
         self.features_ = features
-        # offset_ comes from the scores of a fixed subset of the training
-        # images (max_offset_samples); their features are kept as they go by
-        offset_images = self._offset_subset(np.arange(len(X)))
+        # the calibration scores come from a fixed subset of the training
+        # images (max_offset_samples); their features are kept as they go
+        # by when they fit in _KEEP_TRAINING_BYTES, else computed again
+        calibration_images = self._calibration_subset(len(X))
         per_image = features.n_channels_ * int(np.prod(features.grid_shape_)) * 4
-        keep = len(offset_images) * per_image <= _KEEP_TRAINING_BYTES
+        keep = len(calibration_images) * per_image <= _KEEP_TRAINING_BYTES
         wanted = np.zeros(len(X), bool)
-        wanted[offset_images] = keep
+        wanted[calibration_images] = keep
         kept = []
 
         def patch_batches(images=None):
             subset = X if images is None else X[images]
             positions = np.arange(len(X)) if images is None else images
-            for start, batch in features._patch_batches(subset):
+            for start, batch in features.patch_batches(subset):
                 rows = positions[start : start + len(batch)]
                 if wanted[rows].any():
                     chosen = np.flatnonzero(wanted[rows])
@@ -122,15 +141,27 @@ class BasePatchDetector(BaseDetector):
                 yield batch
 
         with torch.inference_mode():
-            self._fit_patches(patch_batches, len(X))
-            if not keep:
+            fitted = self._fit_patches(patch_batches, len(X))
+            if not keep and not leave_one_out:
                 return None  # the base scores the subset
-            # the training scores, without running the backbone again
-            state = self._device_state(check_device(self.device))
+            if not keep:
+                kept = (
+                    (calibration_images[start : start + len(batch)], batch)
+                    for start, batch in features.patch_batches(X[calibration_images])
+                )
+            device = check_device(self.device)
+            if leave_one_out:
+                state = self._leave_one_out_state(device, fitted)
+            else:
+                state = self._device_state(device)
             scores = np.empty(len(X))
             for rows, batch in kept:
-                scores[rows] = self._patch_scores(batch, state)[1].double().cpu()
-        return -scores[offset_images]
+                if leave_one_out:
+                    image = self._leave_one_out_scores(batch, state, rows)
+                else:
+                    image = self._patch_scores(batch, state)[1]
+                scores[rows] = image.double().cpu()
+        return -scores[calibration_images]
 
     def _score_samples(self, X):
         with torch.inference_mode():

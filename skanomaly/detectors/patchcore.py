@@ -115,11 +115,12 @@ class PatchCore(BasePatchDetector):
         backbone when ``weights=None``).
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination : 'auto' or float, default='auto'
-        See :class:`~skanomaly.detectors.base.BaseDetector`. ``offset_``
-        comes from the scores of 32 training images (a fixed random subset;
-        scoring all would cost as much as the fit), which are optimistic:
-        training patches in the bank are at distance 0 from it.
+    contamination, calibration, calibration_size
+        See :class:`~skanomaly.detectors.base.BaseDetector`.
+        calibration='auto' is leave-one-out: each training image is scored
+        against the memory bank without the patches it contributed (its own
+        patches are at distance 0), so every image trains and up to 500 of
+        them (a fixed random subset) calibrate.
 
     Attributes
     ----------
@@ -202,8 +203,14 @@ class PatchCore(BasePatchDetector):
         random_state=None,
         verbose=0,
         contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
     ):
-        super().__init__(contamination=contamination)
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.backbone = backbone
         self.weights = weights
         self.levels = levels
@@ -265,7 +272,7 @@ class PatchCore(BasePatchDetector):
         per_shard = n_images
         if shard_size is not None:
             per_shard = max(1, shard_size // patches_per_image)
-        bank, done = [], 0
+        bank, bank_images, done = [], [], 0
         for first in range(0, n_images, per_shard):
             images = np.sort(order[first : first + per_shard])
             shard = torch.cat(
@@ -288,9 +295,13 @@ class PatchCore(BasePatchDetector):
                 start=start,
             )
             bank.append(shard[selected])
+            # the training image each bank row came from (leave-one-out)
+            rows_per_image = len(shard) // len(images)
+            bank_images.append(images[(selected // rows_per_image).cpu().numpy()])
         self.memory_bank_ = torch.cat(bank).cpu().numpy()
         self.n_training_patches_ = n_patches
         self.shard_size_ = shard_size
+        return np.concatenate(bank_images)
 
     def _device_state(self, device):
         bank = torch.from_numpy(self.memory_bank_).to(device)
@@ -301,6 +312,29 @@ class PatchCore(BasePatchDetector):
         return bank_scores(
             features, bank, bank_norms2, self.num_neighbors, search=nearest_neighbours
         )
+
+    def _leave_one_out_state(self, device, bank_images):
+        if len(np.unique(bank_images)) < 2:
+            raise ValueError(
+                "PatchCore's memory bank holds patches of a single training "
+                "image, so no image can be scored without its own patches "
+                "(calibration='leave-one-out'); give more images, raise "
+                "coreset_ratio, or use calibration='split'."
+            )
+        bank, bank_norms2 = self._device_state(device)
+        return bank, bank_norms2, torch.from_numpy(bank_images).to(device)
+
+    def _leave_one_out_scores(self, features, state, images):
+        bank, bank_norms2, bank_images = state
+        images = torch.from_numpy(np.asarray(images)).to(bank_images)
+        return bank_scores(
+            features,
+            bank,
+            bank_norms2,
+            self.num_neighbors,
+            search=nearest_neighbours,
+            groups=(images, bank_images),
+        )[1]
 
     def _onnx_scorer(self):
         return BankScores(self.memory_bank_, self.num_neighbors)

@@ -300,15 +300,28 @@ grid_width), float32
         X = _check_images(self, X, reset=False)
         out = np.empty((len(X), self.n_channels_, *self.grid_shape_), np.float32)
         with torch.inference_mode():
-            for start, features in self._patch_batches(X):
+            for start, features in self.patch_batches(X):
                 out[start : start + len(features)] = features.cpu().numpy()
         return out
 
-    def _patch_batches(self, X):
+    def patch_batches(self, X):
         """Yield ``(start, features)``: patch features of batches of validated ``X``.
 
-        ``features`` is a float32 tensor (batch, n_channels_, height, width)
-        on the device. Run under ``torch.inference_mode``.
+        What ``transform`` returns, batch by batch, as tensors on the device
+        (for detectors that score patches as they come).
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, channels, height, width)
+            Images as ``transform`` takes them, validated.
+
+        Yields
+        ------
+        start : int
+            Position in ``X`` of the batch's first image.
+        features : torch.Tensor of shape (batch, n_channels_, grid_height, \
+grid_width)
+            float32, on ``device``. Run under ``torch.inference_mode``.
         """
         device = check_device(self.device)
         # the module holds the channel subset: it goes to the device too

@@ -78,7 +78,9 @@ def greedy_coreset(features, n_select, *, start):
     return picks
 
 
-def nearest_neighbours(queries, bank, bank_norms2, k=1):
+def nearest_neighbours(
+    queries, bank, bank_norms2, k=1, *, query_groups=None, bank_groups=None
+):
     """Euclidean distance and index of the ``k`` nearest bank rows of each query.
 
     Parameters
@@ -88,6 +90,10 @@ def nearest_neighbours(queries, bank, bank_norms2, k=1):
     bank_norms2 : torch.Tensor of shape (n_bank,)
         ``bank.square().sum(1)``, computed once.
     k : int, default=1
+    query_groups, bank_groups : torch.Tensor of shape (n_queries,) and \
+(n_bank,), optional
+        Group labels (e.g. the training image a patch comes from): a query
+        ignores the bank rows of its own group (leave-one-out scoring).
 
     Returns
     -------
@@ -98,23 +104,31 @@ def nearest_neighbours(queries, bank, bank_norms2, k=1):
     rows = max(1, _DISTANCE_BLOCK_BYTES // (4 * max(1, bank.shape[0])))
     distances, indices = [], []
     for start in range(0, queries.shape[0], rows):
+        groups = None
+        if query_groups is not None:
+            groups = (query_groups[start : start + rows], bank_groups)
         value, index = nearest_in_bank(
-            queries[start : start + rows], bank, bank_norms2, k
+            queries[start : start + rows], bank, bank_norms2, k, groups=groups
         )
         distances.append(value)
         indices.append(index)
     return torch.cat(distances), torch.cat(indices)
 
 
-def nearest_in_bank(queries, bank, bank_norms2, k=1):
+def nearest_in_bank(queries, bank, bank_norms2, k=1, *, groups=None):
     """:func:`nearest_neighbours` in one block.
 
     ``queries`` (n_queries, n_features) against the whole bank at once:
     memory ``n_queries x n_bank`` floats, no Python loop over the queries
-    (the form an exported graph takes).
+    (the form an exported graph takes). ``groups``, a pair
+    ``(query_groups, bank_groups)``, hides from each query the bank rows of
+    its own group.
     """
     d2 = torch.addmm(bank_norms2, queries, bank.T, alpha=-2.0)
     d2.add_(queries.square().sum(dim=1, keepdim=True))
+    if groups is not None:
+        query_groups, bank_groups = groups
+        d2.masked_fill_(query_groups[:, None] == bank_groups[None, :], float("inf"))
     if k == 1:
         value, index = d2.min(dim=1, keepdim=True)
     else:
@@ -122,7 +136,9 @@ def nearest_in_bank(queries, bank, bank_norms2, k=1):
     return value.clamp_(min=0.0).sqrt_(), index
 
 
-def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbours):
+def reweighted_scores(
+    queries, distances, indices, bank, bank_norms2, n_neighbours, *, groups=None
+):
     """Image scores of PatchCore's Eq. 7 from each image's patches.
 
     For each image: the patch ``m_test`` with the largest nearest-neighbour
@@ -140,6 +156,9 @@ def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbou
     bank : torch.Tensor of shape (n_bank, n_features)
     bank_norms2 : torch.Tensor of shape (n_bank,)
     n_neighbours : int
+    groups : pair of torch.Tensor of shape (n_images,) and (n_bank,), optional
+        Each image's group and the bank rows' groups: the neighbours of
+        ``m*`` are taken among the rows of other groups only.
 
     Returns
     -------
@@ -153,7 +172,9 @@ def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbou
     patch = queries.gather(1, best[:, :, None].expand(-1, -1, n_features))[:, 0]
     nearest = bank.index_select(0, indices.gather(1, best)[:, 0])  # m*
     n_neighbours = min(n_neighbours, bank.shape[0])
-    _, neighbours = nearest_in_bank(nearest, bank, bank_norms2, k=n_neighbours)
+    _, neighbours = nearest_in_bank(
+        nearest, bank, bank_norms2, k=n_neighbours, groups=groups
+    )
     # m* itself is its own nearest bank row (distance 0), so it is included
     to_neighbours = (patch[:, None, :] - bank[neighbours]).norm(dim=2)
     # exp(s*) / sum_j exp(d_j) = 1 / sum_j exp(d_j - s*), with d_j >= s*
@@ -162,7 +183,7 @@ def reweighted_scores(queries, distances, indices, bank, bank_norms2, n_neighbou
     return (weight * top.double()).float()
 
 
-def bank_scores(features, bank, bank_norms2, n_neighbours, *, search):
+def bank_scores(features, bank, bank_norms2, n_neighbours, *, search, groups=None):
     """PatchCore's scores of a batch: every patch's and every image's.
 
     Parameters
@@ -175,6 +196,11 @@ def bank_scores(features, bank, bank_norms2, n_neighbours, *, search):
     search : callable
         :func:`nearest_neighbours` (in chunks) or :func:`nearest_in_bank`
         (one block, for export).
+    groups : pair of torch.Tensor of shape (batch,) and (n_bank,), optional
+        Leave-one-out scoring of training images: each image's label and
+        the label of the image each bank row came from; an image is scored
+        against the rows of the other images only (with
+        :func:`nearest_neighbours` as ``search``).
 
     Returns
     -------
@@ -185,11 +211,18 @@ def bank_scores(features, bank, bank_norms2, n_neighbours, *, search):
     """
     batch, channels, height, width = features.shape
     queries = features.flatten(2).transpose(1, 2)  # (batch, patches, C)
-    distances, indices = search(queries.reshape(-1, channels), bank, bank_norms2)
+    flat = queries.reshape(-1, channels)
+    if groups is None:
+        distances, indices = search(flat, bank, bank_norms2)
+    else:
+        patch_groups = groups[0].repeat_interleave(height * width)
+        distances, indices = search(
+            flat, bank, bank_norms2, query_groups=patch_groups, bank_groups=groups[1]
+        )
     distances = distances.reshape(batch, height * width)
     indices = indices.reshape(batch, height * width)
     image = reweighted_scores(
-        queries, distances, indices, bank, bank_norms2, n_neighbours
+        queries, distances, indices, bank, bank_norms2, n_neighbours, groups=groups
     )
     return distances.reshape(batch, height, width), image
 
