@@ -47,6 +47,12 @@ def _assert_same_detector(original, loaded, X):
     np.testing.assert_array_equal(loaded.score_samples(X), original.score_samples(X))
     np.testing.assert_array_equal(loaded.predict(X), original.predict(X))
     assert loaded.offset_ == original.offset_
+    if hasattr(original, "calibration_scores_"):  # p-values need the calibration
+        assert loaded.calibration_ == original.calibration_
+        assert loaded.calibration_scores_.dtype == np.float64
+        np.testing.assert_array_equal(
+            loaded.conformal_p_values(X), original.conformal_p_values(X)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +107,40 @@ def test_unfitted_detector_and_plain_values_round_trip(tmp_path):
     # the RandomState continues where the saved one was
     assert loaded.random_state.standard_normal() == random_state.standard_normal()
     assert not hasattr(loaded, "offset_")
+
+
+def test_calibration_round_trips_with_its_p_values(fitted_autoencoder, tmp_path):
+    save(fitted_autoencoder, tmp_path / "ae.ska")
+    loaded = load(tmp_path / "ae.ska")
+    assert loaded.calibration_ == fitted_autoencoder.calibration_
+    np.testing.assert_array_equal(
+        loaded.calibration_scores_, fitted_autoencoder.calibration_scores_
+    )
+    p_values = loaded.conformal_p_values(IMAGES_TEST)
+    np.testing.assert_array_equal(
+        p_values, fitted_autoencoder.conformal_p_values(IMAGES_TEST)
+    )
+    assert len(set(p_values.tolist())) > 1  # not a constant that hides a loss
+
+
+def test_empty_fitted_arrays_round_trip(tmp_path):
+    detector = skanomaly.Mahalanobis().fit(TABLE[:, :3])
+    detector.nothing_ = np.zeros((0, 3))
+    save(detector, tmp_path / "m.ska")
+    assert load(tmp_path / "m.ska").nothing_.shape == (0, 3)
+
+
+def test_a_custom_state_cannot_set_a_bad_threshold(hooked_registry, tmp_path):
+    save(_CustomState().fit(TABLE), tmp_path / "c.ska")
+
+    def edit(document):
+        document["detector"]["custom_state"]["__dict__"]["offset_"] = {
+            "__float__": "nan"
+        }
+
+    rewrite(tmp_path / "c.ska", edit)
+    with pytest.raises(ValueError, match="offset_ is nan, not a finite number"):
+        load(tmp_path / "c.ska")
 
 
 def test_path_parameters_round_trip(tmp_path):

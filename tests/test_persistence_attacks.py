@@ -357,6 +357,76 @@ def test_hostile_values_are_one_line_value_errors(table_model, tmp_path, edit, m
     _refused(path, message)
 
 
+# ------------------------------------------------- threshold and calibration
+# What predict, the p-values and the report act on without checking again.
+
+
+def _calibration(values, dtype="float64"):
+    """Store ``values`` as calibration_scores_, a tensor of ``dtype``."""
+
+    def edit(document, tensors):
+        tensors["forged_calibration"] = torch.as_tensor(np.asarray(values, dtype=dtype))
+        document["detector"]["state"]["calibration_scores_"] = {
+            "__ndarray__": "forged_calibration",
+            "dtype": dtype,
+        }
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_state(offset_={"__float__": "nan"}), "offset_ is nan, not a finite number"),
+        (_state(offset_={"__float__": "-inf"}), "offset_ is -inf, not a finite"),
+        (
+            _state(offset_={"__scalar__": "float64", "value": {"__float__": "nan"}}),
+            "offset_ is np.float64.nan.?, not a finite number",
+        ),
+        (_state(offset_="0.5"), "offset_ is '0.5', not a finite number"),
+        (_state(offset_=True), "offset_ is True, not a finite number"),
+        (_state(offset_=[0.5]), "offset_ is .0.5., not a finite number"),
+        (_state(calibration_="magic"), "calibration_ is 'magic', not one of 'split'"),
+        (_state(calibration_=None), "calibration_ is None, not one of"),
+        (_calibration([0.0, 2.0, 1.0]), "calibration_scores_ is not sorted ascending"),
+        (_calibration([0.0, np.nan]), "calibration_scores_ holds non-finite values"),
+        (_calibration([-np.inf, 0.0]), "calibration_scores_ holds non-finite values"),
+        (_calibration([[0.0, 1.0]]), r"calibration_scores_ has shape \(1, 2\)"),
+        (_calibration([]), r"calibration_scores_ has shape \(0,\)"),
+        # the length is read from the tensor's shape, before decoding
+        (_calibration(np.arange(5001.0)), r"has shape \(5001,\); a detector keeps"),
+        (_calibration([0.0, 1.0], "float32"), "not stored as an array of float64"),
+        (_state(calibration_scores_=[0.0, 1.0]), "not stored as an array of float64"),
+        (
+            _state(
+                calibration_scores_={
+                    "__ndarray_list__": [],
+                    "dtype": "float64",
+                    "shape": [10**12],
+                }
+            ),
+            "not stored as an array of float64",
+        ),
+    ],
+)
+def test_thresholds_and_calibrations_are_checked(table_model, tmp_path, edit, message):
+    path = tmp_path / "hostile.ska"
+    document, tensors = read_model(table_model)
+    edit(document, tensors)
+    write_model(path, document, tensors)
+    assert "is not a valid skanomaly model file" in _refused(path, message)
+
+
+def test_the_largest_calibration_loads(table_model, tmp_path):
+    path = tmp_path / "large.ska"
+    document, tensors = read_model(table_model)
+    _calibration(np.linspace(-1.0, 0.0, 5000))(document, tensors)
+    document["detector"]["state"]["calibration_"] = "split"
+    write_model(path, document, tensors)
+    loaded = load(path)
+    assert loaded.calibration_ == "split" and len(loaded.calibration_scores_) == 5000
+
+
 # ------------------------------------------------- the loader, fuzzed
 
 FUZZ_CASES = int(os.environ.get("SKANOMALY_FUZZ_CASES", "200"))

@@ -15,13 +15,23 @@ the number of parameters, buffers and submodules it may register bounded by
 the number of tensors the file stores for it; its state dict must then fit
 the stored weights exactly, and its bytes are drawn from the load's
 :class:`~skanomaly.persistence.codec.Budget`. Only then is it built for real.
+
+The fitted values that the rest of skanomaly acts on without checking them
+again are checked beyond their type (:func:`check_fitted_values`): the
+threshold ``offset_`` is a finite number, ``calibration_`` a known scheme,
+and ``calibration_scores_`` a sorted, finite 1-D float64 array of at most
+:data:`~skanomaly.conformal.MAX_CALIBRATION_SCORES` values, its size read
+from the stored tensor's shape before the array is decoded.
 """
 
+import math
+import numbers
 import threading
 import warnings
 from contextlib import contextmanager
 from itertools import chain
 
+import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.history import History
@@ -31,8 +41,9 @@ from torch.nn.modules.module import (
     register_module_parameter_registration_hook,
 )
 
+from ..conformal import MAX_CALIBRATION_SCORES
 from ..nets import initialize_for_inference, net_modules
-from .codec import CannotStore, Decoder, Encoder, FormatError, Refused
+from .codec import CannotStore, Decoder, Encoder, FormatError, Refused, _short
 from .trust import nested_estimator_class, qualified_name
 
 # A probe build may register this many parameters, buffers and submodules per
@@ -40,7 +51,15 @@ from .trust import nested_estimator_class, qualified_name
 _REGISTRATIONS_PER_TENSOR = 8
 _EXTRA_REGISTRATIONS = 1024
 
-__all__ = ["EstimatorReader", "EstimatorWriter"]
+# The schemes a fitted detector's calibration_ names.
+CALIBRATION_SCHEMES = ("split", "leave-one-out", "cross-fit", "training")
+
+__all__ = [
+    "CALIBRATION_SCHEMES",
+    "EstimatorReader",
+    "EstimatorWriter",
+    "check_fitted_values",
+]
 
 
 def _describe(value):
@@ -257,9 +276,12 @@ class EstimatorReader(Decoder):
         self.check_estimator_device(estimator)
         if "custom_state" in encoded:
             estimator._set_persistent_state(self.decode(encoded["custom_state"]))
+            check_fitted_values(estimator)
             return estimator
         for attr, value in encoded["state"].items():
             _check_attribute(cls, attr, params)
+            if attr == "calibration_scores_":
+                self._check_calibration_encoding(value)
             setattr(estimator, attr, self.decode(value))
         for attr, module_state in encoded["modules"].items():
             _check_attribute(cls, attr, params)
@@ -280,7 +302,25 @@ class EstimatorReader(Decoder):
             _check_attribute(cls, attr, params)
             net = self.net(estimator, net_state, f"{cls.__name__}.{attr}")
             setattr(estimator, attr, net)
+        check_fitted_values(estimator)
         return estimator
+
+    def _check_calibration_encoding(self, value):
+        """Before decoding: a stored 1-D float64 array of a bounded length."""
+        if not (
+            isinstance(value, dict)
+            and set(value) == {"__ndarray__", "dtype"}
+            and value["dtype"] == "float64"
+        ):
+            raise FormatError(
+                "its calibration_scores_ is not stored as an array of float64"
+            )
+        shape = tuple(self.tensor(value["__ndarray__"]).shape)
+        if len(shape) != 1 or not 1 <= shape[0] <= MAX_CALIBRATION_SCORES:
+            raise FormatError(
+                f"its calibration_scores_ has shape {shape!r:.40}; a detector keeps "
+                f"a 1-D array of 1 to {MAX_CALIBRATION_SCORES:,} scores"
+            )
 
     def built(self, build, stored, where):
         """What ``build(meta)`` makes, checked on the meta device first.
@@ -362,6 +402,57 @@ class EstimatorReader(Decoder):
         if encoded.get("history") is not None:
             net.history = History(self.decode(encoded["history"]))
         return net
+
+
+def check_fitted_values(estimator):
+    """The threshold and calibration of a loaded estimator are what they claim.
+
+    ``offset_`` must be a finite number (a NaN threshold would flag nothing,
+    an infinite one everything); ``calibration_`` one of
+    :data:`CALIBRATION_SCHEMES`; ``calibration_scores_`` a 1-D float64
+    array of 1 to :data:`~skanomaly.conformal.MAX_CALIBRATION_SCORES` finite
+    values sorted ascending, as conformal p-values assume. Attributes an estimator does
+    not have are not required (files saved before calibration, plugins).
+
+    Raises
+    ------
+    FormatError
+        Naming the attribute and what is wrong with it.
+    """
+    state = vars(estimator)
+    if "offset_" in state:
+        offset = state["offset_"]
+        if (
+            isinstance(offset, bool)
+            or not isinstance(offset, numbers.Real)
+            or not math.isfinite(offset)
+        ):
+            raise FormatError(
+                f"its threshold offset_ is {_short(offset)}, not a finite number"
+            )
+    if "calibration_" in state:
+        scheme = state["calibration_"]
+        if not isinstance(scheme, str) or scheme not in CALIBRATION_SCHEMES:
+            raise FormatError(
+                f"its calibration_ is {_short(scheme)}, not one of "
+                f"{', '.join(map(repr, CALIBRATION_SCHEMES))}"
+            )
+    if "calibration_scores_" in state:
+        scores = state["calibration_scores_"]
+        if (
+            not isinstance(scores, np.ndarray)
+            or scores.dtype != np.float64
+            or scores.ndim != 1
+            or not 1 <= len(scores) <= MAX_CALIBRATION_SCORES
+        ):
+            raise FormatError(
+                "its calibration_scores_ is not a 1-D float64 array of 1 to "
+                f"{MAX_CALIBRATION_SCORES:,} scores"
+            )
+        if not np.isfinite(scores).all():
+            raise FormatError("its calibration_scores_ holds non-finite values")
+        if np.any(scores[1:] < scores[:-1]):
+            raise FormatError("its calibration_scores_ is not sorted ascending")
 
 
 def _check_params(estimator):
