@@ -9,7 +9,12 @@ from skanomaly import GANomaly
 from skanomaly.detectors.base import get_detector_tags
 from skanomaly.nn.gan import Discriminator
 
-FAST = {**get_detector_tags(GANomaly).test_params, "random_state": 0}
+# the training loop on all 40 images (no calibration hold-out)
+FAST = {
+    **get_detector_tags(GANomaly).test_params,
+    "random_state": 0,
+    "calibration": "training",
+}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from skanomaly.detectors.base import BaseDetector
 class _Distance(BaseDetector):
     """Minimal detector: minus the distance to the training mean."""
 
-    def __init__(self, *, fail=False, contamination="auto"):
-        super().__init__(contamination=contamination)
+    def __init__(self, *, fail=False, contamination="auto", calibration="auto"):
+        super().__init__(contamination=contamination, calibration=calibration)
         self.fail = fail
 
     def _fit(self, X):
@@ -35,25 +35,47 @@ def test_decision_and_predict_follow_offset(X):
     det = _Distance(contamination=0.1).fit(X)
     decision = det.decision_function(X)
     np.testing.assert_allclose(decision, det.score_samples(X) - det.offset_)
-    assert np.sum(det.predict(X) == -1) == 20
+    # 40 held-out samples calibrate: the floor(41 * 0.1) = 4th lowest score
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 40
+    assert det.offset_ == det.calibration_scores_[3]
     far = X[:1] + 100
     assert det.predict(far).tolist() == [-1]
+    # scikit-learn's rule on the training scores
+    det = _Distance(contamination=0.1, calibration="training").fit(X)
+    assert np.sum(det.predict(X) == -1) == 20
+
+
+def test_a_detector_written_before_calibration_calibrates(X):
+    class _Legacy(BaseDetector):  # no calibration parameters
+        def __init__(self, contamination="auto"):
+            self.contamination = contamination
+
+        _fit = _Distance._fit
+        _score_samples = _Distance._score_samples
+        fail = False
+
+    det = _Legacy(contamination=0.1).fit(X)
+    assert det.calibration_ == "split" and len(det.calibration_scores_) == 40
+    assert "calibration" not in det.get_params()
 
 
 def test_auto_contamination_is_robust_three_sigma_with_a_floor(X):
     det = _Distance().fit(X)
-    scores = det.score_samples(X)
+    scores = det.calibration_scores_
     median = np.median(scores)
     mad = np.median(np.abs(scores - median))
     expected = max(median - 3 * 1.4826 * mad, np.percentile(scores, 1))
     assert det.offset_ == pytest.approx(expected)
-    assert 0.01 <= np.mean(det.predict(X) == -1) <= 0.1
+    fresh = np.random.default_rng(1).normal(size=(20_000, 4))
+    assert 0.01 <= np.mean(det.predict(fresh) == -1) <= 0.1
 
 
 def test_y_minus_one_rows_are_left_out_of_training(X):
     outliers = X[:20] + 50
     y = np.r_[np.ones(len(X)), -np.ones(20)]
     det = _Distance().fit(np.vstack([X, outliers]), y)
+    np.testing.assert_allclose(det.center_, _Distance().fit(X).center_)
+    det = _Distance(calibration="training").fit(np.vstack([X, outliers]), y)
     np.testing.assert_allclose(det.center_, X.mean(axis=0))
 
 
@@ -61,7 +83,7 @@ def test_y_minus_one_rows_are_left_out_of_training(X):
 def test_other_label_encodings_warn_and_are_ignored(X, labels):
     y = np.resize(np.asarray(labels), len(X))
     with pytest.warns(UserWarning, match="ignores y"):
-        det = _Distance().fit(X, y)
+        det = _Distance(calibration="training").fit(X, y)
     np.testing.assert_allclose(det.center_, X.mean(axis=0))
 
 
@@ -121,14 +143,17 @@ def test_threshold_from_a_subset_when_scoring_is_costly(X):
             seen.append(len(X))
             return super()._score_samples(X)
 
-    det = _Costly(contamination=0.1).fit(X)
+    det = _Costly(contamination=0.1, calibration="training").fit(X)
     assert seen == [50]
     subset = np.sort(np.random.default_rng(0).choice(len(X), 50, replace=False))
     expected = np.percentile(det.score_samples(X[subset]), 10)
     assert det.offset_ == pytest.approx(expected)
     seen.clear()
-    _Costly().fit(X[:40])  # fewer than the limit: all of them
+    _Costly(calibration="training").fit(X[:40])  # fewer than the limit: all
     assert seen == [40]
+    seen.clear()
+    det = _Costly().fit(np.r_[X, X + 0.1])  # 80 held out, 50 of them scored
+    assert seen == [50] and len(det.calibration_scores_) == 50
 
 
 @pytest.mark.parametrize(
@@ -166,7 +191,7 @@ def test_image_shapes_and_kinds_must_match_at_predict_time():
 def test_grayscale_images_get_a_channel_and_uint8_is_scaled():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(10, 8, 8), dtype=np.uint8)
-    det = _Distance().fit(images)
+    det = _Distance(calibration="training").fit(images)
     assert det.image_shape_ == (1, 8, 8)
     expected = images.reshape(10, -1).mean(0) / 255
     np.testing.assert_allclose(det.center_, expected, rtol=1e-6)

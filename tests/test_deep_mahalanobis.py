@@ -13,6 +13,7 @@ import torch
 
 import skanomaly
 from skanomaly import DeepMahalanobis, Mahalanobis, TimmFeatures
+from skanomaly.conformal import conformal_threshold
 from skanomaly.testing import check_image_input
 
 FAST = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state": 0}
@@ -55,9 +56,9 @@ def test_flags_images_unlike_the_training_set(fitted):
     assert np.all(fitted.predict(bad) == -1)
 
 
-def test_training_scores_are_the_scores_of_the_training_images(monkeypatch):
-    # fit reuses the training features for offset_: one pass of the backbone
-    # over the training images, and offset_ equal to a rescore
+def test_calibration_reuses_the_training_features(monkeypatch):
+    # fit reuses the training features for the leave-one-out calibration
+    # scores: one pass of the backbone over the training images
     passes = []
     transform = TimmFeatures._transform
     monkeypatch.setattr(
@@ -68,8 +69,12 @@ def test_training_scores_are_the_scores_of_the_training_images(monkeypatch):
     train = _images()
     det = DeepMahalanobis(**FAST, contamination=0.1).fit(train)
     assert passes == [len(train)]
-    scores = det.score_samples(train)
-    assert det.offset_ == pytest.approx(np.percentile(scores, 10), rel=1e-6)
+    features = det.features_.transform(train)
+    loo = -det.gaussian_._leave_one_out_distances(features, len(train)).sum(axis=1)
+    np.testing.assert_allclose(det.calibration_scores_, np.sort(loo), rtol=1e-6)
+    assert det.offset_ == conformal_threshold(det.calibration_scores_, 0.1)
+    # leave-one-out scores are less normal than the in-sample ones
+    assert np.all(loo < det.score_samples(train))
 
 
 def test_pickle_keeps_scores(fitted):

@@ -10,6 +10,7 @@ from sklearn.covariance import ledoit_wolf
 
 import skanomaly
 from skanomaly import PaDiM, PatchCore, PatchFeatures
+from skanomaly.detectors import patch_base
 from skanomaly.nn.backbones import preprocess_images
 from skanomaly.nn.maps import gaussian_blur
 from skanomaly.nn.patchcore import greedy_coreset, nearest_neighbours
@@ -390,14 +391,26 @@ def test_patch_detectors_declare_maps_and_images_only(name):
 
 
 @pytest.mark.parametrize("cls", [PaDiM, PatchCore])
-def test_offset_comes_from_the_kept_features_of_32_training_images(cls):
+def test_calibration_scores_from_kept_or_recomputed_features(cls, monkeypatch):
     images = _textures(40, 32)
     params = {"n_channels": 16} if cls is PaDiM else {"shard_size": 5 * 64}
-    det = cls(**SMALL, image_size=32, strides=(4, 8), batch_size=7, **params)
-    det.fit(images)
-    subset = np.sort(np.random.default_rng(0).choice(40, 32, replace=False))
-    expected = det._offset_from_training_scores(det.score_samples(images[subset]))
-    assert det.offset_ == pytest.approx(expected, rel=1e-5)
+    params = dict(SMALL, image_size=32, strides=(4, 8), batch_size=7, **params)
+    in_sample = cls(**params, calibration="training").fit(images)
+    np.testing.assert_allclose(
+        in_sample.calibration_scores_,
+        np.sort(in_sample.score_samples(images)),
+        rtol=1e-5,
+    )
+    loo = cls(**params).fit(images)
+    assert loo.calibration_ == "leave-one-out" and loo.calibration_scores_.size == 40
+    # each image scores less normal without its own patches / in its Gaussians
+    assert np.all(loo.calibration_scores_ < in_sample.calibration_scores_)
+    # features too large to keep: a second backbone pass, the same scores
+    monkeypatch.setattr(patch_base, "_KEEP_TRAINING_BYTES", 0)
+    recomputed = cls(**params).fit(images)
+    np.testing.assert_allclose(
+        recomputed.calibration_scores_, loo.calibration_scores_, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])

@@ -14,7 +14,8 @@ from skanomaly import AutoEncoder
 from skanomaly.detectors.torch_base import TooFewStepsWarning, training_plan
 
 X_DIGITS, Y_DIGITS = load_digits(return_X_y=True)
-SMALL = dict(hidden_sizes=(8,), random_state=0)
+# the budget planned for all the samples given (no calibration hold-out)
+SMALL = dict(hidden_sizes=(8,), random_state=0, calibration="training")
 
 
 def _steps(detector):

@@ -17,8 +17,10 @@ class MeanDistance(BaseDetector):
     ----------
     min_scale : float, default=1e-12
         Floor on each feature's standard deviation.
-    contamination : 'auto' or float, default='auto'
-        See :class:`skanomaly.detectors.base.BaseDetector`.
+    contamination, calibration, calibration_size
+        See :class:`skanomaly.detectors.base.BaseDetector`: the threshold is
+        calibrated on held-out normal samples, so that ``contamination`` is
+        the false-alarm rate on new data.
 
     Attributes
     ----------
@@ -40,8 +42,19 @@ class MeanDistance(BaseDetector):
         "min_scale": [Interval(Real, 0, None, closed="neither")],
     }
 
-    def __init__(self, *, min_scale=1e-12, contamination="auto"):
-        super().__init__(contamination=contamination)
+    def __init__(
+        self,
+        *,
+        min_scale=1e-12,
+        contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
+    ):
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+        )
         self.min_scale = min_scale
 
     def __skanomaly_tags__(self):
