@@ -1,18 +1,23 @@
 """One self-contained HTML file that shows what a fitted detector does on data.
 
 :func:`report` writes the dataset, the model and its parameters, the score
-distribution with the threshold ``offset_``, and, for images, the most
-anomalous samples with their anomaly maps overlaid; with labels also the ROC
-and precision-recall curves, the confusion matrix at the threshold and the
+distribution with the threshold ``offset_``, how that threshold was
+calibrated and the conformal p-values, and, for images, the most anomalous
+samples with their anomaly maps overlaid; with labels also the false-alarm
+rate on the normal samples next to the requested level, the ROC and
+precision-recall curves, the confusion matrix at the threshold and the
 least normal-looking normal samples; with ground-truth masks the pixel
 metrics. Plots are SVG (matplotlib), images PNG, all inline: the file opens
 from disk, needs no network and can be mailed as it is.
 """
 
 import base64
+import dataclasses
 import datetime
 import html
 import io
+import math
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ SECTIONS = {
     "dataset": "Dataset",
     "model": "Model",
     "scores": "Score distribution",
+    "calibration": "Threshold calibration",
     "curves": "ROC and precision-recall curves",
     "confusion": "Confusion matrix at the threshold",
     "kinds": "AUROC per kind of anomaly",
@@ -56,8 +62,14 @@ def report(
     """Write an HTML report of a fitted detector on ``X``.
 
     One self-contained file (plots and images inline, no network) with the
-    dataset, the model and its parameters and the distribution of
-    ``score_samples`` with the threshold ``offset_``. For images, a grid of
+    dataset, the model and its parameters, the distribution of
+    ``score_samples`` with the threshold ``offset_``, and how the threshold
+    was calibrated: the scheme (``calibration_``), the number of calibration
+    samples, the false-alarm level it was set for (``contamination``) and a
+    histogram of the conformal p-values (``conformal_p_values``), which
+    should look uniform on normal data. With labels, the false-alarm rate
+    on the labelled normal samples (the fraction predicted anomalous) stands
+    next to that level. For images, a grid of
     the most anomalous samples, with their anomaly maps overlaid when the
     detector's tags declare ``anomaly_maps`` (otherwise the report says it
     has none); for tabular data, a table of them. With labels ``y``, also
@@ -137,6 +149,7 @@ def report(
         _dataset_section(data, dataset),
         _model_section(data),
         _scores_section(data, figures),
+        _calibration_section(data, figures),
     ]
     if data.anomalous is not None:
         sections += [
@@ -224,6 +237,195 @@ def anomaly_mask(y, *, what="y"):
     )
 
 
+_AUTO_RULE = (
+    "contamination='auto': flag below median - 3 x 1.4826 x MAD of the "
+    "calibration scores (a robust three-sigma rule), and at least their "
+    "lowest 1%"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ThresholdFacts:
+    """What a fitted detector's threshold was set for, in numbers and words.
+
+    Attributes
+    ----------
+    scheme : str or None
+        ``calibration_`` ('split', 'leave-one-out', 'cross-fit' or
+        'training'); None for a model without calibration scores (saved
+        before calibrated thresholds, or a plugin without them).
+    n_calibration : int
+        Number of calibration scores (``len(calibration_scores_)``).
+    contamination : float, str or None
+        The detector's ``contamination``.
+    level : float or None
+        The false-alarm rate on new normal samples that the threshold was
+        set for: ``contamination`` when it is a float; for 'auto', the
+        expected rate below.
+    expected : float or None
+        ``(1 + #{calibration scores < offset_}) / (n + 1)``: the probability
+        that a new normal sample, exchangeable with the calibration samples,
+        is predicted anomalous; exact when ``offset_`` is a calibration
+        score (a float ``contamination``), within ``1 / (n + 1)`` above it
+        otherwise. None without calibration scores, or when they are the
+        training samples' own (``calibration_ == 'training'``).
+    calibration_text, level_text : str
+        One line each, for the report and the command line.
+    """
+
+    scheme: str | None
+    n_calibration: int
+    contamination: object
+    level: float | None
+    expected: float | None
+    calibration_text: str
+    level_text: str
+
+
+def _threshold_facts(detector):
+    """The :class:`_ThresholdFacts` of a fitted detector.
+
+    Parameters
+    ----------
+    detector : fitted detector
+
+    Returns
+    -------
+    facts : _ThresholdFacts
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import Mahalanobis
+    >>> from skanomaly.reporting import _threshold_facts
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> facts = _threshold_facts(Mahalanobis(contamination=0.05).fit(X))
+    >>> facts.scheme, facts.n_calibration, facts.level
+    ('leave-one-out', 200, 0.05)
+    """
+    scores = getattr(detector, "calibration_scores_", None)
+    scheme = None
+    if scores is not None:
+        scheme = getattr(detector, "calibration_", "unknown scheme")
+    contamination = getattr(detector, "contamination", None)
+    n = 0 if scores is None else len(scores)
+    expected = None
+    if scores is not None and scheme != "training":
+        below = int(np.searchsorted(scores, detector.offset_, side="left"))
+        expected = min(1.0, (below + 1) / (n + 1))
+    if isinstance(contamination, Real) and not isinstance(contamination, bool):
+        level = float(contamination)
+        level_text = f"{level:g} (contamination={level:g})"
+    elif contamination == "auto":
+        level = expected
+        shown = "unknown" if level is None else f"{level:.4g}"
+        level_text = f"{shown} ({_AUTO_RULE})"
+    else:
+        level = None
+        level_text = f"unknown (contamination={contamination!r})"
+    if scheme == "training":
+        level_text += (
+            "; calibrated on the training samples, which the model scores as "
+            "more normal: new normal samples are flagged more often"
+        )
+    return _ThresholdFacts(
+        scheme=scheme,
+        n_calibration=n,
+        contamination=contamination,
+        level=level,
+        expected=expected,
+        calibration_text=_calibration_text(detector, scheme, n),
+        level_text=level_text,
+    )
+
+
+def _calibration_text(detector, scheme, n):
+    if scheme is None:
+        return (
+            "none: the model keeps no calibration scores (saved before "
+            "calibrated thresholds, or a detector without them); refit it for "
+            "p-values and a threshold that holds on new data"
+        )
+    what = {
+        "split": "held-out normal training samples the model did not fit",
+        "leave-one-out": (
+            "training samples, each scored by the model fitted without it"
+        ),
+        "cross-fit": (
+            f"training samples, each scored by one of "
+            f"{getattr(detector, 'calibration', 'K')} models fitted without its fold"
+        ),
+        "training": "training samples, scored by the model fitted on them",
+    }.get(scheme, "samples")
+    return f"{scheme}, {n} {what}"
+
+
+def _p_values_of(detector, scores):
+    """Conformal p-values of ``scores`` (``score_samples``), or None.
+
+    The p-values ``detector.conformal_p_values`` gives for the samples of
+    these scores, computed from ``calibration_scores_`` without scoring
+    again; None for a model without calibration scores.
+
+    Parameters
+    ----------
+    detector : fitted detector
+    scores : array-like of shape (n_samples,)
+        ``detector.score_samples(X)``.
+
+    Returns
+    -------
+    p_values : ndarray of shape (n_samples,) or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import Mahalanobis
+    >>> from skanomaly.reporting import _p_values_of
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> detector = Mahalanobis().fit(X)
+    >>> p = _p_values_of(detector, detector.score_samples(X[:5]))
+    >>> bool(np.array_equal(p, detector.conformal_p_values(X[:5])))
+    True
+    """
+    calibration = getattr(detector, "calibration_scores_", None)
+    if calibration is None:
+        return None
+    from .conformal import conformal_p_values
+
+    return conformal_p_values(calibration, scores)
+
+
+def _false_alarm_rate(anomalous, predicted):
+    """Fraction of the normal samples predicted anomalous, and how many.
+
+    Parameters
+    ----------
+    anomalous : array-like of bool
+        True = labelled anomalous.
+    predicted : array-like of bool
+        True = predicted anomalous (``predict == -1``).
+
+    Returns
+    -------
+    rate : float
+        NaN when no sample is normal.
+    n_false : int
+    n_normal : int
+
+    Examples
+    --------
+    >>> from skanomaly.reporting import _false_alarm_rate
+    >>> _false_alarm_rate([False, False, False, True], [True, False, False, True])
+    (0.3333333333333333, 1, 3)
+    """
+    anomalous = np.asarray(anomalous, dtype=bool)
+    predicted = np.asarray(predicted, dtype=bool)
+    n_normal = int((~anomalous).sum())
+    n_false = int((predicted & ~anomalous).sum())
+    return (n_false / n_normal if n_normal else math.nan), n_false, n_normal
+
+
 class _ReportData:
     """The validated inputs and everything derived from the scores."""
 
@@ -267,6 +469,8 @@ class _ReportData:
                     f"the images; got {self.masks.shape}."
                 )
         self.predicted = self.scores < self.offset  # predict() == -1
+        self.threshold = _threshold_facts(detector)
+        self.p_values = _p_values_of(detector, self.scores)
         self.metrics = None if y is None else _label_metrics(self)
         self.n_examples = int(n_examples)
 
@@ -409,10 +613,13 @@ def _label_metrics(data):
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
     anomalous, anomaly_score = data.anomalous, -data.scores
+    rate, n_false, n_normal = _false_alarm_rate(anomalous, data.predicted)
     return {
         "AUROC": roc_auc_score(anomalous, anomaly_score),
         "AP": average_precision_score(anomalous, anomaly_score),
         "F1": f1_score(anomalous, data.predicted, zero_division=0.0),
+        "false-alarm rate": rate,
+        "false alarms": (n_false, n_normal),
     }
 
 
@@ -428,6 +635,7 @@ def _summary_section(data):
             ("AUROC", f"{data.metrics['AUROC']:.4f}"),
             ("AP", f"{data.metrics['AP']:.4f}"),
             ("F1 at offset_", f"{data.metrics['F1']:.4f}"),
+            _false_alarm_card(data),
         ]
     body = "".join(
         f'<div class="card"><div class="value">{value}</div>'
@@ -441,6 +649,13 @@ def _summary_section(data):
             "need them are left out."
         )
     return _section("summary", f'<div class="cards">{body}</div>', note)
+
+
+def _false_alarm_card(data):
+    rate = data.metrics["false-alarm rate"]
+    level = data.threshold.level
+    wanted = "" if level is None else f" (requested {level:.4g})"
+    return (f"false-alarm rate{wanted}", "n/a" if math.isnan(rate) else f"{rate:.4f}")
 
 
 def _dataset_section(data, dataset):
@@ -505,6 +720,110 @@ def _scores_section(data, Figure):
     if n_outside:
         note += f" {n_outside} extreme score(s) are drawn at the edges of the plot."
     return _section("scores", plot, note)
+
+
+def _calibration_section(data, Figure):
+    facts = data.threshold
+    rows = [
+        ("threshold offset_", f"{data.offset:.6g}"),
+        ("calibration", html.escape(facts.calibration_text)),
+        ("false-alarm level requested", html.escape(facts.level_text)),
+    ]
+    if facts.expected is not None:
+        rows.append(
+            (
+                "expected false-alarm rate on new normals",
+                f"{facts.expected:.4g} (1 + the calibration scores below offset_, "
+                f"over {facts.n_calibration} + 1)",
+            )
+        )
+    if data.anomalous is not None:
+        rows.append(("false-alarm rate on the labelled normals", _observed(data)))
+    table = _table(rows)
+    if data.p_values is None:
+        note = (
+            "The model keeps no calibration scores, so there are no conformal p-values."
+        )
+        return _section("calibration", table, note)
+    note = (
+        "Conformal p-value of a sample: (1 + the calibration scores at or below "
+        "its score_samples) / (n + 1), as conformal_p_values gives it. For "
+        "normal samples like the calibration samples it is uniform on "
+        "{1/(n+1), ..., 1}: the histogram of the normals should be flat at "
+        "density 1 (the dashed line); a pile near 0 means more false alarms "
+        "than requested (drift, or calibration on data unlike these)."
+    )
+    if data.anomalous is None:
+        note += (
+            " Without labels the histogram holds every sample: the normals "
+            "spread evenly, anomalies pile up near 0."
+        )
+    else:
+        note += " The histogram holds the labelled normal samples only."
+    if facts.scheme == "training":
+        note += (
+            " Calibrated on the training samples: the p-values of new normals "
+            "are not uniform, and there is no guarantee."
+        )
+    return _section("calibration", table + _p_value_histogram(data, Figure), note)
+
+
+def _observed(data):
+    rate = data.metrics["false-alarm rate"]
+    n_false, n_normal = data.metrics["false alarms"]
+    if not n_normal:
+        return "no labelled normal samples"
+    text = f"{rate:.4f} ({n_false} of {n_normal} normal samples predicted anomalous"
+    level = data.threshold.level
+    if level is not None:
+        spread = math.sqrt(level * (1 - level) / n_normal)
+        text += (
+            f"; at the requested level {level:.4g}, {n_normal} samples vary by a "
+            f"binomial standard deviation of {spread:.4f}"
+        )
+    return text + ")"
+
+
+def _p_value_bins(n_calibration):
+    """Bin edges between the p-values {1/(n+1), ..., 1}, at most 20 bins.
+
+    Each bin holds whole steps of the p-value grid, so uniform p-values have
+    density 1 in every bin.
+    """
+    steps = n_calibration + 1
+    cuts = np.unique(np.round(np.linspace(0, steps, min(20, steps) + 1)))
+    return (cuts + 0.5) / steps
+
+
+def _p_value_histogram(data, Figure):
+    bins = _p_value_bins(data.threshold.n_calibration)
+    figure = Figure(figsize=(7, 3.2))
+    axes = figure.subplots()
+    # the normals only, when labels say which: their flatness is the check
+    shown = np.ones(len(data.p_values), bool)
+    if data.anomalous is not None:
+        shown = ~data.anomalous
+    if shown.any():
+        axes.hist(
+            data.p_values[shown],
+            bins=bins,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.5,
+            edgecolor="#4c72b0",
+            color="#4c72b0",
+            label=f"{'all' if data.anomalous is None else 'normal'} samples "
+            f"({int(shown.sum())})",
+        )
+    axes.axhline(1.0, color="black", linestyle="--", label="uniform")
+    level = data.threshold.level
+    if level is not None:
+        axes.axvline(level, color="grey", linestyle=":", label=f"level {level:.4g}")
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("conformal p-value (small = unlike the calibration samples)")
+    axes.set_ylabel("density")
+    axes.legend(frameon=False)
+    return _svg(figure)
 
 
 def _curves_section(data, Figure):
@@ -623,6 +942,8 @@ def _examples_section(data):
 
 def _caption_lines(data, row):
     lines = [f"score {data.scores[row]:.5g}"]
+    if data.p_values is not None:
+        lines.append(f"p-value {data.p_values[row]:.3g}")
     if data.anomalous is not None:
         lines.append("anomalous" if data.anomalous[row] else "normal")
     lines.append("predicted anomalous" if data.predicted[row] else "predicted normal")
@@ -631,14 +952,18 @@ def _caption_lines(data, row):
 
 def _rows_table(data, rows):
     header = ["sample", "score_samples", "prediction"]
+    if data.p_values is not None:
+        header.insert(2, "p-value")
     if data.anomalous is not None:
-        header.insert(2, "label")
+        header.insert(-1, "label")
     table_rows = []
     for row in rows.tolist():
         cells = [
             f"<code>{html.escape(data.names[row])}</code>",
             f"{data.scores[row]:.6g}",
         ]
+        if data.p_values is not None:
+            cells.append(f"{data.p_values[row]:.4g}")
         if data.anomalous is not None:
             cells.append("anomalous" if data.anomalous[row] else "normal")
         cells.append("anomalous" if data.predicted[row] else "normal")

@@ -167,9 +167,10 @@ def test_fit_through_the_entry_point(fitted):
 
 
 def _read_csv(text):
+    """(path, score, label, p_value) rows of a calibrated model's CSV."""
     rows = list(csv.reader(text.splitlines()))
-    assert rows[0] == ["path", "score", "label"]
-    return [(path, float(score), int(label)) for path, score, label in rows[1:]]
+    assert rows[0] == ["path", "score", "label", "p_value"]
+    return [(path, float(s), int(label), float(p)) for path, s, label, p in rows[1:]]
 
 
 def test_score_through_the_entry_point(fitted, category, tmp_path):
@@ -185,13 +186,14 @@ def test_score_through_the_entry_point(fitted, category, tmp_path):
     # one row per file; the label is the sign of the score
     expected = sorted(str(p) for p in (category / "test").rglob("*.*"))
     assert [r[0] for r in rows] == expected
-    assert all((label == -1) == (score < 0) for _, score, label in rows)
+    assert all((label == -1) == (score < 0) for _, score, label, _ in rows)
     # the same numbers as the detector gives on the resized images
     detector = skanomaly.load(model)
     X, y, _ = load_labelled_image_folder(category / "test", image_size=16)
     np.testing.assert_array_equal([r[1] for r in rows], detector.decision_function(X))
-    defects = [score for path, score, _ in rows if "/good/" not in path]
-    assert max(defects) < min(score for path, score, _ in rows if "/good/" in path)
+    np.testing.assert_array_equal([r[3] for r in rows], detector.conformal_p_values(X))
+    defects = [score for path, score, _, _ in rows if "/good/" not in path]
+    assert max(defects) < min(score for path, score, _, _ in rows if "/good/" in path)
 
 
 def test_score_into_a_closed_pipe_is_not_an_error(fitted, category):
@@ -230,7 +232,114 @@ def test_evaluate_through_the_entry_point(fitted, category):
     # white patches are far from anything the autoencoder saw
     assert metrics == {"AUROC": 1.0, "AP": 1.0, "F1": pytest.approx(metrics["F1"])}
     assert 0.0 <= metrics["F1"] <= 1.0
-    assert [line.split()[3] for line in lines[4:]] == ["broken:", "crack:"]
+    assert lines[4].startswith("FAR    ") and "of 5 good images predicted" in lines[4]
+    assert lines[5].startswith("  requested: ") and "contamination='auto'" in lines[5]
+    assert lines[6].startswith("  calibration: split, ")
+    assert [line.split()[3] for line in lines[7:]] == ["broken:", "crack:"]
+
+
+# ------------------------------------------------------------- p-values and FDR
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """A Mahalanobis model at contamination 0.1; 40 normal and 10 shifted rows."""
+    folder = tmp_path_factory.mktemp("rows")
+    rng = np.random.default_rng(0)
+    np.save(folder / "train.npy", rng.normal(size=(200, 3)))
+    X = np.r_[rng.normal(size=(40, 3)), rng.normal(size=(10, 3)) + 3.0]
+    np.save(folder / "test.npy", X)
+    model = folder / "m.ska"
+    argv = ["fit", "mahalanobis", folder / "train.npy", "-o", model]
+    assert main([*map(str, argv), "-p", "contamination=0.1"]) == 0
+    return model, folder / "test.npy", X
+
+
+def _benjamini_hochberg_by_hand(p_values, alpha):
+    """Flag the k smallest p-values, k the largest with p_(k) <= k alpha / m."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    k = max(
+        [
+            rank
+            for rank in range(1, m + 1)
+            if p_values[order[rank - 1]] <= rank * alpha / m
+        ],
+        default=0,
+    )
+    return [i in order[:k] for i in range(m)]
+
+
+def test_score_writes_p_values_and_the_fdr_decision(rows, tmp_path, capsys):
+    model, data, X = rows
+    out = tmp_path / "scores.csv"
+    capsys.readouterr()
+    assert (
+        main(["score", str(model), str(data), "--csv", str(out), "--fdr", "0.2"]) == 0
+    )
+    table = list(csv.reader(out.read_text().splitlines()))
+    assert table[0] == ["path", "score", "label", "p_value", "fdr_label"]
+    labels = np.array([int(row[2]) for row in table[1:]])
+    p_values = np.array([float(row[3]) for row in table[1:]])
+    fdr_labels = np.array([int(row[4]) for row in table[1:]])
+    detector = skanomaly.load(model)
+    np.testing.assert_array_equal(p_values, detector.conformal_p_values(X))
+    # with a float contamination, label is -1 exactly where p <= contamination
+    np.testing.assert_array_equal(labels == -1, p_values <= 0.1)
+    flagged = _benjamini_hochberg_by_hand(p_values.tolist(), 0.2)
+    np.testing.assert_array_equal(fdr_labels == -1, flagged)
+    assert 0 < sum(flagged) < len(X)  # the test decides something
+    assert capsys.readouterr().out.strip() == (
+        f"Scored 50 samples, {int((labels == -1).sum())} predicted anomalous, "
+        f"{sum(flagged)} at FDR 0.2; wrote {out}."
+    )
+
+
+def test_evaluate_prints_the_false_alarm_rate_next_to_the_level(rows, tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    model, _, X = rows
+    anomalous = np.r_[np.zeros(40, int), np.ones(10, int)]
+    frame = pd.DataFrame(X, columns=["x0", "x1", "x2"]).assign(label=anomalous)
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    argv = ["evaluate", str(model), str(tmp_path / "test.csv"), "--label-column"]
+    capsys.readouterr()
+    assert main([*argv, "label"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    detector = skanomaly.load(model)
+    false_alarms = int((detector.predict(X[:40]) == -1).sum())
+    assert lines[4] == (
+        f"FAR    {false_alarms / 40:.4f}  (false-alarm rate at the threshold: "
+        f"{false_alarms} of 40 normal rows predicted anomalous)"
+    )
+    assert lines[5] == "  requested: 0.1 (contamination=0.1)"
+    assert lines[6] == (
+        "  calibration: leave-one-out, 200 training samples, each scored by the "
+        "model fitted without it"
+    )
+
+
+@pytest.fixture(scope="module")
+def uncalibrated(rows, tmp_path_factory):
+    """The model as a file saved before calibration (or a plugin) holds it."""
+    model, data, _ = rows
+    detector = skanomaly.load(model)
+    del detector.calibration_scores_, detector.calibration_
+    path = tmp_path_factory.mktemp("old") / "old.ska"
+    skanomaly.save(detector, path)
+    return path, data
+
+
+def test_a_model_without_calibration_scores_gets_no_p_values(uncalibrated, capsys):
+    model, data = uncalibrated
+    capsys.readouterr()
+    assert main(["score", str(model), str(data)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "path,score,label"
+    assert "keeps no calibration scores" in captured.err
+    line = _one_line_error(["score", model, data, "--fdr", "0.1"], capsys)
+    assert "--fdr needs conformal p-values" in line
+    line = _one_line_error(["score", model, data, "--fdr", "1.5"], capsys, status=2)
+    assert "expected a level in (0, 1), got 1.5" in line
 
 
 def test_tabular_fit_and_score_from_npy(tmp_path, capsys):

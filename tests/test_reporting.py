@@ -17,8 +17,16 @@ from skanomaly.testing import fast_detector
 
 pytest.importorskip("matplotlib")
 
-LABELLED = ["summary", "dataset", "model", "scores", "curves", "confusion"]
-UNLABELLED = ["summary", "dataset", "model", "scores", "examples"]
+LABELLED = [
+    "summary",
+    "dataset",
+    "model",
+    "scores",
+    "calibration",
+    "curves",
+    "confusion",
+]
+UNLABELLED = ["summary", "dataset", "model", "scores", "calibration", "examples"]
 
 
 def _sections(page):
@@ -57,9 +65,9 @@ def test_labelled_images_report(bars, tmp_path):
     assert "<title>AutoEncoder on bars</title>" in page
     assert "https://" not in page and "http://" not in page  # nothing to fetch
     images = _images(page)
-    # histogram and curves as SVG, 2 x 8 tiles as PNG
-    assert [mime for mime, _ in images] == ["image/svg+xml"] * 2 + ["image/png"] * 16
-    assert all(data.startswith(b"\x89PNG") for mime, data in images[2:])
+    # score and p-value histograms and curves as SVG, 2 x 8 tiles as PNG
+    assert [mime for mime, _ in images] == ["image/svg+xml"] * 3 + ["image/png"] * 16
+    assert all(data.startswith(b"\x89PNG") for mime, data in images[3:])
     # the grid starts with the lowest score_samples, each named and scored
     scores = detector.score_samples(X)
     worst = np.argsort(scores, kind="stable")[:8]
@@ -98,7 +106,7 @@ def test_detector_without_maps_gets_no_grid(tmp_path):
     page = skanomaly.report(detector, images, tmp_path / "r.html", y=y).read_text()
     assert _sections(page) == [*LABELLED, "examples"]
     assert "has no anomaly maps" in page and 'class="grid"' not in page
-    assert [mime for mime, _ in _images(page)] == ["image/svg+xml"] * 2
+    assert [mime for mime, _ in _images(page)] == ["image/svg+xml"] * 3
 
 
 def test_tabular_report_lists_rows(tmp_path):
@@ -112,6 +120,121 @@ def test_tabular_report_lists_rows(tmp_path):
     assert "Tabular data" in page and "tabular, 3 features" in page
     first_rows = re.findall(r"<tr><td><code>(\d+)</code>", page)[:5]
     assert sorted(first_rows) == ["0", "1", "2", "3", "4"]
+
+
+def _rows_of(page, section):
+    """(label, value) of the two-column table of a section, tags stripped."""
+    body = page.split(f'id="{section}"')[1].split("</table>")[0]
+    return {
+        re.sub("<[^>]+>", "", label): re.sub("<[^>]+>", "", value)
+        for label, value in re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td></tr>", body)
+    }
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    """Mahalanobis at contamination 0.1; 300 fresh normals, 30 shifted rows."""
+    rng = np.random.default_rng(0)
+    detector = skanomaly.Mahalanobis(contamination=0.1).fit(rng.normal(size=(400, 4)))
+    X = np.r_[rng.normal(size=(300, 4)), rng.normal(size=(30, 4)) + 3.0]
+    y = np.r_[np.zeros(300, int), np.ones(30, int)]
+    return detector, X, y
+
+
+def test_the_false_alarm_rate_is_shown_next_to_the_level(gaussian, tmp_path):
+    detector, X, y = gaussian
+    page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
+    false_alarms = int((detector.predict(X[y == 0]) == -1).sum())
+    assert 0 < false_alarms < 300
+    rows = _rows_of(page, "calibration")
+    assert rows["false-alarm rate on the labelled normals"].startswith(
+        f"{false_alarms / 300:.4f} ({false_alarms} of 300 normal samples predicted "
+        "anomalous; at the requested level 0.1, 300 samples vary by a binomial "
+        f"standard deviation of {np.sqrt(0.1 * 0.9 / 300):.4f})"
+    )
+    assert rows["false-alarm level requested"] == "0.1 (contamination=0.1)"
+    n = len(detector.calibration_scores_)
+    assert rows["calibration"] == (
+        f"leave-one-out, {n} training samples, each scored by the model fitted "
+        "without it"
+    )
+    # the level the conformal threshold gives: floor((n + 1) c) / (n + 1)
+    expected = np.floor((n + 1) * 0.1) / (n + 1)
+    assert rows["expected false-alarm rate on new normals"].startswith(
+        f"{expected:.4g} "
+    )
+    summary = page.split('id="summary"')[1].split("</section>")[0]
+    assert (
+        f'<div class="value">{false_alarms / 300:.4f}</div><div class="label">'
+        "false-alarm rate (requested 0.1)</div>"
+    ) in summary
+
+
+def test_p_values_are_those_of_the_detector(gaussian, tmp_path):
+    detector, X, y = gaussian
+    page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
+    shown = re.findall(
+        r"<tr><td><code>(\d+)</code></td><td>[^<]+</td><td>([^<]+)</td>", page
+    )
+    p_values = detector.conformal_p_values(X)
+    assert len(shown) == 16
+    assert all(value == f"{p_values[int(row)]:.4g}" for row, value in shown)
+
+
+@pytest.mark.parametrize("n_calibration", [1, 7, 19, 20, 399, 5000])
+def test_uniform_p_values_fill_every_bin_of_the_histogram_evenly(n_calibration):
+    from skanomaly.reporting import _p_value_bins
+
+    grid = np.arange(1, n_calibration + 2) / (n_calibration + 1)
+    bins = _p_value_bins(n_calibration)
+    assert len(bins) - 1 == min(20, n_calibration + 1)
+    density, _ = np.histogram(grid, bins=bins, density=True)
+    np.testing.assert_allclose(density, 1.0)
+
+
+def test_auto_contamination_states_its_rule_and_its_rate(gaussian, tmp_path):
+    _, X, y = gaussian
+    detector = skanomaly.Mahalanobis().fit(X[y == 0])
+    page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
+    level = _rows_of(page, "calibration")["false-alarm level requested"]
+    scores = detector.calibration_scores_
+    below = int((scores < detector.offset_).sum())
+    assert level.startswith(f"{(below + 1) / (len(scores) + 1):.4g} (contamination=")
+    assert "median - 3 x 1.4826 x MAD of the calibration scores" in level
+
+
+def test_training_calibration_promises_nothing_on_new_data(gaussian, tmp_path):
+    _, X, y = gaussian
+    detector = skanomaly.Mahalanobis(contamination=0.1, calibration="training")
+    detector.fit(X[y == 0])
+    page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
+    rows = _rows_of(page, "calibration")
+    assert rows["calibration"] == (
+        "training, 300 training samples, scored by the model fitted on them"
+    )
+    assert rows["false-alarm level requested"].startswith(
+        "0.1 (contamination=0.1); calibrated on the training samples"
+    )
+    assert "expected false-alarm rate on new normals" not in rows
+    assert "there is no guarantee" in page
+
+
+def test_a_model_without_calibration_is_reported_as_such(gaussian, tmp_path):
+    detector, X, y = gaussian
+    detector = skanomaly.Mahalanobis(contamination=0.1).fit(X[y == 0])
+    del detector.calibration_scores_, detector.calibration_  # as a plugin might
+    page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
+    rows = _rows_of(page, "calibration")
+    assert rows["calibration"].startswith("none: the model keeps no calibration")
+    assert "expected false-alarm rate on new normals" not in rows
+    assert rows["false-alarm rate on the labelled normals"].startswith(
+        f"{(detector.predict(X[y == 0]) == -1).mean():.4f} "
+    )
+    assert (
+        "there are no conformal p-values" in page
+        and "p-value" not in page.split('id="examples"')[1]
+    )
+    assert [mime for mime, _ in _images(page)] == ["image/svg+xml"] * 2
 
 
 def test_pixel_metrics_are_those_of_the_metrics_module(bars, tmp_path):
@@ -191,7 +314,7 @@ def test_report_renders_in_chromium(bars, tmp_path):
     )
     screenshot = tmp_path / "report.png"
     verdict = render(path, screenshot=screenshot)
-    assert verdict["images"] == 18 and verdict["broken"] == []
+    assert verdict["images"] == 19 and verdict["broken"] == []
     assert all(width > 0 for width in verdict["widths"])
     # every section is laid out (the page has no hidden parts)
     assert list(verdict["sections"]) == [*LABELLED, "examples"]

@@ -73,7 +73,8 @@ def test_evaluate_a_table(tables, model, suffix, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"Mahalanobis on {data}: 30 normal, 6 anomalous rows"
     assert lines[1] == "AUROC  1.0000"
-    assert len(lines) == 4  # no per-kind lines for rows
+    assert lines[4].startswith("FAR    ") and "of 30 normal rows" in lines[4]
+    assert len(lines) == 7  # no per-kind lines for rows
 
 
 def test_outlier_convention_labels_give_the_same_result(tables, model, tmp_path):
@@ -113,7 +114,7 @@ def test_score_report_to_stdout_keeps_the_csv_clean(tables, model, tmp_path, cap
     report = tmp_path / "scores.html"
     assert main(["score", str(model), str(features), "--report", str(report)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[0] == "path,score,label"
+    assert captured.out.splitlines()[0] == "path,score,label,p_value"
     assert len(captured.out.splitlines()) == 37
     assert captured.err.strip() == f"Wrote the report {report}."
     assert 'id="examples"' in report.read_text()

@@ -37,6 +37,17 @@ def _positive_int(text):
     return value
 
 
+def _rate(text):
+    """A level in (0, 1), such as a false discovery rate."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {text}")
+    return value
+
+
 def _int_list(text):
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -183,15 +194,20 @@ def _check_output(output, inputs):
             )
 
 
-def _decisions(detector, X):
-    """decision_function over chunks with a progress bar; labels follow from it."""
+def _scores(detector, X):
+    """score_samples over chunks with a progress bar; (scores, decision, labels).
+
+    The decision is ``scores - offset_``, as ``decision_function`` computes
+    it; the scores themselves are kept (not ``decision + offset_``, which
+    may round differently) for the conformal p-values.
+    """
     import numpy as np
     from tqdm.auto import tqdm
 
     chunk = 512
     starts = range(0, len(X), chunk)
     parts = [
-        detector.decision_function(X[start : start + chunk])
+        detector.score_samples(X[start : start + chunk])
         for start in tqdm(
             starts,
             desc="scoring",
@@ -200,8 +216,9 @@ def _decisions(detector, X):
             disable=not _show_progress(),
         )
     ]
-    decision = np.concatenate(parts) if parts else np.empty(0)
-    return decision, np.where(decision < 0, -1, 1)
+    scores = np.concatenate(parts) if parts else np.empty(0)
+    decision = scores - detector.offset_
+    return scores, decision, np.where(decision < 0, -1, 1)
 
 
 # ---------------------------------------------------------------- anomaly maps
@@ -355,6 +372,7 @@ def _cmd_score(args):
     import csv
 
     from ..persistence import load
+    from ..reporting import _p_values_of
 
     _check_report_path(args)
     detector = load(args.model, device=args.device)
@@ -368,28 +386,53 @@ def _cmd_score(args):
         _check_output(args.csv, [args.model, args.data, *files])
     if args.maps:
         _check_maps_folder(detector, args.maps, files)
-    decision, labels = _decisions(detector, X)
+    calibrated = getattr(detector, "calibration_scores_", None) is not None
+    if args.fdr is not None and not calibrated:
+        raise ValueError(
+            f"--fdr needs conformal p-values, and {args.model} keeps no calibration "
+            "scores (it was saved before calibrated thresholds, or its detector "
+            "has none); refit it with this skanomaly."
+        )
+    scores, decision, labels = _scores(detector, X)
     if args.maps:
         _write_maps(detector, X, files, args.data, args.maps)
+    header = ["path", "score", "label"]
+    columns = [[repr(float(value)) for value in decision], labels.tolist()]
+    p_values = _p_values_of(detector, scores)
+    if p_values is None:
+        print(
+            f"skanomaly: note: {args.model} keeps no calibration scores (saved "
+            "before calibrated thresholds, or a detector without them): no "
+            "p_value column.",
+            file=sys.stderr,
+        )
+    else:
+        header.append("p_value")
+        columns.append([repr(float(value)) for value in p_values])
+    flagged = None
+    if args.fdr is not None:
+        from ..conformal import benjamini_hochberg
+
+        flagged = benjamini_hochberg(p_values, args.fdr)
+        header.append("fdr_label")
+        columns.append([-1 if flag else 1 for flag in flagged])
     out = open(args.csv, "w", newline="") if args.csv else sys.stdout
     try:
         writer = csv.writer(out)
-        writer.writerow(["path", "score", "label"])
-        writer.writerows(
-            (name, repr(float(score)), int(label))
-            for name, score, label in zip(files, decision, labels)
-        )
+        writer.writerow(header)
+        writer.writerows(zip(files, *columns))
     finally:
         if args.csv:
             out.close()
     if args.csv:
+        fdr = "" if flagged is None else f", {int(flagged.sum())} at FDR {args.fdr:g}"
         print(
             f"Scored {len(files)} samples, {int((labels == -1).sum())} predicted "
-            f"anomalous; wrote {args.csv}."
+            f"anomalous{fdr}; wrote {args.csv}."
         )
     # with the CSV on stdout, the report's line goes to stderr
     _write_report(
-        args, detector, X, files, decision, file=None if args.csv else sys.stderr
+        args, detector, X, files, scores, file=None if args.csv else sys.stderr
     )
     return 0
 
@@ -411,7 +454,7 @@ def _check_report_path(args):
 
 
 def _write_report(
-    args, detector, X, files, decision, y=None, kinds=None, masks=None, file=None
+    args, detector, X, files, scores, y=None, kinds=None, masks=None, file=None
 ):
     if args.report is None:
         return
@@ -423,7 +466,7 @@ def _write_report(
         args.report,
         y=y,
         names=files,
-        scores=decision + detector.offset_,
+        scores=scores,
         kinds=kinds,
         masks=masks,
         dataset=str(args.data),
@@ -482,6 +525,8 @@ def _print_evaluation(detector, source, anomalous, decision, labels, kinds):
     import numpy as np
     from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
+    from ..reporting import _false_alarm_rate, _threshold_facts
+
     normal, unit = ("normal", "rows") if kinds is None else ("good", "images")
     print(
         f"{type(detector).__name__} on {source}: {int((~anomalous).sum())} "
@@ -494,6 +539,14 @@ def _print_evaluation(detector, source, anomalous, decision, labels, kinds):
         f"F1     {f1:.4f}  (at the model's threshold: {int((labels == -1).sum())} "
         "predicted anomalous)"
     )
+    rate, n_false, n_normal = _false_alarm_rate(anomalous, labels == -1)
+    facts = _threshold_facts(detector)
+    print(
+        f"FAR    {rate:.4f}  (false-alarm rate at the threshold: {n_false} of "
+        f"{n_normal} {normal} {unit} predicted anomalous)"
+    )
+    print(f"  requested: {facts.level_text}")
+    print(f"  calibration: {facts.calibration_text}")
     if kinds is None:
         return
     kinds = np.asarray(kinds)
@@ -512,14 +565,14 @@ def _cmd_evaluate(args):
         X, anomalous, files, kinds, source = _labelled_table(detector, args)
     else:
         X, anomalous, files, kinds, source = _labelled_images(detector, args)
-    decision, labels = _decisions(detector, X)
+    scores, decision, labels = _scores(detector, X)
     _print_evaluation(detector, source, anomalous, decision, labels, kinds)
     masks = None
     if kinds is not None:  # images: MVTec masks live next to the test folder
         root = Path(source).parent
         masks = _print_pixel_metrics(detector, root, X, anomalous, files)
     _write_report(
-        args, detector, X, files, decision, y=anomalous, kinds=kinds, masks=masks
+        args, detector, X, files, scores, y=anomalous, kinds=kinds, masks=masks
     )
     return 0
 
@@ -529,7 +582,12 @@ def _cmd_export(args):
     from ..persistence import load
 
     detector = load(args.model, device="cpu")
-    card = export_onnx(detector, args.output, force=args.force)
+    card = export_onnx(
+        detector,
+        args.output,
+        force=args.force,
+        calibration_scores=not args.no_calibration_scores,
+    )
     outputs = ", ".join(output["name"] for output in card["outputs"])
     shape = ", ".join(map(str, card["input"]["shape"]))
     print(
@@ -678,14 +736,19 @@ def _build_parser():
 
     score = commands.add_parser(
         "score",
-        help="score images or rows with a saved model (CSV: path, score, label)",
+        help="score images or rows with a saved model (CSV: path, score, label, "
+        "p_value)",
         description="Score every image under a folder (subfolders included), or "
         "the rows of a .npy, .csv or .parquet file, with a saved model; images "
         "are resized to the model's training size, table columns are matched "
         "to the training columns by name. "
-        "Writes CSV rows path, score, label: score is the detector's "
+        "Writes CSV rows path, score, label, p_value: score is the detector's "
         "decision_function (higher = more normal, negative = predicted "
-        "anomaly) and label is +1 (normal) or -1 (anomaly).",
+        "anomaly), label is +1 (normal) or -1 (anomaly), and p_value the "
+        "conformal p-value of being normal (conformal_p_values: small = unlike "
+        "the calibration samples; with a float contamination c, label is -1 "
+        "exactly where p_value <= c). A model saved without calibration "
+        "scores gets no p_value column.",
     )
     score.add_argument("model", help="model file written by skanomaly fit")
     score.add_argument(
@@ -706,8 +769,23 @@ def _build_parser():
         "largest map value of the run, stored in each PNG's "
         "'skanomaly_map_max' text chunk. Never overwrites an input.",
     )
+    score.add_argument(
+        "--fdr",
+        type=_rate,
+        default=None,
+        metavar="ALPHA",
+        help="also flag the samples of this run as a batch with the "
+        "Benjamini-Hochberg procedure at false discovery rate ALPHA (e.g. "
+        "0.05): a column fdr_label, -1 where flagged. label bounds the "
+        "fraction of normal samples flagged; fdr_label bounds the fraction of "
+        "flags that are false alarms",
+    )
     _add_scoring_options(score)
-    _add_report_option(score, "the score distribution and the most anomalous samples")
+    _add_report_option(
+        score,
+        "the score and p-value distributions, the calibration and the most "
+        "anomalous samples",
+    )
     score.set_defaults(func=_cmd_score)
 
     evaluate = commands.add_parser(
@@ -718,7 +796,10 @@ def _build_parser():
         "category root is read from its test folder); or, for a model fitted "
         "on tabular data, on a .csv/.parquet table whose --label-column holds "
         "the labels. Prints AUROC and AP (anomalies positive), F1 at the "
-        "model's threshold, and for images the AUROC per anomaly type; with "
+        "model's threshold, the false-alarm rate (FAR: the fraction of normal "
+        "samples predicted anomalous) next to the rate requested "
+        "(contamination) and how the threshold was calibrated, and for images "
+        "the AUROC per anomaly type; with "
         "MVTec ground-truth masks (ROOT/ground_truth/<defect>/<image>_mask.png) "
         "and a detector with anomaly maps, also pixel AUROC and AUPRO (up to "
         "FPR 0.3).",
@@ -740,8 +821,8 @@ def _build_parser():
     _add_scoring_options(evaluate)
     _add_report_option(
         evaluate,
-        "ROC and PR curves, score histograms, the confusion matrix and the "
-        "worst samples",
+        "ROC and PR curves, score and p-value histograms, the false-alarm rate, "
+        "the confusion matrix and the worst samples",
     )
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -753,7 +834,9 @@ def _build_parser():
         "(-score_samples: higher = more anomalous) and, for detectors with "
         "anomaly maps, anomaly_map. The model card OUTPUT.json beside it "
         "records the input, the outputs and the threshold: a sample is an "
-        "anomaly when anomaly_score > -offset_. Needs the onnx extra: pip "
+        "anomaly when anomaly_score > -offset_; and the calibration (scheme, "
+        "number of samples and their anomaly scores, from which a deployment "
+        "computes conformal p-values). Needs the onnx extra: pip "
         "install 'skanomaly[onnx]'.",
     )
     export.add_argument("model", help="model file written by skanomaly fit")
@@ -764,6 +847,12 @@ def _build_parser():
         "--force",
         action="store_true",
         help="overwrite OUTPUT and its model card if they exist",
+    )
+    export.add_argument(
+        "--no-calibration-scores",
+        action="store_true",
+        help="leave the calibration scores (at most 5,000 numbers) out of the "
+        "model card; it still records the scheme and their number",
     )
     export.set_defaults(func=_cmd_export)
 
