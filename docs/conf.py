@@ -187,6 +187,17 @@ API_SECTIONS = [
         "convention (:doc:`user_guide/contract`).",
     ),
     (
+        "Calibration",
+        "skanomaly.conformal",
+        "Conformal thresholds and p-values, and false discovery rate control "
+        "(:doc:`user_guide/calibration`).",
+    ),
+    (
+        "Gaussians",
+        "skanomaly.gaussian",
+        "Leave-one-out distances of the fitted Gaussians, in closed form.",
+    ),
+    (
         "Model selection",
         "skanomaly.model_selection",
         "Cross-validation for novelty detection (:doc:`model_selection`).",
