@@ -4,7 +4,9 @@
 input to the anomaly score (and the anomaly map, for detectors that have
 maps), and ``model.onnx.json``, the model card a consumer needs to apply the
 same threshold: input shape and dtype, output meaning, ``offset_``, the
-detector's name and parameters, and the skanomaly version.
+detector's name and parameters, the skanomaly version, and the calibration
+(scheme, number of samples and their anomaly scores) from which a consumer
+computes the conformal p-values of ``conformal_p_values``.
 
 A detector is exportable when its tags declare ``onnx_export``
 (:class:`~skanomaly.DetectorTags`): its scoring is one forward pass, and its
@@ -57,7 +59,7 @@ def model_card_path(path):
     return path.with_name(path.name + ".json")
 
 
-def export_onnx(detector, path, *, force=False):
+def export_onnx(detector, path, *, force=False, calibration_scores=True):
     """Export a fitted detector to an ONNX file and a model card beside it.
 
     The graph takes the raw input, with a dynamic batch size: uint8 images
@@ -68,7 +70,14 @@ def export_onnx(detector, path, *, force=False):
     ``anomaly_map`` of shape ``(batch, height, width)``, as
     ``anomaly_map(X)``. A sample is an anomaly (``predict`` gives -1) when
     ``anomaly_score > -offset_``; the model card (``<path>.json``, also
-    stored in the ONNX file's metadata) records that threshold.
+    stored in the ONNX file's metadata) records that threshold, and the
+    calibration it came from: ``card["calibration"]`` holds the scheme
+    (``calibration_``), the number of calibration samples and their
+    ``anomaly_scores`` (``-calibration_scores_``, sorted ascending), so that
+    the conformal p-value of an output score ``s`` is
+    ``(1 + #{anomaly_scores >= s}) / (n_samples + 1)``, as
+    ``conformal_p_values`` gives it. For a model without calibration scores
+    (saved before them, or a plugin) ``card["calibration"]`` is None.
 
     Parameters
     ----------
@@ -78,6 +87,9 @@ def export_onnx(detector, path, *, force=False):
         The ONNX file to write (conventionally ``*.onnx``).
     force : bool, default=False
         Overwrite ``path`` and its model card if they exist.
+    calibration_scores : bool, default=True
+        Write the calibration scores into the card (at most 5,000 numbers);
+        False leaves them out, keeping the scheme and their number.
 
     Returns
     -------
@@ -123,6 +135,11 @@ def export_onnx(detector, path, *, force=False):
     >>> bool(np.all((score > card["threshold"]["anomaly_score"])
     ...              == (detector.predict(X[:4]) == -1)))
     True
+    >>> calibration = card["calibration"]
+    >>> cal = np.array(calibration["anomaly_scores"])
+    >>> p = (1 + (cal >= score[:, None]).sum(axis=1)) / (calibration["n_samples"] + 1)
+    >>> bool(np.allclose(p, detector.conformal_p_values(X[:4])))
+    True
     """
     from .persistence.format import write_atomically
 
@@ -140,7 +157,7 @@ def export_onnx(detector, path, *, force=False):
     _check_destination(path, card_path, force=force)
     module = detector._onnx_module().eval()
     model = _export_module(module, _example_input(detector), name)
-    card = _model_card(detector, model, path)
+    card = _model_card(detector, model, path, calibration_scores=calibration_scores)
     text = json.dumps(card, indent=2, allow_nan=False)
     entry = model.metadata_props.add()
     entry.key, entry.value = CARD_METADATA_KEY, text
@@ -252,7 +269,29 @@ def _registered_name_or_none(cls):
         return None
 
 
-def _model_card(detector, model, path):
+def _calibration_card(detector, *, with_scores):
+    """The card's calibration entry; None without calibration scores."""
+    scores = getattr(detector, "calibration_scores_", None)
+    if scores is None:
+        return None
+    entry = {
+        "scheme": getattr(detector, "calibration_", None),
+        "n_samples": len(scores),
+        "p_value": (
+            "the conformal p-value of being normal of an output anomaly_score s "
+            "is (1 + number of anomaly_scores >= s) / (n_samples + 1), as "
+            "conformal_p_values gives it: small = unlike the calibration "
+            "samples; with a float contamination c, a sample is an anomaly "
+            "exactly when p <= c."
+        ),
+    }
+    if with_scores:
+        # anomaly scores, as the graph outputs them, sorted ascending
+        entry["anomaly_scores"] = [float(-score) for score in scores[::-1]]
+    return entry
+
+
+def _model_card(detector, model, path, *, calibration_scores=True):
     from . import __version__
 
     cls = type(detector)
@@ -318,6 +357,7 @@ def _model_card(detector, model, path):
             "score_samples = -anomaly_score (higher = more normal); "
             "decision_function = -anomaly_score - offset_."
         ),
+        "calibration": _calibration_card(detector, with_scores=calibration_scores),
     }
     names = getattr(detector, "feature_names_in_", None)
     if names is not None and not images:

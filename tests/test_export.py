@@ -46,7 +46,13 @@ def test_card_describes_input_outputs_and_threshold(tmp_path):
     assert card["detector"] == {
         "name": "mahalanobis",
         "class": "skanomaly.detectors.mahalanobis.Mahalanobis",
-        "params": {"contamination": 0.1, "covariance": "ledoit_wolf", "groups": None},
+        "params": {
+            "calibration": "auto",
+            "calibration_size": 0.2,
+            "contamination": 0.1,
+            "covariance": "ledoit_wolf",
+            "groups": None,
+        },
     }
     assert card["input"]["feature_names"] == ["speed", "load", "temp"]
     assert card["threshold"]["anomaly_score"] == -detector.offset_
@@ -60,6 +66,60 @@ def test_card_describes_input_outputs_and_threshold(tmp_path):
     skanomaly.export_onnx(detector, path, force=True)
     threshold = json.loads(model_card_path(path).read_text())["threshold"]
     assert threshold["offset_"] == detector.offset_ != card["threshold"]["offset_"]
+
+
+def test_card_holds_the_calibration_a_deployment_needs_for_p_values(tmp_path):
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    detector = skanomaly.Mahalanobis(contamination=0.05).fit(rng.normal(size=(300, 3)))
+    X = np.r_[rng.normal(size=(200, 3)), rng.normal(size=(20, 3)) + 3.0]
+    path = tmp_path / "gaussian.onnx"
+    card = skanomaly.export_onnx(detector, path)
+    calibration = card["calibration"]
+    assert calibration["scheme"] == detector.calibration_ == "leave-one-out"
+    assert calibration["n_samples"] == len(detector.calibration_scores_) == 300
+    assert card["threshold"]["contamination"] == 0.05
+    assert card["threshold"]["offset_"] == detector.offset_
+    # the documented recipe, with the graph's output only
+    (score,) = onnxruntime.InferenceSession(path).run(None, {"input": X})
+    cal = np.array(calibration["anomaly_scores"])
+    assert np.all(np.diff(cal) >= 0)
+    p_values = (1 + (cal[None, :] >= score[:, None]).sum(axis=1)) / (len(cal) + 1)
+    np.testing.assert_array_equal(p_values, detector.conformal_p_values(X))
+    # and the threshold of the card flags where p <= contamination
+    np.testing.assert_array_equal(
+        score > card["threshold"]["anomaly_score"], p_values <= 0.05
+    )
+    assert 0 < (p_values <= 0.05).sum() < len(X)
+
+
+def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.normal(size=(60, 3)))
+    model = tmp_path / "m.ska"
+    assert (
+        main(["fit", "mahalanobis", str(tmp_path / "train.npy"), "-o", str(model)]) == 0
+    )
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(model), "-o", str(out), "--no-calibration-scores"]) == 0
+    card = json.loads(model_card_path(out).read_text())
+    assert card["calibration"]["n_samples"] == 60
+    assert card["calibration"]["scheme"] == "leave-one-out"
+    assert "anomaly_scores" not in card["calibration"]
+    assert main(["export", str(model), "-o", str(out), "--force"]) == 0
+    card = json.loads(model_card_path(out).read_text())
+    assert len(card["calibration"]["anomaly_scores"]) == 60
+
+
+def test_a_model_without_calibration_has_none_on_its_card(tmp_path):
+    detector = skanomaly.Mahalanobis().fit(
+        np.random.default_rng(0).normal(size=(30, 2))
+    )
+    del detector.calibration_scores_, detector.calibration_  # as a plugin might
+    card = skanomaly.export_onnx(detector, tmp_path / "m.onnx")
+    assert card["calibration"] is None
+    assert card["threshold"]["offset_"] == detector.offset_
 
 
 def test_anogan_refuses_and_writes_nothing(tmp_path):
