@@ -239,8 +239,8 @@ def anomaly_mask(y, *, what="y"):
 
 _AUTO_RULE = (
     "contamination='auto': flag below median - 3 x 1.4826 x MAD of the "
-    "calibration scores (a robust three-sigma rule), and at least their "
-    "lowest 1%"
+    "calibration scores, at least their 1st percentile; new normals are "
+    "flagged as often as the calibration samples, and at least 1% of them"
 )
 
 
@@ -263,12 +263,16 @@ class _ThresholdFacts:
         set for: ``contamination`` when it is a float; for 'auto', the
         expected rate below.
     expected : float or None
-        ``(1 + #{calibration scores < offset_}) / (n + 1)``: the probability
-        that a new normal sample, exchangeable with the calibration samples,
-        is predicted anomalous; exact when ``offset_`` is a calibration
-        score (a float ``contamination``), within ``1 / (n + 1)`` above it
-        otherwise. None without calibration scores, or when they are the
-        training samples' own (``calibration_ == 'training'``).
+        The probability that a new normal sample, exchangeable with the
+        calibration samples, is predicted anomalous. With ``m`` of the ``n``
+        calibration scores below ``offset_``: ``(m + 1) / (n + 1)``, exact,
+        when ``offset_`` is one of them (a float ``contamination``);
+        otherwise (``'auto'``) the rate ``m / n`` at which the calibration
+        samples are flagged, which lies between the bounds ``m / (n + 1)``
+        and ``(m + 1) / (n + 1)``. None without calibration scores, or when
+        they are the training samples' own (``calibration_ == 'training'``).
+    expected_text : str or None
+        How ``expected`` follows from the calibration scores.
     calibration_text, level_text : str
         One line each, for the report and the command line.
     """
@@ -278,6 +282,7 @@ class _ThresholdFacts:
     contamination: object
     level: float | None
     expected: float | None
+    expected_text: str | None
     calibration_text: str
     level_text: str
 
@@ -309,10 +314,18 @@ def _threshold_facts(detector):
         scheme = getattr(detector, "calibration_", "unknown scheme")
     contamination = getattr(detector, "contamination", None)
     n = 0 if scores is None else len(scores)
-    expected = None
+    expected = expected_text = None
     if scores is not None and scheme != "training":
         below = int(np.searchsorted(scores, detector.offset_, side="left"))
-        expected = min(1.0, (below + 1) / (n + 1))
+        if np.searchsorted(scores, detector.offset_, side="right") > below:
+            expected = (below + 1) / (n + 1)
+            expected_text = (
+                f"offset_ is the calibration score of rank {below + 1}: "
+                f"{below + 1} / ({n} + 1)"
+            )
+        else:
+            expected = below / n
+            expected_text = f"{below} of the {n} calibration scores lie below offset_"
     if isinstance(contamination, Real) and not isinstance(contamination, bool):
         level = float(contamination)
         level_text = f"{level:g} (contamination={level:g})"
@@ -334,6 +347,7 @@ def _threshold_facts(detector):
         contamination=contamination,
         level=level,
         expected=expected,
+        expected_text=expected_text,
         calibration_text=_calibration_text(detector, scheme, n),
         level_text=level_text,
     )
@@ -733,8 +747,7 @@ def _calibration_section(data, Figure):
         rows.append(
             (
                 "expected false-alarm rate on new normals",
-                f"{facts.expected:.4g} (1 + the calibration scores below offset_, "
-                f"over {facts.n_calibration} + 1)",
+                f"{facts.expected:.4g} ({facts.expected_text})",
             )
         )
     if data.anomalous is not None:

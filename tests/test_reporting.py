@@ -159,9 +159,10 @@ def test_the_false_alarm_rate_is_shown_next_to_the_level(gaussian, tmp_path):
         "without it"
     )
     # the level the conformal threshold gives: floor((n + 1) c) / (n + 1)
-    expected = np.floor((n + 1) * 0.1) / (n + 1)
-    assert rows["expected false-alarm rate on new normals"].startswith(
-        f"{expected:.4g} "
+    k = int(np.floor((n + 1) * 0.1))
+    assert rows["expected false-alarm rate on new normals"] == (
+        f"{k / (n + 1):.4g} (offset_ is the calibration score of rank {k}: "
+        f"{k} / ({n} + 1))"
     )
     summary = page.split('id="summary"')[1].split("</section>")[0]
     assert (
@@ -198,8 +199,11 @@ def test_auto_contamination_states_its_rule_and_its_rate(gaussian, tmp_path):
     page = skanomaly.report(detector, X, tmp_path / "r.html", y=y).read_text()
     level = _rows_of(page, "calibration")["false-alarm level requested"]
     scores = detector.calibration_scores_
+    assert detector.offset_ not in scores  # the rule falls between scores
     below = int((scores < detector.offset_).sum())
-    assert level.startswith(f"{(below + 1) / (len(scores) + 1):.4g} (contamination=")
+    assert 0 < below < len(scores)
+    # 'auto' flags new normals as often as the calibration samples
+    assert level.startswith(f"{below / len(scores):.4g} (contamination=")
     assert "median - 3 x 1.4826 x MAD of the calibration scores" in level
 
 
