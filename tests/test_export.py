@@ -94,13 +94,18 @@ def test_card_holds_the_calibration_a_deployment_needs_for_p_values(tmp_path):
     assert 0 < (p_values <= 0.05).sum() < len(X)
 
 
-def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "train.npy", rng.normal(size=(60, 3)))
+def _fit_command(tmp_path, n_rows):
+    """``skanomaly fit mahalanobis`` on ``n_rows`` normal rows; the model file."""
+    np.save(tmp_path / "train.npy", np.random.default_rng(0).normal(size=(n_rows, 3)))
     model = tmp_path / "m.ska"
     assert (
         main(["fit", "mahalanobis", str(tmp_path / "train.npy"), "-o", str(model)]) == 0
     )
+    return model
+
+
+def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys):
+    model = _fit_command(tmp_path, 60)
     out = tmp_path / "m.onnx"
     assert main(["export", str(model), "-o", str(out), "--no-calibration-scores"]) == 0
     card = json.loads(model_card_path(out).read_text())
@@ -159,12 +164,7 @@ def _one_line_error(argv, capsys):
 
 
 def test_export_command(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    np.save(tmp_path / "train.npy", rng.normal(size=(40, 3)))
-    model = tmp_path / "m.ska"
-    assert (
-        main(["fit", "mahalanobis", str(tmp_path / "train.npy"), "-o", str(model)]) == 0
-    )
+    model = _fit_command(tmp_path, 40)
     out = tmp_path / "m.onnx"
     capsys.readouterr()
     assert main(["export", str(model), "-o", str(out)]) == 0
@@ -178,7 +178,8 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", str(model), "-o", str(out), "--force"]) == 0
 
     anogan = fast_detector(skanomaly.get_detector("anogan"), random_state=0)
-    skanomaly.save(anogan.fit(rng.normal(size=(40, 3))), tmp_path / "anogan.ska")
+    rows = np.random.default_rng(1).normal(size=(40, 3))
+    skanomaly.save(anogan.fit(rows), tmp_path / "anogan.ska")
     line = _one_line_error(
         ["export", tmp_path / "anogan.ska", "-o", tmp_path / "a.onnx"], capsys
     )
