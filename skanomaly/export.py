@@ -282,7 +282,8 @@ def _calibration_card(detector, *, with_scores):
             "is (1 + number of anomaly_scores >= s) / (n_samples + 1), as "
             "conformal_p_values gives it: small = unlike the calibration "
             "samples; with a float contamination c, a sample is an anomaly "
-            "exactly when p <= c."
+            "exactly when p <= c (unless the scheme is 'training', whose "
+            "threshold is a percentile of the training scores)."
         ),
     }
     if with_scores:

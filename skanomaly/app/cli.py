@@ -747,7 +747,8 @@ def _build_parser():
         "anomaly), label is +1 (normal) or -1 (anomaly), and p_value the "
         "conformal p-value of being normal (conformal_p_values: small = unlike "
         "the calibration samples; with a float contamination c, label is -1 "
-        "exactly where p_value <= c). A model saved without calibration "
+        "exactly where p_value <= c, unless calibration='training'). A model "
+        "saved without calibration "
         "scores gets no p_value column.",
     )
     score.add_argument("model", help="model file written by skanomaly fit")
