@@ -30,6 +30,7 @@ the others still run.
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
