@@ -1,5 +1,7 @@
 """PatchFeatures, PaDiM and PatchCore: features, Gaussians, coreset, maps."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from sklearn.covariance import ledoit_wolf
 import skanomaly
 from skanomaly import PaDiM, PatchCore, PatchFeatures
 from skanomaly.detectors import patch_base
+from skanomaly.detectors.base import CalibrationWarning
 from skanomaly.nn.backbones import preprocess_images
 from skanomaly.nn.maps import gaussian_blur
 from skanomaly.nn.patchcore import greedy_coreset, nearest_neighbours
@@ -235,14 +238,19 @@ def test_padim_refuses_gaussians_that_would_not_fit_before_allocating():
     det.set_params(max_memory_bytes=196_608).fit(images)
 
 
-def test_padim_needs_regularisation_for_singular_covariances():
+def test_padim_singular_covariances_get_a_ridge_with_a_warning():
+    # the rule of every Gaussian here (skanomaly.gaussian.regularised_cholesky)
     images = _textures(4, 32)  # 4 images, 16 channels: singular sample covariances
     det = PaDiM(
         **SMALL, image_size=32, strides=(4, 8), n_channels=16, covariance="empirical"
     )
-    with pytest.raises(ValueError, match="reg_covar > 0"):
+    with pytest.warns(UserWarning, match="grid positions.*singular"):
         det.set_params(reg_covar=0.0).fit(images)
-    det.set_params(covariance="ledoit_wolf").fit(images)
+    assert np.all(np.isfinite(det.score_samples(images)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", CalibrationWarning)
+        det.set_params(covariance="ledoit_wolf").fit(images)
 
 
 # --------------------------------------------------------------- PatchCore

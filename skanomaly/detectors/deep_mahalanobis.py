@@ -6,9 +6,14 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._compat import StrOptions, param_names
 from ..features.pooled import TimmFeatures
+from ..gaussian import (
+    COVARIANCE_ESTIMATORS,
+    group_distances,
+    leave_one_out_group_distances,
+)
 from ..nn.backbones import weights_available
 from .base import BaseDetector
-from .mahalanobis import _COVARIANCES, Mahalanobis
+from .mahalanobis import Mahalanobis
 
 __all__ = ["DeepMahalanobis"]
 
@@ -110,7 +115,7 @@ class DeepMahalanobis(BaseDetector):
         **BaseDetector._parameter_constraints,
         # the feature stage's parameters, passed on to TimmFeatures
         **TimmFeatures._parameter_constraints,
-        "covariance": [StrOptions(set(_COVARIANCES))],
+        "covariance": [StrOptions(set(COVARIANCE_ESTIMATORS))],
     }
 
     def __init__(
@@ -179,7 +184,16 @@ class DeepMahalanobis(BaseDetector):
         # backbone does not run over the training images twice
         features = features[self._calibration_subset(len(X))]
         if leave_one_out:
-            return -gaussian._leave_one_out_distances(features, len(X)).sum(axis=1)
+            distances = leave_one_out_group_distances(
+                features,
+                len(X),
+                gaussian.location_,
+                gaussian.groups_,
+                gaussian.covariances_,
+                gaussian.shrinkages_,
+                gaussian.cholesky_,
+            )
+            return -distances.sum(axis=1)
         return gaussian.score_samples(features)
 
     def _score_samples(self, X):
@@ -189,11 +203,15 @@ class DeepMahalanobis(BaseDetector):
         # transform, not _transform: its checks (floats in [0, 1]...) apply
         # to scoring as they do to fit
         features = self.features_.transform(X)
-        device = torch.device(self.features_.device)
-        if device.type == "cpu":
-            return self.gaussian_._distances(features)
-        # float64 triangular solves are much faster on the accelerator
-        return self.gaussian_._distances_torch(features, device)
+        gaussian = self.gaussian_
+        # float64 distances, on the accelerator when the features come off one
+        return group_distances(
+            features,
+            gaussian.location_,
+            gaussian.groups_,
+            gaussian.cholesky_,
+            device=torch.device(self.features_.device),
+        )
 
     def _onnx_module(self):
         """uint8 images -> summed distances, for :func:`skanomaly.export_onnx`.

@@ -1,69 +1,20 @@
 """Mahalanobis detector: one shrunk Gaussian per group of columns."""
 
-import warnings
 from numbers import Integral
 
 import numpy as np
-from scipy import linalg
-from sklearn.covariance import empirical_covariance, oas
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import StrOptions
-from ..gaussian import leave_one_out_covariance, leave_one_out_squared_distances
+from ..gaussian import (
+    COVARIANCE_ESTIMATORS,
+    group_distances,
+    leave_one_out_group_distances,
+    regularised_cholesky,
+)
 from .base import BaseDetector
 
 __all__ = ["Mahalanobis"]
-
-# Rows per block when scoring: bounds the float64 temporaries to ~32 MiB.
-_SCORE_BLOCK_BYTES = 32 * 2**20
-
-
-def _ledoit_wolf(X):
-    """Ledoit-Wolf shrunk covariance and shrinkage, as sklearn's ``ledoit_wolf``.
-
-    The same estimate with one Gram matrix instead of three: the term that
-    sklearn gets from ``(X**2).T @ (X**2)`` is the sum of the rows' squared
-    norms squared, O(n_samples * n_features).
-    """
-    n_samples = X.shape[0]
-    X = X - X.mean(axis=0)
-    covariance = X.T @ X / n_samples
-    row_norms2 = np.einsum("ij,ij->i", X, X)
-    covariance, shrinkage = _ledoit_wolf_shrink(
-        covariance, np.sum(row_norms2**2), n_samples
-    )
-    return covariance, float(shrinkage)
-
-
-def _ledoit_wolf_shrink(covariance, sum_norms4, n_samples):
-    """Shrink maximum-likelihood covariances the Ledoit-Wolf way, in place.
-
-    Works on a stack of covariances (..., p, p) at once, from their
-    sufficient statistics only: ``covariance`` (normalised by
-    ``n_samples``) and ``sum_norms4`` (...,), the sum over samples of
-    ``|x_i - mean|^4``. Returns the shrunk covariances and the shrinkages.
-    """
-    n_features = covariance.shape[-1]
-    if n_features == 1:
-        return covariance, np.zeros(covariance.shape[:-2])
-    trace = np.trace(covariance, axis1=-2, axis2=-1)
-    mu = trace / n_features
-    frobenius2 = np.sum(covariance**2, axis=(-2, -1))
-    beta = (sum_norms4 / n_samples - frobenius2) / (n_features * n_samples)
-    delta = (frobenius2 - 2 * mu * trace + n_features * mu**2) / n_features
-    beta = np.minimum(beta, delta)
-    shrinkage = np.divide(beta, delta, out=np.zeros_like(beta), where=beta != 0)
-    covariance *= (1.0 - shrinkage)[..., None, None]
-    diagonal = np.einsum("...ii->...i", covariance)
-    diagonal += (shrinkage * mu)[..., None]
-    return covariance, shrinkage
-
-
-_COVARIANCES = {
-    "ledoit_wolf": _ledoit_wolf,
-    "oas": lambda X: oas(X),
-    "empirical": lambda X: (empirical_covariance(X), 0.0),
-}
 
 
 class Mahalanobis(BaseDetector):
@@ -78,8 +29,9 @@ class Mahalanobis(BaseDetector):
     on its own, for any tabular features; :class:`DeepMahalanobis` puts it on
     the pooled levels of a pretrained network, one group per level.
 
-    Distances are computed in float64 from a Cholesky factor of each
-    covariance (triangular solves, no explicit inverse), in blocks of rows.
+    Distances are computed in float64 from the inverse Cholesky factor of
+    each covariance, in blocks of rows, by the torch module that an exported
+    ONNX graph runs too (:class:`~skanomaly.nn.mahalanobis.GroupDistances`).
 
     Parameters
     ----------
@@ -149,7 +101,7 @@ class Mahalanobis(BaseDetector):
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,
-        "covariance": [StrOptions(set(_COVARIANCES))],
+        "covariance": [StrOptions(set(COVARIANCE_ESTIMATORS))],
         "groups": ["array-like", None],
     }
 
@@ -180,14 +132,16 @@ class Mahalanobis(BaseDetector):
     def _fit(self, X, leave_one_out=False):
         X = np.asarray(X, dtype=np.float64)
         groups = _resolve_groups(self.groups, X.shape[1])
-        estimate = _COVARIANCES[self.covariance]
+        estimate = COVARIANCE_ESTIMATORS[self.covariance]
         covariances, shrinkages, factors = [], [], []
         for number, columns in enumerate(groups):
             covariance, shrinkage = estimate(_take(X, columns))
             covariance = np.atleast_2d(covariance)
             covariances.append(covariance)
             shrinkages.append(float(shrinkage))
-            factors.append(_cholesky(covariance, number))
+            factors.append(
+                regularised_cholesky(covariance, f"The covariance of group {number}")
+            )
         self.location_ = X.mean(axis=0)
         self.groups_ = groups
         self.covariances_ = tuple(covariances)
@@ -199,79 +153,22 @@ class Mahalanobis(BaseDetector):
         return None
 
     def _leave_one_out_distances(self, X_train, n_samples):
-        """Distance of training rows to the Gaussians of the other rows.
-
-        ``X_train`` are rows of the ``n_samples`` the detector was fitted on;
-        the covariances' shrinkage and ridge stay as fitted (see
-        :mod:`skanomaly.gaussian`).
-        """
-        factors = []
-        for covariance, shrinkage, factor in zip(
-            self.covariances_, self.shrinkages_, self.cholesky_, strict=True
-        ):
-            used = factor @ factor.T  # with any ridge _cholesky added
-            # shrinkage keeps the trace: mu = trace / p is the target's scale
-            mu = np.trace(covariance) / covariance.shape[0]
-            ridge = used[0, 0] - covariance[0, 0]
-            A, c = leave_one_out_covariance(
-                used,
-                n_samples,
-                ddof=0,
-                shrinkage=shrinkage,
-                diagonal=shrinkage * mu + ridge,
-            )
-            factors.append((_cholesky(A, len(factors)), c))
-        q = self._distances(X_train, [factor for factor, _ in factors]) ** 2
-        c = np.array([c for _, c in factors])
-        return np.sqrt(leave_one_out_squared_distances(q, n_samples, c))
+        """Distance of training rows to the Gaussians of the other rows."""
+        return leave_one_out_group_distances(
+            X_train,
+            n_samples,
+            self.location_,
+            self.groups_,
+            self.covariances_,
+            self.shrinkages_,
+            self.cholesky_,
+        )
 
     def _score_samples(self, X):
         return -self._distances(X).sum(axis=1)
 
-    def _distances(self, X, factors=None):
-        """Distances of each row to each group's Gaussian (``cholesky_`` or
-        the lower Cholesky ``factors`` given, one per group)."""
-        factors = self.cholesky_ if factors is None else factors
-        X = np.asarray(X, dtype=np.float64)
-        out = np.empty((X.shape[0], len(self.groups_)))
-        rows = max(1, _SCORE_BLOCK_BYTES // (8 * max(1, X.shape[1])))
-        for start in range(0, X.shape[0], rows):
-            block = X[start : start + rows]
-            for g, (columns, factor) in enumerate(
-                zip(self.groups_, factors, strict=True)
-            ):
-                centered = _take(block, columns) - self.location_[columns]
-                # L z = (x - mu)  =>  |z|^2 = (x - mu)^T Sigma^-1 (x - mu)
-                z = linalg.solve_triangular(
-                    factor, centered.T, lower=True, check_finite=False
-                )
-                out[start : start + rows, g] = np.sqrt(np.einsum("ij,ij->j", z, z))
-        return out
-
-    def _distances_torch(self, X, device):
-        """``_distances`` in torch float64 on ``device`` (e.g. a GPU).
-
-        For callers whose features come off an accelerator: the same
-        triangular solves, run where the features are.
-        """
-        import torch
-
-        X = torch.as_tensor(X, device=device).double()
-        out = torch.empty((X.shape[0], len(self.groups_)), dtype=torch.float64)
-        out = out.to(device)
-        rows = max(1, _SCORE_BLOCK_BYTES // (8 * max(1, X.shape[1])))
-        location = torch.as_tensor(self.location_, device=device)
-        for g, (columns, factor) in enumerate(
-            zip(self.groups_, self.cholesky_, strict=True)
-        ):
-            columns = torch.as_tensor(columns, device=device)
-            factor = torch.as_tensor(factor, device=device)
-            mean = location[columns]
-            for start in range(0, X.shape[0], rows):
-                centered = X[start : start + rows].index_select(1, columns) - mean
-                z = torch.linalg.solve_triangular(factor, centered.T, upper=False)
-                out[start : start + rows, g] = z.square().sum(dim=0).sqrt()
-        return out.cpu().numpy()
+    def _distances(self, X):
+        return group_distances(X, self.location_, self.groups_, self.cholesky_)
 
     def _onnx_module(self):
         """Float rows -> summed distances, for :func:`skanomaly.export_onnx`."""
@@ -346,31 +243,3 @@ def _resolve_groups(groups, n_features):
             raise ValueError(f"Group {number} selects no columns.")
         resolved.append(columns.astype(np.intp))
     return tuple(resolved)
-
-
-def _cholesky(covariance, number):
-    """Lower Cholesky factor, adding the smallest ridge that makes it exist."""
-    try:
-        return linalg.cholesky(covariance, lower=True, check_finite=False)
-    except linalg.LinAlgError:
-        pass
-    scale = float(np.mean(np.diag(covariance)))
-    scale = scale if scale > 0 else 1.0
-    identity = np.eye(covariance.shape[0])
-    for exponent in range(-12, 1):
-        ridge = scale * 10.0**exponent
-        try:
-            factor = linalg.cholesky(
-                covariance + ridge * identity, lower=True, check_finite=False
-            )
-        except linalg.LinAlgError:
-            continue
-        warnings.warn(
-            f"The covariance of group {number} is singular (fewer samples than "
-            "features, or constant columns); added a ridge of "
-            f"{ridge:.3g} to its diagonal. covariance='ledoit_wolf' avoids this.",
-            UserWarning,
-            stacklevel=4,
-        )
-        return factor
-    raise FloatingPointError(f"The covariance of group {number} is not finite.")

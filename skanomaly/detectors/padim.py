@@ -8,9 +8,13 @@ import torch
 from .._compat import Interval, StrOptions
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..gaussian import leave_one_out_covariance, leave_one_out_squared_distances
+from ..gaussian import (
+    leave_one_out_covariance,
+    leave_one_out_squared_distances,
+    ledoit_wolf_shrink,
+    regularised_cholesky,
+)
 from ..nn.padim import PositionDistances, PositionMoments, position_distances
-from .mahalanobis import _ledoit_wolf_shrink
 from .patch_base import BasePatchDetector
 
 __all__ = ["PaDiM"]
@@ -261,19 +265,13 @@ class PaDiM(BasePatchDetector):
             covariance = covariance.cpu().numpy()
             if ledoit_wolf:
                 fourth = moments.sum_norms4(rows).cpu().numpy()
-                covariance, shrinkages[rows] = _ledoit_wolf_shrink(
+                covariance, shrinkages[rows] = ledoit_wolf_shrink(
                     covariance, fourth, moments.count
                 )
             np.einsum("...ii->...i", covariance)[...] += self.reg_covar
-            try:
-                cholesky[rows] = np.linalg.cholesky(covariance)
-            except np.linalg.LinAlgError:
-                raise ValueError(
-                    "The covariance of some grid positions is singular (constant "
-                    "features, or fewer images than channels without "
-                    "regularisation); use reg_covar > 0 or "
-                    "covariance='ledoit_wolf'."
-                ) from None
+            cholesky[rows] = regularised_cholesky(
+                covariance, "The covariance of some grid positions (reg_covar=0?)"
+            )
         self.location_ = moments.mean().float().cpu().numpy()
         self.cholesky_ = cholesky
         self.shrinkages_ = shrinkages
@@ -313,7 +311,7 @@ class PaDiM(BasePatchDetector):
                 shrinkage=shrinkage,
                 diagonal=shrinkage * mu + self.reg_covar,
             )
-            factors[rows] = np.linalg.cholesky(A)
+            factors[rows] = regularised_cholesky(A)
         location, factors = self._device_state(device)[0], torch.from_numpy(factors)
         return location, factors.to(device), c, n_images
 
