@@ -1,13 +1,16 @@
 """ONNX export: the model card, refusals, ``skanomaly export``.
 
 The graphs of every exportable detector are checked against score_samples
-in test_export_tabular.py and test_export_images.py.
+in test_export_tabular.py, test_export_images.py, test_export_gans.py and
+test_export_patches.py. Only the tests that export need the ONNX extra
+(``needs_onnx``); which detectors export, and the refusals, do not.
 """
 
 import json
 
 import numpy as np
 import pytest
+from _export import data_for, exportable
 from sklearn.exceptions import NotFittedError
 
 import skanomaly
@@ -16,23 +19,50 @@ from skanomaly.detectors.base import get_detector_tags
 from skanomaly.export import model_card_path
 from skanomaly.testing import fast_detector
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+
+@pytest.fixture
+def needs_onnx():
+    """Skip the test where the ONNX extra is not installed."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
 
 
-def test_every_registered_detector_exports_or_refuses():
-    expected = {"autoencoder", "vae", "ganomaly", "skipganomaly", "egbad"}
-    expected |= {"mahalanobis", "deep_mahalanobis", "padim", "patchcore"}
-    declared = {
-        name
-        for name in skanomaly.list_detectors()
-        if get_detector_tags(skanomaly.get_detector(name)).onnx_export
-    }
-    assert expected <= declared
-    assert "anogan" not in declared
+def _tags(name):
+    return get_detector_tags(skanomaly.get_detector(name))
 
 
-def test_card_describes_input_outputs_and_threshold(tmp_path):
+def _not_exportable():
+    return [n for n in skanomaly.list_detectors() if not _tags(n).onnx_export]
+
+
+def test_every_exportable_detector_has_its_graph_checked():
+    # the registry and the tags decide, not a list here: each detector whose
+    # tags declare onnx_export is in one of the graph tests' parametrisations
+    # (the calls of test_export_tabular/images/gans/patches.py)
+    declared = {n for n in skanomaly.list_detectors() if _tags(n).onnx_export}
+    checked = [
+        *exportable("tabular", gans=False),
+        *exportable("images", gans=False),
+        *exportable("tabular", gans=True),
+        *exportable("images", gans=True),
+        *exportable("images", gans=False, patches=True),
+    ]
+    assert declared and {case.values[0] for case in checked} == declared
+    for name in declared:
+        assert callable(getattr(skanomaly.get_detector(name), "_onnx_module", None))
+
+
+@pytest.mark.parametrize("name", _not_exportable())
+def test_every_other_detector_refuses_and_writes_nothing(name, tmp_path):
+    cls = skanomaly.get_detector(name)
+    kind = "tabular" if _tags(name).tabular else "images"
+    detector = fast_detector(cls).fit(data_for(name, kind))
+    with pytest.raises(ValueError, match=f"{cls.__name__} cannot be exported"):
+        skanomaly.export_onnx(detector, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_card_describes_input_outputs_and_threshold(tmp_path, needs_onnx):
     import onnx
     import pandas as pd
 
@@ -68,7 +98,9 @@ def test_card_describes_input_outputs_and_threshold(tmp_path):
     assert threshold["offset_"] == detector.offset_ != card["threshold"]["offset_"]
 
 
-def test_card_holds_the_calibration_a_deployment_needs_for_p_values(tmp_path):
+def test_card_holds_the_calibration_a_deployment_needs_for_p_values(
+    tmp_path, needs_onnx
+):
     import onnxruntime
 
     rng = np.random.default_rng(0)
@@ -104,7 +136,7 @@ def _fit_command(tmp_path, n_rows):
     return model
 
 
-def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys):
+def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys, needs_onnx):
     model = _fit_command(tmp_path, 60)
     out = tmp_path / "m.onnx"
     assert main(["export", str(model), "-o", str(out), "--no-calibration-scores"]) == 0
@@ -117,7 +149,7 @@ def test_calibration_scores_can_be_left_out_of_the_card(tmp_path, capsys):
     assert len(card["calibration"]["anomaly_scores"]) == 60
 
 
-def test_a_model_without_calibration_has_none_on_its_card(tmp_path):
+def test_a_model_without_calibration_has_none_on_its_card(tmp_path, needs_onnx):
     detector = skanomaly.Mahalanobis().fit(
         np.random.default_rng(0).normal(size=(30, 2))
     )
@@ -125,15 +157,6 @@ def test_a_model_without_calibration_has_none_on_its_card(tmp_path):
     card = skanomaly.export_onnx(detector, tmp_path / "m.onnx")
     assert card["calibration"] is None
     assert card["threshold"]["offset_"] == detector.offset_
-
-
-def test_anogan_refuses_and_writes_nothing(tmp_path):
-    detector = fast_detector(skanomaly.get_detector("anogan"), random_state=0)
-    detector.fit(np.random.default_rng(0).normal(size=(40, 4)))
-    path = tmp_path / "anogan.onnx"
-    with pytest.raises(ValueError, match="AnoGAN cannot be exported to ONNX"):
-        skanomaly.export_onnx(detector, path)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_unfitted_detector_refuses(tmp_path):
@@ -163,7 +186,7 @@ def _one_line_error(argv, capsys):
     return err[0]
 
 
-def test_export_command(tmp_path, capsys):
+def test_export_command(tmp_path, capsys, needs_onnx):
     model = _fit_command(tmp_path, 40)
     out = tmp_path / "m.onnx"
     capsys.readouterr()
