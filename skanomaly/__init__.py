@@ -3,7 +3,9 @@
 Names are imported lazily, on first use, so that ``import skanomaly`` stays
 cheap and a missing optional piece never breaks the others. The detector
 classes (``skanomaly.AutoEncoder`` ...) come from the registry: the built-in
-entry points in skanomaly's own package metadata are the one list of them.
+entry points skanomaly declares (in its ``pyproject.toml``, read from there
+in a source checkout and from the installed metadata otherwise) are the one
+list of them.
 """
 
 import importlib

@@ -6,20 +6,29 @@ like a plugin declares its own::
     [project.entry-points."skanomaly.detectors"]
     my_detector = "my_package.module:MyDetector"
 
-Discovery reads package metadata only; a detector's module is imported the
-first time the detector is asked for. A plugin that fails to import (whatever
-it raises, ``SystemExit`` included; ``KeyboardInterrupt`` still interrupts),
-or whose entry point is not a detector class, is skipped with a warning
-naming it. A plugin cannot take a built-in detector's name: the built-in
-keeps it and the plugin is skipped with a warning naming both packages.
-When two plugins declare the same name, the first found wins with a warning.
-Results are cached; ``refresh_registry()`` rescans (e.g. after a pip install
-in a running session).
+Discovery reads package metadata, and nothing is imported until a detector
+is asked for. Run from a source checkout (an editable install, or the
+checkout on ``sys.path``), skanomaly takes its own detectors from that
+checkout's ``pyproject.toml`` rather than from installed metadata, which is
+missing there or may be stale: the code that runs and the list of its
+detectors then come from the same files, so a new built-in entry point is
+found without reinstalling. Plugins always come from installed metadata.
+
+A plugin that fails to import (whatever it raises, ``SystemExit``
+included; ``KeyboardInterrupt`` still interrupts), or whose entry point is
+not a detector class, is skipped with a warning naming it. A plugin cannot
+take a built-in detector's name: the built-in keeps it and the plugin is
+skipped with a warning naming both packages. When two plugins declare the
+same name, the first found wins with a warning. Results are cached;
+``refresh_registry()`` rescans (e.g. after a pip install in a running
+session, or an edit of ``pyproject.toml``).
 """
 
 import functools
+import re
 import warnings
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -36,13 +45,93 @@ ENTRY_POINT_GROUP = "skanomaly.detectors"
 _DETECTOR_METHODS = ("fit", "predict", "score_samples", "decision_function")
 
 
-def _entry_points_in_group():
+# the folder holding skanomaly's pyproject.toml when skanomaly runs from a
+# source checkout (an installed copy has none next to it)
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def _installed_entry_points():
     return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _entry_points_in_group():
+    """Every entry point of the group: installed metadata, with skanomaly's
+    own taken from the checkout's ``pyproject.toml`` when it runs from one."""
+    installed = _installed_entry_points()
+    declared = _checkout_entry_points()
+    if declared is None:
+        return installed
+    # the installed entry point where it matches (it names its package),
+    # the checkout's declaration where metadata lacks it or differs
+    matching = {(ep.name, ep.value): ep for ep in installed if _is_builtin(ep)}
+    builtins = [
+        matching.get((name, value))
+        or EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP)
+        for name, value in declared.items()
+    ]
+    return builtins + [ep for ep in installed if _is_plugin(ep)]
+
+
+def _checkout_entry_points(root=None):
+    """Name to ``"module:Class"`` of the built-in detectors, as declared by
+    the ``pyproject.toml`` of the checkout in ``root`` (default: the one
+    skanomaly runs from), or None without a readable ``pyproject.toml`` of
+    the skanomaly project there (an installed skanomaly)."""
+    path = Path(_CHECKOUT if root is None else root) / "pyproject.toml"
+    try:
+        project = _read_toml(path.read_text(encoding="utf-8")).get("project", {})
+    except (OSError, UnicodeDecodeError, ValueError):  # TOMLDecodeError too
+        return None
+    if project.get("name") != "skanomaly":
+        return None
+    return dict(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
+
+
+def _read_toml(text):
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:
+        return _read_simple_toml(text)
+    return tomllib.loads(text)
+
+
+_TOML_HEADER = re.compile(r"^\[([^\[\]]+)\]\s*(?:#.*)?$")
+_TOML_KEY = r'"[^"]*"|\'[^\']*\'|[A-Za-z0-9_-]+'
+_TOML_STRING = re.compile(
+    rf"^({_TOML_KEY})\s*=\s*(?:\"([^\"\\]*)\"|'([^']*)')\s*(?:#.*)?$"
+)
+
+
+def _read_simple_toml(text):
+    """The tables and single-line string values of a TOML file (Python 3.10,
+    which has no tomllib): enough for the project's name and entry points;
+    arrays, numbers and multi-line values are left out."""
+    data = {}
+    table = data
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[["):  # an array of tables: not needed here
+            table = {}
+            continue
+        header = _TOML_HEADER.match(line)
+        if header:
+            table = data
+            for key in re.findall(_TOML_KEY, header.group(1)):
+                table = table.setdefault(key.strip("\"'"), {})
+            continue
+        value = _TOML_STRING.match(line)
+        if value:
+            key, double, single = value.groups()
+            table[key.strip("\"'")] = double if double is not None else single
+    return data
 
 
 def _package_of(entry_point):
     dist = getattr(entry_point, "dist", None)
-    return dist.name if dist is not None else "unknown"
+    if dist is not None:
+        return dist.name
+    # declared by the checkout's pyproject.toml (no installed distribution)
+    return "skanomaly" if entry_point.value.startswith("skanomaly.") else "unknown"
 
 
 @functools.cache
@@ -88,10 +177,7 @@ def detector_entry_points():
 
 
 def _is_builtin(entry_point):
-    return _package_of(entry_point) == "skanomaly" or (
-        _package_of(entry_point) == "unknown"
-        and entry_point.value.startswith("skanomaly.")
-    )
+    return _package_of(entry_point) == "skanomaly"
 
 
 def _is_plugin(entry_point):
@@ -102,8 +188,9 @@ def _is_plugin(entry_point):
 def builtin_detector_classes():
     """Class name to registry name of skanomaly's own detectors.
 
-    Read from the entry points skanomaly's package declares (metadata only,
-    nothing is imported): the one list of built-in detectors.
+    Read from the entry points skanomaly declares (its installed metadata, or
+    its checkout's ``pyproject.toml``; nothing is imported): the one list of
+    built-in detectors.
 
     Returns
     -------

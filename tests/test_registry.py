@@ -1,8 +1,10 @@
-"""Entry-point discovery, with fake entry points and the installed ones."""
+"""Entry-point discovery, with fake entry points, the installed ones and the
+checkout's ``pyproject.toml``."""
 
 import sys
 import types
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -207,3 +209,135 @@ def test_list_prints_the_others_when_a_plugin_exits(
     out, err = capsys.readouterr()
     assert "good" in out and "fake-plugin" in out
     assert "warning" in err and "'exiting'" in err and "exit-pkg" in err
+
+
+# ------------------------------------- built-ins from the checkout's pyproject
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_builtins():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["entry-points"][registry.ENTRY_POINT_GROUP]
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Replace the installed metadata's entry points (the checkout stays)."""
+
+    def install(entry_points):
+        monkeypatch.setattr(registry, "_installed_entry_points", lambda: entry_points)
+        registry.refresh_registry()
+
+    yield install
+    monkeypatch.undo()
+    registry.refresh_registry()
+
+
+def _builtins():
+    return {
+        name: ep.value
+        for name, ep in registry.detector_entry_points().items()
+        if registry._is_builtin(ep)
+    }
+
+
+def test_builtins_are_the_entry_points_pyproject_declares():
+    declared = _pyproject_builtins()
+    assert _builtins() == declared
+    assert set(registry.builtin_detector_classes().values()) == set(declared)
+    for class_name in registry.builtin_detector_classes():
+        assert class_name in skanomaly.__all__
+
+
+def test_the_reader_without_tomllib_reads_what_tomllib_reads(tmp_path):
+    # Python 3.10 has no tomllib: the simple reader must agree on what the
+    # registry uses, also around the TOML it leaves out
+    tomllib = pytest.importorskip("tomllib")
+    text = (ROOT / "pyproject.toml").read_text()
+    text += (
+        '\n[[tool.array]]\nname = "not the project"\n'
+        "[project.entry-points.'skanomaly.detectors']  # again, single quotes\n"
+    )
+    text = text.replace('autoencoder = "', "autoencoder='").replace(
+        'autoencoder:AutoEncoder"', "autoencoder:AutoEncoder'  # a comment"
+    )
+    with pytest.raises(tomllib.TOMLDecodeError):  # the table twice
+        tomllib.loads(text)
+    simple = registry._read_simple_toml(text)["project"]
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert simple["name"] == expected["name"] == "skanomaly"
+    assert simple["entry-points"] == expected["entry-points"]
+
+
+def test_a_checkout_without_installed_metadata_has_its_detectors(installed):
+    # run from a source tree that was never pip-installed
+    installed([])
+    assert _builtins() == _pyproject_builtins()
+    assert registry.builtin_detector_classes()["PaDiM"] == "padim"
+    assert skanomaly.get_detector("patchcore").__name__ == "PatchCore"
+    assert registry._package_of(registry.detector_entry_points()["vae"]) == (
+        "skanomaly"
+    )
+
+
+def test_stale_metadata_gives_way_to_the_checkout(installed):
+    # pyproject.toml edited after the last `pip install -e .`: a detector
+    # added (padim), one removed (gone), one moved (vae)
+    real = [
+        ep
+        for ep in registry._installed_entry_points()
+        if ep.name not in ("padim", "vae")
+    ]
+    stale = [
+        _entry_point("gone", "skanomaly.detectors.gone:Gone", package="skanomaly"),
+        _entry_point("vae", "skanomaly.vae:VAE", package="skanomaly"),
+    ]
+    installed(real + stale)
+    assert _builtins() == _pyproject_builtins()
+    eps = registry.detector_entry_points()
+    assert eps["autoencoder"].dist.name == "skanomaly"  # the installed one
+    assert eps["vae"].value == "skanomaly.detectors.vae:VAE"
+    plugins = {ep.name for ep in real if registry._is_plugin(ep)}
+    assert plugins <= set(eps)
+
+
+def test_a_new_entry_point_is_found_without_reinstalling(
+    installed, tmp_path, monkeypatch
+):
+    module = types.ModuleType("skanomaly._fake_new_detector")
+    module.NewDetector = type("NewDetector", (AutoEncoder,), {})
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    pyproject = (
+        (ROOT / "pyproject.toml")
+        .read_text()
+        .replace(
+            '[project.entry-points."skanomaly.detectors"]\n',
+            '[project.entry-points."skanomaly.detectors"]\n'
+            'new_detector = "skanomaly._fake_new_detector:NewDetector"\n',
+        )
+    )
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    monkeypatch.setattr(registry, "_CHECKOUT", tmp_path)
+    installed(registry._installed_entry_points())
+    assert "new_detector" in skanomaly.list_detectors()
+    assert registry.builtin_detector_classes()["NewDetector"] == "new_detector"
+    try:
+        assert skanomaly.NewDetector is module.NewDetector  # the top-level name
+    finally:
+        vars(skanomaly).pop("NewDetector", None)  # cached by its __getattr__
+
+
+@pytest.mark.parametrize("pyproject", [None, '[project]\nname = "other"\n'])
+def test_an_installed_skanomaly_reads_metadata_only(
+    installed, tmp_path, monkeypatch, pyproject
+):
+    # no pyproject.toml next to the package, or another project's
+    if pyproject is not None:
+        (tmp_path / "pyproject.toml").write_text(pyproject)
+    monkeypatch.setattr(registry, "_CHECKOUT", tmp_path)
+    assert registry._checkout_entry_points() is None
+    only = [_entry_point("vae", "skanomaly.detectors.vae:VAE", package="skanomaly")]
+    installed(only)
+    assert list(registry.detector_entry_points()) == ["vae"]

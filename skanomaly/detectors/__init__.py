@@ -7,9 +7,12 @@
   scaling, seeding, the skorch net and batched scoring for trained detectors.
 - :mod:`~skanomaly.detectors.gan_base`: :class:`BaseGANDetector`, the
   adversarial net and the parameters every GAN detector shares.
-- one module per detector: ``autoencoder``, ``vae``, ``anogan``, ``egbad``,
-  ``ganomaly``, ``skipganomaly``, ``mahalanobis``, ``deep_mahalanobis``.
+- :mod:`~skanomaly.detectors.patch_base`: :class:`BasePatchDetector`, maps
+  and scores from patch-feature grids.
+- one module per detector. Which ones is not listed here: the entry points
+  in ``pyproject.toml`` are the one list, read by the registry
+  (:mod:`skanomaly.registry`; ``skanomaly.list_detectors()``, ``skanomaly
+  list``).
 
-Detectors are found through the registry (:mod:`skanomaly.registry`); this
-package imports none of them.
+This package imports none of the detectors.
 """
