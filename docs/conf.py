@@ -187,6 +187,12 @@ API_SECTIONS = [
         "convention (:doc:`user_guide/contract`).",
     ),
     (
+        "Labels",
+        "skanomaly.labels",
+        "The two label conventions (1 = anomaly; +1 inlier / -1 outlier) and "
+        "the one rule by which every part of skanomaly reads labels.",
+    ),
+    (
         "Calibration",
         "skanomaly.conformal",
         "Conformal thresholds and p-values, and false discovery rate control "

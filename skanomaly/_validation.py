@@ -8,6 +8,8 @@ from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
+from .labels import _fit_inliers
+
 __all__ = [
     "check_device",
     "parse_image_size",
@@ -339,7 +341,8 @@ def select_inliers(X, y, *, estimator_name):
     Detectors assume clean training data, so with labels in scikit-learn's
     outlier convention (+1 inlier, -1 outlier) the -1 samples are left out.
     Labels in any other encoding are ignored with a warning: in particular
-    ``{0, 1}`` is ambiguous (ADBench and MVTec use 1 = anomaly).
+    ``{0, 1}`` and booleans are the 1 = anomaly convention (ADBench, MVTec),
+    which fit does not read (the rule of :mod:`skanomaly.labels`).
     """
     if y is None:
         return X
@@ -349,25 +352,5 @@ def select_inliers(X, y, *, estimator_name):
             f"y must be a 1-D array with one label per sample ({X.shape[0]}); "
             f"got shape {y.shape}."
         )
-    try:
-        labels = set(np.unique(y).tolist())
-    except TypeError:
-        labels = {None}
-    if not labels or not labels <= {-1, 1}:
-        warnings.warn(
-            f"{estimator_name}.fit ignores y: it uses y only in the outlier "
-            "convention (+1 inlier, -1 outlier) to leave outliers out of "
-            f"training, and got labels {sorted(map(str, labels))[:5]}. For data "
-            "labelled 1 = anomaly, convert with skanomaly.metrics."
-            "to_outlier_labels.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return X
-    inliers = y == 1
-    if not inliers.any():
-        raise ValueError(
-            f"{estimator_name}.fit got no inliers: every label in y is -1 "
-            "(outlier). Detectors train on inliers (+1)."
-        )
-    return X[inliers]
+    inliers = _fit_inliers(y, estimator_name=estimator_name, stacklevel=3)
+    return X if inliers is None else X[inliers]

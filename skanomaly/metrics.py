@@ -14,8 +14,8 @@ labels (AUROC of ranking inliers above outliers equals the AUROC of ranking
 outliers above inliers) but silently gives ``1 - AUROC`` with 1 = anomaly
 labels, and its ``'average_precision'`` and ``'f1'`` score the positive class
 ``+1``, the *inliers*. The scorers here take the anomaly as the positive class
-and check the labels they get, so that a convention mix-up raises instead of
-inverting a score:
+and check the labels they get (by the rule of :mod:`skanomaly.labels`), so
+that a convention mix-up raises instead of inverting a score:
 
 ========================== ===================== ==============================
 name                       labels ``y``          score
@@ -62,6 +62,10 @@ from sklearn.metrics import get_scorer_names as _sklearn_get_scorer_names
 # p-values it takes)
 from .conformal import benjamini_hochberg
 
+# the labels' one rule lives in skanomaly.labels; to_outlier_labels stays
+# importable from here, where users look for it
+from .labels import _checked_mask, _distinct, _in_convention, to_outlier_labels
+
 __all__ = [
     "anomaly_average_precision_scorer",
     "benjamini_hochberg",
@@ -81,127 +85,25 @@ __all__ = [
 _RANKING_METHODS = ("decision_function", "score_samples")
 
 
-def _distinct(y):
-    try:
-        return np.unique(y).tolist()
-    except TypeError:  # mixed types that do not sort
-        return list(dict.fromkeys(y.tolist()))
-
-
-def _is_member(value, allowed):
-    # bools compare equal to 0/1, which is what we want here; strings must not
-    # match numbers.
-    return not isinstance(value, str) and any(value == a for a in allowed)
-
-
-def to_outlier_labels(y, *, anomaly_label=1):
-    """Convert labels where ``anomaly_label`` marks anomalies to +1/-1 labels.
-
-    Returns scikit-learn's outlier convention (+1 inlier, -1 outlier): the
-    labels ``fit(X, y)`` uses to leave outliers out of training, and the
-    labels :class:`~skanomaly.model_selection.NoveltySplit` and the
-    ``outlier_*`` scorers expect.
-
-    The conversion refuses input it would have to guess about:
-
-    - labels that contain -1 (unless ``anomaly_label=-1``): they look like
-      the outlier convention already, and converting them would swap
-      inliers and outliers;
-    - more than two distinct labels (e.g. digit classes): say which are
-      normal with a boolean mask, ``to_outlier_labels(y != normal_class)``;
-    - two distinct labels of which none equals ``anomaly_label`` (e.g.
-      ``'good'``/``'defect'`` with the default): pass ``anomaly_label``.
-
-    Parameters
-    ----------
-    y : array-like of shape (n_samples,)
-        Labels with at most two distinct values, e.g. 0 = normal and
-        1 = anomaly (ADBench, MVTec AD), or booleans (True = anomaly).
-    anomaly_label : int, float, bool or str, default=1
-        The label of the anomalies; every other label is normal.
-
-    Returns
-    -------
-    y_outlier : ndarray of shape (n_samples,), dtype int
-        +1 for normal samples, -1 for anomalies.
-
-    Examples
-    --------
-    >>> from skanomaly.metrics import to_outlier_labels
-    >>> to_outlier_labels([0, 1, 0, 1]).tolist()
-    [1, -1, 1, -1]
-    >>> to_outlier_labels(["good", "crack", "good"], anomaly_label="crack").tolist()
-    [1, -1, 1]
-    >>> to_outlier_labels([1, -1, 1])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: y contains -1, so it looks like it is in the outlier convention ...
-    """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be 1-D; got an array of shape {y.shape}.")
-    labels = _distinct(y)
-    if len(labels) > 2:
-        shown = ", ".join(map(repr, labels[:5])) + (", ..." if len(labels) > 5 else "")
-        raise ValueError(
-            f"y has {len(labels)} distinct labels ({shown}); to_outlier_labels "
-            "needs two (normal and anomaly). Say which samples are anomalies "
-            "with a boolean mask, e.g. to_outlier_labels(y != normal_class)."
-        )
-    if _is_member(-1, labels) and not _is_member(anomaly_label, [-1]):
-        raise ValueError(
-            "y contains -1, so it looks like it is in the outlier convention "
-            "(+1 inlier, -1 outlier) already; converting it with "
-            f"anomaly_label={anomaly_label!r} would swap inliers and outliers. "
-            "Use it as it is, or pass anomaly_label=-1 if -1 marks anomalies."
-        )
-    is_anomaly = np.array([label == anomaly_label for label in y.tolist()], dtype=bool)
-    if len(labels) == 2 and not (is_anomaly.any() and not is_anomaly.all()):
-        raise ValueError(
-            f"None of the labels {labels!r} equals anomaly_label="
-            f"{anomaly_label!r}; pass the label that marks anomalies."
-        )
-    return np.where(is_anomaly, -1, 1)
-
-
 def _anomaly_mask(y_true, convention, scorer_name):
     """``y_true == anomaly`` after checking ``y_true`` is in ``convention``."""
-    y_true = np.asarray(y_true)
-    labels = _distinct(y_true.reshape(-1))
+    other = scorer_name.replace(
+        convention, "outlier" if convention == "anomaly" else "anomaly", 1
+    )
     if convention == "anomaly":
-        if _is_member(-1, labels):
-            raise ValueError(
-                f"{scorer_name} expects labels 1 = anomaly, 0 = normal, but y "
-                "contains -1: that is scikit-learn's outlier convention (+1 "
-                "inlier, -1 outlier), with which this scorer would invert the "
-                f"score. Use {scorer_name.replace('anomaly_', 'outlier_')} for "
-                "+1/-1 labels."
-            )
-        if not all(_is_member(label, (0, 1)) for label in labels):
-            raise ValueError(
-                f"{scorer_name} expects labels 1 = anomaly, 0 = normal; got "
-                f"{labels[:5]!r}. Convert them first, e.g. y != normal_class."
-            )
-        return y_true == 1
-    if _is_member(0, labels):
-        raise ValueError(
-            f"{scorer_name} expects scikit-learn's outlier convention (+1 "
-            "inlier, -1 outlier), but y contains 0: 0/1 labels (1 = anomaly) "
-            "would invert the score. Convert them with "
-            f"skanomaly.metrics.to_outlier_labels, or use "
-            f"{scorer_name.replace('outlier_', 'anomaly_')} for 0/1 labels."
-        )
-    if not all(_is_member(label, (-1, 1)) for label in labels):
-        raise ValueError(
-            f"{scorer_name} expects labels +1 (inlier) and -1 (outlier); got "
-            f"{labels[:5]!r}."
-        )
-    return y_true == -1
+        consequence = "with which this scorer would invert the score"
+        fix = f"Use {other} for +1/-1 labels."
+    else:
+        consequence = "would invert the score"
+        fix = f", or use {other} for 0/1 labels"
+    return _checked_mask(
+        y_true, convention, who=scorer_name, consequence=consequence, fix=fix
+    )
 
 
 def _predicted_anomalies(y_pred, scorer_name):
     labels = _distinct(np.asarray(y_pred).reshape(-1))
-    if not all(_is_member(label, (-1, 1)) for label in labels):
+    if not _in_convention(labels, "outlier"):
         raise ValueError(
             f"{scorer_name} needs an estimator whose predict returns +1 "
             f"(inlier) and -1 (outlier), as scikit-learn outlier detectors do; "

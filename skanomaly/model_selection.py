@@ -18,6 +18,8 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator, StratifiedKFold, check_cv
 from sklearn.utils import indexable
 
+from .labels import _checked_mask
+
 __all__ = ["NoveltySplit"]
 
 
@@ -165,27 +167,19 @@ def _outlier_mask(y):
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D; got an array of shape {y.shape}.")
-    try:
-        labels = set(np.unique(y).tolist())
-    except TypeError:
-        labels = {None}
-    if not labels <= {-1, 1} or y.dtype == bool:
-        hint = ""
-        if labels <= {0, 1}:
-            hint = (
-                " With 0/1 labels (1 = anomaly) convert them with "
-                "skanomaly.metrics.to_outlier_labels: a detector's fit(X, y) "
-                "only leaves -1 labels out of training, so a refit on 0/1 "
-                "labels would train on the anomalies."
-            )
-        shown = sorted(map(str, labels))[:5]
-        raise ValueError(
-            "NoveltySplit expects y in scikit-learn's outlier convention (+1 "
-            f"inlier, -1 outlier); got labels {shown}.{hint}"
-        )
-    if -1 not in labels:
+    is_outlier = _checked_mask(
+        y,
+        "outlier",
+        who="NoveltySplit",
+        consequence=(
+            "would train on the anomalies: a detector's fit(X, y) only leaves "
+            "-1 labels out of training"
+        ),
+        fix="",
+    )
+    if not is_outlier.any():
         raise ValueError(
             "NoveltySplit: y has no outlier (-1), so no test fold could score "
             "how outliers are ranked."
         )
-    return y == -1
+    return is_outlier

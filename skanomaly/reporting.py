@@ -25,6 +25,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from .detectors.base import get_detector_tags
 
+# the labels' one rule lives in skanomaly.labels; anomaly_mask stays
+# importable from here, where it was first defined
+from .labels import anomaly_mask
+
 __all__ = ["anomaly_mask", "report"]
 
 # Section ids, in page order (also what the tests look for).
@@ -172,69 +176,6 @@ def report(
 
 
 # ---------------------------------------------------------------- the data
-
-
-def anomaly_mask(y, *, what="y"):
-    """Labels in either convention as a boolean mask, True = anomaly.
-
-    Accepts 1 = anomaly / 0 = normal, the outlier convention +1 normal /
-    -1 anomaly, or booleans (True = anomaly); both classes must occur, so
-    that the convention is never a guess.
-
-    Parameters
-    ----------
-    y : array-like of shape (n_samples,)
-    what : str, default='y'
-        What ``y`` is, for the messages.
-
-    Returns
-    -------
-    anomalous : ndarray of bool
-
-    Examples
-    --------
-    >>> from skanomaly.reporting import anomaly_mask
-    >>> anomaly_mask([0, 1, 1]).tolist(), anomaly_mask([1, -1, 1]).tolist()
-    ([False, True, True], [False, True, False])
-    >>> anomaly_mask([1, 1])  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: y has only the label 1; the label-dependent parts need both ...
-    """
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{what} must be 1-D; got shape {y.shape}.")
-    if y.dtype == bool:
-        values = {False, True} if y.size else set()
-    else:
-        try:
-            numeric = y.astype(np.float64)
-        except (TypeError, ValueError):
-            numeric = None
-        if numeric is None or np.isnan(numeric).any():
-            problem = "missing values" if numeric is not None else "non-numbers"
-            raise ValueError(
-                f"{what} holds {problem}; expected labels 1 = anomaly / 0 = "
-                "normal, or +1 normal / -1 anomaly."
-            )
-        y = numeric
-        values = set(np.unique(y).tolist())
-    if not values:
-        raise ValueError(f"{what} is empty.")
-    if values == {0, 1}:
-        return y == 1
-    if values == {-1, 1}:
-        return y == -1
-    shown = sorted(values)[:5]
-    if values <= {0, 1} or values <= {-1, 1}:
-        raise ValueError(
-            f"{what} has only the label {shown[0]:g}; the label-dependent parts "
-            "need both normal and anomalous samples."
-        )
-    raise ValueError(
-        f"{what} has the labels {shown}; expected 1 = anomaly / 0 = normal, or "
-        "+1 normal / -1 anomaly (scikit-learn's outlier convention)."
-    )
 
 
 _AUTO_RULE = (

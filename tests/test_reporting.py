@@ -286,6 +286,12 @@ def test_both_label_conventions(y, expected):
         ([0, 1, 2], r"labels \[0.0, 1.0, 2.0\]"),
         ([0, -1, 1], "expected 1 = anomaly / 0 = normal"),
         (["good", "bad"], "non-numbers"),
+        # strings are not labels (skanomaly.labels, rule 1): the metrics never
+        # read "1" as 1, so the report does not either
+        (["0", "1"], "non-numbers"),
+        (["1", "-1"], "non-numbers"),
+        # booleans must hold both classes too
+        ([True, True], "only the label 1"),
         ([0.0, np.nan], "missing values"),
     ],
 )
