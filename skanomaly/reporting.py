@@ -381,6 +381,133 @@ def _false_alarm_rate(anomalous, predicted):
     return (n_false / n_normal if n_normal else math.nan), n_false, n_normal
 
 
+@dataclasses.dataclass(frozen=True)
+class _Evaluation:
+    """What labels say of a detector's scores: the numbers of ``skanomaly
+    evaluate`` and of the report, computed once by :func:`_evaluate`.
+
+    Attributes
+    ----------
+    auroc, average_precision : float
+        Of the anomaly scores (``-score_samples``), anomalies positive.
+    f1 : float
+        Of the predictions at the threshold, anomalies positive (0 when
+        nothing is predicted anomalous).
+    false_alarm_rate : float
+        Fraction of the normal samples predicted anomalous (NaN without
+        normal samples); ``n_false_alarms`` of ``n_normal``.
+    n_false_alarms, n_normal, n_anomalous, n_predicted : int
+    confusion : dict
+        ``{(labelled anomalous, predicted anomalous): count}`` for the four
+        pairs of booleans.
+    kinds : list of (kind, n_samples, auroc)
+        Without ``kinds``, empty; else per kind of anomaly, sorted, the AUROC
+        of its samples against all normal samples.
+    """
+
+    auroc: float
+    average_precision: float
+    f1: float
+    false_alarm_rate: float
+    n_false_alarms: int
+    n_normal: int
+    n_anomalous: int
+    n_predicted: int
+    confusion: dict
+    kinds: list
+
+
+def _evaluate(anomalous, scores, predicted, kinds=None):
+    """AUROC, AP, F1, the false-alarm rate, the confusion and AUROC per kind.
+
+    The one evaluation of labelled data: ``skanomaly evaluate`` prints it,
+    :func:`report` shows it.
+
+    Parameters
+    ----------
+    anomalous : array-like of bool
+        True = labelled anomalous (see :func:`skanomaly.labels.anomaly_mask`).
+    scores : array-like of float
+        ``score_samples`` (higher = more normal).
+    predicted : array-like of bool
+        True = predicted anomalous (``predict == -1``).
+    kinds : array-like of str, default=None
+        The kind of each sample (entries of normal samples are ignored).
+
+    Returns
+    -------
+    evaluation : _Evaluation
+
+    Examples
+    --------
+    >>> from skanomaly.reporting import _evaluate
+    >>> e = _evaluate([False, False, True, True], [3.0, 1.0, 2.0, 0.0],
+    ...               [False, True, False, True], kinds=["", "", "a", "b"])
+    >>> e.auroc, e.false_alarm_rate, e.kinds
+    (0.75, 0.5, [('a', 1, 0.5), ('b', 1, 1.0)])
+    """
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+    anomalous = np.asarray(anomalous, dtype=bool)
+    predicted = np.asarray(predicted, dtype=bool)
+    anomaly_score = -np.asarray(scores, dtype=np.float64)
+    rate, n_false, n_normal = _false_alarm_rate(anomalous, predicted)
+    per_kind = []
+    if kinds is not None:
+        kinds = np.asarray(kinds, dtype=object)
+        for kind in sorted(set(kinds[anomalous].tolist())):
+            chosen = (kinds == kind) & anomalous
+            keep = chosen | ~anomalous
+            auroc = roc_auc_score(anomalous[keep], anomaly_score[keep])
+            per_kind.append((kind, int(chosen.sum()), float(auroc)))
+    return _Evaluation(
+        auroc=float(roc_auc_score(anomalous, anomaly_score)),
+        average_precision=float(average_precision_score(anomalous, anomaly_score)),
+        f1=float(f1_score(anomalous, predicted, zero_division=0.0)),
+        false_alarm_rate=rate,
+        n_false_alarms=n_false,
+        n_normal=n_normal,
+        n_anomalous=int(anomalous.sum()),
+        n_predicted=int(predicted.sum()),
+        confusion={
+            (a, p): int(np.sum((anomalous == a) & (predicted == p)))
+            for a in (False, True)
+            for p in (False, True)
+        },
+        kinds=per_kind,
+    )
+
+
+def _pixel_metrics(masks, maps):
+    """Pixel AUROC and AUPRO (up to FPR 0.3) of anomaly maps against masks.
+
+    The pixel metrics of ``skanomaly evaluate`` and of :func:`report`.
+
+    Parameters
+    ----------
+    masks : array-like of shape (n_images, height, width)
+        Ground truth, True on defect pixels.
+    maps : array-like of the same shape
+        ``anomaly_map`` of the images.
+
+    Returns
+    -------
+    pixel_auroc, aupro : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly.reporting import _pixel_metrics
+    >>> masks = np.zeros((1, 2, 2), bool)
+    >>> masks[0, 0, 0] = True
+    >>> _pixel_metrics(masks, [[[0.9, 0.5], [0.1, 0.2]]])
+    (1.0, 1.0)
+    """
+    from .metrics import aupro_score, pixel_roc_auc_score
+
+    return pixel_roc_auc_score(masks, maps), aupro_score(masks, maps)
+
+
 class _ReportData:
     """The validated inputs and everything derived from the scores."""
 
@@ -426,7 +553,11 @@ class _ReportData:
         self.predicted = self.scores < self.offset  # predict() == -1
         self.threshold = _threshold_facts(detector)
         self.p_values = _p_values_of(detector, self.scores)
-        self.metrics = None if y is None else _label_metrics(self)
+        self.evaluation = (
+            None
+            if y is None
+            else _evaluate(self.anomalous, self.scores, self.predicted, self.kinds)
+        )
         self.n_examples = int(n_examples)
 
     def images_of(self, rows):
@@ -533,13 +664,15 @@ def _curves(data, Figure):
     point_tpr = data.predicted[data.anomalous].mean()
     roc_axes.plot(point_fpr, point_tpr, "o", color="black", label="at offset_")
     roc_axes.set(xlabel="false positive rate", ylabel="true positive rate")
-    roc_axes.set_title(f"ROC, AUROC {data.metrics['AUROC']:.4f}", fontsize=10)
+    roc_axes.set_title(f"ROC, AUROC {data.evaluation.auroc:.4f}", fontsize=10)
     roc_axes.legend(frameon=False, loc="lower right")
     precision, recall, _ = precision_recall_curve(data.anomalous, anomaly_score)
     pr_axes.plot(recall, precision, color="#dd8452")
     pr_axes.axhline(data.anomalous.mean(), color="grey", linestyle=":")
     pr_axes.set(xlabel="recall (anomalies)", ylabel="precision", ylim=(0, 1.02))
-    pr_axes.set_title(f"Precision-recall, AP {data.metrics['AP']:.4f}", fontsize=10)
+    pr_axes.set_title(
+        f"Precision-recall, AP {data.evaluation.average_precision:.4f}", fontsize=10
+    )
     for axes in (roc_axes, pr_axes):
         axes.set_aspect("equal", adjustable="box")
     figure.tight_layout()
@@ -564,20 +697,6 @@ def _table(rows, header=None):
     return f"<table>{head}{body}</table>"
 
 
-def _label_metrics(data):
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
-
-    anomalous, anomaly_score = data.anomalous, -data.scores
-    rate, n_false, n_normal = _false_alarm_rate(anomalous, data.predicted)
-    return {
-        "AUROC": roc_auc_score(anomalous, anomaly_score),
-        "AP": average_precision_score(anomalous, anomaly_score),
-        "F1": f1_score(anomalous, data.predicted, zero_division=0.0),
-        "false-alarm rate": rate,
-        "false alarms": (n_false, n_normal),
-    }
-
-
 def _summary_section(data):
     n = len(data.scores)
     cards = [
@@ -587,9 +706,9 @@ def _summary_section(data):
     if data.anomalous is not None:
         cards.insert(1, ("labelled anomalous", f"{int(data.anomalous.sum())}"))
         cards += [
-            ("AUROC", f"{data.metrics['AUROC']:.4f}"),
-            ("AP", f"{data.metrics['AP']:.4f}"),
-            ("F1 at offset_", f"{data.metrics['F1']:.4f}"),
+            ("AUROC", f"{data.evaluation.auroc:.4f}"),
+            ("AP", f"{data.evaluation.average_precision:.4f}"),
+            ("F1 at offset_", f"{data.evaluation.f1:.4f}"),
             _false_alarm_card(data),
         ]
     body = "".join(
@@ -607,7 +726,7 @@ def _summary_section(data):
 
 
 def _false_alarm_card(data):
-    rate = data.metrics["false-alarm rate"]
+    rate = data.evaluation.false_alarm_rate
     level = data.threshold.level
     wanted = "" if level is None else f" (requested {level:.4g})"
     return (f"false-alarm rate{wanted}", "n/a" if math.isnan(rate) else f"{rate:.4f}")
@@ -723,8 +842,9 @@ def _calibration_section(data, Figure):
 
 
 def _observed(data):
-    rate = data.metrics["false-alarm rate"]
-    n_false, n_normal = data.metrics["false alarms"]
+    evaluation = data.evaluation
+    rate = evaluation.false_alarm_rate
+    n_false, n_normal = evaluation.n_false_alarms, evaluation.n_normal
     if not n_normal:
         return "no labelled normal samples"
     text = f"{rate:.4f} ({n_false} of {n_normal} normal samples predicted anomalous"
@@ -788,12 +908,7 @@ def _curves_section(data, Figure):
 
 
 def _confusion_section(data):
-    anomalous, predicted = data.anomalous, data.predicted
-    counts = {
-        (a, p): int(np.sum((anomalous == a) & (predicted == p)))
-        for a in (False, True)
-        for p in (False, True)
-    }
+    counts = data.evaluation.confusion
     rows = [
         ("<th>normal</th>", counts[False, False], counts[False, True]),
         ("<th>anomalous</th>", counts[True, False], counts[True, True]),
@@ -801,8 +916,8 @@ def _confusion_section(data):
     table = _table(rows, header=("labelled \\ predicted", "normal", "anomalous"))
     table = table.replace("<td><th>", "<th>").replace("</th></td>", "</th>")
     true_positive = counts[True, True]
-    precision = true_positive / max(1, int(predicted.sum()))
-    recall = true_positive / max(1, int(anomalous.sum()))
+    precision = true_positive / max(1, data.evaluation.n_predicted)
+    recall = true_positive / max(1, data.evaluation.n_anomalous)
     note = (
         f"At offset_ = {data.offset:.6g}: precision {precision:.4f}, recall "
         f"{recall:.4f} (anomalies positive)."
@@ -813,32 +928,25 @@ def _confusion_section(data):
 def _kinds_section(data):
     if data.kinds is None:
         return None
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    kinds = data.kinds
-    for kind in sorted(set(kinds[data.anomalous].tolist())):
-        chosen = (kinds == kind) & data.anomalous
-        keep = chosen | ~data.anomalous
-        auroc = roc_auc_score(data.anomalous[keep], -data.scores[keep])
-        rows.append((html.escape(str(kind)), int(chosen.sum()), f"{auroc:.4f}"))
+    rows = [
+        (html.escape(str(kind)), n, f"{auroc:.4f}")
+        for kind, n, auroc in data.evaluation.kinds
+    ]
     table = _table(rows, header=("kind", "samples", "AUROC vs normal"))
     return _section("kinds", table)
 
 
 def _pixel_metrics_section(data):
-    from .metrics import aupro_score, pixel_roc_auc_score
-
     if not data.images or not data.tags.anomaly_maps:
         note = (
             f"{type(data.detector).__name__} has no anomaly maps, so there are "
             "no pixel metrics."
         )
         return _section("pixel-metrics", "", note)
-    maps = data.detector.anomaly_map(data.X)
+    pixel_auroc, aupro = _pixel_metrics(data.masks, data.detector.anomaly_map(data.X))
     rows = [
-        ("pixel AUROC", f"{pixel_roc_auc_score(data.masks, maps):.4f}"),
-        ("AUPRO (FPR up to 0.3)", f"{aupro_score(data.masks, maps):.4f}"),
+        ("pixel AUROC", f"{pixel_auroc:.4f}"),
+        ("AUPRO (FPR up to 0.3)", f"{aupro:.4f}"),
     ]
     note = (
         "Every pixel of every image counts once for the pixel AUROC; AUPRO is "

@@ -296,7 +296,7 @@ def _print_pixel_metrics(detector, root, X, anomalous, files):
     import numpy as np
 
     from ..detectors.base import get_detector_tags
-    from ..metrics import aupro_score, pixel_roc_auc_score
+    from ..reporting import _pixel_metrics
     from .datasets import load_mvtec_masks
 
     if not (Path(root) / "ground_truth").is_dir():
@@ -305,9 +305,9 @@ def _print_pixel_metrics(detector, root, X, anomalous, files):
         print(f"(no pixel metrics: {type(detector).__name__} has no anomaly maps)")
         return None
     masks = load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
-    maps = detector.anomaly_map(X)
-    print(f"pixel AUROC  {pixel_roc_auc_score(masks, maps):.4f}")
-    print(f"AUPRO@0.3    {aupro_score(masks, maps):.4f}")
+    pixel_auroc, aupro = _pixel_metrics(masks, detector.anomaly_map(X))
+    print(f"pixel AUROC  {pixel_auroc:.4f}")
+    print(f"AUPRO@0.3    {aupro:.4f}")
     return masks
 
 
@@ -521,39 +521,31 @@ def _labelled_table(detector, args):
     return X, anomalous, _row_names(path, len(frame)), None, path
 
 
-def _print_evaluation(detector, source, anomalous, decision, labels, kinds):
-    import numpy as np
-    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+def _print_evaluation(detector, source, anomalous, scores, labels, kinds):
+    from ..reporting import _evaluate, _threshold_facts
 
-    from ..reporting import _false_alarm_rate, _threshold_facts
-
+    evaluation = _evaluate(anomalous, scores, labels == -1, kinds)
     normal, unit = ("normal", "rows") if kinds is None else ("good", "images")
     print(
-        f"{type(detector).__name__} on {source}: {int((~anomalous).sum())} "
-        f"{normal}, {int(anomalous.sum())} anomalous {unit}"
+        f"{type(detector).__name__} on {source}: {evaluation.n_normal} "
+        f"{normal}, {evaluation.n_anomalous} anomalous {unit}"
     )
-    print(f"AUROC  {roc_auc_score(anomalous, -decision):.4f}")
-    print(f"AP     {average_precision_score(anomalous, -decision):.4f}")
-    f1 = f1_score(anomalous, labels == -1, zero_division=0.0)
+    print(f"AUROC  {evaluation.auroc:.4f}")
+    print(f"AP     {evaluation.average_precision:.4f}")
     print(
-        f"F1     {f1:.4f}  (at the model's threshold: {int((labels == -1).sum())} "
-        "predicted anomalous)"
+        f"F1     {evaluation.f1:.4f}  (at the model's threshold: "
+        f"{evaluation.n_predicted} predicted anomalous)"
     )
-    rate, n_false, n_normal = _false_alarm_rate(anomalous, labels == -1)
     facts = _threshold_facts(detector)
     print(
-        f"FAR    {rate:.4f}  (false-alarm rate at the threshold: {n_false} of "
-        f"{n_normal} {normal} {unit} predicted anomalous)"
+        f"FAR    {evaluation.false_alarm_rate:.4f}  (false-alarm rate at the "
+        f"threshold: {evaluation.n_false_alarms} of {evaluation.n_normal} "
+        f"{normal} {unit} predicted anomalous)"
     )
     print(f"  requested: {facts.level_text}")
     print(f"  calibration: {facts.calibration_text}")
-    if kinds is None:
-        return
-    kinds = np.asarray(kinds)
-    for kind in sorted(set(kinds[anomalous])):
-        rows = (kinds == kind) | ~anomalous
-        auroc = roc_auc_score(anomalous[rows], -decision[rows])
-        print(f"  AUROC good vs {kind}: {auroc:.4f}  ({int((kinds == kind).sum())})")
+    for kind, n, auroc in evaluation.kinds:
+        print(f"  AUROC good vs {kind}: {auroc:.4f}  ({n})")
 
 
 def _cmd_evaluate(args):
@@ -565,8 +557,8 @@ def _cmd_evaluate(args):
         X, anomalous, files, kinds, source = _labelled_table(detector, args)
     else:
         X, anomalous, files, kinds, source = _labelled_images(detector, args)
-    scores, decision, labels = _scores(detector, X)
-    _print_evaluation(detector, source, anomalous, decision, labels, kinds)
+    scores, _, labels = _scores(detector, X)
+    _print_evaluation(detector, source, anomalous, scores, labels, kinds)
     masks = None
     if kinds is not None:  # images: MVTec masks live next to the test folder
         root = Path(source).parent
