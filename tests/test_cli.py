@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import skanomaly
-from skanomaly.app.cli import _parse_value, main
+from skanomaly.app.cli import main
+from skanomaly.app.cli.options import _parse_value
 from skanomaly.app.datasets import load_labelled_image_folder
 
 REPO = Path(skanomaly.__file__).resolve().parents[1]

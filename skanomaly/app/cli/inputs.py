@@ -1,0 +1,165 @@
+"""Reading a command's data, checking where it writes, and scoring it."""
+
+import os
+from pathlib import Path
+
+from .options import _show_progress
+
+
+def _row_names(path, n_rows):
+    return [f"{path}[{i}]" for i in range(n_rows)]
+
+
+def _load_data(path, *, image_size, color_mode, recursive, on_error):
+    """Images of a folder, or the rows of a .npy, .csv or .parquet file.
+
+    Returns (X, names); a table comes as a DataFrame, so that a detector
+    fitted on it records its column names.
+    """
+    import numpy as np
+
+    from ..datasets import load_image_folder
+    from ..tables import is_table_file, read_table
+
+    path = Path(path)
+    if is_table_file(path):
+        frame, _ = read_table(path)
+        return frame, _row_names(path, len(frame))
+    if path.suffix.lower() == ".npy" and path.is_file():
+        X = np.load(path, allow_pickle=False)
+        return X, _row_names(path, len(X))
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist.")
+    if not path.is_dir():
+        raise ValueError(
+            f"{str(path)!r} is neither a folder of images nor a .npy, .csv or "
+            ".parquet file."
+        )
+    return load_image_folder(
+        path,
+        image_size=image_size,
+        color_mode=color_mode,
+        recursive=recursive,
+        on_error=on_error,
+        progress=_show_progress(),
+    )
+
+
+def _model_input(detector, path, *, recursive, on_error):
+    """Data for a fitted detector: images resized to its training shape."""
+    from ..tables import is_table_file, match_columns, read_table
+
+    image_shape = getattr(detector, "image_shape_", None)
+    if image_shape is None:
+        if Path(path).is_dir():
+            raise ValueError(
+                "the model was fitted on tabular data; give a .npy, .csv or "
+                f".parquet file, not the folder {str(path)!r}."
+            )
+        if is_table_file(path):
+            frame, _ = read_table(path)
+            return match_columns(frame, detector, path), _row_names(path, len(frame))
+        return _load_data(
+            path, image_size=None, color_mode="auto", recursive=False, on_error=on_error
+        )
+    if is_table_file(path):
+        raise ValueError(
+            f"the model was fitted on images; give a folder of images, not the "
+            f"table {str(path)!r}."
+        )
+    from ..datasets import color_mode_for
+
+    channels, height, width = image_shape
+    return _load_data(
+        path,
+        image_size=(height, width),
+        color_mode=color_mode_for(channels) if Path(path).is_dir() else "auto",
+        recursive=recursive,
+        on_error=on_error,
+    )
+
+
+def _check_output(output, inputs):
+    """Refuse an output path that is a folder or one of the ``inputs``."""
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(
+            f"Output {str(output)!r} is a folder; give a file path (e.g. "
+            f"{str(output / 'out')!r} with an extension)."
+        )
+    if not output.exists():
+        return
+    for path in inputs:
+        try:
+            same = os.path.samefile(output, path)
+        except OSError:  # an input that is not a file (e.g. 'rows.npy[3]')
+            continue
+        if same:
+            raise ValueError(
+                f"Refusing to write {str(output)!r}: it is the input "
+                f"{str(path)!r}. Choose another output file."
+            )
+
+
+def _scores(detector, X):
+    """score_samples over chunks with a progress bar; (scores, decision, labels).
+
+    The decision is ``scores - offset_``, as ``decision_function`` computes
+    it; the scores themselves are kept (not ``decision + offset_``, which
+    may round differently) for the conformal p-values.
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    chunk = 512
+    starts = range(0, len(X), chunk)
+    parts = [
+        detector.score_samples(X[start : start + chunk])
+        for start in tqdm(
+            starts,
+            desc="scoring",
+            unit="chunk",
+            leave=False,
+            disable=not _show_progress(),
+        )
+    ]
+    scores = np.concatenate(parts) if parts else np.empty(0)
+    decision = scores - detector.offset_
+    return scores, decision, np.where(decision < 0, -1, 1)
+
+
+def _check_report_path(args):
+    """Fail before any work if --report cannot be written (or would hit the model)."""
+    if args.report is None:
+        return
+    from ...reporting import _matplotlib
+
+    _matplotlib()  # its ImportError names the extra to install
+    report = Path(args.report)
+    if not report.parent.is_dir():
+        raise FileNotFoundError(f"Report folder {str(report.parent)!r} does not exist.")
+    if report.is_dir():
+        raise IsADirectoryError(f"--report {str(report)!r} is a folder, not a file.")
+    if report.exists() and report.resolve() == Path(args.model).resolve():
+        raise ValueError(f"--report {str(report)!r} would overwrite the model file.")
+
+
+def _write_report(
+    args, detector, X, files, scores, y=None, kinds=None, masks=None, file=None
+):
+    if args.report is None:
+        return
+    from ...reporting import report
+
+    report(
+        detector,
+        X,
+        args.report,
+        y=y,
+        names=files,
+        scores=scores,
+        kinds=kinds,
+        masks=masks,
+        dataset=str(args.data),
+    )
+    print(f"Wrote the report {args.report}.", file=file)
