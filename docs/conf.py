@@ -139,8 +139,14 @@ API_SECTIONS = [
     (
         "Pretrained backbones",
         "skanomaly.nn.backbones",
-        "timm backbones, their levels and their weights: packaged, hub, local "
-        "file (:doc:`user_guide/weights`).",
+        "timm backbones as frozen feature extractors: their levels, pooled or "
+        "as patch grids, and their preprocessing.",
+    ),
+    (
+        "Pretrained weights",
+        "skanomaly.weights",
+        "Where a backbone's weights come from and how they are checked: "
+        "packaged, hub, local file (:doc:`user_guide/weights`).",
     ),
     (
         "Registry",

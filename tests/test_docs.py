@@ -34,6 +34,7 @@ SUMMARY_MODULES = [
     "skanomaly.app.benchmark",
     "skanomaly.app.tables",
     "skanomaly.nn.backbones",
+    "skanomaly.weights",
     "skanomaly.testing",
 ]
 

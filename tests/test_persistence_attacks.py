@@ -242,12 +242,12 @@ def test_a_backbone_must_build_offline(tmp_path, no_network, backbone):
 
 
 def test_weights_paths_are_stored_but_never_read(tmp_path, no_network, monkeypatch):
-    from skanomaly.nn import backbones
+    from skanomaly.weights import sources
 
     def never(*args, **kwargs):
         raise AssertionError("load() read a weights file")
 
-    monkeypatch.setattr(backbones, "load_weights_file", never)
+    monkeypatch.setattr(sources, "load_weights_file", never)
     elsewhere = {"__path__": str(tmp_path / "elsewhere" / "weights.pth")}
 
     def edit(document):

@@ -1,0 +1,98 @@
+"""The ``weights`` argument: which source it names, and whether it loads here."""
+
+import os
+from pathlib import Path
+
+from ._timm import create_timm_model
+from .files import load_weights_file
+from .hub import create_pretrained, in_hub_cache
+from .packaged import (
+    create_packaged_model,
+    packaged_architecture,
+    packaged_weights_path,
+)
+
+__all__ = ["create_model", "weights_available"]
+
+
+def _is_imagenet(weights):
+    return isinstance(weights, str) and weights == "imagenet"
+
+
+def create_model(name, weights="imagenet"):
+    """A timm model without classifier (``num_classes=0``), with these weights.
+
+    The model is returned as timm builds it (in training mode, gradients on);
+    :func:`skanomaly.nn.backbones.create_backbone` freezes it.
+
+    Parameters
+    ----------
+    name : str
+        timm model name, optionally with a pretrained tag
+        (``'resnet18.a1_in1k'``).
+    weights : 'imagenet', None, str or os.PathLike, default='imagenet'
+        ``'imagenet'``: for a name of :func:`packaged_backbones`, the
+        weights its pip package installed (no network, no cache); for any
+        other name, timm's pretrained weights from the Hugging Face hub
+        cache, downloaded if missing and the hub is reachable. ``None``:
+        random initialisation. A path: a local state dict (see
+        :func:`load_weights_file`).
+
+    Returns
+    -------
+    model : torch.nn.Module
+
+    Examples
+    --------
+    >>> from skanomaly.weights import create_model
+    >>> create_model("tf_efficientnet_lite0").num_features
+    1280
+    """
+    if _is_imagenet(weights):
+        if packaged_architecture(name) is not None:
+            return create_packaged_model(name, num_classes=0)
+        return create_pretrained(name)
+    model = create_timm_model(name, pretrained=False, num_classes=0)
+    if weights is not None:
+        load_weights_file(model, weights, name=name)
+    return model
+
+
+def weights_available(name, weights="imagenet"):
+    """Whether :func:`create_model` can load these weights without a download.
+
+    Parameters
+    ----------
+    name : str
+        timm model name.
+    weights : 'imagenet', None, str or os.PathLike, default='imagenet'
+        As for :func:`create_model`.
+
+    Returns
+    -------
+    available : bool
+        True for ``weights=None``, for an existing file, for a packaged
+        backbone whose package is installed, and for other names whose
+        weights are in the Hugging Face (or torch hub) cache.
+
+    Examples
+    --------
+    >>> from skanomaly.weights import weights_available
+    >>> weights_available("tf_efficientnet_lite0")
+    True
+    >>> weights_available("resnet18", weights=None)
+    True
+    """
+    if weights is None:
+        return True
+    if not isinstance(weights, (str, os.PathLike)):
+        return False
+    if not _is_imagenet(weights):
+        return Path(weights).is_file()
+    if packaged_architecture(name) is not None:
+        try:
+            packaged_weights_path(name)
+        except OSError:
+            return False
+        return True
+    return in_hub_cache(name)
