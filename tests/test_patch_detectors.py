@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _forge import rewrite
 from scipy.ndimage import gaussian_filter
 from sklearn.covariance import ledoit_wolf
 
@@ -126,32 +125,6 @@ def test_padim_projects_by_default_and_keeps_the_papers_subset_as_an_option():
     assert paper.features_.projection_ is None
     assert paper.features_.channel_indices_.shape == (12,)
     assert not np.allclose(det.score_samples(images), paper.score_samples(images))
-
-
-def test_padim_files_from_before_the_projection_keep_the_random_subset(tmp_path):
-    # written before channel_reduction (and projection_) existed: the loader
-    # must rebuild the paper's subset, not project with today's default
-    images = _textures(10, 32)
-    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=16)
-    det = PaDiM(**params, channel_reduction="random").fit(images)
-    path = tmp_path / "old.ska"
-    skanomaly.save(det, path)
-
-    def forget(document):
-        detector = document["detector"]
-        detector["params"].pop("channel_reduction")
-        features = detector["state"]["features_"]["__estimator__"]
-        features["params"].pop("channel_reduction")
-        features["state"].pop("projection_")
-
-    rewrite(path, forget)
-    loaded = skanomaly.load(path)
-    assert loaded.channel_reduction == "random"
-    assert loaded.features_.channel_reduction == "random"
-    np.testing.assert_array_equal(
-        loaded.score_samples(images), det.score_samples(images)
-    )
-    np.testing.assert_array_equal(loaded.anomaly_map(images), det.anomaly_map(images))
 
 
 def test_patch_features_refuse_what_they_cannot_compute():

@@ -27,7 +27,6 @@ from skanomaly.persistence.format import checksum
 from skanomaly.testing import fast_detector
 
 HERE = Path(__file__).parent
-LEGACY = HERE / "data" / "legacy"
 X_DIGITS, Y_DIGITS = load_digits(return_X_y=True)
 TABLE = X_DIGITS[Y_DIGITS == 0][:48]
 
@@ -37,6 +36,38 @@ def table_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "autoencoder.ska"
     save(fast_detector(skanomaly.AutoEncoder).fit(TABLE), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def seed_models(tmp_path_factory):
+    """Files the attacks start from: an image network, a deep feature stage."""
+    folder = tmp_path_factory.mktemp("seeds")
+    images = (TABLE.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    rgb = np.repeat(images, 3, axis=1)
+    models = {
+        "autoencoder_images": (
+            skanomaly.AutoEncoder(
+                max_epochs=2, hidden_sizes=(8,), base_channels=4, random_state=0
+            ),
+            images,
+        ),
+        "deep_mahalanobis": (
+            skanomaly.DeepMahalanobis(
+                "test_efficientnet",
+                weights=None,
+                levels=[0, 2],
+                image_size=32,
+                random_state=0,
+            ),
+            rgb,
+        ),
+    }
+    paths = {}
+    for name, (detector, X) in models.items():
+        paths[name] = folder / f"{name}.ska"
+        save(detector.fit(X), paths[name])
+    paths["deep_mahalanobis_test"] = rgb[::5]
+    return paths
 
 
 def _forged(source, tmp_path, edit):
@@ -88,12 +119,14 @@ def _refused(path, match, **kwargs):
         "skanomaly_plugin_example.nonexistent.X",
     ],
 )
-def test_a_nested_class_path_imports_nothing(table_model, tmp_path, class_path):
+def test_a_nested_class_path_imports_nothing(
+    table_model, seed_models, tmp_path, class_path
+):
     nested = {"class": class_path, "params": {}, "state": {}, "nets": {}}
     path = _forged(table_model, tmp_path, _state(extra_={"__estimator__": nested}))
     # what clean loads import (the allow-listed classes too), imported
     load(table_model)
-    load(LEGACY / "deep_mahalanobis.ska")
+    load(seed_models["deep_mahalanobis"])
     before = set(sys.modules)
     _refused(path, "neither a registered detector nor an estimator the format")
     assert set(sys.modules) == before
@@ -175,12 +208,12 @@ _SIZE_ATTACKS = {
 
 
 @pytest.fixture(scope="module")
-def size_attacks(table_model, tmp_path_factory):
+def size_attacks(table_model, seed_models, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sizes")
     sources = {
         "table": table_model,
-        "images": LEGACY / "autoencoder_images.ska",
-        "deep_mahalanobis": LEGACY / "deep_mahalanobis.ska",
+        "images": seed_models["autoencoder_images"],
+        "deep_mahalanobis": seed_models["deep_mahalanobis"],
     }
     files = {}
     for name, (source, edit, _) in _SIZE_ATTACKS.items():
@@ -234,14 +267,16 @@ def no_network(monkeypatch):
         "no_such_architecture",
     ],
 )
-def test_a_backbone_must_build_offline(tmp_path, no_network, backbone):
-    path = _forged(LEGACY / "deep_mahalanobis.ska", tmp_path, _backbone(backbone))
+def test_a_backbone_must_build_offline(seed_models, tmp_path, no_network, backbone):
+    path = _forged(seed_models["deep_mahalanobis"], tmp_path, _backbone(backbone))
     message = _refused(path, "not a timm architecture that builds offline")
     assert "cannot be loaded" in message
     assert no_network == []
 
 
-def test_weights_paths_are_stored_but_never_read(tmp_path, no_network, monkeypatch):
+def test_weights_paths_are_stored_but_never_read(
+    seed_models, tmp_path, no_network, monkeypatch
+):
     from skanomaly.weights import sources
 
     def never(*args, **kwargs):
@@ -255,9 +290,9 @@ def test_weights_paths_are_stored_but_never_read(tmp_path, no_network, monkeypat
         features = document["detector"]["state"]["features_"]["__estimator__"]
         features["params"]["weights"] = elsewhere
 
-    source = LEGACY / "deep_mahalanobis.ska"
+    source = seed_models["deep_mahalanobis"]
     path = _forged(source, tmp_path, edit)
-    X = np.load(LEGACY / "deep_mahalanobis_test.npy")
+    X = seed_models["deep_mahalanobis_test"]
     loaded = load(path)
     assert loaded.weights == Path(elsewhere["__path__"])
     expected = load(source).score_samples(X)
@@ -291,7 +326,7 @@ def test_malformed_json_is_a_format_error(table_model, tmp_path, text_edit, mess
     _refused(_raw(table_model, tmp_path, text_edit), message)
 
 
-def test_format_1_is_refused_unless_allowed(table_model, tmp_path):
+def test_format_1_is_refused(table_model, tmp_path):
     # format 1 left the header out of the checksum: an edited offset_
     # loaded silently
     def edit(document):
@@ -304,9 +339,8 @@ def test_format_1_is_refused_unless_allowed(table_model, tmp_path):
     edit(document)
     document["checksum"] = checksum(tensors)
     write_model(path, document, tensors, keep_checksum=True)
-    message = _refused(path, "allow_legacy=True")
-    assert "format version 1" in message
-    assert load(path, allow_legacy=True).offset_ == 1e6
+    message = _refused(path, "format version 1")
+    assert "fit the detector again" in message
 
 
 # ------------------------------------------------- other hostile values
@@ -433,11 +467,15 @@ FUZZ_CASES = int(os.environ.get("SKANOMALY_FUZZ_CASES", "200"))
 FUZZ_SEED = int(os.environ.get("SKANOMALY_FUZZ_SEED", "0"))
 
 
-def test_fuzzed_files_load_or_raise_a_value_error(table_model, tmp_path):
+def test_fuzzed_files_load_or_raise_a_value_error(table_model, seed_models, tmp_path):
     """Mutated real files (see _loader_probe): a detector or a one-line
     ValueError, no import, bounded memory; SKANOMALY_FUZZ_CASES and
     SKANOMALY_FUZZ_SEED run it longer or elsewhere."""
-    seeds = [table_model, *sorted(LEGACY.glob("*.ska"))]
+    seeds = [
+        table_model,
+        seed_models["autoencoder_images"],
+        seed_models["deep_mahalanobis"],
+    ]
     report = _run_probe(
         {
             "warm": list(map(str, seeds)),

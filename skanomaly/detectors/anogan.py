@@ -185,9 +185,6 @@ class AnoGAN(BaseGANDetector):
     }
 
     _default_epochs = 15
-    # model files written before these parameters searched 500 steps from
-    # latent_init_ alone (see skanomaly.persistence)
-    _older_file_params = {"search_tol": None, "search_starts": 1}
 
     def __init__(
         self,

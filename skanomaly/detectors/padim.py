@@ -160,9 +160,6 @@ class PaDiM(BasePatchDetector):
     True
     """
 
-    # files written before channel_reduction existed used the random subset
-    _older_file_params = {"channel_reduction": "random"}
-
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **{

@@ -104,8 +104,6 @@ callbacks, contamination, calibration, calibration_size
     }
 
     _default_epochs = 30
-    # model files written before logvar_floor were trained with -8
-    _older_file_params = {"logvar_floor": -8.0}
 
     def __init__(
         self,

@@ -226,7 +226,7 @@ def _string_dtype(text):
     return dtype
 
 
-def load(path, *, device=None, allow_legacy=False):
+def load(path, *, device=None):
     """Load a detector saved by :func:`save`, executing no code from the file.
 
     Loading reads this one file only (no other path, no network), imports
@@ -240,11 +240,6 @@ def load(path, *, device=None, allow_legacy=False):
     device : str, torch.device or None, default=None
         Override the ``device`` parameter of the detector (and of its
         nested estimators), e.g. 'cpu' for a model saved on a GPU.
-    allow_legacy : bool, default=False
-        Also read files of format version 1, whose checksum does not cover
-        the parameters and fitted values (an edit of them goes undetected):
-        only for files you trust. Saving the loaded detector again writes
-        the current format.
 
     Returns
     -------
@@ -257,10 +252,9 @@ def load(path, *, device=None, allow_legacy=False):
         If there is no such file.
     ValueError
         If the file is not a skanomaly model (a foreign, corrupted or
-        edited file), was written by a newer or (without ``allow_legacy``)
-        an older format version, holds a detector that is not registered
-        here, or sizes, names or devices that this loader refuses; the
-        message says which, in one line.
+        edited file), was written in another format version, holds a
+        detector that is not registered here, or sizes, names or devices
+        that this loader refuses; the message says which, in one line.
 
     Examples
     --------
@@ -277,7 +271,7 @@ def load(path, *, device=None, allow_legacy=False):
     if not path.is_file():
         raise FileNotFoundError(f"No skanomaly model file {str(path)!r}.")
     try:
-        document = read_document(path, allow_legacy=allow_legacy)
+        document = read_document(path)
         tensors = read_tensors(path, document)
         name = document.get("name")
         encoded = document.get("detector")

@@ -44,7 +44,7 @@ from torch.nn.modules.module import (
 from ..conformal import MAX_CALIBRATION_SCORES
 from ..nets import initialize_for_inference, net_modules
 from .codec import CannotStore, Decoder, Encoder, FormatError, Refused, _short
-from .trust import nested_estimator_class, qualified_name
+from .trust import check_nested_estimator, nested_estimator_class, qualified_name
 
 # A probe build may register this many parameters, buffers and submodules per
 # stored tensor (activations and pooling layers have none), plus a constant.
@@ -76,8 +76,19 @@ class EstimatorWriter(Encoder):
         super().__init__(self.estimator)
 
     def estimator(self, estimator, where):
-        """The encoding of ``estimator`` (nested ones included)."""
+        """The encoding of ``estimator`` (nested ones included).
+
+        Refuses, with the reason, what loading would refuse: a nested
+        estimator of a class the format does not allow, a threshold or
+        calibration that is not what it claims (:func:`check_fitted_values`).
+        """
         cls = type(estimator)
+        if where != "detector":
+            check_nested_estimator(estimator, where)
+        try:
+            check_fitted_values(estimator)
+        except FormatError as exc:
+            raise ValueError(f"Cannot save {cls.__name__}: {exc}.") from None
         params = estimator.get_params(deep=False)
         encoded = {"class": qualified_name(cls), "params": {}}
         for key, value in params.items():
@@ -260,9 +271,6 @@ class EstimatorReader(Decoder):
     def estimator(self, cls, encoded):
         """An instance of ``cls`` with the parameters and state of ``encoded``."""
         params = {k: self.decode(v) for k, v in encoded["params"].items()}
-        # parameters added since a file was written take the value that
-        # gives the scores it was saved with, not today's default
-        params = {**getattr(cls, "_older_file_params", {}), **params}
         if self.device is not None and "device" in params:
             params["device"] = self.device
         try:

@@ -134,11 +134,11 @@ def _parse_json(text, what):
     return value
 
 
-def read_document(path, *, allow_legacy=False):
+def read_document(path):
     """The skanomaly document of the file at ``path``; precise errors for others.
 
-    Format version 1 (whose checksum does not cover the document) is read
-    only with ``allow_legacy=True``.
+    Only the current format version is read: version 1, of development
+    versions whose checksum did not cover the document, is refused.
     """
     size = path.stat().st_size
     with path.open("rb") as file:
@@ -176,14 +176,13 @@ def read_document(path, *, allow_legacy=False):
             f"than the version {FORMAT_VERSION} this skanomaly reads; upgrade "
             "skanomaly"
         )
-    if version == 1 and not allow_legacy:
+    if version == 1:
         raise Refused(
-            "it is in skanomaly file format version 1, whose checksum does not "
-            "cover its parameters and fitted values, so an edit of them goes "
-            "undetected; if you trust where it comes from, load it with "
-            "skanomaly.load(path, allow_legacy=True) and save it again"
+            "it is in skanomaly file format version 1, of a development version "
+            "whose checksum did not cover the parameters and fitted values; fit "
+            "the detector again and save it"
         )
-    if version not in (1, FORMAT_VERSION):
+    if version != FORMAT_VERSION:
         raise FormatError(f"its format version {version} is unknown")
     return document
 

@@ -5,8 +5,8 @@ estimator by class path. None of these paths is ever imported: the detector
 comes from the registry (the entry points installed packages declare), and
 a nested estimator must be a registered detector or one of the classes of
 :data:`NESTED_ESTIMATORS`, imported from this table, not from the file.
-:data:`MOVED` maps the class paths of earlier releases to today's, so that
-their files still load.
+``save`` asks the same questions (:func:`check_nested_estimator`), so that
+it refuses to write what ``load`` would refuse to read.
 """
 
 import functools
@@ -15,9 +15,8 @@ import importlib
 from .codec import FormatError, Refused
 
 __all__ = [
-    "MOVED",
     "NESTED_ESTIMATORS",
-    "current_path",
+    "check_nested_estimator",
     "detector_class",
     "nested_estimator_class",
     "qualified_name",
@@ -36,32 +35,10 @@ NESTED_ESTIMATORS = (
     "sklearn.decomposition:PCA",
 )
 
-# Class paths of skanomaly 0.1.0.dev0 before detectors/ and features/ (the
-# layout of one module per detector): files written then still load.
-MOVED = {
-    f"skanomaly.{module}.{name}": f"skanomaly.detectors.{module}.{name}"
-    for module, name in [
-        ("autoencoder", "AutoEncoder"),
-        ("vae", "VAE"),
-        ("anogan", "AnoGAN"),
-        ("egbad", "EGBAD"),
-        ("ganomaly", "GANomaly"),
-        ("skipganomaly", "SkipGANomaly"),
-        ("mahalanobis", "Mahalanobis"),
-        ("deep_mahalanobis", "DeepMahalanobis"),
-    ]
-}
-MOVED["skanomaly.timm_features.TimmFeatures"] = "skanomaly.features.pooled.TimmFeatures"
-
 
 def qualified_name(cls):
     """``module.QualName`` of a class, as a file stores it."""
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def current_path(path):
-    """Today's class path for a path a file stores (old paths are mapped)."""
-    return MOVED.get(path, path)
 
 
 def detector_class(name, class_path):
@@ -81,7 +58,7 @@ def detector_class(name, class_path):
             f"detectors: {known}); install the package that provides it"
         )
     cls = get_detector(name)
-    if qualified_name(cls) != current_path(class_path):
+    if qualified_name(cls) != class_path:
         raise Refused(
             f"it holds a {name!r} detector of class {class_path!r}, but {name!r} is "
             f"{qualified_name(cls)!r} here; refusing to load it into another class"
@@ -127,11 +104,34 @@ def nested_estimator_class(class_path):
     """The class of a nested estimator, from the allow-list only."""
     if not isinstance(class_path, str):
         raise FormatError("a nested estimator has no class path")
-    path = current_path(class_path)
-    cls = _allowed_nested_classes().get(path) or _registered_class(path)
+    cls = _allowed_nested_classes().get(class_path) or _registered_class(class_path)
     if cls is None:
         raise FormatError(
             f"it holds a nested estimator of class {class_path[:100]!r}, which is "
             "neither a registered detector nor an estimator the format allows"
         )
     return cls
+
+
+def check_nested_estimator(estimator, where):
+    """Refuse to save a nested estimator that loading would refuse.
+
+    Raises
+    ------
+    ValueError
+        If the class of ``estimator`` is neither a registered detector nor
+        one of :data:`NESTED_ESTIMATORS`.
+    """
+    path = qualified_name(type(estimator))
+    try:
+        allowed = nested_estimator_class(path) is type(estimator)
+    except FormatError:
+        allowed = False
+    if not allowed:
+        raise ValueError(
+            f"Cannot save: {where} holds a {path}, which a skanomaly file cannot "
+            "hold (loading only rebuilds registered detectors and "
+            f"{', '.join(t.replace(':', '.') for t in NESTED_ESTIMATORS)}). Keep "
+            "its fitted arrays instead (with _get_persistent_state), or use "
+            "pickle/joblib (trusted files only)."
+        )
