@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from .detectors.base import get_detector_tags
+from .registry import registered_name
 
 __all__ = ["export_onnx", "model_card_path"]
 
@@ -260,15 +261,6 @@ def _jsonable(value):
     return repr(value)
 
 
-def _registered_name_or_none(cls):
-    from .persistence import _registered_name
-
-    try:
-        return _registered_name(cls)
-    except ValueError:
-        return None
-
-
 def _calibration_card(detector, *, with_scores):
     """The card's calibration entry; None without calibration scores."""
     scores = getattr(detector, "calibration_scores_", None)
@@ -332,7 +324,7 @@ def _model_card(detector, model, path, *, calibration_scores=True):
         "onnx_file": path.name,
         "opset": max(entry.version for entry in model.opset_import if not entry.domain),
         "detector": {
-            "name": _registered_name_or_none(cls),
+            "name": registered_name(cls),
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "params": _jsonable(detector.get_params(deep=False)),
         },

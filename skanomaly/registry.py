@@ -38,6 +38,7 @@ __all__ = [
     "list_detectors",
     "make_detector",
     "refresh_registry",
+    "registered_name",
 ]
 
 ENTRY_POINT_GROUP = "skanomaly.detectors"
@@ -338,3 +339,35 @@ def make_detector(name, **params):
         raise ValueError(
             f"Invalid parameters for detector {name!r} ({cls.__name__}): {exc}"
         ) from exc
+
+
+def registered_name(cls):
+    """The name a detector class is registered under, or None.
+
+    Parameters
+    ----------
+    cls : type
+
+    Returns
+    -------
+    name : str or None
+
+    Examples
+    --------
+    >>> import skanomaly
+    >>> from skanomaly.registry import registered_name
+    >>> registered_name(skanomaly.Mahalanobis), registered_name(dict)
+    ('mahalanobis', None)
+    """
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    entry_points = detector_entry_points()
+    for name, entry_point in entry_points.items():
+        if entry_point.value.replace(" ", "") == target:
+            return name
+    for name in entry_points:  # re-exported under another module path
+        try:
+            if get_detector(name) is cls:
+                return name
+        except ValueError:
+            continue
+    return None

@@ -759,14 +759,11 @@ def _dataset_section(data, dataset):
 
 def _model_section(data):
     from . import __version__
-    from .persistence import _registered_name
+    from .registry import registered_name
 
     detector = data.detector
     cls = type(detector)
-    try:
-        registered = _registered_name(cls)
-    except ValueError:
-        registered = "(not registered)"
+    registered = registered_name(cls) or "(not registered)"
     fitted = detector.image_shape_ or (detector.n_features_in_,)
     rows = [
         ("detector", f"{cls.__name__} (<code>{html.escape(registered)}</code>)"),

@@ -96,24 +96,17 @@ _MALFORMED = (LookupError, TypeError, AttributeError, RuntimeError, ArithmeticEr
 
 
 def _registered_name(cls):
-    from ..registry import detector_entry_points, get_detector
+    from ..registry import registered_name
 
-    entry_points = detector_entry_points()
-    for name, entry_point in entry_points.items():
-        if entry_point.value.replace(" ", "") == f"{cls.__module__}:{cls.__qualname__}":
-            return name
-    for name in entry_points:  # re-exported under another module path
-        try:
-            if get_detector(name) is cls:
-                return name
-        except ValueError:
-            continue
-    raise ValueError(
-        f"Cannot save {cls.__name__}: it is not a registered skanomaly detector "
-        "(its file must name a detector that load() can find in the registry). "
-        "Register it under the 'skanomaly.detectors' entry-point group, or use "
-        "pickle/joblib (trusted files only)."
-    )
+    name = registered_name(cls)
+    if name is None:
+        raise ValueError(
+            f"Cannot save {cls.__name__}: it is not a registered skanomaly detector "
+            "(its file must name a detector that load() can find in the registry). "
+            "Register it under the 'skanomaly.detectors' entry-point group, or use "
+            "pickle/joblib (trusted files only)."
+        )
+    return name
 
 
 def save(detector, path):
