@@ -232,14 +232,20 @@ class EGBAD(BaseGANDetector):
         tags.test_params["lr"] = 1e-3
         return tags
 
+    def _resolved_latent_dim(self, input_shape):
+        """``latent_dim``, 'auto' resolved for rows (1-D shape) or images."""
+        if self.latent_dim != "auto":
+            return self.latent_dim
+        return _AUTO_LATENT_DIM["tabular" if len(input_shape) == 1 else "images"]
+
     def _fit(self, X):
-        if self.latent_dim == "auto":
-            self.latent_dim_ = _AUTO_LATENT_DIM["tabular" if X.ndim == 2 else "images"]
-        else:
-            self.latent_dim_ = self.latent_dim
+        self.latent_dim_ = self._resolved_latent_dim(X.shape[1:])
         super()._fit(X)
 
     def _make_net(self, input_shape):
+        # from the parameters and the input shape only, not fitted state, so
+        # that a loaded file rebuilds the same net
+        latent_dim = self._resolved_latent_dim(input_shape)
         callbacks = []
         if self.ema_decay is not None:
             callbacks.append(("weight_average", WeightAverage(self.ema_decay)))
@@ -249,10 +255,10 @@ class EGBAD(BaseGANDetector):
             BiGANLoss,
             input_shape,
             callbacks=callbacks,
-            module__latent_dim=self.latent_dim_,
+            module__latent_dim=latent_dim,
             module__hidden_sizes=tuple(self.hidden_sizes),
             module__base_channels=self.base_channels,
-            discriminator__latent_dim=self.latent_dim_,
+            discriminator__latent_dim=latent_dim,
             discriminator__dropout=self.dropout,
         )
 
