@@ -233,11 +233,11 @@ default='auto'
 
         Measured on 100 training digits (AutoEncoder, VAE, GANomaly; three
         normal classes, ten seeds; ``benchmarks/RESULTS_calibration.md``):
-        'split' and ``5`` both keep the false-alarm rate at the level on
-        average, with AUROC equal within 0.002; cross-fitting roughly halves
-        how far one fit's rate strays from it (mean ``|rate - 0.05|``
-        0.022-0.034 against 0.036-0.052) at 5-6 times the fit time, hence
-        'split' by default.
+        AUROC equal within 0.002 for 'split' and ``5``; cross-fitting
+        roughly halves how far one fit's rate strays from the level (mean
+        ``|rate - 0.05|`` 0.022-0.034 against 0.036-0.052) at 5-6 times the
+        fit time, but is approximate (GANomaly's mean rate at 0.1 was
+        0.114-0.117) where 'split' is exact; hence 'split' by default.
     calibration_size : float in (0, 1), default=0.2
         Fraction of the normal training samples that ``calibration='split'``
         holds out (at most 5,000 samples).
