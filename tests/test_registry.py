@@ -27,10 +27,12 @@ def _entry_point(name, value, package="fake-plugin"):
 
 @pytest.fixture
 def fake_entry_points(monkeypatch):
-    """Replace discovery with a given list of entry points."""
+    """Replace discovery with a given list of entry points (``installed=True``:
+    replace the installed metadata's only, the checkout's still apply)."""
 
-    def install(entry_points):
-        monkeypatch.setattr(registry, "_entry_points_in_group", lambda: entry_points)
+    def install(entry_points, installed=False):
+        where = "_installed_entry_points" if installed else "_entry_points_in_group"
+        monkeypatch.setattr(registry, where, lambda: entry_points)
         registry.refresh_registry()
 
     yield install
@@ -222,19 +224,6 @@ def _pyproject_builtins():
     return project["entry-points"][registry.ENTRY_POINT_GROUP]
 
 
-@pytest.fixture
-def installed(monkeypatch):
-    """Replace the installed metadata's entry points (the checkout stays)."""
-
-    def install(entry_points):
-        monkeypatch.setattr(registry, "_installed_entry_points", lambda: entry_points)
-        registry.refresh_registry()
-
-    yield install
-    monkeypatch.undo()
-    registry.refresh_registry()
-
-
 def _builtins():
     return {
         name: ep.value
@@ -271,9 +260,9 @@ def test_the_reader_without_tomllib_reads_what_tomllib_reads(tmp_path):
     assert simple["entry-points"] == expected["entry-points"]
 
 
-def test_a_checkout_without_installed_metadata_has_its_detectors(installed):
+def test_a_checkout_without_installed_metadata_has_its_detectors(fake_entry_points):
     # run from a source tree that was never pip-installed
-    installed([])
+    fake_entry_points([], installed=True)
     assert _builtins() == _pyproject_builtins()
     assert registry.builtin_detector_classes()["PaDiM"] == "padim"
     assert skanomaly.get_detector("patchcore").__name__ == "PatchCore"
@@ -282,7 +271,7 @@ def test_a_checkout_without_installed_metadata_has_its_detectors(installed):
     )
 
 
-def test_stale_metadata_gives_way_to_the_checkout(installed):
+def test_stale_metadata_gives_way_to_the_checkout(fake_entry_points):
     # pyproject.toml edited after the last `pip install -e .`: a detector
     # added (padim), one removed (gone), one moved (vae)
     real = [
@@ -294,7 +283,7 @@ def test_stale_metadata_gives_way_to_the_checkout(installed):
         _entry_point("gone", "skanomaly.detectors.gone:Gone", package="skanomaly"),
         _entry_point("vae", "skanomaly.vae:VAE", package="skanomaly"),
     ]
-    installed(real + stale)
+    fake_entry_points(real + stale, installed=True)
     assert _builtins() == _pyproject_builtins()
     eps = registry.detector_entry_points()
     assert eps["autoencoder"].dist.name == "skanomaly"  # the installed one
@@ -304,7 +293,7 @@ def test_stale_metadata_gives_way_to_the_checkout(installed):
 
 
 def test_a_new_entry_point_is_found_without_reinstalling(
-    installed, tmp_path, monkeypatch
+    fake_entry_points, tmp_path, monkeypatch
 ):
     module = types.ModuleType("skanomaly._fake_new_detector")
     module.NewDetector = type("NewDetector", (AutoEncoder,), {})
@@ -320,7 +309,7 @@ def test_a_new_entry_point_is_found_without_reinstalling(
     )
     (tmp_path / "pyproject.toml").write_text(pyproject)
     monkeypatch.setattr(registry, "_CHECKOUT", tmp_path)
-    installed(registry._installed_entry_points())
+    fake_entry_points(registry._installed_entry_points(), installed=True)
     assert "new_detector" in skanomaly.list_detectors()
     assert registry.builtin_detector_classes()["NewDetector"] == "new_detector"
     try:
@@ -331,7 +320,7 @@ def test_a_new_entry_point_is_found_without_reinstalling(
 
 @pytest.mark.parametrize("pyproject", [None, '[project]\nname = "other"\n'])
 def test_an_installed_skanomaly_reads_metadata_only(
-    installed, tmp_path, monkeypatch, pyproject
+    fake_entry_points, tmp_path, monkeypatch, pyproject
 ):
     # no pyproject.toml next to the package, or another project's
     if pyproject is not None:
@@ -339,5 +328,5 @@ def test_an_installed_skanomaly_reads_metadata_only(
     monkeypatch.setattr(registry, "_CHECKOUT", tmp_path)
     assert registry._checkout_entry_points() is None
     only = [_entry_point("vae", "skanomaly.detectors.vae:VAE", package="skanomaly")]
-    installed(only)
+    fake_entry_points(only, installed=True)
     assert list(registry.detector_entry_points()) == ["vae"]
