@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "deeppcb_pairs",
+    "deeppcb_tiles",
     "load_adbench",
     "load_mnist",
     "mnist_defect_mosaics",
@@ -56,6 +58,53 @@ def load_adbench(path):
         return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).astype(
             np.int64
         )
+
+
+def deeppcb_pairs(folder):
+    """DeepPCB's pairs: {name: (template path, tested path, defect boxes)}.
+
+    DeepPCB (Tang et al. 2019, https://github.com/tangsanli5201/DeepPCB, MIT
+    licence) holds 1,500 pairs of binarised 640 x 640 crops of printed
+    circuit boards from a line-scan camera: a defect-free *template*
+    (``<name>_temp.jpg``) and the aligned *tested* image of the same board
+    area with 3 to 12 annotated defects (``<name>_test.jpg``; open, short,
+    mousebite, spur, spurious copper, pin hole), whose boxes
+    ``x1 y1 x2 y2 type`` are in ``<group>_not/<name>.txt``. ``folder`` is
+    the repository's ``PCBData`` folder. Boxes are an int array (k, 5).
+    """
+    folder = Path(folder)
+    pairs = {}
+    for template in sorted(folder.glob("*/*/*_temp.jpg")):
+        name = template.name[: -len("_temp.jpg")]
+        tested = template.with_name(f"{name}_test.jpg")
+        notes = template.parent.with_name(f"{template.parent.name}_not") / f"{name}.txt"
+        if not (tested.exists() and notes.exists()):
+            continue
+        boxes = [
+            [int(v) for v in line.replace(",", " ").split()]
+            for line in notes.read_text().splitlines()
+            if line.strip()
+        ]
+        pairs[name] = (template, tested, np.array(boxes, dtype=np.int64).reshape(-1, 5))
+    return pairs
+
+
+def deeppcb_tiles(paths, tiles, tile=160, size=128):
+    """Tiles of DeepPCB images as uint8 (N, 1, size, size).
+
+    ``paths[i]`` is read (grayscale), its ``tile`` x ``tile`` square at grid
+    position ``tiles[i] = (row, col)`` cut out and resized to ``size`` with
+    area averaging (thin tracks become grey levels).
+    """
+    from PIL import Image
+
+    out = []
+    for path, (row, col) in zip(paths, tiles):
+        with Image.open(path) as image:
+            box = (col * tile, row * tile, (col + 1) * tile, (row + 1) * tile)
+            cut = image.convert("L").crop(box)
+            out.append(np.asarray(cut.resize((size, size), Image.Resampling.BOX)))
+    return np.stack(out)[:, None].astype(np.uint8)
 
 
 # ------------------------------------------------ synthetic defects on MNIST
