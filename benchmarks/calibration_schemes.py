@@ -1,10 +1,12 @@
-"""Split or cross-fitting for the trained detectors: false alarms and AUROC.
+"""Calibration schemes side by side: false alarms on unseen normals and AUROC.
 
-The question behind ``calibration='auto'`` for the trained networks: hold
+The questions behind ``calibration='auto'``. For the trained networks: hold
 out ``calibration_size`` of the normal samples (exact split-conformal, the
 model trains on 80%) or cross-fit five folds and refit on all samples (every
 sample calibrates and trains, at six fits' cost, but the final model is not
-the one that made the calibration scores). On scikit-learn's digits, one
+the one that made the calibration scores). For the Gaussians and PatchCore
+(``--family pretrained``): their leave-one-out scores against a held-out
+split. On scikit-learn's digits, one
 class normal, 100 training images, the other classes anomalies, several
 seeds: the false-alarm rate on the unseen normals at 0.05 and 0.1 and the
 AUROC of both schemes, on the same splits.
@@ -12,7 +14,7 @@ AUROC of both schemes, on the same splits.
 Run (one thread, as every timing here)::
 
     OMP_NUM_THREADS=1 python benchmarks/calibration_schemes.py \\
-        --out calibration_schemes.jsonl
+        --out calibration_schemes.jsonl [--family pretrained --seeds 10]
 
 Results are appended as JSON lines (an interrupted run resumes);
 ``--summary`` prints the table of ``RESULTS_calibration.md``'s scheme
@@ -33,8 +35,15 @@ from sklearn.metrics import roc_auc_score
 LEVELS = (0.05, 0.1)
 # classes 0 and 8 were used while choosing the defaults; 5 is held out
 TASKS = {0: "tuning", 8: "tuning", 5: "held-out"}
-DETECTORS = ("AutoEncoder", "VAE", "GANomaly")
-SCHEMES = ("split", 5)
+FAMILIES = {
+    "trained": (("AutoEncoder", "VAE", "GANomaly"), ("split", 5)),
+    "pretrained": (
+        ("DeepMahalanobis", "PaDiM", "PatchCore"),
+        ("leave-one-out", "split"),
+    ),
+}
+# the pretrained detectors see the 8x8 digits at this size
+_IMAGE_SIZE = 64
 
 
 def _task(normal_class, seed):
@@ -56,6 +65,8 @@ def _run(detector, scheme, normal_class, seed):
     X_train, X_test, is_anomaly = _task(normal_class, seed)
     cls = getattr(skanomaly, detector)
     det = cls(calibration=scheme, random_state=seed)
+    if "image_size" in det.get_params():
+        det.set_params(image_size=_IMAGE_SIZE)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,15 +92,15 @@ def _run(detector, scheme, normal_class, seed):
     return row
 
 
-def _summary(rows):
+def _summary(rows, detectors, schemes):
     lines = [
         "| detector | tasks | scheme | n_cal | mean FA at 0.05 | mean FA at 0.1 "
         "| mean abs(FA - c) at 0.05 / 0.1 | mean AUROC | fit s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for detector in DETECTORS:
+    for detector in detectors:
         for role in ("tuning", "held-out"):
-            for scheme in map(str, SCHEMES):
+            for scheme in map(str, schemes):
                 cells = [
                     r
                     for r in rows
@@ -118,25 +129,28 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("calibration_schemes.jsonl"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="trained")
     args = parser.parse_args()
+    detectors, schemes = FAMILIES[args.family]
     done = []
     if args.out.exists():
         done = [json.loads(line) for line in args.out.read_text().splitlines()]
     if args.summary:
-        print(_summary(done))
+        print(_summary(done, detectors, schemes))
         return
     keys = {(r["detector"], r["scheme"], r["normal_class"], r["seed"]) for r in done}
     for seed in range(args.seeds):
         for normal_class in TASKS:
-            for detector in DETECTORS:
-                for scheme in SCHEMES:
+            for detector in detectors:
+                for scheme in schemes:
                     if (detector, str(scheme), normal_class, seed) in keys:
                         continue
                     row = _run(detector, scheme, normal_class, seed)
                     with args.out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-    print(_summary([json.loads(line) for line in args.out.read_text().splitlines()]))
+    rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    print(_summary(rows, detectors, schemes))
 
 
 if __name__ == "__main__":
