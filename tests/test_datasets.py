@@ -80,6 +80,35 @@ def test_16_bit_images_are_scaled_to_8_bits(tmp_path, suffix):
     assert X.shape == (1, 1, 3, 5) and (X == 123).all()
 
 
+def test_32_bit_integer_and_float_images_read_on_their_scales(tmp_path):
+    # a 0..65535 ramp in 32-bit integers, as 16 bits: 0, 85, 170, 255
+    ramp = np.array([[0, 21845, 43690, 65535]], dtype=np.int32)
+    Image.fromarray(ramp, mode="I").save(tmp_path / "int32.tif")
+    X, _ = load_image_folder(tmp_path)
+    assert Image.open(tmp_path / "int32.tif").mode == "I"
+    assert X[0, 0, 0].tolist() == [0, 85, 170, 255]
+    (tmp_path / "int32.tif").unlink()
+    # floats in 0..1 as value x 255 (PIL's own conversion truncated to 0/1)
+    floats = np.array([[0.0, 1 / 3, 2 / 3, 1.0]], dtype=np.float32)
+    Image.fromarray(floats, mode="F").save(tmp_path / "float.tif")
+    X, _ = load_image_folder(tmp_path, image_size=(1, 4))
+    assert X[0, 0, 0].tolist() == [0, 85, 170, 255]
+
+
+@pytest.mark.parametrize(
+    "pixels, mode, match",
+    [
+        (np.array([[0.0, 2.0, 255.0]], np.float32), "F", r"\[0, 1\].*0\.\.255"),
+        (np.array([[0.0, np.nan, 1.0]], np.float32), "F", r"\[0, 1\]"),
+        (np.array([[-5, 0, 70000]], np.int32), "I", "0..65535.*-5..70000"),
+    ],
+)
+def test_high_depth_values_without_a_meaning_are_refused(tmp_path, pixels, mode, match):
+    Image.fromarray(pixels, mode=mode).save(tmp_path / "bad.tif")
+    with pytest.raises(ValueError, match=f"bad.tif.*{match}"):
+        load_image_folder(tmp_path)
+
+
 def test_resize_int_and_pair(tmp_path):
     for i, size in enumerate([(10, 12), (30, 20)]):
         Image.fromarray(np.full(size, 77, np.uint8)).save(tmp_path / f"{i}.png")

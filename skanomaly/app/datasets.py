@@ -4,7 +4,10 @@ Every loader returns channels-first ``uint8`` images of shape
 ``(n_samples, channels, height, width)`` (detectors scale ``uint8`` input to
 [0, 1]) and labels in scikit-learn's outlier convention, +1 normal and -1
 anomalous. Decoding uses Pillow; PNG, JPEG, BMP and TIFF files are read,
-8- and 16-bit, grayscale or colour (an alpha channel is dropped).
+8- and 16-bit, grayscale or colour (an alpha channel is dropped). Deeper
+grayscale images are read on an agreed scale or refused with the reason:
+16- and 32-bit integers hold 0..65535 (read as value / 257), 32-bit floats
+hold 0..1 (read as value x 255).
 """
 
 import warnings
@@ -28,7 +31,8 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
-_16BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# grayscale modes deeper than 8 bits: 16-bit, 32-bit integer, 32-bit float
+_HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
 def _check_choice(name, value, options):
@@ -93,14 +97,45 @@ def list_image_files(folder, *, recursive=False):
     )
 
 
+def _as_8_bit_scale(image):
+    """Float32 pixels on the 0..255 scale of a high-depth grayscale image.
+
+    16-bit and 32-bit integer images hold 0..65535 (read as value / 257);
+    float images hold 0..1 (read as value x 255). Values outside those
+    ranges have no agreed meaning, so they are refused, naming the range
+    found, rather than clipped.
+    """
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        low, high = (
+            (float(values.min()), float(values.max())) if values.size else (0, 0)
+        )
+        if not np.isfinite(values).all() or low < 0 or high > 1:
+            raise ValueError(
+                f"a floating-point image must hold values in [0, 1] (read as "
+                f"value x 255); this one holds {low:.6g}..{high:.6g}. Save it as "
+                "8- or 16-bit integers, or rescale it to [0, 1]."
+            )
+        return values * 255.0
+    values = np.asarray(image, dtype=np.int64)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 65535:
+        raise ValueError(
+            f"a {image.mode} integer image must hold values in 0..65535 (read as "
+            f"value / 257, as 16-bit images); this one holds {low}..{high}. "
+            "Rescale it to 8 or 16 bits."
+        )
+    return values.astype(np.float32) / 257.0
+
+
 def _decode(image, grayscale, size_hw, resample):
     """Pixels of an open PIL image as (height, width, channels) uint8, resized."""
     from PIL import Image
 
     size_wh = (size_hw[1], size_hw[0])
-    if image.mode in _16BIT_MODES:
-        # 0..65535 -> 0..255, resized in floating point to keep the precision
-        image = Image.fromarray(np.asarray(image, dtype=np.float32) / 257.0)
+    if image.mode in _HIGH_DEPTH_MODES:
+        # to the 0..255 scale, resized in floating point to keep the precision
+        image = Image.fromarray(_as_8_bit_scale(image))
         if image.size != size_wh:
             image = image.resize(size_wh, resample)
         pixels = np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8)
