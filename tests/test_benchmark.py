@@ -243,3 +243,69 @@ def test_format_results_marks_failures_and_skips():
     assert lines[2].split()[:2] == ["gan", "failed"]
     assert lines[2].endswith("RuntimeError: boom")
     assert lines[3].split()[:2] == ["deep", "skipped"]
+
+
+class _RaisesInInit(_MeanImage):
+    def __init__(self, max_epochs=1, random_state=None, contamination="auto"):
+        raise RuntimeError("cannot construct me")
+
+
+class _NeedsAnArgument(_MeanImage):
+    def __init__(self, required, contamination="auto"):  # no default
+        super().__init__(contamination=contamination)
+        self.required = required
+
+
+class _ExitsInFit(_MeanImage):
+    def _fit(self, X):
+        import sys
+
+        sys.exit(3)
+
+
+class _InterruptedInFit(_MeanImage):
+    def _fit(self, X):
+        raise KeyboardInterrupt
+
+
+_FAKES.update(
+    raises_in_init=_RaisesInInit,
+    needs_an_argument=_NeedsAnArgument,
+    exits_in_fit=_ExitsInFit,
+    interrupted=_InterruptedInFit,
+)
+
+
+@pytest.mark.parametrize("detectors", [None, "named"])
+def test_one_bad_plugin_fails_by_name_and_the_others_run(
+    fake_registry, monkeypatch, detectors
+):
+    bad = ["exits_in_fit", "needs_an_argument", "raises_in_init"]
+    everything = sorted([*bad, "mean_image"])
+    monkeypatch.setattr(registry, "list_detectors", lambda: everything)
+    results = run_benchmark(
+        None if detectors is None else everything,
+        normal_classes=[0, 1],
+        progress=False,
+    )
+    by_name = {r.detector: r for r in results}
+    assert list(by_name) == everything
+    assert by_name["mean_image"].status == "ok"
+    assert set(by_name["mean_image"].aurocs) == {"digit 0", "digit 1"}
+    for name in bad:
+        assert by_name[name].status == "failed", name
+        assert math.isnan(by_name[name].auroc)
+    assert "RuntimeError: cannot construct me" in by_name["raises_in_init"].note
+    assert "TypeError" in by_name["needs_an_argument"].note
+    assert "required" in by_name["needs_an_argument"].note
+    assert "SystemExit: 3" in by_name["exits_in_fit"].note
+    # the table names each failure
+    table = format_results(results).splitlines()
+    for name in bad:
+        (line,) = [line for line in table if line.split()[0] == name]
+        assert line.split()[1] == "failed"
+
+
+def test_a_keyboard_interrupt_in_a_detector_still_interrupts(fake_registry):
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(["interrupted", "mean_image"], normal_classes=[0], progress=False)

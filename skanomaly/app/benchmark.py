@@ -24,8 +24,10 @@ constructor defaults, updated with the ``benchmark_params`` of its tags
 ``max_epochs`` only when ``epochs`` is given: by default the trained
 detectors size their own training (``batch_size='auto'``,
 ``max_epochs='auto'``: enough optimizer steps on the digits' ~90 images a
-class). A detector that fails is reported as failed, with its error, and
-the others still run.
+class). A detector that fails is reported as failed, in its own row, with
+its error, and the others still run: whatever its construction (with its
+defaults), tags, fit or scoring raise, ``SystemExit`` included (a plugin
+that calls ``sys.exit``); ``KeyboardInterrupt`` still interrupts the run.
 """
 
 import math
@@ -54,6 +56,10 @@ _PRETRAINED_NOTE = (
     "in --detectors (detectors=) to run it"
 )
 _ERROR_CHARS = 200
+
+# what a detector (a plugin: any code) may raise without ending the run;
+# KeyboardInterrupt (and GeneratorExit) still go through
+_DETECTOR_FAILURES = (Exception, SystemExit)
 
 
 @dataclass
@@ -201,6 +207,10 @@ def _flat(X):
     return X.reshape(len(X), -1)
 
 
+def _construction_failed(name, exc):
+    return BenchmarkResult(name, "failed", note=f"construction: {_error_text(exc)}")
+
+
 def _run_one(name, datasets, *, epochs, seed, advance):
     from sklearn.base import clone
 
@@ -208,10 +218,10 @@ def _run_one(name, datasets, *, epochs, seed, advance):
 
     try:
         template = _make(name, epochs, seed)
-    except Exception as exc:
+        tags = get_detector_tags(template)
+    except _DETECTOR_FAILURES as exc:
         advance(len(datasets))
-        return BenchmarkResult(name, "failed", note=_error_text(exc))
-    tags = get_detector_tags(template)
+        return _construction_failed(name, exc)
     as_table = not tags.images and tags.tabular
     note = ""
     if as_table:
@@ -223,7 +233,7 @@ def _run_one(name, datasets, *, epochs, seed, advance):
         try:
             detector = clone(template)
             runs[data_name] = _evaluate(detector, X_train, X_test, y_test)
-        except Exception as exc:
+        except _DETECTOR_FAILURES as exc:
             advance(len(datasets) - i)
             return BenchmarkResult(
                 name, "failed", note=f"{data_name}: {_error_text(exc)}"
@@ -308,18 +318,21 @@ def run_benchmark(
     from ..detectors.base import get_detector_tags
     from ..registry import get_detector, list_detectors
 
+    skipped = {}  # name to its result, not run
     if detectors is None:
         names = list_detectors()
-        skipped = {}
         for name in names:
-            tags = get_detector_tags(get_detector(name))
+            try:  # the tags of a class construct it with its defaults
+                tags = get_detector_tags(get_detector(name))
+            except _DETECTOR_FAILURES as exc:
+                skipped[name] = _construction_failed(name, exc)
+                continue
             if tags.pretrained_weights and not tags.weights_available:
-                skipped[name] = _PRETRAINED_NOTE
+                skipped[name] = BenchmarkResult(name, "skipped", note=_PRETRAINED_NOTE)
     else:
         names = list(dict.fromkeys(detectors))
         for name in names:
             get_detector(name)  # unknown names fail before any training
-        skipped = {}
     datasets = load_benchmark_datasets(
         data, normal_classes=normal_classes, image_size=image_size, seed=seed
     )
@@ -343,9 +356,7 @@ def run_benchmark(
                 )
     finally:
         torch.set_num_threads(threads_before)
-    for name in names:
-        if name in skipped:
-            results[name] = BenchmarkResult(name, "skipped", note=skipped[name])
+    results.update(skipped)
     return [results[name] for name in names]
 
 
