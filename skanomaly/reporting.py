@@ -599,10 +599,16 @@ def _svg(figure):
     return _img(buffer.getvalue(), "image/svg+xml", "plot")
 
 
+def _text(value):
+    """``value`` as HTML text (or a quoted attribute value): every string that
+    comes from a detector, its parameters or the data goes through this."""
+    return html.escape(str(value))
+
+
 def _img(data, mime, css_class, alt=""):
     encoded = base64.b64encode(data).decode("ascii")
     return (
-        f'<img class="{css_class}" alt="{html.escape(alt)}" '
+        f'<img class="{css_class}" alt="{_text(alt)}" '
         f'src="data:{mime};base64,{encoded}">'
     )
 
@@ -740,7 +746,7 @@ def _dataset_section(data, dataset):
     else:
         kind = f"tabular, {np.shape(data.X)[1]} features"
     rows = [
-        ("source", html.escape(dataset or "(not given)")),
+        ("source", _text(dataset or "(not given)")),
         ("kind", kind),
         ("samples", n),
     ]
@@ -766,16 +772,16 @@ def _model_section(data):
     registered = registered_name(cls) or "(not registered)"
     fitted = detector.image_shape_ or (detector.n_features_in_,)
     rows = [
-        ("detector", f"{cls.__name__} (<code>{html.escape(registered)}</code>)"),
-        ("class", f"<code>{cls.__module__}.{cls.__qualname__}</code>"),
-        ("fitted on", "x".join(map(str, fitted))),
+        ("detector", f"{_text(cls.__name__)} (<code>{_text(registered)}</code>)"),
+        ("class", f"<code>{_text(f'{cls.__module__}.{cls.__qualname__}')}</code>"),
+        ("fitted on", _text("x".join(map(str, fitted)))),
         ("threshold offset_", f"{data.offset:.6g}"),
         ("anomaly maps", "yes" if data.tags.anomaly_maps else "no"),
         ("skanomaly", __version__),
     ]
     params = sorted(detector.get_params(deep=False).items())
     parameters = _table(
-        [(f"<code>{name}</code>", html.escape(repr(value))) for name, value in params],
+        [(f"<code>{_text(name)}</code>", _text(repr(value))) for name, value in params],
         header=("parameter", "value"),
     )
     return _section("model", _table(rows) + "<h3>Parameters</h3>" + parameters)
@@ -797,14 +803,14 @@ def _calibration_section(data, Figure):
     facts = data.threshold
     rows = [
         ("threshold offset_", f"{data.offset:.6g}"),
-        ("calibration", html.escape(facts.calibration_text)),
-        ("false-alarm level requested", html.escape(facts.level_text)),
+        ("calibration", _text(facts.calibration_text)),
+        ("false-alarm level requested", _text(facts.level_text)),
     ]
     if facts.expected is not None:
         rows.append(
             (
                 "expected false-alarm rate on new normals",
-                f"{facts.expected:.4g} ({facts.expected_text})",
+                f"{facts.expected:.4g} ({_text(facts.expected_text)})",
             )
         )
     if data.anomalous is not None:
@@ -926,8 +932,7 @@ def _kinds_section(data):
     if data.kinds is None:
         return None
     rows = [
-        (html.escape(str(kind)), n, f"{auroc:.4f}")
-        for kind, n, auroc in data.evaluation.kinds
+        (_text(kind), n, f"{auroc:.4f}") for kind, n, auroc in data.evaluation.kinds
     ]
     table = _table(rows, header=("kind", "samples", "AUROC vs normal"))
     return _section("kinds", table)
@@ -936,7 +941,7 @@ def _kinds_section(data):
 def _pixel_metrics_section(data):
     if not data.images or not data.tags.anomaly_maps:
         note = (
-            f"{type(data.detector).__name__} has no anomaly maps, so there are "
+            f"{_text(type(data.detector).__name__)} has no anomaly maps, so there are "
             "no pixel metrics."
         )
         return _section("pixel-metrics", "", note)
@@ -978,7 +983,7 @@ def _examples_section(data):
             f"<h3>{title}</h3>" + _rows_table(data, rows) for title, rows in groups
         )
         note = (
-            f"{type(data.detector).__name__} has no anomaly maps (its tags do "
+            f"{_text(type(data.detector).__name__)} has no anomaly maps (its tags do "
             "not declare anomaly_maps): no image grid, the samples are listed."
         )
         return _section("examples", body, note)
@@ -1018,7 +1023,7 @@ def _rows_table(data, rows):
     table_rows = []
     for row in rows.tolist():
         cells = [
-            f"<code>{html.escape(data.names[row])}</code>",
+            f"<code>{_text(data.names[row])}</code>",
             f"{data.scores[row]:.6g}",
         ]
         if data.p_values is not None:
@@ -1032,13 +1037,13 @@ def _rows_table(data, rows):
 
 def _tile_html(data, row, png):
     name = data.names[row]
-    caption = "<br>".join(html.escape(line) for line in _caption_lines(data, row))
+    caption = "<br>".join(_text(line) for line in _caption_lines(data, row))
     wrong = data.anomalous is not None and data.anomalous[row] != data.predicted[row]
     return (
         f'<figure class="tile{" wrong" if wrong else ""}">'
         f"{_img(png, 'image/png', 'sample', alt=name)}"
-        f'<figcaption><span class="name" title="{html.escape(name)}">'
-        f"{html.escape(_short_name(name))}</span><br>{caption}</figcaption></figure>"
+        f'<figcaption><span class="name" title="{_text(name)}">'
+        f"{_text(_short_name(name))}</span><br>{caption}</figcaption></figure>"
     )
 
 
@@ -1142,8 +1147,8 @@ def _page(title, sections):
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<header><h1>{html.escape(title)}</h1>"
+        f"<title>{_text(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{_text(title)}</h1>"
         f"<p>skanomaly {__version__} report, written {created}</p></header>"
         f"<nav>{links}</nav><main>{''.join(sections)}</main></body></html>\n"
     )

@@ -369,3 +369,64 @@ def test_evaluate_and_score_reports_from_the_command_line(bars, tmp_path, capsys
         )
         assert message in capsys.readouterr().err
     assert skanomaly.load(model).offset_ == detector.offset_
+
+
+_SCRIPT = "<script>alert(1)</script>"
+
+
+def _hostile_detector_class():
+    """An image detector without maps whose class, module, parameter names,
+    parameter values and fitted shape carry HTML, as a plugin's might."""
+    from skanomaly.detectors.base import BaseDetector
+
+    def __init__(self, contamination="auto", label=_SCRIPT):
+        BaseDetector.__init__(self, contamination=contamination)
+        self.label = label
+
+    def _fit(self, X):
+        self.mean_ = X.mean(axis=0)
+
+    def _score_samples(self, X):
+        return -((X - self.mean_) ** 2).reshape(len(X), -1).sum(axis=1)
+
+    def __skanomaly_tags__(self):
+        tags = BaseDetector.__skanomaly_tags__(self)
+        tags.images, tags.anomaly_maps = True, False
+        return tags
+
+    cls = type(
+        _SCRIPT,
+        (BaseDetector,),
+        {
+            "__init__": __init__,
+            "_fit": _fit,
+            "_score_samples": _score_samples,
+            "__skanomaly_tags__": __skanomaly_tags__,
+        },
+    )
+    cls.__module__ = f"evil{_SCRIPT}"
+    cls.__qualname__ = f"Outer.{_SCRIPT}"
+    return cls
+
+
+def test_every_string_from_a_detector_is_escaped(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 1, 8, 8), dtype=np.uint8)
+    detector = _hostile_detector_class()().fit(images)
+    y = np.r_[np.zeros(16, int), np.ones(8, int)]
+    masks = np.zeros((24, 8, 8), bool)
+    masks[16:, 2:4, 2:4] = True
+    names = [f"{_SCRIPT}{i}.png" for i in range(24)]
+    page = skanomaly.report(
+        detector, images, tmp_path / "r.html", y=y, names=names, masks=masks
+    ).read_text()
+    assert "<script" not in page.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    model = page.split('id="model"')[1].split("</section>")[0]
+    assert f"{escaped} (<code>(not registered)</code>)" in model  # class name
+    assert f"<code>evil{escaped}.Outer.{escaped}</code>" in model  # module, qualname
+    assert f"&#x27;{escaped}&#x27;" in model  # a parameter's repr
+    for section in ("pixel-metrics", "examples"):  # notes that name the class
+        body = page.split(f'id="{section}"')[1].split("</section>")[0]
+        assert f"{escaped} has no anomaly maps" in body
+    assert f"<title>{escaped} report</title>" in page
