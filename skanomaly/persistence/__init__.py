@@ -74,6 +74,7 @@ from .format import (
     FORMAT_VERSION,
     checksum,
     read_document,
+    read_file,
     read_tensors,
     write_file,
 )
@@ -264,8 +265,11 @@ def load(path, *, device=None):
     if not path.is_file():
         raise FileNotFoundError(f"No skanomaly model file {str(path)!r}.")
     try:
-        document = read_document(path)
-        tensors = read_tensors(path, document)
+        data = read_file(path)
+        document = read_document(data)
+        tensors = read_tensors(data, document)
+        size = len(data)
+        del data  # the tensors are copies: hold the file's bytes no longer
         name = document.get("name")
         encoded = document.get("detector")
         if not isinstance(name, str) or not isinstance(encoded, dict):
@@ -278,7 +282,7 @@ def load(path, *, device=None):
             check_estimator_device=check_estimator_device,
             checked_device=checked_device,
             string_dtype=_string_dtype,
-            budget=Budget(path.stat().st_size + LOAD_MARGIN_BYTES),
+            budget=Budget(size + LOAD_MARGIN_BYTES),
         )
         return reader.estimator(cls, encoded)
     except Refused as exc:

@@ -16,12 +16,16 @@ format version this module reads (version 1, whose checksum leaves the
 header out, only when the caller allows it).
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
-from pathlib import Path
+import time
 
 import torch
 
@@ -31,7 +35,9 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "checksum",
+    "is_temporary_file",
     "read_document",
+    "read_file",
     "read_tensors",
     "write_atomically",
     "write_file",
@@ -74,22 +80,119 @@ def write_file(path, tensors, document):
 def write_atomically(path, data):
     """Write the bytes ``data`` to ``path`` through a temporary file.
 
-    The bytes go to a temporary file in the same folder, which then replaces
-    ``path``: a partly written file never replaces an existing one.
+    The bytes go to a temporary file beside the file they replace, which
+    then replaces it in one rename: a partly written file never replaces an
+    existing one. As an editor saves a file:
+
+    - a symbolic link is written through: its target (resolved, links of
+      links too) is replaced, the link stays;
+    - an existing file keeps its permission bits (a new one gets the
+      umask's, as ``open()`` gives) and, where allowed, its owner;
+    - a file that nobody may write (no write permission bit, ``chmod 444``)
+      or that this process may not write is not replaced: PermissionError,
+      root included;
+    - a temporary file is named ``.<name>.<16 hex digits>.skanomaly-tmp``;
+      one that a killed process left behind is removed by the next write
+      to the same file once it is :data:`STALE_TEMPORARY_SECONDS` old.
+
+    Raises
+    ------
+    PermissionError
+        If ``path`` (or the target of the link it is) is read-only.
     """
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
+    target = os.path.realpath(os.fspath(path))
+    folder, name = os.path.split(target)
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        _check_writable(path, target, existing)
+        mode = stat.S_IMODE(existing.st_mode)
+    else:
+        mode = 0o666 & ~_umask()
+    _remove_stale_temporary_files(folder, name)
+    tmp, handle = _create_temporary_file(folder, name)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
-        # mkstemp makes the file private (0600); give it the permissions of
-        # any new file (the umask's), as open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if existing is not None and (existing.st_uid, existing.st_gid) != _owner(tmp):
+            with contextlib.suppress(OSError):  # allowed to root only
+                os.chown(tmp, existing.st_uid, existing.st_gid)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+# A temporary file this old that no write has touched was left by a killed
+# process (a write in progress keeps changing its modification time).
+STALE_TEMPORARY_SECONDS = 10 * 60
+_TEMPORARY_SUFFIX = ".skanomaly-tmp"
+_TEMPORARY_RANDOM = re.compile(r"[0-9a-f]{16}")
+
+
+def is_temporary_file(filename, name):
+    """Whether ``filename`` is a temporary file of a write to the file ``name``."""
+    prefix = f".{name}."
+    return (
+        filename.startswith(prefix)
+        and filename.endswith(_TEMPORARY_SUFFIX)
+        and _TEMPORARY_RANDOM.fullmatch(filename[len(prefix) : -len(_TEMPORARY_SUFFIX)])
+        is not None
+    )
+
+
+def _create_temporary_file(folder, name):
+    """A new private file ``.<name>.<random>.skanomaly-tmp`` in ``folder``."""
+    while True:
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}{_TEMPORARY_SUFFIX}")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+
+
+def _remove_stale_temporary_files(folder, name):
+    """Remove what killed writes to ``name`` left in ``folder`` (regular files)."""
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if not is_temporary_file(entry.name, name):
+            continue
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                os.remove(entry.path)
+
+
+def _check_writable(path, target, existing):
+    shown = repr(os.fspath(path))
+    if target != os.path.abspath(os.fspath(path)):
+        shown += f" (a link to {target!r})"
+    if not existing.st_mode & 0o222:
+        raise PermissionError(
+            errno.EACCES,
+            f"Refusing to replace {shown}: it is read-only (mode "
+            f"{stat.S_IMODE(existing.st_mode):o}); make it writable (chmod u+w) "
+            "or write to another file",
+        )
+    if not os.access(target, os.W_OK):
+        raise PermissionError(
+            errno.EACCES,
+            f"Refusing to replace {shown}: it is not writable by this user; "
+            "write to another file",
+        )
+
+
+def _owner(path):
+    info = os.stat(path)
+    return info.st_uid, info.st_gid
 
 
 def _umask():
@@ -134,21 +237,38 @@ def _parse_json(text, what):
     return value
 
 
-def read_document(path):
-    """The skanomaly document of the file at ``path``; precise errors for others.
+def read_file(path):
+    """The bytes of the file at ``path``, read through one open file.
 
-    Only the current format version is read: version 1, of development
-    versions whose checksum did not cover the document, is refused.
+    A save that replaces the file meanwhile (a rename) cannot make a load
+    mix two versions: the document and the tensors come from these bytes.
+    The header's length is checked against the file's size (and
+    :data:`_MAX_HEADER_BYTES`) before the file is read.
     """
-    size = path.stat().st_size
-    with path.open("rb") as file:
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
         prefix = file.read(8)
         if len(prefix) < 8:
             raise FormatError("it is too short to be a safetensors file")
         (n,) = struct.unpack("<Q", prefix)
         if n > min(size - 8, _MAX_HEADER_BYTES):
             raise FormatError("it is not in the safetensors format")
-        raw = file.read(n)
+        file.seek(0)
+        return file.read()
+
+
+def read_document(data):
+    """The skanomaly document of the file ``data``; precise errors for others.
+
+    Only the current format version is read: version 1, of development
+    versions whose checksum did not cover the document, is refused.
+    """
+    if len(data) < 8:
+        raise FormatError("it is too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(len(data) - 8, _MAX_HEADER_BYTES):
+        raise FormatError("it is not in the safetensors format")
+    raw = data[8 : 8 + n]
     try:
         raw = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -187,13 +307,13 @@ def read_document(path):
     return document
 
 
-def read_tensors(path, document):
-    """The file's tensors, checked against the document's checksum."""
+def read_tensors(data, document):
+    """The tensors of the file ``data``, checked against the document's checksum."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
     try:
-        tensors = load_bytes(path.read_bytes())
+        tensors = load_bytes(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise FormatError(f"its tensor data is damaged ({exc})") from None
     covered = None
