@@ -11,6 +11,7 @@ from sklearn.utils.validation import validate_data
 from .labels import _fit_inliers
 
 __all__ = [
+    "as_tensor",
     "check_device",
     "parse_image_size",
     "select_inliers",
@@ -80,7 +81,7 @@ def validate_detector_input(
             reset=reset,
         )
         _record_or_match_image_shape(estimator, X, reset=reset)
-        return X
+        return _no_negative_strides(X)
     if not tabular:
         raise ValueError(
             f"{name} takes images (n_samples, height, width) or (n_samples, "
@@ -102,6 +103,16 @@ def validate_detector_input(
     if reset:
         estimator.image_shape_ = None
         estimator.image_dtype_ = None
+    return _no_negative_strides(X)
+
+
+def _no_negative_strides(X):
+    """``X``, copied (``np.ascontiguousarray``) only if it is a view with
+    negative strides (``X[::-1]``, ``img[..., ::-1]`` as OpenCV's BGR->RGB
+    code makes), which torch refuses: every detector and tensor gets arrays
+    torch takes, and ordinary inputs are not copied."""
+    if isinstance(X, np.ndarray) and any(step < 0 for step in X.strides):
+        return np.ascontiguousarray(X)
     return X
 
 
@@ -300,6 +311,43 @@ def parse_image_size(image_size, *, name="image_size"):
             f"ints; got {image_size!r}."
         )
     return (int(size[0]), int(size[1]))
+
+
+def as_tensor(data):
+    """``data`` as a torch tensor, sharing its memory wherever torch can.
+
+    The one place input arrays become tensors. torch refuses NumPy views with
+    negative strides (``X[::-1]``, ``img[..., ::-1]`` as OpenCV's BGR->RGB
+    code makes): those alone are copied (``np.ascontiguousarray``), so
+    ordinary inputs are never copied. Read-only arrays (a DataFrame's under
+    pandas' copy-on-write, memory maps) are shared quietly: torch warns that
+    writing to them is undefined, and nothing here writes to its input.
+
+    Parameters
+    ----------
+    data : ndarray or tensor
+
+    Returns
+    -------
+    tensor : torch.Tensor
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly._validation import as_tensor
+    >>> as_tensor(np.arange(3.0)[::-1]).tolist()
+    [2.0, 1.0, 0.0]
+    """
+    import torch
+
+    data = _no_negative_strides(data)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="The given NumPy array is not writable",
+            category=UserWarning,
+        )
+        return torch.as_tensor(data)
 
 
 def check_device(device, *, what=None, fix="use device='cpu'"):

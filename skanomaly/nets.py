@@ -18,7 +18,6 @@ lists of modules and its initialisation steps); the rest goes through them.
 """
 
 import math
-import warnings
 from contextlib import contextmanager
 
 import torch
@@ -27,6 +26,7 @@ from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import Dataset, unpack_data
 from skorch.utils import to_tensor
 
+from ._validation import as_tensor
 from .nn.gan import AdversarialLoss
 
 __all__ = [
@@ -43,20 +43,13 @@ __all__ = [
 
 
 def input_tensor(data):
-    """``torch.as_tensor(data)``, sharing memory with read-only arrays quietly.
+    """Input data as a tensor: :func:`skanomaly._validation.as_tensor`.
 
-    Arrays from a DataFrame are read-only under pandas' copy-on-write (the
-    default from pandas 3), and so are memory-mapped ones; torch warns that
-    writing to a tensor sharing their memory is undefined. Nothing here
-    writes to its input, so the warning would only be noise.
+    Shares memory with read-only arrays quietly (a DataFrame's under pandas'
+    copy-on-write, memory maps: nothing here writes to its input) and copies
+    only views with negative strides (``X[::-1]``), which torch refuses.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message="The given NumPy array is not writable",
-            category=UserWarning,
-        )
-        return torch.as_tensor(data)
+    return as_tensor(data)
 
 
 class TensorBatchIterator:

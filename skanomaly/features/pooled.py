@@ -12,7 +12,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, fit_context
-from .._validation import check_device, parse_image_size, validate_images
+from .._validation import (
+    as_tensor,
+    check_device,
+    parse_image_size,
+    validate_images,
+)
 from ..nn.backbones import (
     PooledFeatures,
     create_backbone,
@@ -291,9 +296,7 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
             batch = X[start : start + self.batch_size]
             if X.dtype != np.uint8 and X.dtype != np.float32:
                 batch = batch.astype(np.float32)
-            elif not batch.flags.writeable:
-                batch = batch.copy()
-            batch = torch.from_numpy(batch).to(device, non_blocking=True)
+            batch = as_tensor(batch).to(device, non_blocking=True)
             # autocast around the backbone only: it must not reach the
             # caller's code between two batches
             autocast = (
