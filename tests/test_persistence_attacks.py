@@ -320,10 +320,65 @@ def _raw(table_model, tmp_path, text_edit):
         (lambda t: t.replace('"lr": 0.001', '"lr": NaN'), "non-standard JSON"),
         (lambda t: t.replace('"latent_dim": 8', '"latent_dim": ' + "9" * 5000), "JSON"),
         (lambda t: t.replace('"latent_dim": 8', f'"latent_dim": {2**70}'), "64 bits"),
+        # parsed as inf: the document had no canonical form, and its checksum
+        # was not checked
+        (lambda t: t.replace('"lr": 0.001', '"lr": 1e400'), "too large for a float"),
+        (lambda t: t.replace('"lr": 0.001', '"lr": -1E+999'), "too large for a float"),
     ],
 )
 def test_malformed_json_is_a_format_error(table_model, tmp_path, text_edit, message):
     _refused(_raw(table_model, tmp_path, text_edit), message)
+
+
+def _edit_a_tensor(tensors):
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1
+
+
+@pytest.mark.parametrize(
+    ("checksum_text", "message"),
+    [
+        ('"checksum": null', "too large for a float"),
+        ('"checksum": "x"', "too large for a float"),
+    ],
+)
+def test_a_document_without_a_canonical_form_is_refused(
+    table_model, tmp_path, checksum_text, message
+):
+    # issue 22: a 1e400 literal made the canonical JSON fail, the checksum
+    # step was skipped and "checksum": null matched: an edited tensor loaded
+    document, tensors = read_model(table_model)
+    _edit_a_tensor(tensors)
+    text = json.dumps(document).replace('"lr": 0.001', '"lr": 1e400')
+    text = text.replace(f'"checksum": "{document["checksum"]}"', checksum_text)
+    assert checksum_text in text and "1e400" in text
+    path = tmp_path / "no_canonical_form.ska"
+    write_model(path, document, tensors, text=text)
+    _refused(path, message)
+
+
+@pytest.mark.parametrize("value", [None, 0, "", ["x"], "A" * 64, "absent"])
+def test_a_checksum_that_is_not_a_sha256_is_refused(table_model, tmp_path, value):
+    document, tensors = read_model(table_model)
+    _edit_a_tensor(tensors)
+    if value == "absent":
+        del document["checksum"]
+    else:
+        document["checksum"] = value
+    path = tmp_path / "no_checksum.ska"
+    write_model(path, document, tensors, keep_checksum=True)
+    _refused(path, "checksum")
+
+
+def test_checking_the_checksum_without_a_canonical_form(table_model, tmp_path):
+    # the check itself, below the parser: a document JSON cannot write
+    from skanomaly.persistence.format import FormatError, read_tensors
+
+    document, tensors = read_model(table_model)
+    data = table_model.read_bytes()
+    document["detector"]["params"]["lr"] = float("inf")
+    with pytest.raises(FormatError, match="no canonical JSON form"):
+        read_tensors(data, document)
 
 
 def test_format_1_is_refused(table_model, tmp_path):

@@ -11,15 +11,19 @@ files; it is not a signature.
 
 Reading checks the structure before anything uses it: the header's length
 against the file's size, JSON nested at most :data:`MAX_DEPTH` levels, with
-integers of at most 64 bits and no ``NaN``/``Infinity`` literals, and a
-format version this module reads (version 1, whose checksum leaves the
-header out, only when the caller allows it).
+integers of at most 64 bits, no ``NaN``/``Infinity`` literals and no
+numbers too large for a float (``1e400``), and a format version this module
+reads (version 1, whose checksum leaves the header out, is refused). The
+checksum must be a SHA-256 digest and must match: a document that has no
+canonical JSON form (which the parser's checks leave none) is refused, not
+let through unchecked.
 """
 
 import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -51,6 +55,7 @@ _MAX_HEADER_BYTES = 100_000_000
 # A document written by save() nests about a dozen levels deep.
 MAX_DEPTH = 64
 _INT_LIMIT = 2**63
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def checksum(tensors, document=None):
@@ -221,6 +226,9 @@ def _check_structure(value, what):
             and not -_INT_LIMIT <= item < _INT_LIMIT
         ):
             raise FormatError(f"{what} holds an integer of more than 64 bits")
+        elif isinstance(item, float) and not math.isfinite(item):
+            # a literal such as 1e400, which Python reads as inf
+            raise FormatError(f"{what} holds a number too large for a float")
 
 
 def _parse_json(text, what):
@@ -316,14 +324,17 @@ def read_tensors(data, document):
         tensors = load_bytes(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise FormatError(f"its tensor data is damaged ({exc})") from None
-    covered = None
-    if document["format_version"] >= 2:
-        covered = {"name": document.get("name"), "detector": document.get("detector")}
+    stored = document.get("checksum")
+    if not isinstance(stored, str) or not _SHA256.fullmatch(stored):
+        raise FormatError("its checksum is missing or is not a SHA-256 digest")
+    covered = {"name": document.get("name"), "detector": document.get("detector")}
     try:
         expected = checksum(tensors, covered)
-    except (TypeError, ValueError):  # a document JSON cannot hold
-        expected = None
-    if document.get("checksum") != expected:
+    except (TypeError, ValueError):  # a document JSON cannot write: no checksum
+        raise FormatError(
+            "its header has no canonical JSON form, so its checksum cannot be checked"
+        ) from None
+    if stored != expected:
         raise FormatError(
             "its contents do not match its checksum (the file is damaged or was edited)"
         )
