@@ -446,6 +446,68 @@ def test_hostile_values_are_one_line_value_errors(table_model, tmp_path, edit, m
     _refused(path, message)
 
 
+def _set_class(value):
+    def edit(document, tensors=None):
+        document["detector"]["class"] = value
+
+    return edit
+
+
+def _set_top(key, value):
+    def edit(document, tensors=None):
+        document[key] = value
+
+    return edit
+
+
+_HUGE = "a" * 5_000_000
+_HUGE_WORDS = "a " * 2_500_000
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _params(hidden_sizes=_HUGE),  # scikit-learn's parameter validation
+        _params(lr=_HUGE_WORDS),
+        _params(device=_HUGE),  # the device check
+        _params(no_such_param=_HUGE),
+        _params(**{_HUGE: 1}),
+        _set_top("name", _HUGE),
+        _set_class(_HUGE),
+        _set_top("format_version", _HUGE),
+        _state(offset_=_HUGE),
+        _state(**{"-" + _HUGE: 1}),
+        _state(x_={"__float__": _HUGE}),
+        _state(x_={_HUGE: 1}),
+        _state(x_={"__ndarray_list__": ["a"], "dtype": _HUGE, "shape": [1]}),
+    ],
+    ids=[
+        "sklearn-validation",
+        "words",
+        "device",
+        "unknown-param-value",
+        "param-name",
+        "registry-name",
+        "class-path",
+        "format-version",
+        "offset",
+        "attribute-name",
+        "float-tag",
+        "unknown-tag",
+        "string-dtype",
+    ],
+)
+def test_errors_quote_only_a_short_prefix_of_a_value(table_model, tmp_path, edit):
+    # issue 22: a 5 MB string parameter gave a 5,000,000-character error
+    path = tmp_path / "huge.ska"
+    document, tensors = read_model(table_model)
+    edit(document, tensors)
+    write_model(path, document, tensors)
+    message = _refused(path, "")
+    assert len(message) < len(repr(str(path))) + 650, message[:1000]
+    assert "aaaaaaaaaa" in message or "a a a a" in message or "valid" in message
+
+
 # ------------------------------------------------- threshold and calibration
 # What predict, the p-values and the report act on without checking again.
 

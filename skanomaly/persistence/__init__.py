@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from .._validation import check_device
-from .codec import Budget, FormatError, Refused
+from .codec import Budget, FormatError, Refused, short_message
 from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -285,16 +285,20 @@ def load(path, *, device=None):
             budget=Budget(size + LOAD_MARGIN_BYTES),
         )
         return reader.estimator(cls, encoded)
+    # every message is one line and quotes at most a short prefix of a value
     except Refused as exc:
-        raise ValueError(f"{str(path)!r} cannot be loaded: {exc}.") from None
+        raise ValueError(
+            f"{str(path)!r} cannot be loaded: {short_message(str(exc))}."
+        ) from None
     except FormatError as exc:
         raise ValueError(
-            f"{str(path)!r} is not a valid skanomaly model file: {exc}."
+            f"{str(path)!r} is not a valid skanomaly model file: "
+            f"{short_message(str(exc))}."
         ) from None
     except (ValueError, *_MALFORMED) as exc:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        reason = short_message(f"{type(exc).__name__}: {exc}", limit=200)
         raise ValueError(
             f"{str(path)!r} is not a valid skanomaly model file: its header is "
             f"malformed ({reason})."

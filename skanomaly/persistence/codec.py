@@ -17,6 +17,7 @@ a :class:`Budget` first, so a small file cannot make a large allocation.
 
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -391,5 +392,29 @@ class Decoder:
 
 
 def _short(value, limit=60):
-    text = repr(value)
+    """``repr(value)``, or its first ``limit - 3`` characters and ``...``."""
+    text = repr(value) if not isinstance(value, str) or len(value) < limit else None
+    if text is None:  # no repr of a long string: it may be megabytes
+        text = repr(value[:limit])
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# A run of this many characters without a space is a quoted value, not words.
+_LONG_RUN = re.compile(r"\S{100,}")
+MAX_MESSAGE = 600
+
+
+def short_message(text, limit=MAX_MESSAGE):
+    """``text`` on one line, quoting at most a short prefix of any long value.
+
+    Every error that ``load`` raises is built through this (the messages of
+    scikit-learn's parameter validation, torch and the device checks quote
+    the value in full): runs of 100 characters or more without a space are
+    cut to their first 60, and what is still over ``limit`` characters
+    keeps its beginning and its end.
+    """
+    text = " ".join(text.split())
+    text = _LONG_RUN.sub(lambda match: match.group()[:60] + "...", text)
+    if len(text) > limit:
+        text = text[: limit - 125] + " ... " + text[-120:]
+    return text

@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from .codec import FormatError, Refused
+from .codec import FormatError, Refused, _short
 
 __all__ = [
     "FORMAT_NAME",
@@ -297,7 +297,7 @@ def read_document(data):
         raise FormatError("its header does not describe a skanomaly model")
     version = document.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise FormatError(f"its format version {version!r} is not an integer")
+        raise FormatError(f"its format version {_short(version)} is not an integer")
     if version > FORMAT_VERSION:
         raise Refused(
             f"it was written in skanomaly file format version {version}, newer "

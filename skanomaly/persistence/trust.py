@@ -12,7 +12,7 @@ it refuses to write what ``load`` would refuse to read.
 import functools
 import importlib
 
-from .codec import FormatError, Refused
+from .codec import FormatError, Refused, _short
 
 __all__ = [
     "NESTED_ESTIMATORS",
@@ -54,14 +54,15 @@ def detector_class(name, class_path):
     if name not in detector_entry_points():
         known = ", ".join(detector_entry_points()) or "none"
         raise Refused(
-            f"it holds a {name!r} detector, which is not registered here (known "
+            f"it holds a {_short(name)} detector, which is not registered here (known "
             f"detectors: {known}); install the package that provides it"
         )
     cls = get_detector(name)
     if qualified_name(cls) != class_path:
         raise Refused(
-            f"it holds a {name!r} detector of class {class_path!r}, but {name!r} is "
-            f"{qualified_name(cls)!r} here; refusing to load it into another class"
+            f"it holds a {name!r} detector of class {_short(class_path)}, but "
+            f"{name!r} is {qualified_name(cls)!r} here; refusing to load it into "
+            "another class"
         )
     return cls
 
