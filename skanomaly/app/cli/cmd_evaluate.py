@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .inputs import _check_report_path, _row_names, _scores, _write_report
 from .options import _add_report_option, _add_scoring_options, _show_progress
+from .outputs import _check_outputs, _escaped
 
 
 def add_parser(commands):
@@ -128,7 +129,7 @@ def _print_evaluation(detector, source, anomalous, scores, labels, kinds):
     evaluation = _evaluate(anomalous, scores, labels == -1, kinds)
     normal, unit = ("normal", "rows") if kinds is None else ("good", "images")
     print(
-        f"{type(detector).__name__} on {source}: {evaluation.n_normal} "
+        f"{type(detector).__name__} on {_escaped(source)}: {evaluation.n_normal} "
         f"{normal}, {evaluation.n_anomalous} anomalous {unit}"
     )
     print(f"AUROC  {evaluation.auroc:.4f}")
@@ -146,13 +147,15 @@ def _print_evaluation(detector, source, anomalous, scores, labels, kinds):
     print(f"  requested: {facts.level_text}")
     print(f"  calibration: {facts.calibration_text}")
     for kind, n, auroc in evaluation.kinds:
-        print(f"  AUROC good vs {kind}: {auroc:.4f}  ({n})")
+        print(f"  AUROC good vs {_escaped(kind)}: {auroc:.4f}  ({n})")
 
 
 def run(args):
     from ...persistence import load
 
     _check_report_path(args)
+    if args.report is not None:
+        _check_outputs([("model", args.model), args.data], [("--report", args.report)])
     detector = load(args.model, device=args.device)
     if getattr(detector, "image_shape_", None) is None:
         X, anomalous, files, kinds, source = _labelled_table(detector, args)

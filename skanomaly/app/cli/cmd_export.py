@@ -38,7 +38,10 @@ def add_parser(commands):
 def run(args):
     from ...export import export_onnx, model_card_path
     from ...persistence import load
+    from .outputs import _check_outputs, _escaped
 
+    outputs = [("-o", args.output), ("the model card", model_card_path(args.output))]
+    _check_outputs([("model", args.model)], outputs)
     detector = load(args.model, device="cpu")
     card = export_onnx(
         detector,
@@ -49,8 +52,8 @@ def run(args):
     outputs = ", ".join(output["name"] for output in card["outputs"])
     shape = ", ".join(map(str, card["input"]["shape"]))
     print(
-        f"Exported {type(detector).__name__} to {args.output} (input "
+        f"Exported {type(detector).__name__} to {_escaped(args.output)} (input "
         f"{card['input']['dtype']} ({shape}); outputs {outputs}); model card "
-        f"{model_card_path(args.output)}."
+        f"{_escaped(model_card_path(args.output))}."
     )
     return 0

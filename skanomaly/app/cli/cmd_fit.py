@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from .inputs import _check_output, _load_data
+from .inputs import _check_file_output, _load_data
 from .options import _add_skip_unreadable, _image_size, _param, _show_progress
+from .outputs import _check_outputs, _escaped
 
 
 def add_parser(commands):
@@ -76,9 +77,8 @@ def run(args):
         detector.set_params(verbose=1)
     detector._validate_params()  # bad values fail before reading any image
     out = Path(args.output)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"Output folder {str(out.parent)!r} does not exist.")
-    _check_output(out, [args.data])  # before training, not after
+    _check_file_output("-o", out)  # before training, not after
+    _check_outputs([args.data], [("-o", out)])
     X, files = _load_data(
         args.data,
         image_size=args.image_size,
@@ -93,6 +93,6 @@ def run(args):
     shape = "x".join(map(str, X.shape[1:]))
     print(
         f"Fitted {type(detector).__name__} on {len(X)} samples of shape {shape}; "
-        f"saved to {out}."
+        f"saved to {_escaped(out)}."
     )
     return 0

@@ -1,16 +1,18 @@
 """``skanomaly score``: score images or rows with a saved model (CSV, maps, report)."""
 
+import os
 import sys
 
 from .inputs import (
-    _check_output,
+    _check_file_output,
     _check_report_path,
     _model_input,
     _scores,
     _write_report,
 )
-from .maps import _check_maps_folder, _write_maps
+from .maps import _check_maps_folder, _map_paths, _write_maps
 from .options import _add_report_option, _add_scoring_options, _rate
+from .outputs import _atomic_file, _check_outputs, _csv_text, _escaped, _map_files
 
 
 def add_parser(commands):
@@ -72,13 +74,30 @@ def add_parser(commands):
     return score
 
 
+def _check_run_outputs(args, inputs, map_files=()):
+    """Check this run's files (CSV, report, maps) and its maps folder."""
+    outputs = [("--csv", args.csv), ("--report", args.report)]
+    outputs += [("--maps", path) for path in map_files]
+    _check_outputs(
+        inputs,
+        [(option, path) for option, path in outputs if path],
+        folders=[("--maps", args.maps)] if args.maps else (),
+    )
+
+
 def run(args):
     import csv
+    from contextlib import nullcontext
 
     from ...persistence import load
     from ...reporting import _p_values_of
 
+    if args.csv:
+        _check_file_output("--csv", args.csv)
     _check_report_path(args)
+    inputs = [("model", args.model), args.data]
+    map_files = _map_files(args.data, args.maps) if args.maps else ()
+    _check_run_outputs(args, inputs, map_files)
     detector = load(args.model, device=args.device)
     X, files = _model_input(
         detector,
@@ -86,10 +105,11 @@ def run(args):
         recursive=not args.no_recursive,
         on_error="skip" if args.skip_unreadable else "raise",
     )
-    if args.csv:
-        _check_output(args.csv, [args.model, args.data, *files])
     if args.maps:
         _check_maps_folder(detector, args.maps, files)
+        if not os.path.isdir(args.data):  # rows: named once read
+            map_files = _map_paths(files, args.data, args.maps)
+            _check_run_outputs(args, inputs, map_files)
     calibrated = getattr(detector, "calibration_scores_", None) is not None
     if args.fdr is not None and not calibrated:
         raise ValueError(
@@ -120,19 +140,20 @@ def run(args):
         flagged = benjamini_hochberg(p_values, args.fdr)
         header.append("fdr_label")
         columns.append([-1 if flag else 1 for flag in flagged])
-    out = open(args.csv, "w", newline="") if args.csv else sys.stdout
-    try:
+    names = [_csv_text(name) for name in files]
+    with (
+        _atomic_file(args.csv, "w", newline="", encoding="utf-8")
+        if args.csv
+        else nullcontext(sys.stdout)
+    ) as out:
         writer = csv.writer(out)
         writer.writerow(header)
-        writer.writerows(zip(files, *columns))
-    finally:
-        if args.csv:
-            out.close()
+        writer.writerows(zip(names, *columns))
     if args.csv:
         fdr = "" if flagged is None else f", {int(flagged.sum())} at FDR {args.fdr:g}"
         print(
             f"Scored {len(files)} samples, {int((labels == -1).sum())} predicted "
-            f"anomalous{fdr}; wrote {args.csv}."
+            f"anomalous{fdr}; wrote {_escaped(args.csv)}."
         )
     # with the CSV on stdout, the report's line goes to stderr
     _write_report(

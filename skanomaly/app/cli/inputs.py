@@ -1,9 +1,9 @@
 """Reading a command's data, checking where it writes, and scoring it."""
 
-import os
 from pathlib import Path
 
 from .options import _show_progress
+from .outputs import _escaped
 
 
 def _row_names(path, n_rows):
@@ -79,26 +79,16 @@ def _model_input(detector, path, *, recursive, on_error):
     )
 
 
-def _check_output(output, inputs):
-    """Refuse an output path that is a folder or one of the ``inputs``."""
+def _check_file_output(option, output):
+    """Refuse an output file path that is a folder or in a missing folder."""
     output = Path(output)
     if output.is_dir():
         raise ValueError(
-            f"Output {str(output)!r} is a folder; give a file path (e.g. "
+            f"{option} {str(output)!r} is a folder; give a file path (e.g. "
             f"{str(output / 'out')!r} with an extension)."
         )
-    if not output.exists():
-        return
-    for path in inputs:
-        try:
-            same = os.path.samefile(output, path)
-        except OSError:  # an input that is not a file (e.g. 'rows.npy[3]')
-            continue
-        if same:
-            raise ValueError(
-                f"Refusing to write {str(output)!r}: it is the input "
-                f"{str(path)!r}. Choose another output file."
-            )
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"Output folder {str(output.parent)!r} does not exist.")
 
 
 def _scores(detector, X):
@@ -129,19 +119,13 @@ def _scores(detector, X):
 
 
 def _check_report_path(args):
-    """Fail before any work if --report cannot be written (or would hit the model)."""
+    """Fail before any work if --report cannot be written (see outputs too)."""
     if args.report is None:
         return
     from ...reporting import _matplotlib
 
     _matplotlib()  # its ImportError names the extra to install
-    report = Path(args.report)
-    if not report.parent.is_dir():
-        raise FileNotFoundError(f"Report folder {str(report.parent)!r} does not exist.")
-    if report.is_dir():
-        raise IsADirectoryError(f"--report {str(report)!r} is a folder, not a file.")
-    if report.exists() and report.resolve() == Path(args.model).resolve():
-        raise ValueError(f"--report {str(report)!r} would overwrite the model file.")
+    _check_file_output("--report", args.report)
 
 
 def _write_report(
@@ -156,10 +140,10 @@ def _write_report(
         X,
         args.report,
         y=y,
-        names=files,
+        names=[_escaped(name) for name in files],
         scores=scores,
-        kinds=kinds,
+        kinds=None if kinds is None else [_escaped(kind) for kind in kinds],
         masks=masks,
-        dataset=str(args.data),
+        dataset=_escaped(args.data),
     )
-    print(f"Wrote the report {args.report}.", file=file)
+    print(f"Wrote the report {_escaped(args.report)}.", file=file)

@@ -1,7 +1,10 @@
 """``skanomaly score --maps``: anomaly maps as 16-bit grayscale PNG files."""
 
+import os
 import sys
 from pathlib import Path
+
+from .outputs import _atomic_file, _escaped
 
 # Maps are 16-bit grayscale PNGs: 0 .. 65535 spans 0 .. the largest map value
 # of the run, which each file records in its 'skanomaly_map_max' text chunk.
@@ -14,8 +17,8 @@ def _map_paths(files, data, folder):
     paths = []
     for i, name in enumerate(files):
         if data.is_dir():
-            relative = Path(name).resolve().relative_to(data.resolve())
-            paths.append(folder / relative.with_suffix(".png"))
+            relative = os.path.relpath(os.path.abspath(name), os.path.abspath(data))
+            paths.append(folder / Path(relative).with_suffix(".png"))
         else:  # rows of a .npy file
             paths.append(folder / f"{data.stem}_{i:05d}.png")
     return paths
@@ -39,14 +42,7 @@ def _write_maps(detector, X, files, data, folder):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    paths = _map_paths(files, data, folder)
-    inputs = {Path(name).resolve() for name in files if Path(name).exists()}
-    clashes = [str(path) for path in paths if path.resolve() in inputs]
-    if clashes:
-        raise ValueError(
-            f"--maps would overwrite input image(s) such as {clashes[0]!r}; choose "
-            "another folder."
-        )
+    paths = _map_paths(files, data, folder)  # checked by outputs._check_outputs
     maps = np.concatenate(
         [
             detector.anomaly_map(X[start : start + 256])
@@ -60,9 +56,10 @@ def _write_maps(detector, X, files, data, folder):
     for path, image in zip(paths, maps):
         path.parent.mkdir(parents=True, exist_ok=True)
         levels = np.clip(np.round(image * scale), 0, _MAP_LEVELS).astype(np.uint16)
-        Image.fromarray(levels).save(path, pnginfo=info)
+        with _atomic_file(path, "wb") as file:
+            Image.fromarray(levels).save(file, format="PNG", pnginfo=info)
     print(
-        f"Wrote {len(paths)} anomaly maps to {folder} (16-bit PNG; 65535 = "
+        f"Wrote {len(paths)} anomaly maps to {_escaped(folder)} (16-bit PNG; 65535 = "
         f"{top:.6g}, the largest value).",
         file=sys.stderr,
     )

@@ -16,7 +16,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _one_line(text):
-    return " ".join(str(text).split())
+    """``text`` on one line, printable (file names that are not UTF-8 escaped)."""
+    from .outputs import _escaped
+
+    return " ".join(_escaped(str(text)).split())
 
 
 def _positive_int(text):
