@@ -8,6 +8,9 @@ import csv
 import importlib.util
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ import skanomaly
 from skanomaly.app.cli import main
 from skanomaly.app.cli.outputs import _atomic_file, _csv_text, _escaped
 from skanomaly.testing import fast_detector
+
+REPO = Path(skanomaly.__file__).resolve().parents[1]
 
 
 def _one_line_error(argv, capsys):
@@ -256,3 +261,22 @@ def test_an_error_naming_a_latin1_file_is_one_printable_line(tmp_path, capsys):
     line = _one_line_error(argv, capsys)
     assert "caf\\udce9" in line and "does not exist" in line
     line.encode("utf-8")  # printable
+
+
+def test_latin1_names_through_a_pipe(images, tmp_path):
+    # stdout of a real process encodes strictly: raw names stopped the CSV
+    model, folder = images
+    try:
+        _latin1_image(folder)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "skanomaly", "score", str(model), str(folder)],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"caf\\xe9.png," in result.stdout

@@ -9,9 +9,11 @@ One module per command (``cmd_list``, ``cmd_fit``, ``cmd_score``,
 ``cmd_evaluate``, ``cmd_export``, ``cmd_benchmark``), each with its
 ``add_parser(commands)`` and ``run(args)``; what they share is in
 ``options`` (the parser, value types, common options), ``inputs`` (reading
-data, checking outputs, scoring, the --report file) and ``maps`` (anomaly
-maps as PNG files). This package keeps the name ``skanomaly.app.cli``, so
-the console script ``skanomaly = "skanomaly.app.cli:main"`` is unchanged.
+data, scoring, the --report file), ``outputs`` (what every command writes:
+checked against its inputs before any work, written atomically, names
+escaped, CSV cells never formulas) and ``maps`` (anomaly maps as PNG
+files). This package keeps the name ``skanomaly.app.cli``, so the console
+script ``skanomaly = "skanomaly.app.cli:main"`` is unchanged.
 """
 
 import os
