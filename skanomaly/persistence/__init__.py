@@ -73,9 +73,7 @@ from .format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     checksum,
-    read_document,
-    read_file,
-    read_tensors,
+    read_model,
     write_file,
 )
 from .trust import detector_class
@@ -265,11 +263,7 @@ def load(path, *, device=None):
     if not path.is_file():
         raise FileNotFoundError(f"No skanomaly model file {str(path)!r}.")
     try:
-        data = read_file(path)
-        document = read_document(data)
-        tensors = read_tensors(data, document)
-        size = len(data)
-        del data  # the tensors are copies: hold the file's bytes no longer
+        document, tensors, size = read_model(path)
         name = document.get("name")
         encoded = document.get("detector")
         if not isinstance(name, str) or not isinstance(encoded, dict):

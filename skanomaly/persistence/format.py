@@ -38,11 +38,12 @@ from .codec import FormatError, Refused, _short
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "check_checksum",
     "checksum",
     "is_temporary_file",
     "read_document",
     "read_file",
-    "read_tensors",
+    "read_model",
     "write_atomically",
     "write_file",
 ]
@@ -253,7 +254,8 @@ def read_file(path):
     The header's length is checked against the file's size (and
     :data:`_MAX_HEADER_BYTES`) before the file is read.
     """
-    with open(path, "rb") as file:
+    # unbuffered: readall() reads the whole file into one allocation
+    with open(path, "rb", buffering=0) as file:
         size = os.fstat(file.fileno()).st_size
         prefix = file.read(8)
         if len(prefix) < 8:
@@ -262,7 +264,7 @@ def read_file(path):
         if n > min(size - 8, _MAX_HEADER_BYTES):
             raise FormatError("it is not in the safetensors format")
         file.seek(0)
-        return file.read()
+        return file.readall()
 
 
 def read_document(data):
@@ -315,15 +317,39 @@ def read_document(data):
     return document
 
 
-def read_tensors(data, document):
-    """The tensors of the file ``data``, checked against the document's checksum."""
+def read_model(path):
+    """``(document, tensors, size)`` of the file at ``path``, read once.
+
+    The file's bytes are dropped once its tensors are read (before the
+    checksum is computed), so a load holds them no longer than it did when
+    it read the file twice.
+    """
+    data = read_file(path)
+    document = read_document(data)
+    tensors = _read_tensors(data)
+    size = len(data)
+    del data
+    check_checksum(tensors, document)
+    return document, tensors, size
+
+
+def _read_tensors(data):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 
     try:
-        tensors = load_bytes(data)
+        return load_bytes(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise FormatError(f"its tensor data is damaged ({exc})") from None
+
+
+def check_checksum(tensors, document):
+    """Refuse ``tensors`` and ``document`` unless the document's checksum matches.
+
+    The checksum must be a SHA-256 digest, and the document must have a
+    canonical JSON form to compute it on (a missing or ``null`` checksum and
+    an uncomputable one are refused, not skipped).
+    """
     stored = document.get("checksum")
     if not isinstance(stored, str) or not _SHA256.fullmatch(stored):
         raise FormatError("its checksum is missing or is not a SHA-256 digest")
@@ -338,4 +364,3 @@ def read_tensors(data, document):
         raise FormatError(
             "its contents do not match its checksum (the file is damaged or was edited)"
         )
-    return tensors
