@@ -86,9 +86,25 @@ def write_file(path, tensors, document):
 def write_atomically(path, data):
     """Write the bytes ``data`` to ``path`` through a temporary file.
 
-    The bytes go to a temporary file beside the file they replace, which
-    then replaces it in one rename: a partly written file never replaces an
-    existing one. As an editor saves a file:
+    See :func:`atomic_writer`, whose rules it follows.
+
+    Raises
+    ------
+    PermissionError
+        If ``path`` (or the target of the link it is) is read-only.
+    """
+    with atomic_writer(path) as file:
+        file.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path, mode="wb", **open_kwargs):
+    """Open a temporary file beside ``path``; on success it replaces ``path``.
+
+    What is written goes to a temporary file beside the file it replaces,
+    which then replaces it in one rename: a partly written file never
+    replaces an existing one, and on an error the temporary file is removed
+    and ``path`` is left as it was. As an editor saves a file:
 
     - a symbolic link is written through: its target (resolved, links of
       links too) is replaced, the link stays;
@@ -100,6 +116,18 @@ def write_atomically(path, data):
     - a temporary file is named ``.<name>.<16 hex digits>.skanomaly-tmp``;
       one that a killed process left behind is removed by the next write
       to the same file once it is :data:`STALE_TEMPORARY_SECONDS` old.
+
+    Parameters
+    ----------
+    path : str or path-like
+    mode : str, default="wb"
+        ``open()``'s mode for the temporary file ("w" for text).
+    **open_kwargs
+        More ``open()`` arguments (``encoding``, ``newline``).
+
+    Yields
+    ------
+    file : file object
 
     Raises
     ------
@@ -114,18 +142,18 @@ def write_atomically(path, data):
         existing = None
     if existing is not None:
         _check_writable(path, target, existing)
-        mode = stat.S_IMODE(existing.st_mode)
+        permissions = stat.S_IMODE(existing.st_mode)
     else:
-        mode = 0o666 & ~_umask()
+        permissions = 0o666 & ~_umask()
     _remove_stale_temporary_files(folder, name)
     tmp, handle = _create_temporary_file(folder, name)
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
+        with open(handle, mode, **open_kwargs) as file:
+            yield file
         if existing is not None and (existing.st_uid, existing.st_gid) != _owner(tmp):
             with contextlib.suppress(OSError):  # allowed to root only
                 os.chown(tmp, existing.st_uid, existing.st_gid)
-        os.chmod(tmp, mode)
+        os.chmod(tmp, permissions)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

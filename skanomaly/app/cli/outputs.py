@@ -13,7 +13,6 @@ would run as a formula get a leading ``'`` (:func:`_csv_text`).
 
 import contextlib
 import os
-import tempfile
 
 
 def _escaped(name):
@@ -136,29 +135,14 @@ def _check_outputs(inputs, outputs, folders=()):
         seen[real] = option
 
 
-@contextlib.contextmanager
 def _atomic_file(path, mode="w", **kwargs):
     """Open a temporary file beside ``path``; rename it over ``path`` on success.
 
-    On an error the temporary file is removed and ``path`` is left as it
-    was. A symbolic link is written through (its target is replaced); an
-    existing file keeps its permissions, a new one gets the usual ones.
+    The rules of every file skanomaly writes
+    (:func:`skanomaly.persistence.format.atomic_writer`): on an error
+    ``path`` is left as it was; a symbolic link is written through; an
+    existing file keeps its permissions; a read-only file is refused.
     """
-    target = _real(path)
-    folder, name = os.path.split(target)
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        try:
-            permissions = os.stat(target).st_mode & 0o7777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            permissions = 0o666 & ~umask
-        os.chmod(temporary, permissions)
-        with open(handle, mode, **kwargs) as file:
-            yield file
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    from ...persistence.format import atomic_writer
+
+    return atomic_writer(path, mode, **kwargs)
