@@ -613,3 +613,17 @@ def test_fuzzed_files_load_or_raise_a_value_error(table_model, seed_models, tmp_
     assert report["rss_growth_mb"] < 256
     outcomes = {c["outcome"] for c in cases}
     assert outcomes == {"loaded", "ValueError"}  # the mutations reach both
+
+
+@pytest.mark.parametrize("cls", [skanomaly.DeepMahalanobis, skanomaly.PaDiM])
+def test_an_unfitted_model_naming_a_hub_backbone_is_refused(cls, tmp_path, no_network):
+    # its first fit would have downloaded the model the file names
+    path = tmp_path / "unfitted.ska"
+    save(cls(backbone="resnet18", weights=None), path)
+    rewrite(path, _params(backbone="hf-hub:someone/repo"))
+    _refused(path, "not a timm architecture that builds offline")
+    # and save refuses to write one
+    with pytest.raises(ValueError, match="Cannot save .*builds offline"):
+        save(cls(backbone="hf-hub:someone/repo"), tmp_path / "other.ska")
+    assert not (tmp_path / "other.ska").exists()
+    assert no_network == []

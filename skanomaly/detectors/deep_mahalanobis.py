@@ -11,6 +11,7 @@ from ..gaussian import (
     group_distances,
     leave_one_out_group_distances,
 )
+from ..nn.backbones import offline_architecture
 from ..weights import weights_available
 from .base import BaseDetector
 from .mahalanobis import Mahalanobis
@@ -110,6 +111,10 @@ class DeepMahalanobis(BaseDetector):
     >>> bool(det.score_samples(bad).max() < det.score_samples(good).min())
     True
     """
+
+    # a saved model names an architecture timm builds offline, never a hub
+    # or local model a later fit would fetch (skanomaly.persistence)
+    _loadable_parameters = {"backbone": offline_architecture}
 
     _parameter_constraints: dict = {
         **BaseDetector._parameter_constraints,

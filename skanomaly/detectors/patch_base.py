@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
+from ..nn.backbones import offline_architecture
 from ..nn.maps import PatchMaps, resize_maps, smooth_maps
 from .base import BaseDetector
 
@@ -73,6 +74,10 @@ class BasePatchDetector(BaseDetector):
     offset_ : float
         Threshold on ``score_samples``.
     """
+
+    # a saved model names an architecture timm builds offline, never a hub
+    # or local model a later fit would fetch (skanomaly.persistence)
+    _loadable_parameters = {"backbone": offline_architecture}
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()

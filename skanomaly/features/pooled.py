@@ -137,6 +137,10 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     # mean_, std_, the str interpolation_ and the ints/bools in_chans_,
     # has_head_, n_features_in_. level_slices_ is derived from them.
 
+    # a saved model names an architecture timm builds offline, never a hub
+    # or local model a later fit would fetch (skanomaly.persistence)
+    _loadable_parameters = {"backbone": offline_architecture}
+
     _parameter_constraints: dict = {
         "backbone": [str],
         "weights": [StrOptions({"imagenet"}), str, os.PathLike, None],

@@ -59,6 +59,7 @@ __all__ = [
     "EstimatorReader",
     "EstimatorWriter",
     "check_fitted_values",
+    "check_loadable_params",
 ]
 
 
@@ -85,6 +86,10 @@ class EstimatorWriter(Encoder):
         cls = type(estimator)
         if where != "detector":
             check_nested_estimator(estimator, where)
+        try:
+            check_loadable_params(estimator)
+        except ValueError as exc:
+            raise ValueError(f"Cannot save {cls.__name__}: {exc}") from None
         try:
             check_fitted_values(estimator)
         except FormatError as exc:
@@ -281,6 +286,8 @@ class EstimatorReader(Decoder):
                 "probably written by another version"
             ) from None
         _check_params(estimator)
+        with _refusals(f"its {cls.__name__}"):
+            check_loadable_params(estimator)
         self.check_estimator_device(estimator)
         if "custom_state" in encoded:
             estimator._set_persistent_state(self.decode(encoded["custom_state"]))
@@ -461,6 +468,22 @@ def check_fitted_values(estimator):
             raise FormatError("its calibration_scores_ holds non-finite values")
         if np.any(scores[1:] < scores[:-1]):
             raise FormatError("its calibration_scores_ is not sorted ascending")
+
+
+def check_loadable_params(estimator):
+    """Parameters a loaded estimator may hold without touching the outside.
+
+    An estimator class lists in ``_loadable_parameters`` the parameters a
+    file must not be able to point elsewhere with, each with a function
+    that raises ValueError for a value it refuses (a backbone named by a
+    hub or a local path, which a later ``fit`` would download or read).
+    ``load`` refuses such files, fitted or not, and ``save`` refuses to
+    write them.
+    """
+    params = estimator.get_params(deep=False)
+    for name, check in getattr(type(estimator), "_loadable_parameters", {}).items():
+        if name in params:
+            check(params[name])
 
 
 def _check_params(estimator):
