@@ -298,8 +298,9 @@ def get_detector(name):
     Raises
     ------
     ValueError
-        If no working detector has that name; the message lists the known
-        names.
+        If no detector has that name (the message lists the registered
+        names) or its plugin is broken. Only the entry point of ``name`` is
+        imported.
 
     Examples
     --------
@@ -307,10 +308,18 @@ def get_detector(name):
     >>> skanomaly.get_detector("mahalanobis")
     <class 'skanomaly.detectors.mahalanobis.Mahalanobis'>
     """
-    if name not in detector_entry_points() or _load(name) is None:
-        known = ", ".join(list_detectors()) or "none"
+    # the names come from the entry points alone: asking for one detector
+    # never imports the others (list_detectors would import every plugin)
+    if name not in detector_entry_points():
+        known = ", ".join(sorted(detector_entry_points())) or "none"
         raise ValueError(f"Unknown detector {name!r}. Known detectors: {known}.")
-    return _load(name)
+    cls = _load(name)
+    if cls is None:
+        raise ValueError(
+            f"Detector {name!r} is registered but cannot be used: its plugin failed "
+            "to import or is not a detector class (the warning says why)."
+        )
+    return cls
 
 
 def make_detector(name, **params):

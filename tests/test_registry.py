@@ -115,6 +115,28 @@ def test_unknown_name_lists_known_ones(fake_entry_points, plugin_module):
         skanomaly.make_detector("nope")
 
 
+def test_asking_for_a_broken_plugin_imports_no_other(fake_entry_points):
+    # a file naming a broken plugin's class made the loader import them all
+    fake_entry_points(
+        [
+            _entry_point("broken", "no_such_module_skanomaly_test:Detector"),
+            _entry_point("other", "other_module_skanomaly_test:Detector"),
+        ]
+    )
+    loaded = []
+    original = EntryPoint.load
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            EntryPoint, "load", lambda self: loaded.append(self.name) or original(self)
+        )
+        with pytest.warns(RuntimeWarning, match="failed to import"):
+            with pytest.raises(ValueError, match="'broken' is registered but"):
+                skanomaly.get_detector("broken")
+        with pytest.raises(ValueError, match="Unknown detector 'nope'.*broken, other"):
+            skanomaly.get_detector("nope")
+    assert loaded == ["broken"]
+
+
 def test_make_detector_rejects_unknown_parameter():
     with pytest.raises(ValueError, match="autoencoder.*unexpected keyword"):
         skanomaly.make_detector("autoencoder", no_such_param=1)
