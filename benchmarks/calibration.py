@@ -104,6 +104,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 LEVELS = (0.01, 0.05, 0.1)
 FIT_LEVEL = 0.1  # the contamination each model is fitted with
+# calibration_confidence read off the same calibration scores: the per-fit
+# guarantee (this fit's rate <= c with this probability)
+CONFIDENCE = 0.9
 
 NETS = ["AutoEncoder", "VAE", "GANomaly", "SkipGANomaly", "EGBAD", "AnoGAN"]
 FAST_NETS = ["AutoEncoder", "VAE", "GANomaly"]
@@ -333,8 +336,29 @@ def level_rows(scheme, calibration_scores, scores, y_test):
         row = _summary(scores < threshold, y_test, level, p_values)
         row["resolvable"] = True
         row["threshold"] = threshold
+        if scheme != "training":
+            row["confident"] = _confident(calibration_scores, scores, y_test, level)
         out[str(level)] = row
     return out
+
+
+def _confident(calibration_scores, scores, y_test, level):
+    """What ``calibration_confidence=CONFIDENCE`` flags at ``level``."""
+    from skanomaly.conformal import conformal_p_values, conformal_threshold
+
+    try:
+        threshold = conformal_threshold(calibration_scores, level, CONFIDENCE)
+    except ValueError:
+        return {"resolvable": False}
+    p_values = conformal_p_values(calibration_scores, scores, CONFIDENCE)
+    assert np.array_equal(scores < threshold, p_values <= level + 1e-12)
+    normal = y_test == 0
+    return {
+        "resolvable": True,
+        "threshold": threshold,
+        "fa": float((scores[normal] < threshold).mean()),
+        "detect": float((scores[~normal] < threshold).mean()),
+    }
 
 
 # ----------------------------------------------------------------- ours

@@ -26,6 +26,17 @@ varies around it, more so with few calibration samples) and holds only while
 new normals resemble the calibration data. Drift (a new camera, a new batch
 of material, a season) breaks it: recalibrate on recent normal data.
 
+Guarantee per fit. Over calibration sets, the false-alarm rate of the
+threshold at the ``k``-th smallest of ``n`` calibration scores is
+Beta(``k``, ``n + 1 - k``)-distributed (continuous scores), so one fit's rate
+can exceed ``c``: with 20 calibration scores and ``c = 0.1``, its standard
+deviation is 0.063. Passing ``confidence`` (for example 0.9) picks the
+largest ``k`` whose rate is at most ``c`` with that probability: the
+promise then holds for *this* fit, not only on average, at the price of
+flagging fewer normals (and anomalies) than ``c`` on average; the matching
+p-values are the Beta upper confidence bounds (a calibration-conditional
+guarantee, pointwise in ``c``; Vovk 2012, Bates et al. 2023).
+
 Many tests at once. Flagging each sample with ``p <= c`` keeps the expected
 fraction of *normal* samples flagged at ``c``, whatever the number of
 anomalies. When what matters is the fraction of *flags* that are false
@@ -47,12 +58,14 @@ import math
 from numbers import Real
 
 import numpy as np
+from scipy import stats
 
 __all__ = [
     "MAX_CALIBRATION_SCORES",
     "benjamini_hochberg",
     "conformal_p_values",
     "conformal_threshold",
+    "rank_levels",
     "smallest_level",
 ]
 
@@ -74,15 +87,64 @@ def _calibration_array(calibration_scores):
     return np.sort(scores)
 
 
-def smallest_level(n_calibration):
-    """The smallest level ``n_calibration`` calibration scores can resolve.
+def _check_confidence(confidence):
+    if confidence is None:
+        return None
+    if not isinstance(confidence, Real) or not 0 < confidence < 1:
+        raise ValueError(
+            f"confidence must be None or a float in (0, 1); got {confidence!r}."
+        )
+    return float(confidence)
 
-    A threshold at level ``c`` is the ``floor((n + 1) c)``-th smallest
-    calibration score, which exists for ``c >= 1 / (n + 1)``.
+
+def rank_levels(n_calibration, confidence=None):
+    """The false-alarm level the threshold at each calibration rank keeps.
+
+    Flagging below the ``k``-th smallest of ``n`` calibration scores flags a
+    new normal sample with probability ``k / (n + 1)`` on average over
+    calibration sets (``confidence=None``); with ``confidence``, the level
+    is the ``confidence`` quantile of that probability's
+    Beta(``k``, ``n + 1 - k``) distribution, so that one fit's rate is at
+    most it with probability ``confidence``. Increasing in ``k``.
 
     Parameters
     ----------
     n_calibration : int
+    confidence : float in (0, 1) or None, default=None
+
+    Returns
+    -------
+    levels : ndarray of shape (n_calibration,)
+        ``levels[k - 1]`` for rank ``k``.
+
+    Examples
+    --------
+    >>> from skanomaly.conformal import rank_levels
+    >>> rank_levels(4).tolist()
+    [0.2, 0.4, 0.6, 0.8]
+    >>> # 1 - 0.1 ** (1 / 4): one fit's rate below the smallest of 4 scores
+    >>> round(float(rank_levels(4, confidence=0.9)[0]), 4)
+    0.4377
+    """
+    n = int(n_calibration)
+    confidence = _check_confidence(confidence)
+    rank = np.arange(1, n + 1, dtype=np.float64)
+    if confidence is None:
+        return rank / (n + 1.0)
+    return stats.beta.ppf(confidence, rank, n + 1.0 - rank)
+
+
+def smallest_level(n_calibration, confidence=None):
+    """The smallest level ``n_calibration`` calibration scores can resolve.
+
+    A threshold at level ``c`` is the ``floor((n + 1) c)``-th smallest
+    calibration score, which exists for ``c >= 1 / (n + 1)``; with
+    ``confidence``, for ``c >= 1 - (1 - confidence) ** (1 / n)``.
+
+    Parameters
+    ----------
+    n_calibration : int
+    confidence : float in (0, 1) or None, default=None
 
     Returns
     -------
@@ -93,11 +155,23 @@ def smallest_level(n_calibration):
     >>> from skanomaly.conformal import smallest_level
     >>> smallest_level(99)
     0.01
+    >>> round(smallest_level(22, confidence=0.9), 4)
+    0.0994
     """
-    return 1.0 / (int(n_calibration) + 1)
+    confidence = _check_confidence(confidence)
+    n = int(n_calibration)
+    if confidence is None:
+        return 1.0 / (n + 1)
+    return float(-math.expm1(math.log1p(-confidence) / n))
 
 
-def conformal_threshold(calibration_scores, level):
+def _samples_needed(level, confidence):
+    if confidence is None:
+        return math.ceil(1.0 / float(level) - 1e-9) - 1
+    return math.ceil(math.log1p(-confidence) / math.log1p(-float(level)) - 1e-9)
+
+
+def conformal_threshold(calibration_scores, level, confidence=None):
     """The normality score below which a new sample is flagged at ``level``.
 
     The ``floor((n + 1) level)``-th smallest of the ``n`` calibration scores
@@ -105,6 +179,9 @@ def conformal_threshold(calibration_scores, level):
     calibration samples, falls strictly below it with probability
     ``floor((n + 1) level) / (n + 1) <= level``. In anomaly scores, this is
     the ``ceil((n + 1)(1 - level))``-th smallest calibration anomaly score.
+    With ``confidence``, the largest rank whose false-alarm rate is at most
+    ``level`` with probability ``confidence`` over calibration sets
+    (:func:`rank_levels`): a guarantee for this one threshold.
 
     Parameters
     ----------
@@ -112,6 +189,10 @@ def conformal_threshold(calibration_scores, level):
         Normality scores of normal samples the model did not fit.
     level : float in (0, 1)
         The false-alarm rate allowed on new normal samples.
+    confidence : float in (0, 1) or None, default=None
+        None: the rate is ``level`` on average over calibration sets. A
+        float: the rate of this threshold is at most ``level`` with this
+        probability.
 
     Returns
     -------
@@ -121,9 +202,10 @@ def conformal_threshold(calibration_scores, level):
     Raises
     ------
     ValueError
-        When ``level < 1 / (n + 1)``: no calibration score is low enough;
-        the message names the smallest achievable level and how many
-        calibration samples ``level`` needs.
+        When no calibration score is low enough (``level < 1 / (n + 1)``,
+        or :func:`smallest_level` with ``confidence``); the message names
+        the smallest achievable level and how many calibration samples
+        ``level`` needs.
 
     Examples
     --------
@@ -134,34 +216,50 @@ def conformal_threshold(calibration_scores, level):
     Traceback (most recent call last):
     ...
     ValueError: A false-alarm level of 0.1 needs at least 9 calibration samples; ...
+    >>> scores = range(100)
+    >>> conformal_threshold(scores, 0.1), conformal_threshold(scores, 0.1, 0.9)
+    (9.0, 5.0)
     """
     scores = _calibration_array(calibration_scores)
     if not isinstance(level, Real) or not 0 < level < 1:
         raise ValueError(f"level must be a float in (0, 1); got {level!r}.")
+    confidence = _check_confidence(confidence)
     n = scores.size
-    # a small tolerance so that (n + 1) * level = 3.0000000000000004 counts 3
-    rank = math.floor((n + 1) * float(level) + 1e-9)
+    if confidence is None:
+        # a small tolerance so that (n + 1) * level = 3.0000000000000004 counts 3
+        rank = math.floor((n + 1) * float(level) + 1e-9)
+    else:
+        levels = rank_levels(n, confidence)
+        rank = int(np.searchsorted(levels, float(level) + 1e-12, side="right"))
     if rank < 1:
-        needed = math.ceil(1.0 / float(level) - 1e-9) - 1
+        needed = _samples_needed(level, confidence)
+        with_confidence = (
+            "" if confidence is None else f" with confidence={confidence:g}"
+        )
+        smallest = "1/(n+1) = " if confidence is None else ""
         raise ValueError(
-            f"A false-alarm level of {level:g} needs at least {needed} calibration "
-            f"samples; there are {n}, so the smallest achievable level is "
-            f"1/(n+1) = {smallest_level(n):.3g}. Raise the level, or calibrate on "
-            "more normal samples (more training data, a larger calibration_size, "
-            "or calibration=5 for cross-fitting, where every normal sample "
-            "calibrates)."
+            f"A false-alarm level of {level:g}{with_confidence} needs at least "
+            f"{needed} calibration samples; there are {n}, so the smallest "
+            f"achievable level is {smallest}{smallest_level(n, confidence):.3g}. "
+            "Raise the level, or calibrate on more normal samples (more training "
+            "data, a larger calibration_size, or calibration=5 for cross-fitting, "
+            "where every normal sample calibrates)."
         )
     return float(scores[rank - 1])
 
 
-def conformal_p_values(calibration_scores, scores):
+def conformal_p_values(calibration_scores, scores, confidence=None):
     """Conformal p-values of being normal.
 
     ``p(s) = (1 + #{i: s_i <= s}) / (n + 1)`` for each score ``s``, with the
     ``n`` calibration scores ``s_i`` (higher = more normal). Small p-values
     mark samples less normal than almost all the calibration samples; for a
     new normal sample exchangeable with the calibration samples,
-    ``P(p <= c) <= c`` at every level ``c``.
+    ``P(p <= c) <= c`` at every level ``c``. With ``confidence``, the
+    p-value of a score below the ``k``-th smallest calibration score is
+    ``rank_levels(n, confidence)[k - 1]`` instead of ``k / (n + 1)``: for
+    each level ``c``, the fraction of new normals with ``p <= c`` is at most
+    ``c`` with probability ``confidence`` over calibration sets.
 
     Parameters
     ----------
@@ -169,11 +267,13 @@ def conformal_p_values(calibration_scores, scores):
         Normality scores of normal samples the model did not fit.
     scores : array-like of shape (n_samples,)
         Normality scores (``score_samples``) of the samples to test.
+    confidence : float in (0, 1) or None, default=None
 
     Returns
     -------
     p_values : ndarray of shape (n_samples,)
-        In ``[1 / (n + 1), 1]``.
+        In ``[1 / (n + 1), 1]`` (``confidence=None``), else in
+        ``[smallest_level(n, confidence), 1]``.
 
     Examples
     --------
@@ -184,7 +284,8 @@ def conformal_p_values(calibration_scores, scores):
     calibration = _calibration_array(calibration_scores)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     at_or_below = np.searchsorted(calibration, scores, side="right")
-    return (1.0 + at_or_below) / (calibration.size + 1.0)
+    levels = np.append(rank_levels(calibration.size, confidence), 1.0)
+    return levels[at_or_below]
 
 
 def benjamini_hochberg(p_values, alpha=0.05):

@@ -77,8 +77,11 @@ def export_onnx(detector, path, *, force=False, calibration_scores=True):
     ``anomaly_scores`` (``-calibration_scores_``, sorted ascending), so that
     the conformal p-value of an output score ``s`` is
     ``(1 + #{anomaly_scores >= s}) / (n_samples + 1)``, as
-    ``conformal_p_values`` gives it. For a model without calibration scores
-    (saved before them, or a plugin) ``card["calibration"]`` is None.
+    ``conformal_p_values`` gives it (with ``calibration_confidence``,
+    ``card["calibration"]["confidence"]``, the Beta bound of
+    :func:`skanomaly.conformal.rank_levels` at that rank). For a model
+    without calibration scores (saved before them, or a plugin)
+    ``card["calibration"]`` is None.
 
     Parameters
     ----------
@@ -266,16 +269,30 @@ def _calibration_card(detector, *, with_scores):
     scores = getattr(detector, "calibration_scores_", None)
     if scores is None:
         return None
+    confidence = getattr(detector, "calibration_confidence", None)
+    if confidence is None:
+        p_value = (
+            "the conformal p-value of being normal of an output anomaly_score s "
+            "is (1 + number of anomaly_scores >= s) / (n_samples + 1), as "
+            "conformal_p_values gives it"
+        )
+    else:
+        p_value = (
+            "with k = 1 + number of anomaly_scores >= s for an output "
+            "anomaly_score s, the p-value of being normal is the "
+            f"{confidence:g} quantile of Beta(k, n_samples + 1 - k) (1 when "
+            "k = n_samples + 1), as conformal_p_values gives it"
+        )
     entry = {
         "scheme": getattr(detector, "calibration_", None),
         "n_samples": len(scores),
-        "p_value": (
-            "the conformal p-value of being normal of an output anomaly_score s "
-            "is (1 + number of anomaly_scores >= s) / (n_samples + 1), as "
-            "conformal_p_values gives it: small = unlike the calibration "
-            "samples; with a float contamination c, a sample is an anomaly "
-            "exactly when p <= c (unless the scheme is 'training', whose "
-            "threshold is a percentile of the training scores)."
+        "confidence": confidence,
+        "p_value": p_value
+        + (
+            ": small = unlike the calibration samples; with a float "
+            "contamination c, a sample is an anomaly exactly when p <= c (unless "
+            "the scheme is 'training', whose threshold is a percentile of the "
+            "training scores)."
         ),
     }
     if with_scores:

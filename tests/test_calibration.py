@@ -248,6 +248,9 @@ def test_calibration_is_validated():
             Mahalanobis(calibration=bad).fit(np.eye(5))
     with pytest.raises(ValueError, match="calibration_size"):
         Mahalanobis(calibration="split", calibration_size=1.0).fit(np.eye(5))
+    for bad in (0.0, 1.0, "0.9"):
+        with pytest.raises(ValueError, match="calibration_confidence"):
+            Mahalanobis(contamination=0.1, calibration_confidence=bad).fit(np.eye(5))
 
 
 # ------------------------------------------------------ edges and the contract
@@ -326,3 +329,102 @@ def test_pickle_and_grid_search_keep_calibration():
     ).fit(data, y)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.best_estimator_.calibration in ("leave-one-out", "split", 3)
+
+
+# ------------------------------------------- a guarantee for one fit (confidence)
+
+
+def test_rank_levels_are_the_beta_bounds_of_order_statistics():
+    from skanomaly.conformal import rank_levels
+
+    n = 30
+    k = np.arange(1, n + 1)
+    np.testing.assert_allclose(rank_levels(n), k / 31)
+    bounds = rank_levels(n, confidence=0.9)
+    np.testing.assert_allclose(stats.beta.cdf(bounds, k, n + 1 - k), 0.9)
+    assert np.all(np.diff(bounds) > 0) and np.all(bounds > k / 31)
+    # the smallest rank's bound in closed form: 1 - (1 - confidence)^(1/n)
+    assert bounds[0] == pytest.approx(1 - 0.1 ** (1 / n))
+    assert smallest_level(n, confidence=0.9) == pytest.approx(bounds[0])
+
+
+def test_confident_threshold_keeps_one_fits_rate_below_the_level():
+    """Over many calibration sets, the rate exceeds c in at most 10% of them.
+
+    Uniform calibration scores: the false-alarm rate of a threshold t is t
+    itself, so each draw's true rate is known without a test set.
+    """
+    rng = np.random.default_rng(0)
+    n, level, draws = 60, 0.1, 4000
+    marginal, confident = [], []
+    for _ in range(draws):
+        scores = rng.uniform(size=n)
+        marginal.append(conformal_threshold(scores, level))
+        confident.append(conformal_threshold(scores, level, confidence=0.9))
+    marginal, confident = np.array(marginal), np.array(confident)
+    # the marginal rule is right on average and exceeds c in about half the fits
+    assert abs(marginal.mean() - 6 / 61) < 0.003
+    assert np.mean(marginal > level) > 0.35
+    # the confident rule: rank k = the largest with P(Beta(k, n+1-k) > c) <= 0.1
+    k = int(np.sum(stats.beta.ppf(0.9, np.arange(1, n + 1), n - np.arange(n)) <= level))
+    exceed = stats.beta.sf(level, k, n + 1 - k)
+    assert exceed <= 0.1
+    assert abs(np.mean(confident > level) - exceed) < 4 * np.sqrt(exceed / draws)
+    assert np.all(confident <= marginal)
+
+
+def test_confident_p_values_match_the_threshold_and_are_larger():
+    rng = np.random.default_rng(1)
+    calibration, new = rng.normal(size=200), rng.normal(size=3000)
+    marginal = conformal_p_values(calibration, new)
+    confident = conformal_p_values(calibration, new, confidence=0.95)
+    assert np.all(confident >= marginal) and confident.max() == 1.0
+    for level in (0.02, 0.05, 0.1, 0.3):
+        threshold = conformal_threshold(calibration, level, confidence=0.95)
+        np.testing.assert_array_equal(new < threshold, confident <= level)
+
+
+def test_confident_level_below_resolution_names_the_samples_needed():
+    # log(0.1) / log(0.9) = 21.85: 22 calibration samples resolve 0.1 at 0.9
+    conformal_threshold(np.arange(22.0), 0.1, confidence=0.9)
+    with pytest.raises(ValueError, match=r"confidence=0.9 needs at least 22 .*21"):
+        conformal_threshold(np.arange(21.0), 0.1, confidence=0.9)
+    for bad in (0.0, 1.0, "high", 1):
+        with pytest.raises(ValueError, match="confidence"):
+            conformal_threshold(np.arange(50.0), 0.1, confidence=bad)
+
+
+def test_detector_with_calibration_confidence():
+    rng = np.random.default_rng(0)
+    X, fresh = rng.normal(size=(300, 4)), rng.normal(size=(500, 4))
+    plain = Mahalanobis(contamination=0.1).fit(X)
+    det = Mahalanobis(contamination=0.1, calibration_confidence=0.9).fit(X)
+    np.testing.assert_array_equal(det.calibration_scores_, plain.calibration_scores_)
+    assert det.offset_ == conformal_threshold(det.calibration_scores_, 0.1, 0.9)
+    assert det.offset_ < plain.offset_
+    np.testing.assert_array_equal(
+        det.predict(fresh) == -1, det.conformal_p_values(fresh) <= 0.1
+    )
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(
+        restored.conformal_p_values(fresh), det.conformal_p_values(fresh)
+    )
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"contamination": "auto"}, "float"),
+        ({"contamination": 0.1, "calibration": "training"}, "training"),
+        ({"contamination": 0.01}, "needs at least 230"),
+        ({"contamination": 0.1, "calibration_confidence": 1.5}, "confidence"),
+    ],
+)
+def test_calibration_confidence_is_refused_where_it_has_no_meaning(params, message):
+    params = {"calibration_confidence": 0.9, **params}
+    det = NearestTrainingSample(random_state=0)
+    det.calibration_confidence = params.pop("calibration_confidence")
+    det.set_params(**params)
+    with pytest.raises(ValueError, match=message):
+        det.fit(np.random.default_rng(0).normal(size=(100, 2)))
+    assert not hasattr(det, "offset_") and not hasattr(det, "train_")

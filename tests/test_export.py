@@ -78,6 +78,7 @@ def test_card_describes_input_outputs_and_threshold(tmp_path, needs_onnx):
         "class": "skanomaly.detectors.mahalanobis.Mahalanobis",
         "params": {
             "calibration": "auto",
+            "calibration_confidence": None,
             "calibration_size": 0.2,
             "contamination": 0.1,
             "covariance": "ledoit_wolf",
@@ -124,6 +125,25 @@ def test_card_holds_the_calibration_a_deployment_needs_for_p_values(
         score > card["threshold"]["anomaly_score"], p_values <= 0.05
     )
     assert 0 < (p_values <= 0.05).sum() < len(X)
+
+
+def test_card_gives_the_recipe_of_confident_p_values(tmp_path, needs_onnx):
+    import onnxruntime
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    detector = skanomaly.Mahalanobis(contamination=0.1, calibration_confidence=0.9)
+    detector.fit(rng.normal(size=(200, 3)))
+    X = np.r_[rng.normal(size=(100, 3)), rng.normal(size=(10, 3)) + 3.0]
+    path = tmp_path / "gaussian.onnx"
+    calibration = skanomaly.export_onnx(detector, path)["calibration"]
+    assert calibration["confidence"] == 0.9
+    (score,) = onnxruntime.InferenceSession(path).run(None, {"input": X})
+    cal, n = np.array(calibration["anomaly_scores"]), calibration["n_samples"]
+    k = 1 + (cal[None, :] >= score[:, None]).sum(axis=1)
+    p_values = np.where(k > n, 1.0, stats.beta.ppf(0.9, k, n + 1 - k))
+    np.testing.assert_allclose(p_values, detector.conformal_p_values(X), rtol=1e-12)
+    assert skanomaly.export_onnx.__doc__.count("confidence")
 
 
 def _fit_command(tmp_path, n_rows):

@@ -122,7 +122,7 @@ class AnoGAN(BaseGANDetector):
         If > 0, print skorch's epoch log and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector`
         (calibration='auto' holds out 20% of the training samples). Every
         score is a full latent search, so at most 1,000 calibration samples
@@ -214,11 +214,13 @@ class AnoGAN(BaseGANDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.latent_dim = latent_dim
         self.base_channels = base_channels

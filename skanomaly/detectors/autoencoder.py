@@ -70,7 +70,7 @@ class AutoEncoder(BaseTorchDetector):
         If > 0, print skorch's epoch log and a progress bar.
     callbacks : list of skorch callbacks or None, default=None
         Extra skorch callbacks (e.g. ``EarlyStopping`` on ``train_loss``).
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
 
@@ -132,11 +132,13 @@ class AutoEncoder(BaseTorchDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes

@@ -241,6 +241,18 @@ default='auto'
     calibration_size : float in (0, 1), default=0.2
         Fraction of the normal training samples that ``calibration='split'``
         holds out (at most 5,000 samples).
+    calibration_confidence : float in (0, 1) or None, default=None
+        None: the false-alarm rate is ``contamination`` on average over fits,
+        and one fit's rate scatters around it (a standard deviation of about
+        ``sqrt(c (1 - c) / n)`` with ``n`` calibration samples: 0.063 at
+        ``c = 0.1`` with 20). A float, such as 0.9: the threshold is lowered
+        until *this fit's* rate on new normals is at most ``contamination``
+        with that probability (the Beta distribution of a calibration order
+        statistic, :func:`skanomaly.conformal.rank_levels`), so fewer normals
+        and anomalies are flagged on average; it needs at least
+        ``log(1 - confidence) / log(1 - c)`` calibration samples (22 at
+        0.9 and 0.1) and a float ``contamination``, and does not apply to
+        ``calibration='training'``. ``conformal_p_values`` follow it.
 
     Attributes
     ----------
@@ -314,12 +326,20 @@ default='auto'
             Interval(Integral, 2, None, closed="left"),
         ],
         "calibration_size": [Interval(Real, 0, 1, closed="neither")],
+        "calibration_confidence": [None, Interval(Real, 0, 1, closed="neither")],
     }
 
-    def __init__(self, contamination="auto", calibration="auto", calibration_size=0.2):
+    def __init__(
+        self,
+        contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
+        calibration_confidence=None,
+    ):
         self.contamination = contamination
         self.calibration = calibration
         self.calibration_size = calibration_size
+        self.calibration_confidence = calibration_confidence
 
     @abstractmethod
     def _fit(self, X):
@@ -372,6 +392,7 @@ width) or (n_samples, channels, height, width)
             X = self._validate_input(X, reset=True, min_samples=2)
             X = select_inliers(X, y, estimator_name=type(self).__name__)
             scheme = self._calibration_scheme()
+            self._check_confidence(scheme)
             if scheme == "split":
                 scores = self._fit_split(X)
             elif scheme == "cross-fit":
@@ -398,6 +419,22 @@ width) or (n_samples, channels, height, width)
             self.__dict__.update(state_before)
             raise
         return self
+
+    def _check_confidence(self, scheme):
+        """Refuse a per-fit confidence where it has no meaning, before training."""
+        if getattr(self, "calibration_confidence", None) is None:
+            return
+        if scheme == "training":
+            raise ValueError(
+                "calibration_confidence needs calibration scores of samples the "
+                "model did not fit; calibration='training' has none (use "
+                "'auto', 'split', 'leave-one-out' or an int)."
+            )
+        if self.contamination == "auto":
+            raise ValueError(
+                "calibration_confidence bounds the false-alarm rate at a level: "
+                "set contamination to a float (such as 0.05), not 'auto'."
+            )
 
     def _calibration_scheme(self):
         """The scheme ``calibration`` resolves to for this detector."""
@@ -492,7 +529,9 @@ width) or (n_samples, channels, height, width)
         if scheme == "training":
             # scikit-learn's rule: that fraction of the training set below
             return float(np.percentile(scores, 100.0 * contamination))
-        return conformal_threshold(scores, contamination)
+        return conformal_threshold(
+            scores, contamination, getattr(self, "calibration_confidence", None)
+        )
 
     @property
     def novelty(self):
@@ -518,10 +557,15 @@ width) or (n_samples, channels, height, width)
         ``P(p <= c) <= c`` at every level ``c``, and p-values of such samples
         are uniform over ``{1/(n+1), ..., 1}``. It is marginal (on average
         over calibration sets) and needs new normals to resemble the
-        calibration data: drift breaks it. With ``calibration='training'``
-        the calibration scores are in-sample and there is no guarantee.
-        To flag a batch at a false discovery rate, pass the p-values to
-        :func:`skanomaly.conformal.benjamini_hochberg`.
+        calibration data: drift breaks it. With ``calibration_confidence``,
+        the p-value of a score below the ``k``-th smallest calibration score
+        is the Beta upper confidence bound on the rate of that threshold
+        instead of ``k / (n + 1)``: for each level ``c``, the fraction of new
+        normals with ``p <= c`` is at most ``c`` with that probability (so
+        ``predict`` is still -1 exactly where ``p <= contamination``). With
+        ``calibration='training'`` the calibration scores are in-sample and
+        there is no guarantee. To flag a batch at a false discovery rate,
+        pass the p-values to :func:`skanomaly.conformal.benjamini_hochberg`.
 
         Parameters
         ----------
@@ -533,7 +577,11 @@ width) or (n_samples, channels, height, width)
         p_values : ndarray of shape (n_samples,)
         """
         check_is_fitted(self, "calibration_scores_")
-        return conformal_p_values(self.calibration_scores_, self.score_samples(X))
+        return conformal_p_values(
+            self.calibration_scores_,
+            self.score_samples(X),
+            getattr(self, "calibration_confidence", None),
+        )
 
     def _checked_scores(self, X, fitting=False):
         return self._checked(self._score_samples(X), fitting=fitting)

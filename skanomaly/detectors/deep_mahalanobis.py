@@ -62,7 +62,7 @@ class DeepMahalanobis(BaseDetector):
         Seeds the backbone's initialisation when ``weights=None``.
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' is leave-one-out: each training image's distance to
         the Gaussian of the others, in closed form, so every image trains and
@@ -138,11 +138,13 @@ class DeepMahalanobis(BaseDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.backbone = backbone
         self.weights = weights

@@ -49,7 +49,7 @@ class Mahalanobis(BaseDetector):
         label is a group, in sorted order), or a sequence of groups, each a
         ``slice`` or a sequence of column indices. Columns in no group are
         ignored; groups may overlap.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' is leave-one-out: each training row's distance to the
         Gaussian of the others, in closed form, so every row trains and
@@ -113,11 +113,13 @@ class Mahalanobis(BaseDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.covariance = covariance
         self.groups = groups

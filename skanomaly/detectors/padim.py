@@ -106,7 +106,7 @@ class PaDiM(BasePatchDetector):
         ``weights=None``).
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector`.
         calibration='auto' is leave-one-out: each training image is scored
         against the Gaussians of the other images (a rank-one downdate of
@@ -196,11 +196,13 @@ class PaDiM(BasePatchDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.backbone = backbone
         self.weights = weights

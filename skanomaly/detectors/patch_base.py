@@ -64,7 +64,7 @@ class BasePatchDetector(BaseDetector):
 
     Parameters
     ----------
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector`.
 
     Attributes

@@ -115,7 +115,7 @@ class PatchCore(BasePatchDetector):
         backbone when ``weights=None``).
     verbose : int, default=0
         If > 0, show a progress bar over batches.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector`.
         calibration='auto' is leave-one-out: each training image is scored
         against the memory bank without the patches it contributed (its own
@@ -205,11 +205,13 @@ class PatchCore(BasePatchDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.backbone = backbone
         self.weights = weights

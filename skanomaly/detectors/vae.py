@@ -63,7 +63,7 @@ class VAE(BaseTorchDetector):
         0.963 AUROC; at -4, 0.972 and 0.986 (images unchanged, >= 0.995).
     lr, weight_decay, batch_size, max_epochs, min_steps, early_stopping, \
 validation_fraction, n_iter_no_change, device, random_state, verbose, \
-callbacks, contamination, calibration, calibration_size
+callbacks, contamination, calibration, calibration_size, calibration_confidence
         As in :class:`~skanomaly.AutoEncoder` (``max_epochs='auto'``: 30
         epochs, or more for ``min_steps=500`` optimizer steps).
 
@@ -130,11 +130,13 @@ callbacks, contamination, calibration, calibration_size
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes

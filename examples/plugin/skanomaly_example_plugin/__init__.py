@@ -17,7 +17,7 @@ class MeanDistance(BaseDetector):
     ----------
     min_scale : float, default=1e-12
         Floor on each feature's standard deviation.
-    contamination, calibration, calibration_size
+    contamination, calibration, calibration_size, calibration_confidence
         See :class:`skanomaly.detectors.base.BaseDetector`: the threshold is
         calibrated on held-out normal samples, so that ``contamination`` is
         the false-alarm rate on new data.
@@ -49,11 +49,13 @@ class MeanDistance(BaseDetector):
         contamination="auto",
         calibration="auto",
         calibration_size=0.2,
+        calibration_confidence=None,
     ):
         super().__init__(
             contamination=contamination,
             calibration=calibration,
             calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
         )
         self.min_scale = min_scale
 
