@@ -14,7 +14,7 @@ from ..gaussian import (
     ledoit_wolf_shrink,
     regularised_cholesky,
 )
-from ..nn.padim import PositionDistances, PositionMoments, position_distances
+from ..nn.padim import PositionDistances, PositionMoments
 from .patch_base import BasePatchDetector
 
 __all__ = ["PaDiM"]
@@ -46,7 +46,9 @@ class PaDiM(BasePatchDetector):
     it needs about ``12 * positions * d**2`` bytes (376 MB for d = 100 at
     224 px). ``fit`` refuses, before allocating anything, a configuration
     that needs more than ``max_memory_bytes``. Distances are triangular
-    solves with the Cholesky factors, batched over positions.
+    solves with the Cholesky factors, batched over positions, in
+    :class:`~skanomaly.nn.padim.PositionDistances`, the module the ONNX
+    graph holds too.
 
     Parameters
     ----------
@@ -277,13 +279,12 @@ class PaDiM(BasePatchDetector):
         return moments.count
 
     def _device_state(self, device):
-        return (
-            torch.from_numpy(self.location_).to(device),
-            torch.from_numpy(self.cholesky_).to(device),
-        )
+        return PositionDistances(
+            torch.from_numpy(self.location_), torch.from_numpy(self.cholesky_)
+        ).to(device)
 
-    def _patch_scores(self, features, state):
-        grid = position_distances(features, *state)
+    def _patch_scores(self, features, distances):
+        grid = distances(features)
         maps = self._smoothed(grid)
         return grid, maps.amax(dim=(1, 2))
 
@@ -311,18 +312,18 @@ class PaDiM(BasePatchDetector):
                 diagonal=shrinkage * mu + self.reg_covar,
             )
             factors[rows] = regularised_cholesky(A)
-        location, factors = self._device_state(device)[0], torch.from_numpy(factors)
-        return location, factors.to(device), c, n_images
+        distances = PositionDistances(torch.from_numpy(self.location_), factors)
+        return distances.to(device), c, n_images
 
     def _leave_one_out_scores(self, features, state, images):
-        location, factors, c, n_images = state
-        q = position_distances(features, location, factors).double().square()
-        c = torch.from_numpy(c).to(q.device).view(q.shape[1:])
-        squared = leave_one_out_squared_distances(q.cpu().numpy(), n_images, c.numpy())
+        distances, c, n_images = state
+        batch, _, height, width = features.shape
+        q = distances.squared(features).double().T.reshape(batch, height, width)
+        squared = leave_one_out_squared_distances(
+            q.cpu().numpy(), n_images, c.reshape(height, width)
+        )
         grid = torch.from_numpy(np.sqrt(squared)).to(features)
         return self._smoothed(grid).amax(dim=(1, 2))
 
     def _onnx_scorer(self):
-        return PositionDistances(
-            torch.from_numpy(self.location_), torch.from_numpy(self.cholesky_)
-        )
+        return self._device_state(torch.device("cpu")).for_export()
