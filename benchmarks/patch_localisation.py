@@ -118,7 +118,7 @@ def _packaged_weights_file(folder):
     """skanomaly's packaged lite0 weights as a timm state dict, for the peer."""
     import torch
 
-    from skanomaly.nn.backbones import create_packaged_model
+    from skanomaly.weights import create_packaged_model
 
     path = folder / "tf_efficientnet_lite0.pth"
     model = create_packaged_model("tf_efficientnet_lite0")

@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from skanomaly import DeepMahalanobis
-from skanomaly.nn.backbones import packaged_backbones, weights_available
+from skanomaly.weights import packaged_backbones, weights_available
 
 for name in packaged_backbones():
     print(f"{name}: {'installed' if weights_available(name) else 'not installed'}")

@@ -11,8 +11,7 @@ from ..gaussian import (
     group_distances,
     leave_one_out_group_distances,
 )
-from ..nn.backbones import offline_architecture
-from ..weights import weights_available
+from ..weights import offline_architecture, weights_available
 from .base import BaseDetector
 from .mahalanobis import Mahalanobis
 

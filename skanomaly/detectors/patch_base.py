@@ -18,8 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nn.backbones import offline_architecture
 from ..nn.maps import PatchMaps, resize_maps, smooth_maps
+from ..weights import offline_architecture
 from .base import BaseDetector
 
 __all__ = ["BasePatchDetector"]

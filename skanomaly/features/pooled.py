@@ -18,12 +18,8 @@ from .._validation import (
     parse_image_size,
     validate_images,
 )
-from ..nn.backbones import (
-    PooledFeatures,
-    create_backbone,
-    describe_levels,
-    offline_architecture,
-)
+from ..nn.backbones import PooledFeatures, create_backbone, describe_levels
+from ..weights import offline_architecture
 
 __all__ = ["TimmFeatures"]
 

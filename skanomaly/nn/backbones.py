@@ -17,9 +17,8 @@ one beyond its last stage:
 
 Each level is reduced to one vector per image by global average pooling.
 
-Where the pretrained weights come from (packaged, hub, local file) and how
-they are checked is :mod:`skanomaly.weights`; the weights functions that
-used to live here are still importable from this module.
+Where the pretrained weights come from (packaged, hub, local file), how
+they are checked and which names build offline is :mod:`skanomaly.weights`.
 """
 
 from inspect import signature
@@ -27,16 +26,7 @@ from inspect import signature
 import torch
 import torch.nn.functional as F
 
-# Moved to skanomaly.weights; kept importable from here for existing code.
-from ..weights import (  # noqa: F401
-    create_packaged_model,
-    load_packaged_weights,
-    load_weights_file,
-    packaged_backbones,
-    packaged_weights_path,
-    weights_available,
-)
-from ..weights.sources import create_model
+from ..weights import create_model
 
 __all__ = [
     "PatchGrid",
@@ -44,7 +34,6 @@ __all__ = [
     "create_backbone",
     "describe_levels",
     "level_maps",
-    "offline_architecture",
     "pooled_levels",
     "preprocess_images",
 ]
@@ -76,34 +65,6 @@ def create_backbone(name, weights="imagenet"):
     model.eval()
     model.requires_grad_(False)
     return model
-
-
-def offline_architecture(name):
-    """``name``, if timm builds it from the name alone (no file, no network).
-
-    That is a timm architecture, optionally with a pretrained tag
-    (``'resnet18.a1_in1k'``), built with ``pretrained=False``. Hub and local
-    names (``'hf-hub:...'``, ``'local-dir:...'``), whose configuration timm
-    would download or read, and anything path-like are refused.
-
-    Raises
-    ------
-    ValueError
-        If ``name`` is not such a name.
-    """
-    import timm
-
-    if (
-        not isinstance(name, str)
-        or any(c in name for c in ":/\\")
-        or not timm.is_model(name)
-    ):
-        raise ValueError(
-            f"Backbone {name!r:.80} is not a timm architecture that builds offline "
-            "(a timm model name such as 'resnet18'); hub and local models "
-            "('hf-hub:...', 'local-dir:...') cannot be rebuilt from a model file."
-        )
-    return name
 
 
 def _uses_extra_blocks(model):

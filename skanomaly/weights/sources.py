@@ -12,7 +12,7 @@ from .packaged import (
     packaged_weights_path,
 )
 
-__all__ = ["create_model", "weights_available"]
+__all__ = ["create_model", "offline_architecture", "weights_available"]
 
 
 def _is_imagenet(weights):
@@ -96,3 +96,31 @@ def weights_available(name, weights="imagenet"):
             return False
         return True
     return in_hub_cache(name)
+
+
+def offline_architecture(name):
+    """``name``, if timm builds it from the name alone (no file, no network).
+
+    That is a timm architecture, optionally with a pretrained tag
+    (``'resnet18.a1_in1k'``), built with ``pretrained=False``. Hub and local
+    names (``'hf-hub:...'``, ``'local-dir:...'``), whose configuration timm
+    would download or read, and anything path-like are refused.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not such a name.
+    """
+    import timm
+
+    if (
+        not isinstance(name, str)
+        or any(c in name for c in ":/\\")
+        or not timm.is_model(name)
+    ):
+        raise ValueError(
+            f"Backbone {name!r:.80} is not a timm architecture that builds offline "
+            "(a timm model name such as 'resnet18'); hub and local models "
+            "('hf-hub:...', 'local-dir:...') cannot be rebuilt from a model file."
+        )
+    return name
