@@ -205,9 +205,12 @@ def test_missing_package_names_the_pip_package(uninstalled_lite0):
     with pytest.raises(OSError, match=message):
         det.fit(np.zeros((4, 3, 32, 32), np.uint8))
     assert not hasattr(det, "features_") and not hasattr(det, "offset_")
-    # and the benchmark, asking the tags, skips it
+    # and the benchmark skips every detector on these weights
+    from skanomaly import PaDiM, PatchCore
+    from skanomaly.app.benchmark import _weights_available
+
     assert not weights_available(LITE0)
-    assert not get_detector_tags(DeepMahalanobis).weights_available
+    assert not any(map(_weights_available, (DeepMahalanobis, PaDiM, PatchCore)))
 
 
 def test_missing_extra_names_the_extra(monkeypatch):
@@ -223,15 +226,31 @@ def test_weights_available(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from skanomaly.app.benchmark import _weights_available
+
     assert all(weights_available(name) for name in packaged_backbones())
-    assert get_detector_tags(DeepMahalanobis).weights_available
+    assert _weights_available(DeepMahalanobis)
     assert weights_available("resnet18", None)
     assert not weights_available("resnet18")  # empty hub cache
     assert not weights_available("resnet18", tmp_path / "nowhere.pth")
     (tmp_path / "w.pth").write_bytes(b"")
     assert weights_available("resnet18", str(tmp_path / "w.pth"))
-    tags = get_detector_tags(DeepMahalanobis(backbone="resnet18"))
-    assert tags.pretrained_weights and not tags.weights_available
+    assert get_detector_tags(DeepMahalanobis(backbone="resnet18")).pretrained_weights
+
+
+def test_tags_do_not_look_at_the_file_system(monkeypatch):
+    """Tags are read at every validation: no weights probing there."""
+    import skanomaly.weights.sources
+
+    def probe(*args, **kwargs):
+        raise AssertionError("tags probed the weights")
+
+    monkeypatch.setattr(skanomaly.weights.sources, "weights_available", probe)
+    monkeypatch.setattr(skanomaly.weights, "weights_available", probe)
+    from skanomaly import PaDiM, PatchCore
+
+    for cls in (DeepMahalanobis, PaDiM, PatchCore):
+        assert get_detector_tags(cls(backbone="resnet18")).pretrained_weights
 
 
 def test_weights_live_in_their_own_package_not_in_nn():

@@ -63,12 +63,12 @@ class _HasWeights(_MeanImage):
 
 
 class _NeedsWeights(_HasWeights):
-    """Works on pretrained weights that would need a download."""
+    """Works on pretrained weights that are not here (a missing file)."""
 
-    def __skanomaly_tags__(self):
-        tags = super().__skanomaly_tags__()
-        tags.weights_available = False
-        return tags
+    def __init__(self, backbone="resnet18", weights="/nonexistent/skanomaly.pth"):
+        super().__init__()
+        self.backbone = backbone
+        self.weights = weights
 
 
 _FAKES = {

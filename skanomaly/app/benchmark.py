@@ -207,6 +207,20 @@ def _flat(X):
     return X.reshape(len(X), -1)
 
 
+def _weights_available(cls):
+    """Whether a pretrained detector's default weights load without a download.
+
+    Asked here, once per run, rather than in the detector's tags: tags are
+    read at every validation, and this looks at the file system.
+    """
+    from ..weights import weights_available
+
+    params = cls().get_params()
+    if "backbone" not in params:
+        return True
+    return weights_available(params["backbone"], params.get("weights", "imagenet"))
+
+
 def _construction_failed(name, exc):
     return BenchmarkResult(name, "failed", note=f"construction: {_error_text(exc)}")
 
@@ -327,7 +341,7 @@ def run_benchmark(
             except _DETECTOR_FAILURES as exc:
                 skipped[name] = _construction_failed(name, exc)
                 continue
-            if tags.pretrained_weights and not tags.weights_available:
+            if tags.pretrained_weights and not _weights_available(get_detector(name)):
                 skipped[name] = BenchmarkResult(name, "skipped", note=_PRETRAINED_NOTE)
     else:
         names = list(dict.fromkeys(detectors))

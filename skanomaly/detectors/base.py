@@ -65,11 +65,11 @@ class DetectorTags:
         Has ``anomaly_map(X)``, a per-pixel map of shape (n_samples, height,
         width), for images.
     pretrained_weights : bool, default=False
-        Works on pretrained network weights (see the user guide on weights).
-    weights_available : bool, default=True
-        Its pretrained weights, for its current parameters, load here without
-        a download. ``skanomaly benchmark`` skips a detector with
-        ``pretrained_weights`` whose weights are not available, unless named.
+        Works on pretrained network weights (see the user guide on weights),
+        named by its ``backbone`` and ``weights`` parameters.
+        ``skanomaly benchmark`` skips such a detector when
+        :func:`skanomaly.weights.weights_available` says they would need a
+        download, unless it is named.
     keeps_uint8 : bool, default=False
         ``_fit`` and ``_score_samples`` take uint8 images as they are and
         scale them batch by batch (no float copy of the whole input);
@@ -123,7 +123,6 @@ class DetectorTags:
     images: bool = True
     anomaly_maps: bool = False
     pretrained_weights: bool = False
-    weights_available: bool = True
     keeps_uint8: bool = False
     max_offset_samples: int | None = None
     leave_one_out: bool = False

@@ -11,7 +11,7 @@ from ..gaussian import (
     group_distances,
     leave_one_out_group_distances,
 )
-from ..weights import offline_architecture, weights_available
+from ..weights import offline_architecture
 from .base import BaseDetector
 from .mahalanobis import Mahalanobis
 
@@ -159,7 +159,6 @@ class DeepMahalanobis(BaseDetector):
         tags = super().__skanomaly_tags__()
         tags.tabular = False  # Mahalanobis is this Gaussian on tabular features
         tags.pretrained_weights = True
-        tags.weights_available = weights_available(self.backbone, self.weights)
         # uint8 images stay uint8 until each batch is on the device: a
         # quarter of the memory and transfer of float32.
         tags.keeps_uint8 = True
