@@ -13,6 +13,7 @@ from .labels import _fit_inliers
 __all__ = [
     "as_tensor",
     "check_device",
+    "image_value_range",
     "parse_image_size",
     "select_inliers",
     "validate_detector_input",
@@ -103,6 +104,7 @@ def validate_detector_input(
     if reset:
         estimator.image_shape_ = None
         estimator.image_dtype_ = None
+        estimator.image_value_range_ = None
     return _no_negative_strides(X)
 
 
@@ -150,12 +152,13 @@ def validate_images(
     float copy of the whole batch), for callers that scale them batch by
     batch. Other dtypes come back as float32 or float64.
 
-    With an ``estimator``, images read as they did in its ``fit``: with
-    ``reset=True`` their dtype is recorded as its ``image_dtype_``;
-    otherwise ``uint8`` images read as value / 255 and other integers as
-    their values, so integer images of the other family are converted to
-    the dtype of ``fit`` with a warning (their values must fit it), and
-    float images after a ``uint8`` fit must lie in [0, 1].
+    With an ``estimator``, images are read in the value range of its
+    ``fit``. With ``reset=True`` their dtype and that range are recorded as
+    its ``image_dtype_`` and ``image_value_range_`` (see
+    :func:`image_value_range`); otherwise images of any dtype are read in
+    that range, converted where the reading is unambiguous and refused with
+    the fix where it is not (see :class:`~skanomaly.BaseDetector`,
+    ``image_value_range_``).
 
     Parameters
     ----------
@@ -171,8 +174,8 @@ def validate_images(
     channels : collection of int or None, default=None
         Accepted channel counts (None: any).
     estimator : estimator or None, default=None
-        Where ``image_dtype_`` is recorded (``reset=True``) or read from
-        (None: no dtype rule).
+        Where ``image_dtype_`` and ``image_value_range_`` are recorded
+        (``reset=True``) or read from (None: no rule of fit).
     reset : bool, default=True
         Whether this is ``fit``.
     """
@@ -184,10 +187,14 @@ def validate_images(
         )
     dtype_in = _dtype_name(X)
     fitted = None if reset else getattr(estimator, "image_dtype_", None)
-    if fitted is not None:  # None too for files saved before it was recorded
-        X = _as_fitted_dtype(X, np.dtype(dtype_in), np.dtype(fitted), name)
-        if fitted == "uint8" and float_range is None:
-            float_range = (0.0, 1.0)
+    fitted_range = None
+    if fitted is not None:
+        fitted_range = getattr(estimator, "image_value_range_", None)
+        if fitted_range is not None:  # a list, if set by hand
+            fitted_range = tuple(float(v) for v in fitted_range)
+        X = _in_fitted_range(
+            X, np.dtype(dtype_in), np.dtype(fitted), fitted_range, name
+        )
     is_uint8 = getattr(X, "dtype", None) == np.uint8
     X = check_array(
         X,
@@ -196,11 +203,15 @@ def validate_images(
         ensure_min_samples=min_samples,
         input_name="X",
     )
+    if estimator is not None and reset:
+        value_range = image_value_range(X, dtype_in)
     if is_uint8 and not keep_uint8:
         # check_array made a float32 copy: scale it in place
         np.divide(X, np.float32(255.0), out=X)
-    if float_range is not None and X.dtype != np.uint8 and X.size:
+    if float_range is not None and not is_uint8 and X.size:
         _check_float_range(X, float_range, name)
+    if fitted is not None and not is_uint8 and X.size:
+        _check_fitted_range(X, dtype_in, fitted, fitted_range, name)
     if X.ndim == 3:
         X = X[:, None, :, :]
     if X.shape[1] > 4 and X.shape[-1] in (1, 3, 4):
@@ -217,48 +228,163 @@ def validate_images(
         )
     if estimator is not None and reset:
         estimator.image_dtype_ = dtype_in
+        estimator.image_value_range_ = value_range
     return X
 
 
-def _as_fitted_dtype(X, dtype, fitted, name):
-    """Integer images (of ``dtype``) in the integer family of ``fit``."""
-    if dtype.kind not in "iu" or fitted.kind not in "iu":
+# The two value ranges images are read in: uint8 as value / 255 and floats
+# in [0, 1] (torchvision), or 8-bit intensities as their values.
+UNIT_RANGE = (0.0, 1.0)
+BYTE_RANGE = (0.0, 255.0)
+# Float images a little outside their range (interpolation overshoot) are
+# fine: this fraction of the range's top.
+_RANGE_TOLERANCE = 1e-2
+
+
+def image_value_range(X, dtype):
+    """The value range a batch of training images is read in, or None.
+
+    ``(0.0, 1.0)`` for ``uint8`` images (read as value / 255) and for float
+    images within [0, 1]; ``(0.0, 255.0)`` for other integer images with
+    values in 0..255 and for float images within [0, 255] that exceed 1
+    (read as their values); None for any other values (standardised
+    floats, which have negative values, 16-bit counts), read as they are.
+    Floats may exceed the range's top by 1% (interpolation overshoot) and
+    go 0.01 below 0.
+
+    Parameters
+    ----------
+    X : ndarray
+        The images as :func:`check_array` returns them, before uint8 scaling
+        (uint8 kept, other dtypes as float).
+    dtype : str or numpy.dtype
+        The dtype the images came in.
+
+    Returns
+    -------
+    value_range : (float, float) or None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly._validation import image_value_range
+    >>> image_value_range(np.array([0.0, 0.5]), "float32")
+    (0.0, 1.0)
+    >>> image_value_range(np.array([0.0, 200.0]), "float32")
+    (0.0, 255.0)
+    >>> image_value_range(np.array([0.0, 200.0]), "uint8")
+    (0.0, 1.0)
+    >>> image_value_range(np.array([-1.5, 2.0]), "float64") is None
+    True
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return UNIT_RANGE
+    if not X.size:
+        return UNIT_RANGE if dtype.kind not in "iu" else BYTE_RANGE
+    low, high = float(X.min()), float(X.max())
+    if dtype.kind in "iu":  # integers read as their values
+        return BYTE_RANGE if low >= 0 and high <= 255 else None
+    if low < -_RANGE_TOLERANCE:
+        # negative values: standardised (ImageNet-normalised images lie in
+        # [-2.1, 2.6]), read as they are rather than taken for 0-255
+        return None
+    for value_range in (UNIT_RANGE, BYTE_RANGE):
+        if high <= value_range[1] * (1 + _RANGE_TOLERANCE):
+            return value_range
+    return None
+
+
+def _range_text(value_range):
+    """How images of ``value_range`` are read, for the messages."""
+    if value_range is None:
+        return "read as they are: values outside [0, 255]"
+    low, high = value_range
+    return f"read in [{low:g}, {high:g}]"
+
+
+def _in_fitted_range(X, dtype, fitted, fitted_range, name):
+    """Images of ``dtype`` converted to a dtype that reads them as in ``fit``.
+
+    Integer images are 8-bit intensities (0 to 255) whatever their dtype,
+    so they convert without doubt: to uint8 (read as value / 255) for a
+    model fitted in [0, 1], and uint8 images to the dtype of ``fit`` (read
+    as their values) for a model fitted in [0, 255]. Floats are checked
+    after conversion (:func:`_check_fitted_range`); they cannot be
+    converted, as the same floats can mean either range.
+    """
+    if dtype.kind not in "iu":
         return X
-    if (dtype == np.uint8) == (fitted == np.uint8):
-        return X  # both read as values, or both uint8
+    is_uint8 = dtype == np.uint8
+    if fitted_range is None:
+        if is_uint8 and fitted != np.uint8:
+            raise ValueError(
+                f"{name} was fitted on {fitted} images ("
+                f"{_range_text(None)}, standardised or beyond 8 bits), and got "
+                "uint8 images, which have no reading in that range; pass "
+                f"{fitted} images as in fit."
+            )
+        return X
+    if fitted_range == UNIT_RANGE and not is_uint8:
+        target, reading = np.dtype(np.uint8), "read as value / 255"
+    elif fitted_range == BYTE_RANGE and is_uint8:
+        target, reading = fitted, "read as their values"
+    else:
+        return X  # uint8 in [0, 1], or integers read as their values
     X = np.asarray(X)
-    limits = np.iinfo(fitted)
     low, high = (int(X.min()), int(X.max())) if X.size else (0, 0)
-    if low < limits.min or high > limits.max:
+    if low < 0 or high > 255:
         raise ValueError(
-            f"{name} was fitted on {fitted} images and got {dtype} images with "
-            f"values in [{low}, {high}], outside the {fitted} range; pass "
-            f"{fitted} images as in fit."
+            f"{name} was fitted on {fitted} images ({_range_text(fitted_range)}) "
+            f"and got {dtype} images with values in [{low}, {high}], outside the "
+            f"uint8 range (0 to 255); pass {fitted} images as in fit."
         )
-    reading = "value / 255" if fitted == np.uint8 else "their values"
     warnings.warn(
-        f"{name} was fitted on {fitted} images and got {dtype} images; they are "
-        f"converted to {fitted} and read as in fit ({reading}). Pass {fitted} "
-        "images to silence this warning.",
+        f"{name} was fitted on {fitted} images ({_range_text(fitted_range)}) and "
+        f"got {dtype} images; they are converted to {target} and {reading}, as "
+        f"in fit. Pass {fitted} images to silence this warning.",
         UserWarning,
         stacklevel=4,
     )
-    return X.astype(fitted)
-
-
-# Float images a little outside their range (interpolation overshoot) are fine.
-_RANGE_TOLERANCE = 1e-2
+    return X.astype(target)
 
 
 def _check_float_range(X, float_range, name):
     low, high = float(X.min()), float(X.max())
     lower, upper = float_range
-    if low < lower - _RANGE_TOLERANCE or high > upper + _RANGE_TOLERANCE:
+    tolerance = _RANGE_TOLERANCE * upper
+    if low < lower - tolerance or high > upper + tolerance:
         raise ValueError(
             f"{name} reads float images as values in [{lower:g}, {upper:g}] and got "
             f"values in [{low:.4g}, {high:.4g}]. Pass uint8 images (0 to 255) or "
             "divide by 255 first."
         )
+
+
+def _check_fitted_range(X, dtype, fitted, fitted_range, name):
+    """Refuse (non-uint8) images whose values contradict the range of fit."""
+    if fitted_range is None:
+        return  # read as they are, as in fit
+    low, high = float(X.min()) + 0.0, float(X.max()) + 0.0  # no -0
+    lower, upper = fitted_range
+    tolerance = _RANGE_TOLERANCE * upper
+    what = (
+        f"{name} was fitted on {fitted} images ({_range_text(fitted_range)}) "
+        f"and got {dtype} images with values in [{low:.4g}, {high:.4g}]"
+    )
+    if fitted_range == UNIT_RANGE and (low < -tolerance or high > 1 + tolerance):
+        raise ValueError(
+            f"{what}. Pass uint8 images (0 to 255) or divide by 255 first."
+        )
+    if fitted_range == BYTE_RANGE:
+        if low < -tolerance or high > upper + tolerance:
+            raise ValueError(f"{what}, outside that range; pass images as in fit.")
+        if np.dtype(dtype).kind == "f" and 0 < high <= 1 + _RANGE_TOLERANCE:
+            # 8-bit images divided by 255: every pixel would read as black
+            raise ValueError(
+                f"{what}, which look scaled to [0, 1]; multiply them by 255 "
+                "(or pass uint8 images) to read them as in fit."
+            )
 
 
 def _record_or_match_image_shape(estimator, X, *, reset):

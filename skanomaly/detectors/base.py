@@ -273,10 +273,24 @@ default='auto'
         tabular data.
     image_dtype_ : str or None
         dtype of the training images (``'uint8'``, ``'float32'``...), ``None``
-        for tabular data. Later images read as in ``fit``: ``uint8`` as
-        value / 255, other integers as their values, so integer images of
-        the other kind are converted with a warning, and float images after
-        a ``uint8`` fit must lie in [0, 1].
+        for tabular data.
+    image_value_range_ : (0.0, 1.0), (0.0, 255.0) or None
+        The value range the model was trained in, which later images are
+        read in whatever their dtype. ``(0.0, 1.0)`` after ``uint8`` images
+        (read as value / 255) or float images within [0, 1];
+        ``(0.0, 255.0)`` after other integer images in 0..255 or float
+        images within [0, 255] that exceed 1 (read as their values);
+        ``None`` for tabular data and for images of other values
+        (standardised floats, which go below 0; 16-bit counts), read as
+        they are. Integer images are 8-bit intensities in either range, so
+        they are converted with a warning (other integers to ``uint8`` for
+        ``(0.0, 1.0)``, ``uint8`` to ``image_dtype_`` for ``(0.0, 255.0)``);
+        float images outside the range (1% aside), float images within
+        [0, 1] after a ``(0.0, 255.0)`` fit, and ``uint8`` images after a
+        ``None`` fit raise a ``ValueError`` that says how to convert them.
+        The same rule holds for ``score_samples``, ``anomaly_map``, the
+        ONNX graph (:func:`skanomaly.export_onnx` takes ``image_dtype_`` in
+        this range) and the report.
 
     Notes
     -----
