@@ -13,9 +13,10 @@ import skanomaly
 from skanomaly import PaDiM, PatchCore, PatchFeatures
 from skanomaly.detectors import patch_base
 from skanomaly.detectors.base import CalibrationWarning
+from skanomaly.nn import patchcore as bank_module
 from skanomaly.nn.backbones import preprocess_images
 from skanomaly.nn.maps import gaussian_blur
-from skanomaly.nn.patchcore import greedy_coreset, nearest_neighbours
+from skanomaly.nn.patchcore import greedy_coreset, nearest_in_bank, nearest_neighbours
 
 SMALL = dict(backbone="test_efficientnet", weights=None, random_state=0)
 
@@ -257,6 +258,59 @@ def test_nearest_neighbours_match_brute_force():
     np.testing.assert_array_equal(indices.numpy(), np.argsort(full, axis=1)[:, :3])
     np.testing.assert_allclose(
         distances.numpy(), np.sort(full, axis=1)[:, :3], atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_tiled_search_equals_one_block(monkeypatch, k, grouped):
+    # tiles of 7 queries x 3 bank rows: ragged edges, bank tiles shorter than k
+    monkeypatch.setattr(bank_module, "_QUERY_BLOCK", 7)
+    monkeypatch.setattr(bank_module, "_BANK_BLOCK", 3)
+    rng = np.random.default_rng(1)
+    bank = torch.from_numpy(rng.normal(size=(50, 6))).float()
+    queries = torch.from_numpy(rng.normal(size=(40, 6))).float()
+    norms2 = bank.square().sum(1)
+    groups, one_block = {}, None
+    if grouped:
+        query_groups = torch.from_numpy(rng.integers(0, 4, 40))
+        bank_groups = torch.from_numpy(rng.integers(0, 4, 50))
+        groups = dict(query_groups=query_groups, bank_groups=bank_groups)
+        one_block = (query_groups, bank_groups)
+    distances, indices = nearest_neighbours(queries, bank, norms2, k, **groups)
+    expected, expected_indices = nearest_in_bank(
+        queries, bank, norms2, k, groups=one_block
+    )
+    np.testing.assert_allclose(distances, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(indices, expected_indices)
+    if grouped:  # no query found a row of its own group
+        assert (bank_groups[indices] != query_groups[:, None]).all()
+
+
+def _one_block_search(queries, bank, bank_norms2, k=1, **groups):
+    """The search before tiling: the whole bank per query chunk."""
+    pair = None
+    if groups:
+        pair = (groups["query_groups"], groups["bank_groups"])
+    return nearest_in_bank(queries, bank, bank_norms2, k, groups=pair)
+
+
+def test_patchcore_scores_equal_the_one_block_search(monkeypatch):
+    from skanomaly.detectors import patchcore as patchcore_module
+
+    images, test = _textures(16, 32), _textures(4, 32, seed=5)
+    params = dict(SMALL, image_size=32, strides=(4, 8), num_neighbors=3)
+    monkeypatch.setattr(bank_module, "_QUERY_BLOCK", 50)
+    monkeypatch.setattr(bank_module, "_BANK_BLOCK", 16)
+    tiled = PatchCore(**params).fit(images)
+    monkeypatch.setattr(patchcore_module, "nearest_neighbours", _one_block_search)
+    one_block = PatchCore(**params).fit(images)
+    # leave-one-out calibration (group masking) and re-weighting (k > 1)
+    np.testing.assert_allclose(
+        tiled.calibration_scores_, one_block.calibration_scores_, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        tiled.score_samples(test), one_block.score_samples(test), rtol=1e-5
     )
 
 

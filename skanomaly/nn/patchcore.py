@@ -18,8 +18,11 @@ __all__ = [
     "reweighted_scores",
 ]
 
-# Query rows per chunk: bounds the (queries x bank) distance block.
-_DISTANCE_BLOCK_BYTES = 64 * 2**20
+# Tiles of the exact search: 1024 x 2048 float32 distances (8 MB). Shapes
+# from 512 x 2048 to 4096 x 1024 ran within 10% of each other on one thread
+# (bank 77,900 x 152); the old 64 MB blocks were about 1.5x slower.
+_QUERY_BLOCK = 1024
+_BANK_BLOCK = 2048
 
 
 def random_projection(n_features, n_components, generator, device):
@@ -83,6 +86,16 @@ def nearest_neighbours(
 ):
     """Euclidean distance and index of the ``k`` nearest bank rows of each query.
 
+    Exact, in tiles of ``_QUERY_BLOCK`` queries by ``_BANK_BLOCK`` bank rows:
+    each tile is one matrix product ``|b|^2 - 2 q.b`` and a reduction to its
+    ``k`` smallest values, merged into a running top ``k`` of the query
+    block. The tile stays in the CPU cache, the (queries x bank) matrix is
+    never written, and ``|q|^2``, which does not change which rows are
+    nearest, is added to the ``k`` survivors only (rounding is monotone: the
+    same distances as adding it to every entry). The results equal those of
+    :func:`nearest_in_bank`, the one-block form that export runs, up to the
+    rounding of the matrix products.
+
     Parameters
     ----------
     queries : torch.Tensor of shape (n_queries, n_features)
@@ -101,18 +114,44 @@ def nearest_neighbours(
         Not squared, nearest first.
     indices : torch.Tensor of shape (n_queries, k), int64
     """
-    rows = max(1, _DISTANCE_BLOCK_BYTES // (4 * max(1, bank.shape[0])))
-    distances, indices = [], []
-    for start in range(0, queries.shape[0], rows):
-        groups = None
-        if query_groups is not None:
-            groups = (query_groups[start : start + rows], bank_groups)
-        value, index = nearest_in_bank(
-            queries[start : start + rows], bank, bank_norms2, k, groups=groups
+    n_queries, n_bank = queries.shape[0], bank.shape[0]
+    k = min(k, n_bank)
+    values = torch.empty((n_queries, k), dtype=queries.dtype, device=queries.device)
+    indices = torch.empty((n_queries, k), dtype=torch.int64, device=queries.device)
+    for start in range(0, n_queries, _QUERY_BLOCK):
+        block = queries[start : start + _QUERY_BLOCK]
+        groups = (
+            None if query_groups is None else query_groups[start : start + len(block)]
         )
-        distances.append(value)
-        indices.append(index)
-    return torch.cat(distances), torch.cat(indices)
+        best, where = None, None
+        for first in range(0, n_bank, _BANK_BLOCK):
+            rows = slice(first, first + _BANK_BLOCK)
+            # bank[rows].T is a transposed view: the product reads it in place
+            d2 = torch.addmm(bank_norms2[rows], block, bank[rows].T, alpha=-2.0)
+            if groups is not None:
+                d2.masked_fill_(
+                    groups[:, None] == bank_groups[None, rows], float("inf")
+                )
+            if k == 1:
+                value, index = d2.min(dim=1, keepdim=True)
+            else:
+                value, index = d2.topk(min(k, d2.shape[1]), dim=1, largest=False)
+            index += first
+            if best is None:
+                best, where = value, index
+            elif k == 1:
+                # strict: on ties the earlier row wins, as in one block
+                closer = value < best
+                best = torch.where(closer, value, best)
+                where = torch.where(closer, index, where)
+            else:
+                both = torch.cat([best, value], 1)
+                best, order = both.topk(min(k, both.shape[1]), dim=1, largest=False)
+                where = torch.cat([where, index], 1).gather(1, order)
+        best += block.square().sum(dim=1, keepdim=True)
+        values[start : start + len(block)] = best.clamp_(min=0.0).sqrt_()
+        indices[start : start + len(block)] = where
+    return values, indices
 
 
 def nearest_in_bank(queries, bank, bank_norms2, k=1, *, groups=None):
