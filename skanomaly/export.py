@@ -11,9 +11,10 @@ computes the conformal p-values of ``conformal_p_values``.
 A detector is exportable when its tags declare ``onnx_export``
 (:class:`~skanomaly.DetectorTags`): its scoring is one forward pass, and its
 ``_onnx_module()`` returns the torch module that computes it. The graph
-includes the input scaling the detector applies (uint8 images read as
-value / 255, the training statistics); tabular rows run in float64, as in
-``score_samples``, images in float32.
+takes images of the dtype of ``fit`` (``image_dtype_``) in the value range of
+``fit`` (``image_value_range_``), and includes the input scaling the detector
+applies (uint8 images read as value / 255, the training statistics); tabular
+rows run in float64, as in ``score_samples``, images in float32.
 """
 
 import datetime
@@ -63,11 +64,14 @@ def model_card_path(path):
 def export_onnx(detector, path, *, force=False, calibration_scores=True):
     """Export a fitted detector to an ONNX file and a model card beside it.
 
-    The graph takes the raw input, with a dynamic batch size: uint8 images
-    of the training shape ``(batch, channels, height, width)``, or float64
-    rows ``(batch, n_features)`` in the training column order. It returns
-    ``anomaly_score`` of shape ``(batch,)``, ``-score_samples(X)`` (higher
-    = more anomalous), and, for images of detectors with anomaly maps,
+    The graph takes the raw input, with a dynamic batch size: images of the
+    training shape ``(batch, channels, height, width)`` and of the dtype the
+    detector was fitted on (``image_dtype_``), read as ``score_samples``
+    reads them (``uint8`` as value / 255, other dtypes as their values, in
+    the range ``image_value_range_`` of ``fit``, which the card states), or
+    float64 rows ``(batch, n_features)`` in the training column order. It
+    returns ``anomaly_score`` of shape ``(batch,)``, ``-score_samples(X)``
+    (higher = more anomalous), and, for images of detectors with anomaly maps,
     ``anomaly_map`` of shape ``(batch, height, width)``, as
     ``anomaly_map(X)``. A sample is an anomaly (``predict`` gives -1) when
     ``anomaly_score > -offset_``; the model card (``<path>.json``, also
@@ -106,7 +110,8 @@ def export_onnx(detector, path, *, force=False, calibration_scores=True):
         If the detector is not fitted.
     ValueError
         If the detector cannot be exported (its scoring is not one forward
-        pass, e.g. AnoGAN's per-sample latent search).
+        pass, e.g. AnoGAN's per-sample latent search), or was fitted on
+        images of a dtype that torch has no tensors of.
     FileExistsError
         If ``path`` or its model card exists and ``force`` is False.
     ImportError
@@ -118,7 +123,9 @@ def export_onnx(detector, path, *, force=False, calibration_scores=True):
     Nothing is written unless the export succeeds; both files are written
     through temporary files. Where ``score_samples`` replaces a non-finite
     score by the lowest float (with a warning), the graph returns it as it
-    is.
+    is. The graph does not check the input's value range as
+    ``score_samples`` does: images of another range than the card's
+    ``input.value_range`` give wrong scores.
 
     Examples
     --------
@@ -159,8 +166,9 @@ def export_onnx(detector, path, *, force=False, calibration_scores=True):
     path = Path(path)
     card_path = model_card_path(path)
     _check_destination(path, card_path, force=force)
-    module = detector._onnx_module().eval()
-    model = _export_module(module, _example_input(detector), name)
+    example = _example_input(detector)
+    module = _fitted_reading(detector._onnx_module().eval())
+    model = _export_module(module, example, name)
     card = _model_card(detector, model, path, calibration_scores=calibration_scores)
     text = json.dumps(card, indent=2, allow_nan=False)
     entry = model.metadata_props.add()
@@ -184,13 +192,49 @@ def _check_destination(path, card_path, *, force):
 
 
 def _example_input(detector):
-    """A batch of two zero samples of the graph's input type."""
+    """A batch of two zero samples of the graph's input type.
+
+    Images come in the dtype of ``fit``: the graph reads them as
+    ``score_samples`` does in the value range of ``fit``, where a uint8
+    graph would read images fitted as 0-255 values as value / 255.
+    """
     import torch
 
     shape = detector.image_shape_
     if shape is None:
         return torch.zeros((2, detector.n_features_in_), dtype=torch.float64)
-    return torch.zeros((2, *shape), dtype=torch.uint8)
+    dtype = np.dtype(getattr(detector, "image_dtype_", None) or np.uint8)
+    try:
+        torch_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    except TypeError:
+        raise ValueError(
+            f"{type(detector).__name__} was fitted on {dtype} images, which "
+            "torch has no tensors of, so no graph can take them; fit on uint8 "
+            "or float32 images to export."
+        ) from None
+    return torch.zeros((2, *shape), dtype=torch_dtype)
+
+
+def _fitted_reading(module):
+    """``module`` after the cast of ``score_samples``: the graph's whole reading.
+
+    ``score_samples`` keeps uint8 and float32/float64 images and makes other
+    dtypes (int64...) float32 (``check_array``) before the detector sees
+    them; the detector's module expects them so.
+    """
+    import torch
+
+    class FittedReading(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            if x.dtype not in (torch.uint8, torch.float32, torch.float64):
+                x = x.to(torch.float32)
+            return self.module(x)
+
+    return FittedReading(module).eval()
 
 
 def _export_module(module, example, name):
@@ -308,11 +352,9 @@ def _model_card(detector, model, path, *, calibration_scores=True):
     (graph_input,) = model.graph.input
     input_dtype, input_shape = _value_info(graph_input)
     images = detector.image_shape_ is not None
+    value_range = getattr(detector, "image_value_range_", None) if images else None
     if images:
-        layout = (
-            "uint8 images, channels first (batch, channels, height, width), of "
-            "the training size: the images score_samples takes, unscaled."
-        )
+        layout = _image_layout(input_dtype, value_range)
     else:
         layout = "float64 rows (batch, n_features), columns in the training order."
     meanings = {
@@ -349,6 +391,7 @@ def _model_card(detector, model, path, *, calibration_scores=True):
             "name": graph_input.name,
             "dtype": input_dtype,
             "shape": input_shape,
+            "value_range": None if value_range is None else list(value_range),
             "layout": layout,
         },
         "outputs": outputs,
@@ -373,3 +416,30 @@ def _model_card(detector, model, path, *, calibration_scores=True):
     if names is not None and not images:
         card["input"]["feature_names"] = [str(name) for name in names]
     return card
+
+
+def _image_layout(dtype, value_range):
+    """What the card says of the graph's image input (dtype and value range)."""
+    text = (
+        f"{dtype} images, channels first (batch, channels, height, width), of the "
+        "training size, as in fit: "
+    )
+    if dtype == "uint8":
+        return text + "unscaled, read as value / 255 (as score_samples reads them)."
+    if value_range is None:
+        return text + (
+            "read as their values, which lay outside [0, 255] in fit "
+            "(standardised, or beyond 8 bits): scale them as the training images "
+            "were; uint8 images have no reading here."
+        )
+    low, high = value_range
+    fix = (
+        "uint8 images divided by 255"
+        if high == 1.0
+        else f"uint8 images cast with astype('{dtype}'), not divided by 255"
+    )
+    return text + (
+        f"read as their values, which must lie in [{low:g}, {high:g}] ({fix}); "
+        "the graph does not check the range, and images of another range get "
+        "wrong scores."
+    )

@@ -85,7 +85,8 @@ def check_export(detector, X, path):
     )
     (graph_input,) = session.get_inputs()
     assert graph_input.name == card["input"]["name"] == "input"
-    expected_dtype = "uint8" if detector.image_shape_ else "float64"
+    # images in the dtype of fit (issue 22, item 1), rows in float64
+    expected_dtype = detector.image_dtype_ if detector.image_shape_ else "float64"
     assert card["input"]["dtype"] == expected_dtype
     assert card["input"]["shape"] == ["batch", *np.shape(X)[1:]]
 

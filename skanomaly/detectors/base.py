@@ -86,8 +86,9 @@ class DetectorTags:
     onnx_export : bool, default=False
         Can be exported to ONNX (:func:`skanomaly.export_onnx`): the
         detector's scoring is one forward pass, and ``_onnx_module()``
-        returns the torch module that maps a batch of raw input (uint8
-        images, or float64 rows) to the anomaly score, ``-score_samples``
+        returns the torch module that maps a batch of raw input (images as
+        validation gives them, uint8 or float32/float64 in the value range
+        of fit, or float64 rows) to the anomaly score, ``-score_samples``
         (and, with ``anomaly_maps``, to the anomaly map of images).
     test_params : dict
         Constructor parameters that make the detector fit in well under a
