@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
+from ._validation import validate_images
 from .detectors.base import get_detector_tags
 
 # the labels' one rule lives in skanomaly.labels; anomaly_mask stays
@@ -89,7 +90,10 @@ def report(
     X : array-like
         Tabular rows (n_samples, n_features) or images (n_samples, height,
         width) / (n_samples, channels, height, width), as for
-        ``score_samples``; uint8 images, or float images in [0, 1].
+        ``score_samples``: images are read in the value range of ``fit``
+        (``image_value_range_``) by the rule of ``score_samples``, also when
+        ``scores`` are given (images of another range are refused or
+        converted as there), and shown in that range.
     path : str or path-like
         The HTML file to write (replaced if it exists).
     y : array-like of shape (n_samples,), default=None
@@ -518,16 +522,20 @@ class _ReportData:
         n = len(X)
         if n == 0:
             raise ValueError("report needs at least one sample; X is empty.")
-        self.scores = (
-            detector.score_samples(X)
-            if scores is None
-            else np.asarray(scores, dtype=np.float64).reshape(-1)
-        )
         self.offset = float(detector.offset_)
         self.anomalous = None if y is None else anomaly_mask(y)
         self.names = [str(i) for i in range(n)] if names is None else list(names)
         self.kinds = None if kinds is None else np.asarray(kinds, dtype=object)
         self.masks = None if masks is None else np.asarray(masks) != 0
+        self.images = detector.image_shape_ is not None
+        self.value_range = None
+        if self.images:
+            self.X = self._read_images(X)  # indexed for the grid
+        self.scores = (
+            detector.score_samples(self.X)
+            if scores is None
+            else np.asarray(scores, dtype=np.float64).reshape(-1)
+        )
         for what, value in [
             ("y", self.anomalous),
             ("names", self.names),
@@ -539,9 +547,6 @@ class _ReportData:
                 raise ValueError(
                     f"{what} has {len(value)} entries but X has {n} samples."
                 )
-        self.images = detector.image_shape_ is not None
-        if self.images:
-            self.X = np.asarray(X)  # indexed for the grid
         if self.masks is not None:
             expected = self.X.shape[-2:] if self.images else None
             if expected is None or self.masks.shape[1:] != expected:
@@ -560,6 +565,26 @@ class _ReportData:
         )
         self.n_examples = int(n_examples)
 
+    def _read_images(self, X):
+        """``X`` read as ``score_samples`` reads it, where the detector has the rule.
+
+        A detector that records ``image_value_range_`` (every
+        :class:`~skanomaly.BaseDetector`) refuses or converts images of
+        another range (see ``BaseDetector``); the report shows and scores
+        the images as read, so given scores, maps and the grid all agree.
+        """
+        detector = self.detector
+        if not hasattr(detector, "image_value_range_"):
+            return np.asarray(X)  # a plugin without the rule of fit
+        self.value_range = detector.image_value_range_
+        return validate_images(
+            X,
+            name=type(detector).__name__,
+            keep_uint8=True,
+            estimator=detector,
+            reset=False,
+        )
+
     def images_of(self, rows):
         """Images of ``rows`` as uint8 (n, height, width, 1 or 3)."""
         images = self.X[rows]
@@ -567,10 +592,14 @@ class _ReportData:
             images = images[:, None]
         if images.dtype != np.uint8:
             images = images.astype(np.float64)
-            low, high = float(images.min()), float(images.max())
-            if low < 0 or high > 1:  # floats of another range: stretch them
-                images = (images - low) / (high - low or 1.0)
-            images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+            if self.value_range is not None:  # the range of fit, not stretched
+                images = images * (255.0 / self.value_range[1])
+            else:
+                low, high = float(images.min()), float(images.max())
+                if low < 0 or high > 1:  # floats of another range: stretch them
+                    images = (images - low) / (high - low or 1.0)
+                images = images * 255.0
+            images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
         return images.transpose(0, 2, 3, 1)
 
 
@@ -775,6 +804,7 @@ def _model_section(data):
         ("detector", f"{_text(cls.__name__)} (<code>{_text(registered)}</code>)"),
         ("class", f"<code>{_text(f'{cls.__module__}.{cls.__qualname__}')}</code>"),
         ("fitted on", _text("x".join(map(str, fitted)))),
+        ("input", _text(_input_text(detector))),
         ("threshold offset_", f"{data.offset:.6g}"),
         ("anomaly maps", "yes" if data.tags.anomaly_maps else "no"),
         ("skanomaly", __version__),
@@ -785,6 +815,20 @@ def _model_section(data):
         header=("parameter", "value"),
     )
     return _section("model", _table(rows) + "<h3>Parameters</h3>" + parameters)
+
+
+def _input_text(detector):
+    """How the detector reads its input: the dtype and value range of fit."""
+    if detector.image_shape_ is None:
+        return "tabular rows"
+    dtype = getattr(detector, "image_dtype_", None)
+    if dtype is None or not hasattr(detector, "image_value_range_"):
+        return "images"
+    value_range = detector.image_value_range_
+    if value_range is None:
+        return f"{dtype} images, read as they are (values outside [0, 255] in fit)"
+    reading = " as value / 255" if dtype == "uint8" else ""
+    return f"{dtype} images, read{reading} in [{value_range[0]:g}, {value_range[1]:g}]"
 
 
 def _scores_section(data, Figure):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _browser import CHROMIUM, render
 from _images import bar_images
+from _value_range import AS, digit_pixels
 
 import skanomaly
 from skanomaly import metrics
@@ -430,3 +431,40 @@ def test_every_string_from_a_detector_is_escaped(tmp_path):
         body = page.split(f'id="{section}"')[1].split("</section>")[0]
         assert f"{escaped} has no anomaly maps" in body
     assert f"<title>{escaped} report</title>" in page
+
+
+# ------------------------------------- images read in the range of fit
+
+
+@pytest.fixture(scope="module")
+def float_0_255():
+    """An AutoEncoder fitted on float32 0..255 digits; test digits as pixels."""
+    train, test = digit_pixels()
+    detector = fast_detector(skanomaly.AutoEncoder, random_state=0)
+    return detector.fit(AS["float32_255"](train)), test
+
+
+def test_the_report_reads_images_in_the_range_of_fit(float_0_255, tmp_path):
+    # the same pixels as uint8 scored 0.39 off, every image an outlier
+    detector, test = float_0_255
+    lowest = detector.score_samples(AS["float32_255"](test)).min()
+    with pytest.warns(UserWarning, match="converted to float32"):
+        page = skanomaly.report(
+            detector, AS["uint8"](test), tmp_path / "r.html"
+        ).read_text()
+    assert f"score {lowest:.5g}" in page
+    assert _rows_of(page, "model")["input"] == "float32 images, read in [0, 255]"
+
+
+@pytest.mark.parametrize("given_scores", [False, True])
+def test_the_report_refuses_images_of_another_range(
+    float_0_255, tmp_path, given_scores
+):
+    # also when the scores are given: the grid and the maps read X too
+    detector, test = float_0_255
+    scores = np.zeros(len(test)) if given_scores else None
+    with pytest.raises(ValueError, match="multiply them by 255"):
+        skanomaly.report(
+            detector, AS["float32_unit"](test), tmp_path / "r.html", scores=scores
+        )
+    assert list(tmp_path.iterdir()) == []
