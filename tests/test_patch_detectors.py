@@ -314,6 +314,77 @@ def test_patchcore_scores_equal_the_one_block_search(monkeypatch):
     )
 
 
+def test_patchcore_faiss_search_is_exact_when_every_cell_is_probed():
+    pytest.importorskip("faiss")
+    images, test = _textures(40, 32), _textures(4, 32, seed=5)
+    params = dict(SMALL, image_size=32, strides=(4, 8), num_neighbors=3)
+    exact = PatchCore(**params).fit(images)
+    approx = PatchCore(**params, search="faiss", n_probes=1000).fit(images)
+    np.testing.assert_array_equal(approx.memory_bank_, exact.memory_bank_)
+    n_cells = len(approx.search_centroids_)
+    assert 1 < n_cells < len(approx.memory_bank_)
+    assert approx.search_cells_.shape == (len(approx.memory_bank_),)
+    assert exact.search_centroids_ is None and exact.search_cells_ is None
+    np.testing.assert_allclose(
+        approx.calibration_scores_, exact.calibration_scores_, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        approx.score_samples(test), exact.score_samples(test), rtol=1e-4
+    )
+    # the cells are fitted; the parameter picks the search
+    np.testing.assert_array_equal(
+        approx.set_params(search="exact").score_samples(test),
+        exact.score_samples(test),
+    )
+    with pytest.raises(ValueError, match="fit it again"):
+        exact.set_params(search="faiss").score_samples(test)
+    exact.set_params(search="exact")
+    approx.set_params(search="faiss")
+    # one cell per patch: never nearer than the exact neighbour
+    approx.set_params(n_probes=1)
+    features = torch.from_numpy(exact.features_.transform(test))
+    queries = features.flatten(2).transpose(1, 2).reshape(-1, features.shape[1])
+    state = exact._device_state(torch.device("cpu"))
+    near, _ = exact._search(queries, state)
+    far, rows = approx._search(queries, approx._device_state(torch.device("cpu")))
+    assert (far >= near - 1e-4).all()
+    bank = torch.from_numpy(approx.memory_bank_)
+    np.testing.assert_allclose(
+        far[:, 0], (queries - bank[rows[:, 0]]).norm(dim=1), rtol=1e-4
+    )
+
+
+def test_patchcore_faiss_cells_survive_save_and_load(tmp_path):
+    pytest.importorskip("faiss")
+    images, test = _textures(40, 32), _textures(4, 32, seed=5)
+    det = PatchCore(**SMALL, image_size=32, strides=(4, 8), search="faiss")
+    det.fit(images)
+    skanomaly.save(det, tmp_path / "m.ska")
+    loaded = skanomaly.load(tmp_path / "m.ska")
+    assert loaded.search == "faiss" and loaded.n_probes == 8
+    np.testing.assert_array_equal(loaded.search_cells_, det.search_cells_)
+    np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
+
+
+def test_patchcore_faiss_search_without_faiss_fits_nothing(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    det = PatchCore(**SMALL, image_size=32, strides=(4, 8), search="faiss")
+    with pytest.raises(ImportError, match=r"search='faiss'.*faiss-cpu"):
+        det.fit(_textures(8, 32))
+    assert not hasattr(det, "features_") and not hasattr(det, "memory_bank_")
+    with pytest.raises(ValueError, match="search"):
+        PatchCore(**SMALL, image_size=32, search="annoy").fit(_textures(8, 32))
+
+
 def test_patchcore_bank_is_a_coreset_of_training_patches():
     images = _textures(12, 32)
     params = dict(SMALL, image_size=32, strides=(4, 8), coreset_ratio=0.25)

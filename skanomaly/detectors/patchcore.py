@@ -11,8 +11,11 @@ from .._validation import check_device
 from ..features.patches import PatchFeatures
 from ..nn.patchcore import (
     BankScores,
+    FaissSearch,
     bank_scores,
     greedy_coreset,
+    import_faiss,
+    inverted_lists,
     nearest_neighbours,
     random_projection,
 )
@@ -26,6 +29,10 @@ __all__ = ["PatchCore"]
 # quadratic cost takes over (102,400 patches: 105 s against 33 s).
 _AUTO_EXACT_PATCHES = 65536
 _AUTO_SHARD_SIZE = 16384
+# search='faiss': about 4 sqrt(n_bank) cells (faiss's guideline, 4 to 16
+# sqrt(n)), with at least 39 bank rows per cell for its k-means.
+_CELLS_PER_SQRT_BANK = 4
+_ROWS_PER_CELL = 39
 
 
 class PatchCore(BasePatchDetector):
@@ -65,9 +72,14 @@ class PatchCore(BasePatchDetector):
     one selection over up to 65,536 training patches (64 images at 256 px,
     83 at 224 px) and shards of 16,384 beyond. The bank keeps
     ``coreset_ratio`` of all training patches (e.g. 78,400 x 152 floats,
-    48 MB, for 1,000 images at 224 px and 10%); scoring compares each test
-    patch with the whole bank in chunks of matrix products,
-    ``O(patches x bank x channels)``.
+    48 MB, for 1,000 images at 224 px and 10%). The default exact search
+    compares each test patch with the whole bank in cache-sized tiles of
+    matrix products, ``O(patches x bank x channels)``, which outgrows the
+    backbone's cost as the bank grows
+    (``benchmarks/RESULTS_inspection_speed.md``). ``search='faiss'``
+    compares each test patch with the bank rows of its ``n_probes``
+    nearest k-means cells only (an inverted-file index of the faiss
+    library), an approximate search for large banks.
 
     Parameters
     ----------
@@ -104,6 +116,18 @@ class PatchCore(BasePatchDetector):
         patches, else 16,384.
     num_neighbors : int, default=9
         ``b`` of the re-weighting (Eq. 7); 1: no re-weighting.
+    search : {'exact', 'faiss'}, default='exact'
+        The nearest-neighbour search of the test patches. 'exact': every
+        bank row (see Scale). 'faiss': the rows of the ``n_probes`` nearest
+        of about ``4 sqrt(n_bank)`` k-means cells of the bank
+        (``faiss.IndexIVFFlat``; needs the faiss-cpu package, ``pip install
+        'skanomaly[faiss]'``): approximate, a patch whose nearest bank row
+        lies in an unprobed cell gets a larger distance. The cells are made
+        in ``fit``; the re-weighting's neighbours and the exported ONNX
+        graph use the exact search.
+    n_probes : int, default=8
+        Cells searched per patch with ``search='faiss'`` (more: slower,
+        closer to exact); ignored by the exact search.
     sigma : float, default=4.0
         Smoothing of the map, in pixels of the image the backbone sees.
     batch_size : int, default=32
@@ -132,6 +156,10 @@ class PatchCore(BasePatchDetector):
         Patches of the training images the coreset was chosen from.
     shard_size_ : int or None
         The shard size used (None: one selection over all patches).
+    search_centroids_ : ndarray of shape (n_cells, n_channels) or None
+        The k-means cells' centres of ``search='faiss'`` (None: exact).
+    search_cells_ : ndarray of shape (n_bank,), int64, or None
+        The cell of each bank row (None: exact).
     offset_ : float
         Threshold on ``score_samples``.
     n_features_in_ : int
@@ -179,6 +207,8 @@ class PatchCore(BasePatchDetector):
             StrOptions({"auto"}),
         ],
         "num_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "search": [StrOptions({"exact", "faiss"})],
+        "n_probes": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
     }
 
@@ -197,6 +227,8 @@ class PatchCore(BasePatchDetector):
         projection_dim=128,
         shard_size="auto",
         num_neighbors=9,
+        search="exact",
+        n_probes=8,
         sigma=4.0,
         batch_size=32,
         device="cpu",
@@ -225,6 +257,8 @@ class PatchCore(BasePatchDetector):
         self.projection_dim = projection_dim
         self.shard_size = shard_size
         self.num_neighbors = num_neighbors
+        self.search = search
+        self.n_probes = n_probes
         self.sigma = sigma
         self.batch_size = batch_size
         self.device = device
@@ -242,6 +276,11 @@ class PatchCore(BasePatchDetector):
         }
         tags.onnx_export = True
         return tags
+
+    def _fit(self, X, leave_one_out=False):
+        if self.search == "faiss":
+            import_faiss()  # before anything is fitted
+        return super()._fit(X, leave_one_out=leave_one_out)
 
     def _fit_patches(self, patch_batches, n_images):
         # Shards are groups of whole images in a random order; the features
@@ -303,16 +342,44 @@ class PatchCore(BasePatchDetector):
         self.memory_bank_ = torch.cat(bank).cpu().numpy()
         self.n_training_patches_ = n_patches
         self.shard_size_ = shard_size
+        self.search_centroids_ = self.search_cells_ = None
+        if self.search == "faiss":
+            n_bank = len(self.memory_bank_)
+            n_cells = min(
+                round(_CELLS_PER_SQRT_BANK * n_bank**0.5),
+                max(1, n_bank // _ROWS_PER_CELL),
+            )
+            self.search_centroids_, self.search_cells_ = inverted_lists(
+                self.memory_bank_, max(1, n_cells), int(rng.randint(2**31 - 1))
+            )
         return np.concatenate(bank_images)
 
     def _device_state(self, device):
         bank = torch.from_numpy(self.memory_bank_).to(device)
-        return bank, bank.square().sum(dim=1)
+        return bank, bank.square().sum(dim=1), self._searcher()
+
+    def _searcher(self):
+        """The search of the test patches: exact, or the fitted faiss cells."""
+        if self.search == "exact":
+            return nearest_neighbours
+        if self.search_centroids_ is None:
+            raise ValueError(
+                "search='faiss' needs the k-means cells that fit makes with "
+                "it; this model was fitted with search='exact': fit it again."
+            )
+        return FaissSearch(
+            self.memory_bank_, self.search_centroids_, self.search_cells_, self.n_probes
+        )
+
+    def _search(self, queries, state):
+        """``(distances, indices)`` of the nearest bank row of each query."""
+        bank, bank_norms2, search = state[:3]
+        return search(queries, bank, bank_norms2)
 
     def _patch_scores(self, features, state):
-        bank, bank_norms2 = state
+        bank, bank_norms2, search = state
         return bank_scores(
-            features, bank, bank_norms2, self.num_neighbors, search=nearest_neighbours
+            features, bank, bank_norms2, self.num_neighbors, search=search
         )
 
     def _leave_one_out_state(self, device, bank_images):
@@ -323,18 +390,18 @@ class PatchCore(BasePatchDetector):
                 "(calibration='leave-one-out'); give more images, raise "
                 "coreset_ratio, or use calibration='split'."
             )
-        bank, bank_norms2 = self._device_state(device)
-        return bank, bank_norms2, torch.from_numpy(bank_images).to(device)
+        bank, bank_norms2, search = self._device_state(device)
+        return bank, bank_norms2, search, torch.from_numpy(bank_images).to(device)
 
     def _leave_one_out_scores(self, features, state, images):
-        bank, bank_norms2, bank_images = state
+        bank, bank_norms2, search, bank_images = state
         images = torch.from_numpy(np.asarray(images)).to(bank_images)
         return bank_scores(
             features,
             bank,
             bank_norms2,
             self.num_neighbors,
-            search=nearest_neighbours,
+            search=search,
             groups=(images, bank_images),
         )[1]
 

@@ -5,13 +5,17 @@ Torch only. Distances are Euclidean, computed as
 ``torch.cdist``, which does not export to ONNX).
 """
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
     "BankScores",
+    "FaissSearch",
     "bank_scores",
     "greedy_coreset",
+    "import_faiss",
+    "inverted_lists",
     "nearest_in_bank",
     "nearest_neighbours",
     "random_projection",
@@ -152,6 +156,125 @@ def nearest_neighbours(
         values[start : start + len(block)] = best.clamp_(min=0.0).sqrt_()
         indices[start : start + len(block)] = where
     return values, indices
+
+
+def import_faiss():
+    """The ``faiss`` module, or an ImportError that says how to get it."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "search='faiss' needs the faiss-cpu package: pip install "
+            "'skanomaly[faiss]' (or faiss-cpu), or use search='exact'."
+        ) from error
+    return faiss
+
+
+def inverted_lists(bank, n_lists, seed):
+    """k-means cells of the bank for :class:`FaissSearch`.
+
+    Parameters
+    ----------
+    bank : ndarray of shape (n_bank, n_features), float32
+    n_lists : int
+        Number of cells (``1 <= n_lists <= n_bank``).
+    seed : int
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_lists, n_features), float32
+    lists : ndarray of shape (n_bank,), int64
+        The cell of each bank row (its nearest centroid).
+    """
+    faiss = import_faiss()
+    bank = np.ascontiguousarray(bank, dtype=np.float32)
+    kmeans = faiss.Kmeans(bank.shape[1], n_lists, niter=20, seed=seed)
+    kmeans.train(bank)
+    centroids = np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+    _, lists = kmeans.index.search(bank, 1)
+    return centroids, np.ascontiguousarray(lists[:, 0], dtype=np.int64)
+
+
+class FaissSearch:
+    """Approximate nearest neighbours of :func:`nearest_neighbours`, with faiss.
+
+    An inverted-file index (``faiss.IndexIVFFlat``): the bank rows are
+    grouped in the k-means cells of :func:`inverted_lists`, and a query is
+    compared with the rows of its ``n_probes`` nearest cells only, exactly
+    (no compression). Built from the stored cells, without k-means again.
+    Called like :func:`nearest_neighbours` (the bank arguments are
+    ignored: the index holds its own copy); with groups, each query
+    image's own rows are excluded by a faiss ID selector, one search per
+    group, and a query whose probed cells hold only its own group's rows
+    falls back to the exact search.
+
+    Parameters
+    ----------
+    bank : ndarray of shape (n_bank, n_features), float32
+    centroids : ndarray of shape (n_lists, n_features), float32
+    lists : ndarray of shape (n_bank,), int64
+    n_probes : int
+    """
+
+    def __init__(self, bank, centroids, lists, n_probes):
+        faiss = import_faiss()
+        self._faiss = faiss
+        self._bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._lists = np.ascontiguousarray(lists, dtype=np.int64)
+        n_features = self._bank.shape[1]
+        self._quantizer = faiss.IndexFlatL2(n_features)
+        self._quantizer.add(self._centroids)
+        self.index = faiss.IndexIVFFlat(
+            self._quantizer, n_features, len(self._centroids)
+        )
+        # the stored cells: add_core places each row without k-means again
+        self.index.add_core(
+            len(self._bank),
+            faiss.swig_ptr(self._bank),
+            None,
+            faiss.swig_ptr(self._lists),
+        )
+        self.n_probes = min(int(n_probes), len(self._centroids))
+        self.index.nprobe = self.n_probes
+
+    def __call__(
+        self, queries, bank, bank_norms2, k=1, *, query_groups=None, bank_groups=None
+    ):
+        device = queries.device
+        flat = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
+        k = min(k, len(self._bank))
+        if query_groups is None:
+            d2, index = self.index.search(flat, k)
+        else:
+            d2 = np.empty((len(flat), k), np.float32)
+            index = np.empty((len(flat), k), np.int64)
+            query_groups = query_groups.cpu().numpy()
+            bank_groups = bank_groups.cpu().numpy()
+            for group in np.unique(query_groups):
+                rows = np.flatnonzero(query_groups == group)
+                own = np.flatnonzero(bank_groups == group).astype(np.int64)
+                batch = self._faiss.IDSelectorBatch(own)
+                params = self._faiss.SearchParametersIVF(
+                    nprobe=self.n_probes, sel=self._faiss.IDSelectorNot(batch)
+                )
+                d2[rows], index[rows] = self.index.search(flat[rows], k, params=params)
+        distances = torch.from_numpy(d2).clamp_(min=0.0).sqrt_().to(device)
+        index = torch.from_numpy(index).to(device)
+        missing = (index < 0).any(dim=1)
+        if missing.any():
+            # every probed row was excluded (or fewer than k rows probed)
+            rows = torch.nonzero(missing)[:, 0]
+            groups = {}
+            if query_groups is not None:
+                groups = dict(
+                    query_groups=torch.from_numpy(query_groups).to(device)[rows],
+                    bank_groups=torch.from_numpy(bank_groups).to(device),
+                )
+            distances[rows], index[rows] = nearest_neighbours(
+                queries[rows], bank, bank_norms2, k, **groups
+            )
+        return distances, index
 
 
 def nearest_in_bank(queries, bank, bank_norms2, k=1, *, groups=None):
