@@ -300,7 +300,7 @@ def _range_text(value_range):
     if value_range is None:
         return "read as they are: values outside [0, 255]"
     low, high = value_range
-    return f"read in [{low:g}, {high:g}]"
+    return f"read as values in [{low:g}, {high:g}]"
 
 
 def _in_fitted_range(X, dtype, fitted, fitted_range, name):

@@ -242,7 +242,8 @@ def test_int64_images_are_read_as_the_uint8_of_fit(uint8_autoencoder, digit_imag
     assert uint8_autoencoder.image_dtype_ == "uint8"
     with pytest.warns(
         UserWarning,
-        match=r"fitted on uint8 images \(read in \[0, 1\]\) and got int64.*/ 255",
+        match=r"fitted on uint8 images \(read as values in \[0, 1\]\) and got int64"
+        r".*/ 255",
     ):
         scores = uint8_autoencoder.score_samples(test.astype(np.int64))
     np.testing.assert_array_equal(scores, uint8_autoencoder.score_samples(test))
@@ -252,7 +253,7 @@ def test_int64_images_are_read_as_the_uint8_of_fit(uint8_autoencoder, digit_imag
 
 def test_float_images_after_a_uint8_fit_must_be_in_0_1(uint8_autoencoder, digit_images):
     test = digit_images[1]
-    with pytest.raises(ValueError, match=r"read in \[0, 1\].*divide by 255"):
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*divide by 255"):
         uint8_autoencoder.score_samples(test.astype(np.float32))
     np.testing.assert_allclose(
         uint8_autoencoder.score_samples(test.astype(np.float32) / 255),
@@ -267,7 +268,7 @@ def test_uint8_images_after_an_integer_fit_read_as_values(digit_images):
     assert det.image_dtype_ == "int64"
     with pytest.warns(
         UserWarning,
-        match=r"fitted on int64 images \(read in \[0, 255\]\) and got uint8",
+        match=r"fitted on int64 images \(read as values in \[0, 255\]\) and got uint8",
     ):
         scores = det.score_samples(test)
     np.testing.assert_array_equal(scores, det.score_samples(test.astype(np.int64)))
