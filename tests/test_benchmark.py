@@ -113,15 +113,24 @@ def test_digits_datasets_follow_the_one_class_protocol():
 
 
 def test_make_passes_epochs_seed_and_silences():
-    detector = benchmark._make("autoencoder", 3, 7)
+    detector = benchmark._make("autoencoder", 3, 7, 64)
     assert detector.max_epochs == 3
     assert detector.random_state == 7
     assert detector.verbose == 0
 
 
 def test_by_default_detectors_size_their_own_training():
-    detector = benchmark._make("autoencoder", None, 7)
+    detector = benchmark._make("autoencoder", None, 7, 64)
     assert detector.max_epochs == "auto" and detector.batch_size == "auto"
+    assert "image_size" not in detector.get_params()
+
+
+def test_pretrained_detectors_read_the_benchmark_input_size():
+    """Not the backbone's 224 px: 8x8 digits at 64 px (issue 24, the main job)."""
+    for name in ("deep_mahalanobis", "padim", "patchcore"):
+        assert benchmark._make(name, None, 0, 64).image_size == 64
+        assert benchmark._make(name, None, 0, (32, 48)).image_size == (32, 48)
+    assert "image_size 64" in benchmark.describe_benchmark()
 
 
 def test_a_failing_detector_is_reported_and_others_still_run(fake_registry):

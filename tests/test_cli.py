@@ -79,9 +79,10 @@ def test_benchmark_through_the_entry_point():
     assert lines[0].startswith("skanomaly benchmark: scikit-learn digits")
     header = lines.index(next(line for line in lines if line.startswith("detector")))
     assert lines[header].split()[:2] == ["detector", "AUROC"]
-    (row,) = lines[header + 1 :]
+    row, total = lines[header + 1 :]
     name, auroc, *_ = row.split()
     assert name == "mahalanobis" and 0.9 <= float(auroc) <= 1.0
+    assert re.fullmatch(r"total: \d+ s", total)
 
 
 @pytest.mark.parametrize(

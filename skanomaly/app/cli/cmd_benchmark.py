@@ -1,5 +1,7 @@
 """``skanomaly benchmark``: the main job, every detector on a one-class benchmark."""
 
+import time
+
 from .options import _int_list, _name_list, _positive_int, _show_progress
 
 
@@ -81,6 +83,7 @@ def run(args):
     bad = [c for c in normal_classes if not 0 <= c <= 9]
     if bad or not normal_classes:
         raise ValueError(f"--normal-classes must be digits 0..9; got {bad or 'none'}.")
+    start = time.perf_counter()
     results = run_benchmark(
         args.detectors,
         epochs=args.epochs,
@@ -101,4 +104,5 @@ def run(args):
         )
     )
     print(format_results(results))
+    print(f"total: {time.perf_counter() - start:.0f} s")
     return 0 if all(r.status != "failed" for r in results) or args.allow_failures else 1
