@@ -202,3 +202,35 @@ def test_a_patch_detector_reads_the_range_of_fit(padim, pixels, method):
     scale = float(np.abs(expected).max())
     for actual in (run(AS["uint8"](test)), converted):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6 * scale)
+
+
+# Every input type a user may hold 8-bit pixels in: integers (read as
+# intensities) and floats in [0, 255] or divided by 255.
+_TYPES = {
+    **{name: (lambda p, t=name: p.astype(t)) for name in ["uint8", "int16", "uint16"]},
+    **{
+        f"{name}_{scale}": (lambda p, t=name, d=div: (p / d).astype(t))
+        for name in ["float16", "float64"]
+        for scale, div in [("255", 1.0), ("unit", 255.0)]
+    },
+    **AS,
+}
+
+
+@pytest.mark.parametrize("score", sorted(_TYPES))
+@pytest.mark.parametrize("fit", sorted(_TYPES))
+def test_no_input_type_reads_the_same_pixels_otherwise(pixels, fit, score):
+    # the property behind the matrix above, over more types: the same pixels
+    # score the same (float16 rounding aside) or are refused, and integer
+    # pixels, which mean one thing in either range, are never refused
+    train, test = pixels
+    detector = _MeanDistance().fit(_TYPES[fit](train))
+    expected = detector.score_samples(_TYPES[fit](test))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            actual = detector.score_samples(_TYPES[score](test))
+    except ValueError:
+        assert score.startswith("float"), (fit, score)
+        return
+    np.testing.assert_allclose(actual, expected, rtol=1e-2)
