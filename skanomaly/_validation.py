@@ -185,6 +185,10 @@ def validate_images(
             f"{name} takes images (n_samples, height, width) or (n_samples, "
             f"channels, height, width); got an array of rank {_rank(X)}."
         )
+    if not isinstance(getattr(X, "dtype", None), np.dtype):
+        # lists, tensors: as an array, so that uint8 is read as value / 255
+        # as the dtype recorded says
+        X = np.asarray(X)
     dtype_in = _dtype_name(X)
     fitted = None if reset else getattr(estimator, "image_dtype_", None)
     fitted_range = None

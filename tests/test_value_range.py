@@ -234,3 +234,16 @@ def test_no_input_type_reads_the_same_pixels_otherwise(pixels, fit, score):
         assert score.startswith("float"), (fit, score)
         return
     np.testing.assert_allclose(actual, expected, rtol=1e-2)
+
+
+def test_uint8_in_a_list_or_a_tensor_reads_as_uint8(pixels):
+    # a list of uint8 arrays was read as 0..255 values, yet recorded as uint8
+    torch = pytest.importorskip("torch")
+    train, test = (AS["uint8"](p) for p in pixels)
+    detector = _MeanDistance().fit(train)
+    from_list = _MeanDistance().fit(list(train))
+    assert from_list.image_value_range_ == (0.0, 1.0)
+    expected = detector.score_samples(test)
+    np.testing.assert_array_equal(from_list.score_samples(test), expected)
+    for other in (list(test), torch.from_numpy(test)):
+        np.testing.assert_array_equal(detector.score_samples(other), expected)
