@@ -584,3 +584,51 @@ def test_score_maps_refuse_to_overwrite_inputs(masked, tmp_path, capsys):
         == 1
     )
     assert "has no anomaly maps" in capsys.readouterr().err
+
+
+def _parts_of_different_sizes(folder):
+    """Three grey 'parts' of three sizes, as real inspection folders hold."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (height, width) in enumerate([(40, 52), (36, 36), (48, 40)]):
+        pixels = rng.integers(90, 110, (height, width), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
+
+
+def test_fit_resizes_images_of_different_sizes_to_the_detectors_input_size(
+    tmp_path, capsys
+):
+    good = _parts_of_different_sizes(tmp_path / "good")
+    params = ["-p", "max_epochs=1", "-p", "calibration=training", "--quiet"]
+    out = tmp_path / "m.ska"
+    assert main(["fit", "autoencoder", str(good), "-o", str(out), *params]) == 0
+    err = capsys.readouterr().err
+    assert "resized to 64x64" in err and "AutoEncoder" in err and "--image-size" in err
+    assert skanomaly.load(out).image_shape_ == (1, 64, 64)
+    # --image-size overrides, without a note
+    out = tmp_path / "small.ska"
+    argv = ["fit", "autoencoder", str(good), "-o", str(out), "--image-size", "32x24"]
+    assert main([*argv, *params]) == 0
+    assert "resized" not in capsys.readouterr().err
+    assert skanomaly.load(out).image_shape_ == (1, 32, 24)
+
+
+def test_fit_without_an_input_size_names_the_flag(tmp_path, capsys):
+    good = _parts_of_different_sizes(tmp_path / "good")
+    out = tmp_path / "m.ska"
+    line = _one_line_error(["fit", "mahalanobis", str(good), "-o", str(out)], capsys)
+    assert "differ in size" in line and "--image-size SIZE" in line
+    assert "pass image_size" not in line
+    assert not out.exists()
+
+
+def test_input_size_is_declared_by_the_detector():
+    from skanomaly.detectors.base import get_detector_tags
+
+    assert get_detector_tags(skanomaly.PatchCore()).input_size == (224, 224)
+    assert get_detector_tags(skanomaly.PaDiM(image_size=96)).input_size == (96, 96)
+    lite2 = skanomaly.DeepMahalanobis(backbone="tf_efficientnet_lite2")
+    assert get_detector_tags(lite2).input_size == (260, 260)
+    assert get_detector_tags(skanomaly.GANomaly()).input_size == (64, 64)
+    assert get_detector_tags(skanomaly.Mahalanobis()).input_size is None

@@ -148,6 +148,19 @@ def _decode(image, grayscale, size_hw, resample):
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
+class ImageSizesDiffer(ValueError):
+    """Images of one folder differ in size and no size to resize them to was given.
+
+    ``first`` and ``other`` are ``(path, (width, height))`` of the first image
+    and of the first one whose size differs.
+    """
+
+    def __init__(self, message, first, other):
+        super().__init__(message)
+        self.first = first
+        self.other = other
+
+
 def _open_image(path):
     """``PIL.Image.open``, with PIL's decompression-bomb warning an error."""
     from PIL import Image
@@ -204,10 +217,12 @@ def _read_images(paths, *, image_size, color_mode, on_error, progress=False):
         first_path, (width, height), _ = headers[0]
         for path, size, _ in headers[1:]:
             if size != (width, height):
-                raise ValueError(
+                raise ImageSizesDiffer(
                     f"Images have different sizes: {str(first_path)!r} is "
                     f"{width}x{height} but {str(path)!r} is {size[0]}x{size[1]} "
-                    "(width x height); pass image_size to resize them."
+                    "(width x height); pass image_size to resize them.",
+                    (first_path, (width, height)),
+                    (path, size),
                 )
         size_hw = (height, width)
 

@@ -97,6 +97,11 @@ class DetectorTags:
     benchmark_params : dict
         Constructor parameters the benchmark (``skanomaly benchmark``) sets
         over the defaults, e.g. a shorter search.
+    input_size : (int, int) or None, default=None
+        ``(height, width)`` the detector works at, for its current
+        parameters: where ``skanomaly fit`` resizes a folder of images of
+        different sizes (``--image-size`` overrides). None: no such size,
+        and that command asks for ``--image-size``.
 
     Examples
     --------
@@ -130,6 +135,7 @@ class DetectorTags:
     onnx_export: bool = False
     test_params: dict = dataclasses.field(default_factory=dict)
     benchmark_params: dict = dataclasses.field(default_factory=dict)
+    input_size: tuple | None = None
 
 
 def _bounded_sorted(scores):

@@ -11,7 +11,7 @@ from ..gaussian import (
     group_distances,
     leave_one_out_group_distances,
 )
-from ..weights import offline_architecture
+from ..weights import native_input_size, offline_architecture
 from .base import BaseDetector
 from .mahalanobis import Mahalanobis
 
@@ -164,6 +164,7 @@ class DeepMahalanobis(BaseDetector):
         tags.keeps_uint8 = True
         tags.onnx_export = True
         tags.leave_one_out = True
+        tags.input_size = native_input_size(self.backbone, self.image_size)
         tags.test_params = {
             "backbone": "test_efficientnet",
             "weights": None,

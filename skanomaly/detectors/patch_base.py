@@ -19,7 +19,7 @@ from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
 from ..nn.maps import PatchMaps, resize_maps, smooth_maps
-from ..weights import offline_architecture
+from ..weights import native_input_size, offline_architecture
 from .base import BaseDetector
 
 __all__ = ["BasePatchDetector"]
@@ -88,6 +88,7 @@ class BasePatchDetector(BaseDetector):
         # scoring all training images would cost as much as the fit
         tags.max_offset_samples = _CALIBRATION_IMAGES
         tags.leave_one_out = True
+        tags.input_size = native_input_size(self.backbone, self.image_size)
         return tags
 
     @abstractmethod

@@ -267,6 +267,9 @@ class BaseTorchDetector(BaseDetector):
             type(self)._reconstruct is not BaseTorchDetector._reconstruct
         )
         tags.onnx_export = True
+        # the size the image benchmarks train these networks at: small
+        # enough for a CPU, large enough for a part's defects to show
+        tags.input_size = (64, 64)
         return tags
 
     def _net_kwargs(self, callbacks=()):

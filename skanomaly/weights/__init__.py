@@ -22,13 +22,19 @@ from .packaged import (
     packaged_backbones,
     packaged_weights_path,
 )
-from .sources import create_model, offline_architecture, weights_available
+from .sources import (
+    create_model,
+    native_input_size,
+    offline_architecture,
+    weights_available,
+)
 
 __all__ = [
     "create_model",
     "create_packaged_model",
     "load_packaged_weights",
     "load_weights_file",
+    "native_input_size",
     "offline_architecture",
     "packaged_backbones",
     "packaged_weights_path",

@@ -12,7 +12,12 @@ from .packaged import (
     packaged_weights_path,
 )
 
-__all__ = ["create_model", "offline_architecture", "weights_available"]
+__all__ = [
+    "create_model",
+    "native_input_size",
+    "offline_architecture",
+    "weights_available",
+]
 
 
 def _is_imagenet(weights):
@@ -124,3 +129,40 @@ def offline_architecture(name):
             "('hf-hub:...', 'local-dir:...') cannot be rebuilt from a model file."
         )
     return name
+
+
+def native_input_size(name, image_size=None):
+    """``(height, width)`` a feature stage on this backbone reads images at.
+
+    ``image_size`` when given (an int or a pair), else the size the timm
+    architecture's pretrained weights expect, from timm's pretrained
+    configuration alone (no model is built, nothing is read or downloaded):
+    its test-time input size where it has one, as the feature stages
+    resolve it. None for an invalid ``image_size`` and for names timm has
+    no configuration for (hub and local models).
+
+    Examples
+    --------
+    >>> from skanomaly.weights import native_input_size
+    >>> native_input_size("tf_efficientnet_lite0"), native_input_size("nope")
+    ((224, 224), None)
+    >>> native_input_size("tf_efficientnet_lite0", image_size=(64, 48))
+    (64, 48)
+    """
+    import timm
+
+    from .._validation import parse_image_size
+
+    if image_size is not None:
+        try:
+            return parse_image_size(image_size)
+        except (TypeError, ValueError):
+            return None
+    try:
+        config = timm.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    if config is None:
+        return None
+    size = getattr(config, "test_input_size", None) or config.input_size
+    return tuple(int(s) for s in size[1:])

@@ -1,5 +1,7 @@
 """``skanomaly fit``: fit a detector on normal images or rows and save it."""
 
+import sys
+from functools import partial
 from pathlib import Path
 
 from .inputs import _check_file_output, _load_data
@@ -38,8 +40,8 @@ def add_parser(commands):
         type=_image_size,
         default=None,
         metavar="SIZE",
-        help="resize images to SIZE (64 or 64x48, height x width); without it "
-        "all images must have the same size",
+        help="resize images to SIZE (64 or 64x48, height x width); without it, "
+        "images of different sizes are resized to the detector's input size",
     )
     fit.add_argument(
         "--color-mode",
@@ -65,9 +67,33 @@ def add_parser(commands):
     return fit
 
 
+def _resize_to(detector, exc):
+    """The detector's declared input size for images of different sizes."""
+    from ...detectors.base import get_detector_tags
+
+    (_, first), (path, other) = exc.first, exc.other
+    differ = (
+        f"Images differ in size ({first[0]}x{first[1]} and {other[0]}x{other[1]} "
+        f"for {_escaped(path)}, width x height)"
+    )
+    size = get_detector_tags(detector).input_size
+    if size is None:
+        raise ValueError(
+            f"{differ}, and {type(detector).__name__} declares no input size: pass "
+            "--image-size SIZE (64, or 64x48 for height x width) to resize them."
+        ) from None
+    print(
+        f"{differ}: resized to {size[0]}x{size[1]} (height x width), the input size "
+        f"of {type(detector).__name__}; --image-size sets another.",
+        file=sys.stderr,
+    )
+    return size
+
+
 def run(args):
     from ...persistence import save
     from ...registry import make_detector
+    from ..datasets import ImageSizesDiffer
 
     params = dict(args.param)
     detector = make_detector(args.detector, **params)
@@ -79,13 +105,19 @@ def run(args):
     out = Path(args.output)
     _check_file_output("-o", out)  # before training, not after
     _check_outputs([args.data], [("-o", out)])
-    X, files = _load_data(
+    image_size = args.image_size
+    load = partial(
+        _load_data,
         args.data,
-        image_size=args.image_size,
         color_mode=args.color_mode,
         recursive=args.recursive,
         on_error="skip" if args.skip_unreadable else "raise",
     )
+    try:
+        X, files = load(image_size=image_size)
+    except ImageSizesDiffer as exc:
+        image_size = _resize_to(detector, exc)
+        X, files = load(image_size=image_size)
     detector.fit(X)
     if "verbose" in names and "verbose" not in params:
         detector.set_params(verbose=0)  # the saved model keeps the default
