@@ -109,6 +109,10 @@ class TimmFeatures(TransformerMixin, BaseEstimator):
     image_dtype_ : str
         dtype of the training images; ``transform`` reads images as ``fit``
         did (see :class:`~skanomaly.detectors.base.BaseDetector`).
+    image_value_range_ : (0.0, 1.0), (0.0, 255.0) or None
+        The value range ``fit`` read images in, which ``transform`` keeps
+        whatever the dtype (the rule of
+        :class:`~skanomaly.detectors.base.BaseDetector`).
 
     Examples
     --------
