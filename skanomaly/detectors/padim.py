@@ -95,6 +95,18 @@ class PaDiM(BasePatchDetector):
     pool_size : int, default=1
         Local averaging of the feature maps before the Gaussians (1: none,
         as the paper; 3: PatchCore's neighbourhood).
+    tile_size : int or None, default=None
+        For large images: cut each image, at full resolution, into
+        overlapping square tiles of this many pixels (the backbone's
+        resolution, e.g. 224) instead of resizing it to ``image_size``
+        (see :class:`PatchFeatures`). The Gaussians are those of a tile's
+        grid positions, shared by all tiles (every tile of every training
+        image is a sample); the map is the tiles' maps stitched at full
+        resolution, averaged where they overlap; the image score is the
+        largest of its tiles' scores. Not exportable to ONNX. None: no
+        tiles.
+    tile_overlap : int, default=0
+        Pixels shared by neighbouring tiles, less than ``tile_size``.
     sigma : float, default=4.0
         Smoothing of the map, in pixels of the image the backbone sees.
     max_memory_bytes : int, default=4 GiB
@@ -189,6 +201,8 @@ class PaDiM(BasePatchDetector):
         covariance="empirical",
         reg_covar=0.01,
         pool_size=1,
+        tile_size=None,
+        tile_overlap=0,
         sigma=4.0,
         max_memory_bytes=4 * 2**30,
         batch_size=32,
@@ -216,6 +230,8 @@ class PaDiM(BasePatchDetector):
         self.covariance = covariance
         self.reg_covar = reg_covar
         self.pool_size = pool_size
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
         self.sigma = sigma
         self.max_memory_bytes = max_memory_bytes
         self.batch_size = batch_size

@@ -7,6 +7,19 @@ image score. Subclasses implement ``_fit_patches`` (fit on a stream of
 feature batches), ``_patch_scores`` (grid scores and image scores of one
 batch) and the leave-one-out versions of the scores that calibrate the
 threshold (``_leave_one_out_state``, ``_leave_one_out_scores``).
+
+With tiles (``tile_size``, see :class:`PatchFeatures`), the subclasses see
+tiles where they saw images: the feature batches are batches of tiles, PaDiM's
+positions are the positions of a tile's grid (all tiles share them) and
+PatchCore's bank takes patches of every tile. This base maps tiles back to
+images: a tile's scores count for the image it was cut from, the anomaly map
+is the tiles' maps stitched at full resolution
+(:class:`~skanomaly.nn.maps.TileStitcher`: averaged where tiles overlap,
+then smoothed), and the image score is the largest of its tiles' image
+scores, each scored as the untiled detector scores an image. That one rule
+serves ``score_samples`` and the (leave-one-out) calibration scores of
+``fit`` alike, so the threshold is calibrated on the statistic it is
+applied to.
 """
 
 from abc import abstractmethod
@@ -18,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nn.maps import PatchMaps, resize_maps, smooth_maps
+from ..nn.maps import PatchMaps, TileStitcher, resize_maps, smooth_maps
 from ..weights import native_input_size, offline_architecture
 from .base import BaseDetector
 
@@ -89,6 +102,9 @@ class BasePatchDetector(BaseDetector):
         tags.max_offset_samples = _CALIBRATION_IMAGES
         tags.leave_one_out = True
         tags.input_size = native_input_size(self.backbone, self.image_size)
+        if getattr(self, "tile_size", None) is not None and self.image_size is None:
+            # tiles work at the images' own resolution: no size to resize to
+            tags.input_size = None
         return tags
 
     @abstractmethod
@@ -112,10 +128,18 @@ class BasePatchDetector(BaseDetector):
         """Image scores (B,) of training images ``images`` without each one."""
 
     def _batch_scores(self, X):
-        """Yield ``(start, grid scores, image scores)`` over batches of ``X``."""
+        """Yield ``(start, grid scores, image scores)`` over batches of ``X``.
+
+        Batches of tiles with tiles (``start`` counts tiles; see
+        ``_image_rows``).
+        """
         state = self._device_state(check_device(self.device))
         for start, batch in self.features_.patch_batches(X):
             yield start, *self._patch_scores(batch, state)
+
+    def _image_rows(self, start, count):
+        """Image of each of ``count`` feature rows from ``start`` (tiles or images)."""
+        return (start + np.arange(count)) // getattr(self.features_, "n_tiles_", 1)
 
     def _make_features(self):
         return PatchFeatures(
@@ -130,6 +154,7 @@ class BasePatchDetector(BaseDetector):
         # by when they fit in _KEEP_TRAINING_BYTES, else computed again
         calibration_images = self._calibration_subset(len(X))
         per_image = features.n_channels_ * int(np.prod(features.grid_shape_)) * 4
+        per_image *= features.n_tiles_
         keep = len(calibration_images) * per_image <= _KEEP_TRAINING_BYTES
         wanted = np.zeros(len(X), bool)
         wanted[calibration_images] = keep
@@ -139,7 +164,7 @@ class BasePatchDetector(BaseDetector):
             subset = X if images is None else X[images]
             positions = np.arange(len(X)) if images is None else images
             for start, batch in features.patch_batches(subset):
-                rows = positions[start : start + len(batch)]
+                rows = positions[self._image_rows(start, len(batch))]
                 if wanted[rows].any():
                     chosen = np.flatnonzero(wanted[rows])
                     index = torch.as_tensor(chosen, device=batch.device)
@@ -152,7 +177,7 @@ class BasePatchDetector(BaseDetector):
                 return None  # the base scores the subset
             if not keep:
                 kept = (
-                    (calibration_images[start : start + len(batch)], batch)
+                    (calibration_images[self._image_rows(start, len(batch))], batch)
                     for start, batch in features.patch_batches(X[calibration_images])
                 )
             device = check_device(self.device)
@@ -160,27 +185,38 @@ class BasePatchDetector(BaseDetector):
                 state = self._leave_one_out_state(device, fitted)
             else:
                 state = self._device_state(device)
-            scores = np.empty(len(X))
+            # an image's score is the largest of its tiles' (rows repeat)
+            scores = np.full(len(X), -np.inf)
             for rows, batch in kept:
                 if leave_one_out:
                     image = self._leave_one_out_scores(batch, state, rows)
                 else:
                     image = self._patch_scores(batch, state)[1]
-                scores[rows] = image.double().cpu()
+                np.maximum.at(scores, rows, image.double().cpu().numpy())
         return -scores[calibration_images]
 
     def _score_samples(self, X):
         with torch.inference_mode():
             scores = [image for _, _, image in self._batch_scores(X)]
-        return -torch.cat(scores).double().cpu().numpy()
+        scores = torch.cat(scores).double().cpu().numpy()
+        # the largest of each image's tiles' scores (one tile: itself)
+        return -scores.reshape(len(X), -1).max(axis=1)
 
     def _onnx_module(self):
         """uint8 images -> (scores, maps), for :func:`skanomaly.export_onnx`.
 
         The backbone and the maps run in float32, as in ``score_samples``
         (ONNX Runtime has no float64 convolution); the scorer chooses the
-        precision of its distances.
+        precision of its distances. A tiled model is refused.
         """
+        if getattr(self.features_, "tile_origins_", None) is not None:
+            raise ValueError(
+                f"{type(self).__name__} fitted with tile_size={self.tile_size} "
+                "cannot be exported to ONNX: its scoring cuts each image into "
+                f"{self.features_.n_tiles_} tiles and stitches their maps, which "
+                "the exported graph does not do. Fit with tile_size=None (the "
+                "image resized to the backbone) to export."
+            )
         return PatchMaps(
             self.features_._onnx_module(),
             self._onnx_scorer(),
@@ -190,14 +226,19 @@ class BasePatchDetector(BaseDetector):
         )
 
     def _smoothed(self, grid):
-        return smooth_maps(grid, size=self.features_.image_size_, sigma=self.sigma)
+        """Smoothed maps of grids of what the backbone saw (images or tiles)."""
+        size = self.features_._backbone_size()
+        return smooth_maps(grid, size=size, sigma=self.sigma)
 
     def anomaly_map(self, X):
         """Per-pixel anomaly map of each image, at the images' resolution.
 
         The patch scores, upsampled bilinearly to the image the backbone
         saw, smoothed by a Gaussian of ``sigma`` pixels there, and resized
-        to the input images.
+        to the input images. With tiles, each tile's scores are upsampled
+        to the tile, the tiles are stitched into a map of the
+        full-resolution image (averaged where they overlap), and that map
+        is smoothed and resized.
 
         Parameters
         ----------
@@ -213,9 +254,22 @@ class BasePatchDetector(BaseDetector):
         check_is_fitted(self, "offset_")
         X = self._validate_input(X, reset=False)
         out = np.empty((len(X), *self.image_shape_[1:]), dtype=np.float32)
+        features = self.features_
+        if getattr(features, "tile_origins_", None) is not None:
+            stitcher = TileStitcher(
+                features.tile_origins_,
+                features.tile_size,
+                features.image_size_,
+                self.sigma,
+            )
         with torch.inference_mode():
             for start, grid, _ in self._batch_scores(X):
-                maps = self._smoothed(grid)
-                maps = resize_maps(maps, self.image_shape_[1:])
-                out[start : start + len(maps)] = maps.cpu().numpy()
+                if getattr(features, "tile_origins_", None) is None:
+                    maps = self._smoothed(grid)
+                    maps = resize_maps(maps, self.image_shape_[1:])
+                    out[start : start + len(maps)] = maps.cpu().numpy()
+                    continue
+                for image, stitched in stitcher.add(start, grid):
+                    stitched = resize_maps(stitched[None], self.image_shape_[1:])
+                    out[image] = stitched[0].cpu().numpy()
         return out

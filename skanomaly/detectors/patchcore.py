@@ -97,6 +97,18 @@ class PatchCore(BasePatchDetector):
         for ``tf_efficientnet_lite0``).
     pool_size : int, default=3
         Local neighbourhood averaged into each patch vector (1: none).
+    tile_size : int or None, default=None
+        For large images: cut each image, at full resolution, into
+        overlapping square tiles of this many pixels (the backbone's
+        resolution, e.g. 224) instead of resizing it to ``image_size``
+        (see :class:`PatchFeatures`). Every tile's patches enter the bank's
+        selection (an image is ``n_tiles`` times the patches: shards hold
+        whole images, at least one); the map is the tiles' maps stitched at
+        full resolution, averaged where they overlap; the image score is
+        the largest of its tiles' scores (Eq. 7 per tile). Not exportable
+        to ONNX. None: no tiles.
+    tile_overlap : int, default=0
+        Pixels shared by neighbouring tiles, less than ``tile_size``.
     n_channels : int or None, default=None
         Reduce the patch vectors to this many channels; None: all.
     channel_reduction : {'random', 'orthogonal'}, default='random'
@@ -221,6 +233,8 @@ class PatchCore(BasePatchDetector):
         strides=(8, 16),
         image_size=None,
         pool_size=3,
+        tile_size=None,
+        tile_overlap=0,
         n_channels=None,
         channel_reduction="random",
         coreset_ratio=0.1,
@@ -251,6 +265,8 @@ class PatchCore(BasePatchDetector):
         self.strides = strides
         self.image_size = image_size
         self.pool_size = pool_size
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
         self.n_channels = n_channels
         self.channel_reduction = channel_reduction
         self.coreset_ratio = coreset_ratio
@@ -286,7 +302,8 @@ class PatchCore(BasePatchDetector):
         # Shards are groups of whole images in a random order; the features
         # come shard by shard, so only one shard is held at a time.
         features = self.features_
-        patches_per_image = int(np.prod(features.grid_shape_))
+        # with tiles, an image's patches are those of all its tiles
+        patches_per_image = int(np.prod(features.grid_shape_)) * features.n_tiles_
         n_patches = n_images * patches_per_image
         if int(self.coreset_ratio * n_patches) < 1:
             raise ValueError(

@@ -8,8 +8,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, StrOptions, fit_context
-from .._validation import check_device
+from .._validation import check_device, parse_image_size
 from ..nn.backbones import PatchGrid, level_maps
+from ..nn.maps import tile_origins
 from .pooled import TimmFeatures, _check_images, _resolve_levels
 
 __all__ = ["PatchFeatures"]
@@ -42,6 +43,19 @@ class PatchFeatures(TimmFeatures):
     levels of strides 8 and 16 at 224 px. Images are resized and normalised
     as in :class:`TimmFeatures`.
 
+    **Large images** (``tile_size``): resizing a 2048 px image to the
+    backbone's 224 px shrinks a 3 px scratch below a pixel. With
+    ``tile_size``, images are kept at full resolution (their own size, or
+    ``image_size`` when given) and cut into square tiles of ``tile_size``
+    pixels that overlap by ``tile_overlap`` pixels (the last tile of each
+    row and column is moved back to end at the image's edge, see
+    :func:`~skanomaly.nn.maps.tile_origins`); the backbone sees each tile
+    as it is, without resizing, and every tile gets its own patch grid
+    (``grid_shape_`` is a tile's). Tiles run through the backbone in
+    batches of ``batch_size`` tiles, whatever the image size, so memory is
+    bounded by a tile batch and one image. The detectors stitch the tiles'
+    maps back into a map of the whole image.
+
     ``transform`` returns all the maps at once, (n_samples, channels,
     height, width); :class:`PaDiM` and :class:`PatchCore` consume them batch
     by batch, so their memory does not grow with the number of images.
@@ -67,6 +81,19 @@ class PatchFeatures(TimmFeatures):
         stride 16), so that every level's map is at least 2 x 2.
     pool_size : int, default=3
         Side of the local averaging neighbourhood (odd); 1: none.
+    tile_size : int or None, default=None
+        Side in pixels of the square tiles that images are cut into, at
+        their full resolution (see Large images); use the backbone's
+        resolution (224 for ``tf_efficientnet_lite0``). It must not exceed
+        the images' height or width, and must be at least twice the largest
+        stride of the levels. None: no tiles, each image is resized to
+        ``image_size`` as a whole.
+    tile_overlap : int, default=0
+        Pixels shared by neighbouring tiles (in pixels, not a fraction);
+        less than ``tile_size``. Patches near a tile's edge see the zero
+        padding of the backbone; an overlap of a few strides (e.g. 32 to 64
+        px at 224) gives each of them a second view from inside the
+        neighbouring tile. Ignored when ``tile_size`` is None.
     n_channels : int or None, default=None
         Reduce the patch vectors to this many channels (see
         ``channel_reduction``); None: all channels, unreduced.
@@ -79,7 +106,7 @@ class PatchFeatures(TimmFeatures):
         that every reduced channel mixes every level (Kim et al. 2021,
         "semi-orthogonal embedding").
     batch_size : int, default=32
-        Images per forward pass.
+        Images per forward pass (tiles, with ``tile_size``).
     device : str or torch.device, default='cpu'
         Where the backbone runs, e.g. 'cuda'.
     random_state : int, RandomState instance or None, default=None
@@ -101,7 +128,12 @@ class PatchFeatures(TimmFeatures):
     level_strides_ : tuple of int
         Stride of each level used, in pixels of the image the backbone sees.
     grid_shape_ : tuple of int
-        ``(height, width)`` of the patch grid.
+        ``(height, width)`` of the patch grid (of one tile, with tiles).
+    tile_origins_ : ndarray of shape (n_tiles_, 2) or None
+        ``(top, left)`` of each tile in the image at ``image_size_``,
+        row-major; None without tiles.
+    n_tiles_ : int
+        Tiles per image (1 without tiles).
     channel_indices_ : ndarray of int or None
         The channels kept (positions in the concatenated levels), or None
         (all, or a projection).
@@ -111,7 +143,8 @@ class PatchFeatures(TimmFeatures):
     n_channels_ : int
         Channels of each patch vector.
     image_size_ : tuple of int
-        ``(height, width)`` the backbone sees.
+        ``(height, width)`` the backbone sees, or with tiles the size of
+        the full-resolution image the tiles are cut from.
     n_features_in_ : int
         Channels x height x width of the training images.
     image_shape_ : tuple of int
@@ -131,8 +164,9 @@ class PatchFeatures(TimmFeatures):
     """
 
     # Fitted state: TimmFeatures' plus the tuples level_strides_ and
-    # grid_shape_, the int n_channels_ and the arrays channel_indices_ and
-    # projection_ (files written before projection_ existed have none).
+    # grid_shape_, the ints n_channels_ and n_tiles_ and the arrays
+    # channel_indices_, projection_ and tile_origins_ (files written before
+    # projection_ or the tiles existed have none).
 
     _parameter_constraints: dict = {
         **TimmFeatures._parameter_constraints,
@@ -141,6 +175,8 @@ class PatchFeatures(TimmFeatures):
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "n_channels": [Interval(Integral, 1, None, closed="left"), None],
         "channel_reduction": [StrOptions({"random", "orthogonal"})],
+        "tile_size": [Interval(Integral, 1, None, closed="left"), None],
+        "tile_overlap": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -154,6 +190,8 @@ class PatchFeatures(TimmFeatures):
         pool_size=3,
         n_channels=None,
         channel_reduction="random",
+        tile_size=None,
+        tile_overlap=0,
         batch_size=32,
         device="cpu",
         random_state=None,
@@ -167,6 +205,8 @@ class PatchFeatures(TimmFeatures):
         self.pool_size = pool_size
         self.n_channels = n_channels
         self.channel_reduction = channel_reduction
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -188,13 +228,30 @@ class PatchFeatures(TimmFeatures):
         -------
         self : object
         """
+        state_before = dict(self.__dict__)
+        try:
+            return self._fit(X)
+        except BaseException:
+            # leave the estimator as it was: nothing half-fitted
+            self.__dict__.clear()
+            self.__dict__.update(state_before)
+            raise
+
+    def _fit(self, X):
         if self.pool_size % 2 == 0:
             raise ValueError(
                 "pool_size must be odd (a centred neighbourhood); got "
                 f"{self.pool_size}."
             )
         X = _check_images(self, X, reset=True)
+        full_size = None
+        if self.tile_size is not None:
+            # before the backbone is built: a wrong tile costs nothing
+            full_size = parse_image_size(self.image_size) or tuple(X.shape[-2:])
+            _check_tiles(self.tile_size, self.tile_overlap, full_size, self.image_size)
         names, channels = self._build_backbone()
+        if full_size is not None:
+            self.image_size_ = tuple(int(s) for s in full_size)
         spatial = list(range(len(names) - self.has_head_))
         strides = self._level_strides(spatial)
         if self.levels is None:
@@ -222,6 +279,13 @@ class PatchFeatures(TimmFeatures):
         self.level_channels_ = tuple(channels[i] for i in keep)
         self.level_strides_ = tuple(strides[i] for i in keep)
         self._check_grid(keep)
+        self.tile_origins_ = None
+        self.n_tiles_ = 1
+        if full_size is not None:
+            self.tile_origins_ = tile_origins(
+                self.image_size_, self.tile_size, self.tile_overlap
+            )
+            self.n_tiles_ = len(self.tile_origins_)
         total = sum(self.level_channels_)
         self.channel_indices_ = self.projection_ = None
         self.n_channels_ = total
@@ -260,13 +324,24 @@ class PatchFeatures(TimmFeatures):
             strides[position] = max(1, round(_STRIDE_PROBE / level.shape[-1]))
         return strides
 
+    def _backbone_size(self):
+        """``(height, width)`` of what the backbone sees: an image, or a tile."""
+        if getattr(self, "tile_origins_", None) is None:
+            return tuple(self.image_size_)
+        return (self.tile_size, self.tile_size)
+
     def _check_grid(self, keep):
-        """The image must be at least twice the largest stride on each side."""
+        """The image (tile) must be at least twice the largest stride on each side."""
         stride = max(self.level_strides_)
+        size, parameter = self.image_size_, "image_size"
+        name = f"image_size {size}"
+        if self.tile_size is not None:
+            size, parameter = (self.tile_size, self.tile_size), "tile_size"
+            name = f"tile_size={self.tile_size}"
         error = None
-        if min(self.image_size_) >= 2 * stride:
+        if min(size) >= 2 * stride:
             device = next(self.backbone_.parameters()).device
-            probe = torch.zeros(1, self.in_chans_, *self.image_size_, device=device)
+            probe = torch.zeros(1, self.in_chans_, *size, device=device)
             try:
                 with torch.inference_mode():
                     maps = level_maps(self.backbone_, probe, keep=keep)
@@ -276,10 +351,11 @@ class PatchFeatures(TimmFeatures):
                 self.grid_shape_ = tuple(int(s) for s in maps[0].shape[-2:])
                 return
         raise ValueError(
-            f"image_size {self.image_size_} is too small for levels "
+            f"{name} is too small for levels "
             f"{list(self.levels_)} of {self.backbone!r} (strides "
             f"{list(self.level_strides_)}): each needs a feature map of at least "
-            f"2 x 2, so image_size must be at least {2 * stride} px on each side."
+            f"2 x 2, so {parameter} must be at least "
+            f"{2 * stride} px on each side."
         ) from error
 
     def transform(self, X):
@@ -294,21 +370,29 @@ class PatchFeatures(TimmFeatures):
         Returns
         -------
         features : ndarray of shape (n_samples, n_channels_, grid_height, \
-grid_width), float32
+grid_width), or (n_samples, n_tiles_, n_channels_, grid_height, grid_width) \
+with tiles, float32
         """
         check_is_fitted(self, "backbone_")
         X = _check_images(self, X, reset=False)
-        out = np.empty((len(X), self.n_channels_, *self.grid_shape_), np.float32)
+        tiles = self.n_tiles_ if self.tile_origins_ is not None else None
+        shape = (len(X), *([tiles] if tiles else []), self.n_channels_)
+        out = np.empty((*shape, *self.grid_shape_), np.float32)
+        flat = out.reshape(-1, self.n_channels_, *self.grid_shape_)
         with torch.inference_mode():
             for start, features in self.patch_batches(X):
-                out[start : start + len(features)] = features.cpu().numpy()
+                flat[start : start + len(features)] = features.cpu().numpy()
         return out
 
     def patch_batches(self, X):
         """Yield ``(start, features)``: patch features of batches of validated ``X``.
 
         What ``transform`` returns, batch by batch, as tensors on the device
-        (for detectors that score patches as they come).
+        (for detectors that score patches as they come). With tiles, the
+        batches are of ``batch_size`` tiles: the tiles of all images in
+        order, image ``i``'s being ``i * n_tiles_`` to ``(i + 1) * n_tiles_
+        - 1`` (in the order of ``tile_origins_``), and ``start`` counts
+        tiles.
 
         Parameters
         ----------
@@ -318,7 +402,7 @@ grid_width), float32
         Yields
         ------
         start : int
-            Position in ``X`` of the batch's first image.
+            Position in ``X`` of the batch's first image (tile, with tiles).
         features : torch.Tensor of shape (batch, n_channels_, grid_height, \
 grid_width)
             float32, on ``device``. Run under ``torch.inference_mode``.
@@ -326,13 +410,21 @@ grid_width)
         device = check_device(self.device)
         # the module holds the channel subset: it goes to the device too
         module = self._batch_module(self.backbone_.to(device)).to(device)
+        if getattr(self, "tile_origins_", None) is not None:
+            X = _Tiles(
+                X,
+                self.tile_origins_,
+                self.tile_size,
+                self.image_size_,
+                self.interpolation_,
+            )
         yield from self._device_batches(X, module)
 
     def _batch_module(self, model):
         """``model`` (the backbone) with this stage's preprocessing and grid."""
         return PatchGrid(
             model,
-            **self._preprocessing(),
+            **{**self._preprocessing(), "size": self._backbone_size()},
             keep=[self.all_levels_.index(name) for name in self.levels_],
             pool_size=self.pool_size,
             grid=self.grid_shape_,
@@ -361,3 +453,69 @@ grid_width)
         if self.channel_indices_ is None:
             return names
         return names[self.channel_indices_]
+
+
+def _check_tiles(tile_size, overlap, size, image_size):
+    """Refuse tiles that do not fit the images, naming the parameter to change."""
+    if overlap >= tile_size:
+        raise ValueError(
+            f"tile_overlap={overlap} is not less than tile_size={tile_size}: "
+            "neighbouring tiles would not advance; pass a tile_overlap below "
+            f"tile_size (e.g. {tile_size // 4})."
+        )
+    if tile_size > min(size):
+        where = f"image_size={image_size!r}" if image_size is not None else "the images"
+        raise ValueError(
+            f"tile_size={tile_size} is larger than {where} ({size[0]} x "
+            f"{size[1]} px, height x width); pass tile_size <= {min(size)}, or "
+            "tile_size=None to resize each image to the backbone as a whole."
+        )
+
+
+class _Tiles:
+    """The tiles of images as a lazy array of shape (n_images * n_tiles, C, t, t).
+
+    What ``_device_batches`` slices batches from: each slice is cut from
+    the images when it is taken, so only a batch of tiles (and one resized
+    image) is held at a time. Images not at ``size`` are resized to it
+    first, as ``preprocess_images`` would resize them (then as float32 in
+    [0, 1]); uint8 tiles stay uint8.
+    """
+
+    def __init__(self, X, origins, tile, size, interpolation):
+        self.X = X
+        self.origins = origins
+        self.tile = int(tile)
+        self.size = tuple(int(s) for s in size)
+        self.mode = (
+            interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
+        )
+        self.resize = tuple(X.shape[-2:]) != self.size
+        self.dtype = np.dtype(np.float32) if self.resize else X.dtype
+        self.shape = (len(X) * len(origins), X.shape[1], self.tile, self.tile)
+        self._cached = (None, None)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def _image(self, i):
+        if not self.resize:
+            return self.X[i]
+        if self._cached[0] != i:
+            image = torch.from_numpy(np.ascontiguousarray(self.X[i : i + 1]))
+            image = image.float().div_(255.0) if image.dtype == torch.uint8 else image
+            resized = torch.nn.functional.interpolate(
+                image.float(), size=self.size, mode=self.mode, antialias=True
+            )
+            self._cached = (i, resized[0].numpy())
+        return self._cached[1]
+
+    def __getitem__(self, key):
+        rows = range(len(self))[key]
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        t = self.tile
+        for n, k in enumerate(rows):
+            image, j = divmod(k, len(self.origins))
+            top, left = self.origins[j]
+            out[n] = self._image(image)[:, top : top + t, left : left + t]
+        return out

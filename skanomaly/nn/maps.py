@@ -3,14 +3,24 @@
 Shared by PaDiM and PatchCore: a grid of patch scores is upsampled
 bilinearly to the image the backbone saw, smoothed by a Gaussian of ``sigma``
 pixels there (as both papers do at 224 px), and resized to the size of the
-input images.
+input images. With tiles (``PatchFeatures(tile_size=...)``), each tile's
+grid is upsampled to the tile and the tiles are stitched into a map of the
+whole image (:func:`tile_origins`, :class:`TileStitcher`) before smoothing.
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PatchMaps", "gaussian_blur", "resize_maps", "smooth_maps"]
+__all__ = [
+    "PatchMaps",
+    "TileStitcher",
+    "gaussian_blur",
+    "resize_maps",
+    "smooth_maps",
+    "tile_origins",
+]
 
 
 def _symmetric_indices(n, radius, device):
@@ -136,3 +146,117 @@ class PatchMaps(nn.Module):
         if image is None:
             image = maps.amax(dim=(1, 2))
         return image, resize_maps(maps, self.output_size)
+
+
+def tile_origins(size, tile, overlap):
+    """Top-left corners of the square tiles that cover an image, row-major.
+
+    Tiles start every ``tile - overlap`` pixels along each axis; the last
+    tile of a row or column is moved back to end at the image's edge, so it
+    overlaps its neighbour by at least ``overlap`` pixels and no tile
+    reaches outside the image.
+
+    Parameters
+    ----------
+    size : (int, int)
+        ``(height, width)`` of the image, each at least ``tile``.
+    tile : int
+        Side of a tile in pixels.
+    overlap : int
+        Pixels shared by neighbouring tiles, less than ``tile``.
+
+    Returns
+    -------
+    origins : ndarray of shape (n_tiles, 2), int64
+        ``(top, left)`` of each tile.
+
+    Examples
+    --------
+    >>> from skanomaly.nn.maps import tile_origins
+    >>> tile_origins((100, 64), 64, 16).tolist()
+    [[0, 0], [36, 0]]
+    """
+    step = tile - overlap
+
+    def starts(length):
+        return [*range(0, length - tile, step), length - tile]
+
+    height, width = size
+    return np.array(
+        [(top, left) for top in starts(height) for left in starts(width)],
+        dtype=np.int64,
+    ).reshape(-1, 2)
+
+
+class TileStitcher:
+    """Score grids of tiles, as they come, to one smoothed map per image.
+
+    Each tile's grid is upsampled bilinearly to the tile (as
+    :func:`smooth_maps` upsamples a whole image's grid) and added into its
+    image's map; where tiles overlap the map is their **average**. The
+    overlaps see the same pixels with different context: averaging keeps
+    the map continuous across tile seams, where a maximum would raise every
+    overlap strip of a normal image (the larger of two noisy estimates) and
+    draw the tile grid onto the map. A finished map is then smoothed by a
+    Gaussian of ``sigma`` pixels, across the seams. Only the images whose
+    tiles are in flight are held.
+
+    Parameters
+    ----------
+    origins : ndarray of shape (n_tiles, 2)
+        ``(top, left)`` of each tile of an image (:func:`tile_origins`).
+    tile : int
+        Side of a tile in pixels.
+    size : (int, int)
+        ``(height, width)`` of the image the tiles were cut from.
+    sigma : float
+        Gaussian smoothing in pixels; 0: none.
+    """
+
+    def __init__(self, origins, tile, size, sigma):
+        self.origins = [(int(top), int(left)) for top, left in origins]
+        self.tile = int(tile)
+        self.size = tuple(int(s) for s in size)
+        self.sigma = float(sigma)
+        self._maps = {}
+        self._counts = None
+
+    def add(self, start, grids):
+        """Add the grids of consecutive tiles; yield the images they finish.
+
+        Parameters
+        ----------
+        start : int
+            Position of the first tile in the sequence of all tiles (image
+            ``i``'s tiles are ``i * n_tiles`` to ``(i + 1) * n_tiles - 1``).
+        grids : torch.Tensor of shape (batch, h, w)
+            Score grid of each tile.
+
+        Yields
+        ------
+        image : int
+            Position of a finished image.
+        map : torch.Tensor of shape (height, width), float32
+        """
+        n_tiles, t = len(self.origins), self.tile
+        maps = F.interpolate(
+            grids.float().unsqueeze(1),
+            size=(t, t),
+            mode="bilinear",
+            align_corners=False,
+        ).squeeze(1)
+        if self._counts is None:
+            self._counts = torch.zeros(self.size, device=maps.device)
+            for top, left in self.origins:
+                self._counts[top : top + t, left : left + t] += 1
+        for k, tile_map in enumerate(maps, start):
+            image, j = divmod(k, n_tiles)
+            if image not in self._maps:
+                self._maps[image] = torch.zeros(self.size, device=maps.device)
+            top, left = self.origins[j]
+            self._maps[image][top : top + t, left : left + t] += tile_map
+            if j == n_tiles - 1:
+                stitched = self._maps.pop(image) / self._counts
+                if self.sigma > 0:
+                    stitched = gaussian_blur(stitched[None], self.sigma)[0]
+                yield image, stitched
