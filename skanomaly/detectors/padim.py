@@ -65,7 +65,8 @@ class PaDiM(BasePatchDetector):
         paper's choice).
     image_size : int, (int, int) or None, default=None
         Resolution the backbone sees; None: its evaluation resolution (224
-        for ``tf_efficientnet_lite0``).
+        for ``tf_efficientnet_lite0``). With ``tile_size``: the size images
+        are resized to before they are cut; None: their own size.
     n_channels : int or None, default=100
         ``d``, the channels of the reduced patch vectors (the paper: 100 of
         the 448 channels of ResNet18, 550 of WideResNet-50's 1,792); None:

@@ -94,7 +94,8 @@ class PatchCore(BasePatchDetector):
         EfficientNets, ``layer2`` and ``layer3`` of ResNets (the paper's).
     image_size : int, (int, int) or None, default=None
         Resolution the backbone sees; None: its evaluation resolution (224
-        for ``tf_efficientnet_lite0``).
+        for ``tf_efficientnet_lite0``). With ``tile_size``: the size images
+        are resized to before they are cut; None: their own size.
     pool_size : int, default=3
         Local neighbourhood averaged into each patch vector (1: none).
     tile_size : int or None, default=None

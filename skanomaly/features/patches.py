@@ -78,7 +78,9 @@ class PatchFeatures(TimmFeatures):
         ``(height, width)`` the backbone sees; None: its evaluation
         resolution (224 for ``tf_efficientnet_lite0``). Each side must be at
         least twice the largest stride of the chosen levels (32 px for
-        stride 16), so that every level's map is at least 2 x 2.
+        stride 16), so that every level's map is at least 2 x 2. With
+        ``tile_size``: the full-resolution size images are resized to
+        before they are cut into tiles; None: the training images' own size.
     pool_size : int, default=3
         Side of the local averaging neighbourhood (odd); 1: none.
     tile_size : int or None, default=None
