@@ -142,6 +142,9 @@ class FastFlow(BasePatchDetector):
         Upper bound on the training features kept in memory (see above).
     device : str or torch.device, default='cpu'
         Where the backbone and the flow run, e.g. 'cuda'.
+    runtime : {'torch', 'onnxruntime'}, default='torch'
+        What executes the backbone on the CPU (see
+        :class:`~skanomaly.features.patches.PatchFeatures`).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel reduction, the flow's initialisation and
         permutations, and the shuffling; an int makes scores reproducible.
@@ -273,6 +276,7 @@ class FastFlow(BasePatchDetector):
         sigma=4.0,
         max_memory_bytes=4 * 2**30,
         device="cpu",
+        runtime="torch",
         random_state=None,
         verbose=0,
         callbacks=None,
@@ -312,6 +316,7 @@ class FastFlow(BasePatchDetector):
         self.sigma = sigma
         self.max_memory_bytes = max_memory_bytes
         self.device = device
+        self.runtime = runtime
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
