@@ -21,6 +21,27 @@ def read_model(path):
     return document, load_tensors(raw)
 
 
+def named_strings(document):
+    """Every string of ``document`` (the names a file's tensors must have)."""
+    found, stack = set(), [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.add(item)
+    return found
+
+
+def drop_unused(document, tensors):
+    """Drop the tensors that an edit left unnamed (load refuses those)."""
+    named = named_strings(document)
+    for name in [name for name in tensors if name not in named]:
+        del tensors[name]
+
+
 def write_model(path, document, tensors, *, keep_checksum=False, text=None):
     """Write ``document`` and ``tensors`` to ``path`` as a skanomaly file.
 
@@ -40,3 +61,17 @@ def rewrite(path, edit, *, keep_checksum=False):
     document, tensors = read_model(path)
     edit(document)
     write_model(path, document, tensors, keep_checksum=keep_checksum)
+
+
+def write_header(path, source, edit):
+    """A copy of ``source`` whose safetensors header is ``edit(header_bytes)``.
+
+    The tensor bytes (and the offsets the header gives them) are kept; the
+    header is padded with spaces to a multiple of 8 bytes, as safetensors
+    writes it.
+    """
+    raw = source.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = edit(raw[8 : 8 + n].rstrip(b" "))
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + n :])

@@ -9,8 +9,10 @@ runs mutated files through the same checks.
 
 import json
 import os
+import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _forge import read_model, rewrite, write_model
+from _forge import drop_unused, read_model, rewrite, write_header, write_model
 from sklearn.datasets import load_digits
 
 import skanomaly
@@ -563,6 +565,7 @@ def test_thresholds_and_calibrations_are_checked(table_model, tmp_path, edit, me
     path = tmp_path / "hostile.ska"
     document, tensors = read_model(table_model)
     edit(document, tensors)
+    drop_unused(document, tensors)  # the calibration the edit replaced
     write_model(path, document, tensors)
     assert "is not a valid skanomaly model file" in _refused(path, message)
 
@@ -572,9 +575,476 @@ def test_the_largest_calibration_loads(table_model, tmp_path):
     document, tensors = read_model(table_model)
     _calibration(np.linspace(-1.0, 0.0, 5000))(document, tensors)
     document["detector"]["state"]["calibration_"] = "split"
+    drop_unused(document, tensors)
     write_model(path, document, tensors)
     loaded = load(path)
     assert loaded.calibration_ == "split" and len(loaded.calibration_scores_) == 5000
+
+
+# ------------------------------------------------- 5. resource limits
+# What the JSON and the tensor count can make the parsers allocate. Issue 22:
+# 4 million empty lists (12 MB) in the document added 597 MB and loaded; in
+# the safetensors header, 588 MB before a refusal; 250,000 zero-size tensors
+# (16 MB) added 358 MB and loaded.
+
+_MANY = 4_000_000
+
+
+def _empty_lists(n):
+    return "[" + ",".join(["[]"] * n) + "]"
+
+
+def _in_document(n):
+    def forge(source, path):
+        document, tensors = read_model(source)
+        text = json.dumps(document)[:-1] + ', "x": ' + _empty_lists(n) + "}"
+        write_model(path, document, tensors, text=text)
+
+    return forge
+
+
+def _in_header(n):
+    def forge(source, path):
+        def edit(header):
+            return header[:-1] + b', "x": ' + _empty_lists(n).encode() + b"}"
+
+        write_header(path, source, edit)
+
+    return forge
+
+
+def _header_size(path):
+    with open(path, "rb") as file:
+        return struct.unpack("<Q", file.read(8))[0]
+
+
+def _zero_size_tensors(n, *, named):
+    """``n`` zero-size tensors, named by a fitted list of arrays or by nothing.
+
+    Unnamed ones are written into the header as safetensors writes them
+    (offsets at the end of the data), and the checksum is redone: quicker
+    than safetensors for a quarter of a million.
+    """
+
+    def forge(source, path):
+        document, tensors = read_model(source)
+        names = [f"zero/{i}" for i in range(n)]
+        if named:
+            tensors.update((name, torch.zeros(0)) for name in names)
+            document["detector"]["state"]["zeros_"] = [
+                {"__ndarray__": name, "dtype": "float32"} for name in names
+            ]
+            write_model(path, document, tensors)
+            return
+        tensors.update(dict.fromkeys(names, torch.zeros(0)))
+        covered = {"name": document["name"], "detector": document["detector"]}
+        document["checksum"] = checksum(tensors, covered)
+        size = _header_size(source)
+        data = source.stat().st_size - 8 - size
+        header = json.loads(source.read_bytes()[8 : 8 + size])
+        header["__metadata__"]["skanomaly"] = json.dumps(document)
+        entry = {"dtype": "F32", "shape": [0], "data_offsets": [data, data]}
+        header.update(dict.fromkeys(names, entry))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        write_header(path, source, lambda _: text)
+
+    return forge
+
+
+def _fitted_list(n):
+    """A fitted attribute of ``n`` empty lists: as many elements as allowed."""
+
+    def forge(source, path):
+        document, tensors = read_model(source)
+        document["detector"]["state"]["lists_"] = [[]] * n
+        write_model(path, document, tensors)
+
+    return forge
+
+
+_RESOURCE_ATTACKS = {
+    # name: (forge, the message of the refusal, or None: it loads)
+    "document_4m_lists": (_in_document(_MANY), "at most 8,388,608 are read"),
+    "document_1m_lists": (_in_document(1_000_000), "more than 500,000 JSON elements"),
+    "header_4m_lists": (_in_header(_MANY), "more than 244,096 JSON elements"),
+    "250k_zero_size_tensors": (
+        _zero_size_tensors(250_000, named=False),
+        "more than 244,096 JSON elements",
+    ),
+    "10001_named_tensors": (
+        _zero_size_tensors(10_001, named=True),
+        "10,0[0-9]{2} tensors; a model file holds at most 10,000",
+    ),
+    "5000_unnamed_tensors": (
+        _zero_size_tensors(5000, named=False),
+        "5,000 tensor.s. that its header never uses",
+    ),
+    # the most a file may hold, as legitimate-looking as it gets: it loads
+    "9900_named_tensors": (_zero_size_tensors(9900, named=True), None),
+    "document_240k_lists": (_fitted_list(240_000), None),
+}
+# What one of these loads may add to the loader's peak memory, measured
+# (see the user guide: ~35 MB for the largest refused files, of 12-17 MB,
+# and ~40 MB for those at the limits that load).
+RESOURCE_BUDGET_MB = 96
+
+# Loads each file in a fresh process and reports the growth of its peak
+# resident memory during that load alone: on Linux the high-water mark is
+# reset before each load (/proc/self/clear_refs) and the memory that earlier
+# loads freed handed back (malloc_trim), elsewhere the growth of
+# the process's peak since start-up is all there is (a weaker check).
+_MEASURE = """
+import gc, json, re, resource, sys, warnings
+warnings.simplefilter("ignore")
+import skanomaly
+
+def kb(key):
+    with open("/proc/self/status") as status:
+        return int(re.search(key + r":\\s+(\\d+)", status.read()).group(1))
+
+def maxrss_kb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+skanomaly.load(sys.argv[1])  # warm: what any load imports and builds once
+try:  # a load that escapes its limits fails here, not the machine
+    with open("/proc/self/statm") as statm:
+        size = int(statm.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (size + 2**31, resource.RLIM_INFINITY))
+except OSError:
+    pass
+try:
+    import ctypes
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    trim = None
+report = []
+for path in sys.argv[2:]:
+    gc.collect()
+    if trim is not None:  # what earlier loads freed goes back to the system
+        trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        before, peak = kb("VmRSS"), lambda: kb("VmHWM")
+    except OSError:
+        before, peak = maxrss_kb(), maxrss_kb
+    modules = set(sys.modules)
+    try:
+        skanomaly.load(path)
+        outcome, message = "loaded", ""
+    except Exception as exc:
+        outcome, message = type(exc).__name__, str(exc)
+    report.append({
+        "outcome": outcome,
+        "message": message[:300],
+        "peak_growth_mb": round((peak() - before) / 1024, 1),
+        "new_modules": sorted(set(sys.modules) - modules),
+    })
+print(json.dumps(report))
+"""
+
+
+def _measure_loads(warm, paths):
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(warm), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def resource_loads(table_model, tmp_path_factory):
+    """The attacks above and the fuzzed shapes below, measured in one process."""
+    folder = tmp_path_factory.mktemp("resources")
+    files = {}
+    for name, (forge, _) in _RESOURCE_ATTACKS.items():
+        files[name] = folder / f"{name}.ska"
+        forge(table_model, files[name])
+    fuzzed = _resource_fuzz_files(table_model, folder)
+    paths = [*files.values(), *(path for _, path in fuzzed)]
+    results = _measure_loads(table_model, paths)
+    attacks = dict(zip(files, results))
+    cases = [case for case, _ in fuzzed]
+    return attacks, list(zip(cases, results[len(files) :]))
+
+
+@pytest.mark.parametrize("name", sorted(_RESOURCE_ATTACKS))
+def test_the_json_and_the_tensors_are_counted_before_they_are_parsed(
+    resource_loads, name
+):
+    result = resource_loads[0][name]
+    message = _RESOURCE_ATTACKS[name][1]
+    if message is None:
+        assert result["outcome"] == "loaded", result
+    else:
+        assert result["outcome"] == "ValueError", result
+        assert re.search(message, result["message"]), result
+    assert result["peak_growth_mb"] < RESOURCE_BUDGET_MB, result
+    assert result["new_modules"] == []
+
+
+def _json_elements(value):
+    """What count_elements counts, from the parsed value: every string, and
+    every '[', '{', ',' and ':' that its JSON text holds outside strings."""
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, list):
+        return 1 + max(len(value) - 1, 0) + sum(map(_json_elements, value))
+    if isinstance(value, dict):
+        inner = sum(map(_json_elements, value.values()))
+        return 1 + max(len(value) - 1, 0) + 2 * len(value) + inner
+    return 0
+
+
+def _random_json(rng, depth=0):
+    kind = rng.integers(6 if depth < 4 else 3)
+    if kind == 0:
+        return [1, -2.5, None, True][rng.integers(4)]
+    if kind in (1, 2):  # the characters that could fool a scanner
+        return "".join(rng.choice(list('ab[]{},:"\\\\ \n\u00e9'), rng.integers(9)))
+    if kind == 3:
+        return [_random_json(rng, depth + 1) for _ in range(rng.integers(4))]
+    return {
+        _random_json(rng, 4) if rng.random() < 0.5 else "k": _random_json(
+            rng, depth + 1
+        )
+        for _ in range(rng.integers(4))
+    }
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3, 7])
+def test_elements_are_counted_exactly_near_the_limit(monkeypatch, chunk):
+    from skanomaly.persistence import format as persistence_format
+
+    if chunk is not None:  # escapes and strings across the chunks' borders
+        monkeypatch.setattr(persistence_format, "_CHUNK", chunk)
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        value = {"k": _random_json(rng)} if rng.random() < 0.5 else _random_json(rng)
+        text = json.dumps(
+            value,
+            ensure_ascii=bool(rng.integers(2)),
+            separators=[(",", ":"), (", ", ": ")][rng.integers(2)],
+        )
+        expected = _json_elements(value)
+        # at the limit, the exact count; one below, a count past it
+        assert persistence_format.count_elements(text, expected) == expected, text
+        assert persistence_format.count_elements(text, expected - 1) == expected, text
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        # a backtracking pattern took 550 MB on it
+        ('"' + '\\"' * 3_000_000, 1),
+        # an escape at every chunk's border: '[', a string, ',', a string
+        ('["' + "\\" * 6_000_001 + '", "a,b"]', 4),
+        ("[" + ",".join(['"a,b"'] * 1_000_000) + "]", None),
+        ('"' * 6_000_000, None),
+    ],
+    ids=["escaped_quotes", "backslashes", "strings_with_commas", "quotes"],
+)
+def test_counting_allocates_a_chunk_at_most(text, count):
+    import tracemalloc
+
+    from skanomaly.persistence.format import count_elements
+
+    tracemalloc.start()
+    try:
+        counted = count_elements(text, 3)  # past the upper bound of each text
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # exact below the limit; past it, the count stops early
+    assert counted == count if count is not None else counted > 3
+    assert peak < 4 * 2**20, peak
+
+
+def test_a_tensor_named_only_as_a_string_is_refused(table_model, tmp_path):
+    # named in the document (so counted as referenced before the tensors are
+    # read), used by no value: refused once the detector is built
+    document, tensors = read_model(table_model)
+    tensors["padding"] = torch.zeros(1000)
+    document["detector"]["state"]["note_"] = "padding"
+    path = tmp_path / "padded.ska"
+    write_model(path, document, tensors)
+    _refused(path, "1 tensor.s. that its header never uses, such as 'padding'")
+
+
+def test_one_unnamed_tensor_is_refused(table_model, tmp_path):
+    document, tensors = read_model(table_model)
+    tensors["padding"] = torch.zeros(1000)
+    path = tmp_path / "padded.ska"
+    write_model(path, document, tensors)
+    _refused(path, "1 tensor.s. that its header never uses, such as 'padding'")
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "message"),
+    [
+        ("MAX_DOCUMENT_ELEMENTS", 100, "more than 100 JSON elements"),
+        ("MAX_DOCUMENT_BYTES", 1000, "characters long; at most 1,000 are read"),
+        ("MAX_HEADER_ELEMENTS", 100, "more than 100 JSON elements"),
+        ("MAX_TENSORS", 3, "tensors; a model file holds at most 3"),
+    ],
+)
+def test_save_refuses_a_file_over_the_limits(
+    monkeypatch, tmp_path, limit, value, message
+):
+    from skanomaly.persistence import format as persistence_format
+
+    detector = fast_detector(skanomaly.AutoEncoder).fit(TABLE)
+    monkeypatch.setattr(persistence_format, limit, value)
+    path = tmp_path / "model.ska"
+    with pytest.raises(ValueError, match=f"Cannot save AutoEncoder: .*{message}"):
+        save(detector, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_history_is_stored_without_its_batches(monkeypatch, tmp_path):
+    from skanomaly.persistence import estimators
+
+    detector = fast_detector(skanomaly.AutoEncoder).fit(TABLE)
+    n_batches = sum(len(epoch["batches"]) for epoch in detector.net_.history)
+    path = tmp_path / "model.ska"
+    save(detector, path)
+    assert load(path).net_.history.to_list() == detector.net_.history.to_list()
+    monkeypatch.setattr(estimators, "MAX_STORED_BATCHES", n_batches - 1)
+    with pytest.warns(UserWarning, match=f"records {n_batches:,} batches"):
+        save(detector, path)
+    history = load(path).net_.history
+    assert len(history) == len(detector.net_.history)
+    assert history[:, "batches"] == [[]] * len(history)
+    assert history[:, "train_loss"] == detector.net_.history[:, "train_loss"]
+
+
+def test_real_models_are_far_from_the_limits(table_model, seed_models):
+    """The limits leave room: the test models use under 2 % of each."""
+    from skanomaly.persistence import format as persistence_format
+
+    for path in (
+        table_model,
+        seed_models["autoencoder_images"],
+        seed_models["deep_mahalanobis"],
+    ):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = raw[8 : 8 + n].decode()
+        names, document = persistence_format.read_header(raw)
+        text = json.loads(header)["__metadata__"]["skanomaly"]
+        elements = persistence_format.count_elements
+        assert len(names) < persistence_format.MAX_TENSORS / 50
+        assert n < persistence_format.MAX_HEADER_BYTES / 50
+        assert elements(header, 10**9) < persistence_format.MAX_HEADER_ELEMENTS / 50
+        assert len(text) < persistence_format.MAX_DOCUMENT_BYTES / 50
+        assert elements(text, 10**9) < persistence_format.MAX_DOCUMENT_ELEMENTS / 50
+
+
+# Resource shapes, fuzzed: random JSON shapes of random sizes around the
+# limits, in each place a file holds JSON, and tensor counts around theirs.
+# Each file must load or be refused with a ValueError within the budget.
+_SHAPES = {
+    "lists": lambda n: _empty_lists(n // 2),
+    "dicts": lambda n: "[" + ",".join(["{}"] * (n // 2)) + "]",
+    "keys": lambda n: "{" + ",".join(f'"{i}":0' for i in range(n // 3)) + "}",
+    "strings": lambda n: "[" + ",".join(['"a\\"b"'] * (n // 2)) + "]",
+    "nesting": lambda n: "[" + ",".join(["[" * 60 + "]" * 60] * (n // 120)) + "]",
+    "numbers": lambda n: "[" + ",".join(["1e300"] * n) + "]",
+}
+
+
+def _in_state(text):
+    def forge(source, path):
+        document, tensors = read_model(source)
+        document["detector"]["state"]["fuzz_"] = json.loads(text)
+        write_model(path, document, tensors)
+
+    return forge
+
+
+def _in_metadata(text):
+    def forge(source, path):
+        def edit(header):
+            metadata = b'"__metadata__":{'
+            assert metadata in header
+            return header.replace(metadata, metadata + b'"x":' + text.encode() + b",")
+
+        write_header(path, source, edit)
+
+    return forge
+
+
+_PLACES = {
+    # place: (forge from JSON text, the element limit that applies)
+    "document": (lambda text: _in_document_text(text), "MAX_DOCUMENT_ELEMENTS"),
+    "state": (_in_state, "MAX_DOCUMENT_ELEMENTS"),
+    "header": (lambda text: _in_header_text(text), "MAX_HEADER_ELEMENTS"),
+    "metadata": (_in_metadata, "MAX_HEADER_ELEMENTS"),
+}
+
+
+def _in_document_text(text):
+    def forge(source, path):
+        document, tensors = read_model(source)
+        write_model(
+            path,
+            document,
+            tensors,
+            text=json.dumps(document)[:-1] + ', "x": ' + text + "}",
+        )
+
+    return forge
+
+
+def _in_header_text(text):
+    def forge(source, path):
+        write_header(
+            path, source, lambda header: header[:-1] + b', "x": ' + text.encode() + b"}"
+        )
+
+    return forge
+
+
+RESOURCE_FUZZ_CASES = int(os.environ.get("SKANOMALY_RESOURCE_FUZZ_CASES", "10"))
+
+
+def _resource_fuzz_files(table_model, folder):
+    """``(case, path)`` of SKANOMALY_RESOURCE_FUZZ_CASES forged files."""
+    from skanomaly.persistence import format as persistence_format
+
+    rng = np.random.default_rng(FUZZ_SEED)
+    fuzzed = []
+    for case in range(RESOURCE_FUZZ_CASES):
+        path = folder / f"fuzz{case}.ska"
+        scale = float(rng.choice([0.3, 0.9, 1.05, 2.0, 8.0]))
+        if rng.random() < 0.2:
+            named = scale < 1.1 and bool(rng.integers(2))
+            n = int(scale * persistence_format.MAX_TENSORS)
+            forge = _zero_size_tensors(n, named=named)
+            description = ("tensors", n, named)
+        else:
+            shape = str(rng.choice(sorted(_SHAPES)))
+            place = str(rng.choice(sorted(_PLACES)))
+            make, limit = _PLACES[place]
+            n = int(scale * getattr(persistence_format, limit))
+            forge = make(_SHAPES[shape](n))
+            description = (shape, place, n)
+        forge(table_model, path)
+        fuzzed.append((description, path))
+    return fuzzed
+
+
+def test_fuzzed_resource_shapes_stay_within_the_budget(resource_loads):
+    cases = resource_loads[1]
+    assert len(cases) == RESOURCE_FUZZ_CASES
+    for case, result in cases:
+        assert result["outcome"] in ("loaded", "ValueError"), (case, result)
+        assert "\n" not in result["message"]
+        assert result["peak_growth_mb"] < RESOURCE_BUDGET_MB, (case, result)
+        assert result["new_modules"] == [], (case, result)
 
 
 # ------------------------------------------------- the loader, fuzzed

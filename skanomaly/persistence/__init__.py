@@ -74,6 +74,7 @@ from .format import (
     FORMAT_VERSION,
     checksum,
     read_model,
+    refuse_unused,
     write_file,
 )
 from .trust import detector_class
@@ -122,8 +123,10 @@ def save(detector, path):
     Raises
     ------
     ValueError
-        If the detector is not registered, or a parameter or fitted
-        attribute cannot be stored (the message names it).
+        If the detector is not registered, a parameter or fitted
+        attribute cannot be stored (the message names it), or the file
+        would exceed a limit that :func:`load` enforces (its tensors, the
+        size of its document: see :mod:`skanomaly.persistence.format`).
 
     See Also
     --------
@@ -159,7 +162,10 @@ def save(detector, path):
         **covered,
         "checksum": checksum(writer.tensors, covered),
     }
-    write_file(path, writer.tensors, document)
+    try:
+        write_file(path, writer.tensors, document)
+    except FormatError as exc:  # over the limits load reads (no file written)
+        raise ValueError(f"Cannot save {type(detector).__name__}: {exc}.") from None
 
 
 def _device_policy(requested):
@@ -278,7 +284,11 @@ def load(path, *, device=None):
             string_dtype=_string_dtype,
             budget=Budget(size + LOAD_MARGIN_BYTES),
         )
-        return reader.estimator(cls, encoded)
+        detector = reader.estimator(cls, encoded)
+        unused = set(tensors) - reader.used
+        if unused:
+            refuse_unused(unused)
+        return detector
     # every message is one line and quotes at most a short prefix of a value
     except Refused as exc:
         raise ValueError(

@@ -369,11 +369,17 @@ class Decoder:
         self.checked_device = checked_device
         self.string_dtype = string_dtype
         self.budget = budget
+        self.used = set()
 
     def tensor(self, name):
-        """The stored tensor ``name``; a FormatError if it is missing."""
+        """The stored tensor ``name``; a FormatError if it is missing.
+
+        The names asked for are kept in ``used``: a file's tensors that no
+        value used are refused once it is decoded.
+        """
         if not isinstance(name, str) or name not in self.tensors:
             raise FormatError(f"tensor {_short(name)} is missing")
+        self.used.add(name)
         return self.tensors[name]
 
     def decode(self, obj):

@@ -51,11 +51,16 @@ from .trust import check_nested_estimator, nested_estimator_class, qualified_nam
 _REGISTRATIONS_PER_TENSOR = 8
 _EXTRA_REGISTRATIONS = 1024
 
+# The batches of a net's history that a file stores (~14 JSON elements
+# each: 20,000 take about half of MAX_DOCUMENT_ELEMENTS).
+MAX_STORED_BATCHES = 20_000
+
 # The schemes a fitted detector's calibration_ names.
 CALIBRATION_SCHEMES = ("split", "leave-one-out", "cross-fit", "training")
 
 __all__ = [
     "CALIBRATION_SCHEMES",
+    "MAX_STORED_BATCHES",
     "EstimatorReader",
     "EstimatorWriter",
     "check_fitted_values",
@@ -157,7 +162,7 @@ class EstimatorWriter(Encoder):
             for name, module in net_modules(net).items()
         }
         try:
-            history = self.encode(net.history.to_list(), f"{where}/history")
+            history = self.encode(_storable_history(net.history), f"{where}/history")
         except CannotStore:
             history = None
         return {
@@ -165,6 +170,32 @@ class EstimatorWriter(Encoder):
             "modules": modules,
             "history": history,
         }
+
+
+def _storable_history(history):
+    """``history.to_list()``, without its batches if they would not fit a file.
+
+    A history records every batch (~14 JSON elements each), so a long
+    training can hold more than a document may
+    (:data:`~skanomaly.persistence.format.MAX_DOCUMENT_ELEMENTS`). Beyond
+    :data:`MAX_STORED_BATCHES` batches, each epoch keeps its entries (its
+    losses among them) and an empty ``batches`` list, with a warning:
+    nothing in skanomaly reads the batches of a fitted net.
+    """
+    epochs = history.to_list()
+    n_batches = sum(len(epoch.get("batches", ())) for epoch in epochs)
+    if n_batches <= MAX_STORED_BATCHES:
+        return epochs
+    warnings.warn(
+        f"The net's history records {n_batches:,} batches, more than the "
+        f"{MAX_STORED_BATCHES:,} a skanomaly file stores: it is saved with each "
+        "epoch's entries and without its batches.",
+        UserWarning,
+        stacklevel=5,
+    )
+    return [
+        {**epoch, "batches": []} if "batches" in epoch else epoch for epoch in epochs
+    ]
 
 
 def _net_input_shape(owner, where):

@@ -10,7 +10,13 @@ every tensor's name, dtype, shape and bytes: it finds damaged and edited
 files; it is not a signature.
 
 Reading checks the structure before anything uses it: the header's length
-against the file's size, JSON nested at most :data:`MAX_DEPTH` levels, with
+against the file's size, the size of the header and of the document and
+their number of JSON elements before they are parsed (:data:`MAX_HEADER_BYTES`,
+:data:`MAX_HEADER_ELEMENTS`, :data:`MAX_DOCUMENT_BYTES`,
+:data:`MAX_DOCUMENT_ELEMENTS`: parsing allocates tens of bytes per element,
+so these bound what parsing can allocate), at most :data:`MAX_TENSORS`
+tensors, each named somewhere in the document (a file cannot pad its
+load with tensors nothing uses), JSON nested at most :data:`MAX_DEPTH` levels, with
 integers of at most 64 bits, no ``NaN``/``Infinity`` literals and no
 numbers too large for a float (``1e400``), and a format version this module
 reads (version 1, whose checksum leaves the header out, is refused). The
@@ -38,12 +44,21 @@ from .codec import FormatError, Refused, _short
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_DOCUMENT_ELEMENTS",
+    "MAX_HEADER_BYTES",
+    "MAX_HEADER_ELEMENTS",
+    "MAX_TENSORS",
     "check_checksum",
     "checksum",
+    "count_elements",
     "is_temporary_file",
     "read_document",
     "read_file",
+    "read_header",
     "read_model",
+    "refuse_unused",
     "write_atomically",
     "write_file",
 ]
@@ -52,9 +67,26 @@ FORMAT_NAME = "skanomaly"
 # 2: the checksum also covers the detector document (1: tensors only).
 FORMAT_VERSION = 2
 METADATA_KEY = "skanomaly"
-_MAX_HEADER_BYTES = 100_000_000
 # A document written by save() nests about a dozen levels deep.
 MAX_DEPTH = 64
+
+# What a file's JSON may hold, checked before it is parsed (count_elements).
+# Parsing allocates at most ~56 bytes an element plus the characters of its
+# strings (measured on the worst shapes: empty containers, unique keys), so
+# the element limits bound the parser's memory: ~28 MB for a document,
+# ~14 MB for a header. The largest models measured hold far less: a PaDiM
+# or PatchCore on resnet18 125 tensors, ~2,100 header and ~1,000 document
+# elements; a network's document grows with its training history, ~14
+# elements a batch (an AutoEncoder fitted on digits: 560 batches, ~7,900),
+# which save() keeps within half the document's limit (estimators.py).
+MAX_TENSORS = 10_000
+MAX_DOCUMENT_BYTES = 8 * 2**20
+MAX_DOCUMENT_ELEMENTS = 500_000
+# The header holds the document as a JSON string (quotes and backslashes
+# escaped: at most twice as long) and 15 elements a tensor plus one a
+# dimension of its shape.
+MAX_HEADER_BYTES = 2 * MAX_DOCUMENT_BYTES + 4 * 2**20
+MAX_HEADER_ELEMENTS = 24 * MAX_TENSORS + 4096
 _INT_LIMIT = 2**63
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -80,7 +112,14 @@ def write_file(path, tensors, document):
     from safetensors.torch import save as save_bytes
 
     metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
-    write_atomically(path, save_bytes(tensors, metadata=metadata))
+    if len(tensors) > MAX_TENSORS:
+        raise FormatError(
+            f"it has {len(tensors):,} tensors; a model file holds at most "
+            f"{MAX_TENSORS:,}"
+        )
+    data = save_bytes(tensors, metadata=metadata)
+    read_document(data)  # what load would refuse, save refuses (the limits)
+    write_atomically(path, data)
 
 
 def write_atomically(path, data):
@@ -239,28 +278,113 @@ def _refuse_constant(name):
     raise FormatError(f"it holds the non-standard JSON value {name}")
 
 
-def _check_structure(value, what):
-    """Depth and integer size of parsed JSON, walked without recursion."""
-    stack = [(value, 1)]
+def _check_structure(value, what, strings=None):
+    """Depth and integer size of parsed JSON, walked without recursion.
+
+    Only containers go on the stack; the scalars are checked where they
+    are found (a load walks every value of its document once, here). With
+    ``strings``, a set, every string value is added to it.
+    """
+    stack = [([value], 0)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise FormatError(f"{what} nests deeper than {MAX_DEPTH} levels")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-        elif (
-            isinstance(item, int)
-            and not isinstance(item, bool)
-            and not -_INT_LIMIT <= item < _INT_LIMIT
-        ):
-            raise FormatError(f"{what} holds an integer of more than 64 bits")
-        elif isinstance(item, float) and not math.isfinite(item):
-            # a literal such as 1e400, which Python reads as inf
-            raise FormatError(f"{what} holds a number too large for a float")
+        container, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FormatError(f"{what} nests deeper than {MAX_DEPTH} levels")
+        # json.loads makes exactly these types (bool is not int here)
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif kind is str:
+                if strings is not None:
+                    strings.add(item)
+            elif kind is int:
+                if not -_INT_LIMIT <= item < _INT_LIMIT:
+                    raise FormatError(f"{what} holds an integer of more than 64 bits")
+            elif kind is float and not math.isfinite(item):
+                # a literal such as 1e400, which Python reads as inf
+                raise FormatError(f"{what} holds a number too large for a float")
 
 
-def _parse_json(text, what):
+_STRUCTURAL = "[{,:"
+# The bytes that are neither structural characters nor quotes.
+_UNCOUNTED = bytes(sorted(set(range(256)) - set(b'[{,:"')))
+# Texts are read this many characters at a time: the copies and the pieces
+# a chunk splits into stay a few MB whatever the text holds.
+_CHUNK = 2**16
+_BYTES_CHUNK = 2**20
+
+
+def _upper_bound(data, start, stop):
+    """An upper bound of the JSON elements of the bytes ``data[start:stop]``.
+
+    Its structural characters and half its quotes, inside strings too: a
+    header's bound also bounds the document it holds as a string. One
+    C-speed pass, a chunk at a time.
+    """
+    total = quotes = 0
+    for begin in range(start, stop, _BYTES_CHUNK):
+        kept = data[begin : min(begin + _BYTES_CHUNK, stop)].translate(None, _UNCOUNTED)
+        n_quotes = kept.count(b'"')
+        total += len(kept) - n_quotes
+        quotes += n_quotes
+    return total + quotes // 2
+
+
+def count_elements(text, limit):
+    """The number of JSON elements of ``text``, counted up to past ``limit``.
+
+    An element is a string or a ``[``, ``{``, ``,`` or ``:`` outside
+    strings: about one per value and key. What parsing allocates is
+    proportional to it (at most ~56 bytes an element plus the characters of
+    its strings, measured), so counting first bounds the parser's memory.
+    Counts over the whole text give an upper bound, enough for any text not
+    near the limit; otherwise the text is read in chunks of :data:`_CHUNK`
+    characters, each with its escaped backslashes and quotes removed, so
+    that the quotes left alternately open and close strings. Linear in the
+    length of ``text`` whatever it holds, with no loop over characters in
+    Python; the count stops at the first chunk that takes it past
+    ``limit``.
+    """
+    upper = sum(text.count(char) for char in _STRUCTURAL) + text.count('"') // 2
+    if upper <= limit:
+        return upper
+    count, inside, start = 0, False, 0
+    while start < len(text) and count <= limit:
+        stop = min(start + _CHUNK, len(text))
+        chunk = text[start:stop]
+        # never split an escape: a chunk starts where one may start, so a
+        # trailing run of backslashes is pairs, and an odd one escapes the
+        # next character
+        if (len(chunk) - len(chunk.rstrip("\\"))) % 2:
+            stop += 1
+            chunk = text[start:stop]
+        pieces = chunk.replace("\\\\", "").replace('\\"', "").split('"')
+        del chunk
+        start = stop
+        outside = "".join(pieces[int(inside) :: 2])
+        count += sum(outside.count(char) for char in _STRUCTURAL)
+        quotes = len(pieces) - 1
+        count += (quotes + (not inside)) // 2  # the quotes that open a string
+        inside ^= quotes % 2 == 1
+    return count
+
+
+def _parse_json(text, what, max_chars, max_elements, *, counted, strings=None):
+    """Parse ``text`` once its size and elements are known to be within limits.
+
+    ``counted``: an upper bound already showed it holds at most
+    ``max_elements`` elements.
+    """
+    if len(text) > max_chars:
+        raise FormatError(
+            f"{what} is {len(text):,} characters long; at most {max_chars:,} are read"
+        )
+    if not counted and count_elements(text, max_elements) > max_elements:
+        raise FormatError(
+            f"{what} holds more than {max_elements:,} JSON elements (values and "
+            "keys), the most that is read"
+        )
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError:
@@ -270,8 +394,23 @@ def _parse_json(text, what):
     except (TypeError, ValueError) as exc:  # JSONDecodeError, too many digits
         reason = " ".join(str(exc).split())[:120]
         raise FormatError(f"{what} is not valid JSON ({reason})") from None
-    _check_structure(value, what)
+    _check_structure(value, what, strings)
     return value
+
+
+def _header_length(prefix, size):
+    """The header length that the 8 bytes ``prefix`` give, checked."""
+    if len(prefix) < 8:
+        raise FormatError("it is too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > size - 8:
+        raise FormatError("it is not in the safetensors format")
+    if n > MAX_HEADER_BYTES:
+        raise FormatError(
+            f"its safetensors header is {n:,} bytes long; at most "
+            f"{MAX_HEADER_BYTES:,} are read"
+        )
+    return n
 
 
 def read_file(path):
@@ -280,49 +419,64 @@ def read_file(path):
     A save that replaces the file meanwhile (a rename) cannot make a load
     mix two versions: the document and the tensors come from these bytes.
     The header's length is checked against the file's size (and
-    :data:`_MAX_HEADER_BYTES`) before the file is read.
+    :data:`MAX_HEADER_BYTES`) before the file is read.
     """
     # unbuffered: readall() reads the whole file into one allocation
     with open(path, "rb", buffering=0) as file:
         size = os.fstat(file.fileno()).st_size
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise FormatError("it is too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > min(size - 8, _MAX_HEADER_BYTES):
-            raise FormatError("it is not in the safetensors format")
+        _header_length(file.read(8), size)
         file.seek(0)
         return file.readall()
 
 
-def read_document(data):
-    """The skanomaly document of the file ``data``; precise errors for others.
+def read_header(data):
+    """``(tensor_names, document)`` of the file ``data``; precise errors for others.
 
-    Only the current format version is read: version 1, of development
-    versions whose checksum did not cover the document, is refused.
+    Both JSON texts are measured before they are parsed, and the tensors
+    counted (:data:`MAX_TENSORS`) and their names looked up in the document
+    before any is read: a tensor that no string of the document names is
+    refused (:func:`refuse_unused`).
     """
-    if len(data) < 8:
-        raise FormatError("it is too short to be a safetensors file")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, _MAX_HEADER_BYTES):
-        raise FormatError("it is not in the safetensors format")
-    raw = data[8 : 8 + n]
+    n = _header_length(data[:8], len(data))
+    # one bound for both texts: the header holds the document
+    upper = _upper_bound(data, 8, 8 + n)
     try:
-        raw = raw.decode("utf-8")
+        raw = str(memoryview(data)[8 : 8 + n], "utf-8")  # no copy of the bytes
     except UnicodeDecodeError:
         raise FormatError("its safetensors header is not valid JSON") from None
-    header = _parse_json(raw, "its safetensors header")
+    header = _parse_json(
+        raw,
+        "its safetensors header",
+        MAX_HEADER_BYTES,
+        MAX_HEADER_ELEMENTS,
+        counted=upper <= MAX_HEADER_ELEMENTS,
+    )
+    del raw
     if not isinstance(header, dict):
         raise FormatError("its safetensors header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
+    metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
         raise FormatError(
             "it is a safetensors file without a skanomaly header (not written by "
             "skanomaly.save)"
         )
-    if not isinstance(metadata[METADATA_KEY], str):
+    if len(header) > MAX_TENSORS:
+        raise FormatError(
+            f"it has {len(header):,} tensors; a model file holds at most "
+            f"{MAX_TENSORS:,}"
+        )
+    text = metadata[METADATA_KEY]
+    if not isinstance(text, str):
         raise FormatError("its skanomaly header is not a JSON string")
-    document = _parse_json(metadata[METADATA_KEY], "its skanomaly header")
+    strings = set()
+    document = _parse_json(
+        text,
+        "its skanomaly header",
+        MAX_DOCUMENT_BYTES,
+        MAX_DOCUMENT_ELEMENTS,
+        counted=upper <= MAX_DOCUMENT_ELEMENTS,
+        strings=strings,
+    )
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise FormatError("its header does not describe a skanomaly model")
     version = document.get("format_version")
@@ -342,7 +496,38 @@ def read_document(data):
         )
     if version != FORMAT_VERSION:
         raise FormatError(f"its format version {version} is unknown")
-    return document
+    # a name the document holds somewhere may still go unused: load()
+    # refuses those once the detector is built
+    unreferenced = [name for name in header if name not in strings]
+    if unreferenced:
+        refuse_unused(unreferenced)
+    return list(header), document
+
+
+def read_document(data):
+    """The skanomaly document of the file ``data``; precise errors for others.
+
+    Only the current format version is read: version 1, of development
+    versions whose checksum did not cover the document, is refused.
+    """
+    return read_header(data)[1]
+
+
+def refuse_unused(names):
+    """Refuse a file for tensors that its document does not use.
+
+    Every tensor a file holds is used by its document (an array, a tensor,
+    a module's weights); one that is not can only pad the load.
+
+    Raises
+    ------
+    FormatError
+        Always, naming the first of ``names``.
+    """
+    raise FormatError(
+        f"it holds {len(names):,} tensor(s) that its header never uses, such as "
+        f"{_short(sorted(names)[0])}"
+    )
 
 
 def read_model(path):
@@ -353,7 +538,7 @@ def read_model(path):
     it read the file twice.
     """
     data = read_file(path)
-    document = read_document(data)
+    _, document = read_header(data)
     tensors = _read_tensors(data)
     size = len(data)
     del data
