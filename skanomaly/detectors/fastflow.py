@@ -34,6 +34,7 @@ _FEATURE_PARAMETERS = (
     "n_channels",
     "channel_reduction",
     "device",
+    "runtime",
     "random_state",
     "verbose",
 )

@@ -116,6 +116,9 @@ class PaDiM(BasePatchDetector):
         Images per forward pass.
     device : str or torch.device, default='cpu'
         Where the backbone and the Gaussians run, e.g. 'cuda'.
+    runtime : {'torch', 'onnxruntime'}, default='torch'
+        What executes the backbone on the CPU (see
+        :class:`~skanomaly.features.patches.PatchFeatures`).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset or projection (and the backbone when
         ``weights=None``).
@@ -208,6 +211,7 @@ class PaDiM(BasePatchDetector):
         max_memory_bytes=4 * 2**30,
         batch_size=32,
         device="cpu",
+        runtime="torch",
         random_state=None,
         verbose=0,
         contamination="auto",
@@ -237,6 +241,7 @@ class PaDiM(BasePatchDetector):
         self.max_memory_bytes = max_memory_bytes
         self.batch_size = batch_size
         self.device = device
+        self.runtime = runtime
         self.random_state = random_state
         self.verbose = verbose
 

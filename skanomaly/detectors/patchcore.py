@@ -147,6 +147,9 @@ class PatchCore(BasePatchDetector):
         Images per forward pass.
     device : str or torch.device, default='cpu'
         Where the backbone, the selection and the search run, e.g. 'cuda'.
+    runtime : {'torch', 'onnxruntime'}, default='torch'
+        What executes the backbone on the CPU (see
+        :class:`~skanomaly.features.patches.PatchFeatures`).
     random_state : int, RandomState instance or None, default=None
         Seeds the image order, the projection and the greedy starts (and the
         backbone when ``weights=None``).
@@ -247,6 +250,7 @@ class PatchCore(BasePatchDetector):
         sigma=4.0,
         batch_size=32,
         device="cpu",
+        runtime="torch",
         random_state=None,
         verbose=0,
         contamination="auto",
@@ -279,6 +283,7 @@ class PatchCore(BasePatchDetector):
         self.sigma = sigma
         self.batch_size = batch_size
         self.device = device
+        self.runtime = runtime
         self.random_state = random_state
         self.verbose = verbose
 

@@ -111,6 +111,11 @@ class PatchFeatures(TimmFeatures):
         Images per forward pass (tiles, with ``tile_size``).
     device : str or torch.device, default='cpu'
         Where the backbone runs, e.g. 'cuda'.
+    runtime : {'torch', 'onnxruntime'}, default='torch'
+        What executes the backbone on the CPU (see
+        :class:`~skanomaly.TimmFeatures`: 'onnxruntime' ran
+        EfficientNet-Lite0's patch levels 2.6x faster on one thread, with
+        features within 1e-4 of torch's).
     random_state : int, RandomState instance or None, default=None
         Seeds the channel subset or projection, and the random
         initialisation when ``weights=None``.
@@ -196,6 +201,7 @@ class PatchFeatures(TimmFeatures):
         tile_overlap=0,
         batch_size=32,
         device="cpu",
+        runtime="torch",
         random_state=None,
         verbose=0,
     ):
@@ -211,6 +217,7 @@ class PatchFeatures(TimmFeatures):
         self.tile_overlap = tile_overlap
         self.batch_size = batch_size
         self.device = device
+        self.runtime = runtime
         self.random_state = random_state
         self.verbose = verbose
 

@@ -266,7 +266,10 @@ class PooledFeatures(torch.nn.Module):
 
     def forward(self, x):
         """Features (N, sum of the kept widths), float32, of images ``x``."""
-        x = preprocess_images(x, **self.preprocessing)
+        return self.features(preprocess_images(x, **self.preprocessing))
+
+    def features(self, x):
+        """The part after preprocessing, of a preprocessed batch ``x``."""
         return pooled_levels(self.model, x, has_head=self.has_head, keep=self.keep)
 
 
@@ -335,7 +338,10 @@ class PatchGrid(torch.nn.Module):
 
     def forward(self, x):
         """Patch features ``(N, channels, *grid)`` of images ``x``."""
-        x = preprocess_images(x, **self.preprocessing)
+        return self.features(preprocess_images(x, **self.preprocessing))
+
+    def features(self, x):
+        """The part after preprocessing, of a preprocessed batch ``x``."""
         pool, out = self.pool_size, []
         for level in level_maps(self.model, x, keep=self.keep):
             if pool > 1:
