@@ -71,3 +71,18 @@ def test_runtime_is_validated_before_any_work():
     with pytest.raises(ValueError, match="runs on the CPU"):
         det.fit(X)
     assert not hasattr(det, "features_")
+
+
+@pytest.mark.parametrize("name", ["PaDiM", "PatchCore"])
+def test_patch_detectors_scores_and_maps_equal_torchs(name):
+    cls = getattr(skanomaly, name)
+    params = {**FAST, "image_size": 64}
+    X, new = _images(16, 64), _images(4, 64, seed=3)
+    reference = cls(**params).fit(X)
+    det = cls(**params, runtime="onnxruntime").fit(X)
+    np.testing.assert_allclose(
+        det.score_samples(new), reference.score_samples(new), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        det.anomaly_map(new), reference.anomaly_map(new), rtol=1e-3, atol=1e-3
+    )
