@@ -278,18 +278,6 @@ def _anomalib_worker(args):
 # ------------------------------------------------------------------- driver
 
 
-def _packaged_weights_file(folder):
-    """skanomaly's packaged lite0 weights as a timm state dict, for the peer."""
-    import torch
-
-    from skanomaly.weights import create_packaged_model
-
-    path = folder / "tf_efficientnet_lite0.pth"
-    model = create_packaged_model("tf_efficientnet_lite0")
-    torch.save(model.state_dict(), path)
-    return str(path)
-
-
 def _run(name, args, data_path, plan):
     out = str(Path(args.work) / f"{args.task}-{name}.npz")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -309,18 +297,6 @@ def _run(name, args, data_path, plan):
     with open(out + ".json") as f:
         timing = json.load(f)
     return scores, maps, timing
-
-
-def _metrics(y, masks, scores, maps):
-    from sklearn.metrics import roc_auc_score
-
-    from skanomaly.metrics import aupro_score, pixel_roc_auc_score
-
-    return {
-        "image_auroc": roc_auc_score(y, scores),
-        "pixel_auroc": pixel_roc_auc_score(masks, maps),
-        "aupro": aupro_score(masks, maps),
-    }
 
 
 def main():
@@ -354,6 +330,9 @@ def main():
     if args.rows:
         rows = [json.loads(line) for path in args.rows for line in open(path)]
         return _finish(rows, args)
+
+    # the localisation benchmark's metrics and weights file, shared
+    from benchmarks.patch_localisation import _metrics, _packaged_weights_file
 
     Path(args.work).mkdir(parents=True, exist_ok=True)
     methods = args.methods.split(",")
