@@ -35,18 +35,15 @@ class EGBAD(BaseGANDetector):
     exponential moving average (0.999) of the weights at evaluation) except
     the learning rate and the training budget: the authors' ``lr=1e-5``
     needs tens of thousands of optimizer steps, and the few hundred a small
-    training set gives leave it untrained (60 digit images, 100 steps:
-    AUROC 0.64). With ``lr=2e-4`` the weight average scores 0.94 after 200
-    steps and 0.99-1.00 from 300 to 600 steps on the same images (every
-    rate tried goes through an early phase, 50-150 steps, where the
-    discriminator wins and the ranking is inverted; 1e-3 learns faster but
-    collapses after 400 steps). Hence ``lr=2e-4`` and ``min_steps=400``.
-    At that rate a discriminator as fast as the generator still won and
-    inverted the ranking on some sets (the 8x8 digit 1 of ``skanomaly
-    benchmark``: AUROC 0.40; 50 MNIST 3s: 0.55): a discriminator four times
-    slower, ``lr_d=5e-5``, raised the mean AUROC over two seeds from 0.917
-    to 0.947 on the ten 8x8 digits (worst 0.40 -> 0.88) and from 0.888 to
-    0.897 on six tables (benchmarks/RESULTS_defaults.md).
+    training set gives leave it untrained. With ``lr=2e-4`` the weight
+    average ranks well after a few hundred steps (every rate tried goes
+    through an early phase, 50-150 steps, where the discriminator wins and
+    the ranking is inverted; 1e-3 learns faster but collapses later).
+    Hence ``lr=2e-4`` and ``min_steps=400``. At that rate a discriminator
+    as fast as the generator still won and inverted the ranking on some
+    sets; a discriminator four times slower, ``lr_d=5e-5``, fixed the worst
+    of them on digits and tables (the numbers:
+    ``benchmarks/RESULTS_defaults.md``).
     ``lr=1e-5, lr_d=None, batch_size=100, max_epochs=100`` are the
     authors'.
 

@@ -70,8 +70,8 @@ class GANomaly(BaseGANDetector):
     batch_size : int or 'auto', default='auto'
         Training batch size. 'auto' is ``n_samples // 8`` clipped to [8, 32],
         so that small training sets get at least 8 optimizer steps an epoch
-        (32, not 64, from 256 samples on: 500 MNIST 3s gave AUROC 0.912 in
-        batches of 32 for 15 epochs, 0.657 in batches of 62 for 207 steps).
+        (32, not 64, from 256 samples on: on MNIST 3s, batches of 32 ranked
+        far better than batches of 62; ``benchmarks/RESULTS_defaults.md``).
         Scoring runs in batches of this size (256 with 'auto'), which
         bounds its memory.
     max_epochs : int or 'auto', default='auto'
@@ -135,10 +135,10 @@ class GANomaly(BaseGANDetector):
     The latent score needs a trained encoder pair, and what counts is
     optimizer steps, not epochs: on 60 digit images (32x32) it ranks
     anomalies as *more* normal for about the first 50 steps, whatever the
-    batch size (AUROC 0.26-0.59), and at 0.95-1.00 from 75-150 steps on.
-    The authors' 15 epochs of 64 are 15 steps on such a set (AUROC 0.35);
-    the default budget trains it for ``min_steps=200`` steps, and a fit of
-    fewer than 100 steps warns.
+    batch size, and well from 75-150 steps on. The authors' 15 epochs of 64
+    are 15 steps on such a set, so the default budget trains it for
+    ``min_steps=200`` steps, and a fit of fewer than 100 steps warns
+    (``benchmarks/RESULTS_defaults.md``).
 
     Examples
     --------

@@ -58,9 +58,9 @@ class VAE(BaseTorchDetector):
         0.135 in the scaled units). Values that never vary in training (an
         image's background, a constant column) otherwise collapse to tiny
         variances, and the likelihood of an inlier becomes the noise of its
-        error on them: at -8, after 500 steps, reconstruction probability
-        ranked digits 1 and 3 of sklearn's digits (64 columns) at 0.947 and
-        0.963 AUROC; at -4, 0.972 and 0.986 (images unchanged, >= 0.995).
+        error on them: a floor of -8 ranked sklearn's digits read as 64
+        columns clearly worse than -4, images unchanged
+        (``benchmarks/RESULTS_defaults.md``).
     lr, weight_decay, batch_size, max_epochs, min_steps, early_stopping, \
 validation_fraction, n_iter_no_change, device, random_state, verbose, \
 callbacks, contamination, calibration, calibration_size, calibration_confidence
