@@ -55,8 +55,9 @@ format cannot store, such as a list of skorch callback objects, make
 What a file can and cannot make :func:`load` do is the threat model of the
 user guide's persistence page; in short, it reads the one file, imports no
 module the file names, allocates no more than the file's size plus
-:data:`LOAD_MARGIN_BYTES`, and fails with a ``ValueError`` for everything
-else.
+:data:`LOAD_MARGIN_BYTES` besides parsing its JSON (counted first, within
+the limits of :mod:`~skanomaly.persistence.format`), and fails with a
+``ValueError`` for everything else.
 
 Pickle and joblib keep working as for any scikit-learn estimator, but
 unpickling runs code named by the file: use them for trusted files only.
@@ -230,7 +231,10 @@ def load(path, *, device=None):
     Loading reads this one file only (no other path, no network), imports
     no module the file names and allocates at most the file's size plus
     :data:`LOAD_MARGIN_BYTES` beyond its tensors; sizes and shapes are
-    checked before anything is built.
+    checked before anything is built. Its JSON is measured before it is
+    parsed (bytes and elements, within the limits of
+    :mod:`~skanomaly.persistence.format`), and every tensor it holds must
+    be used.
 
     Parameters
     ----------
