@@ -1,0 +1,302 @@
+"""Diffusion Time Estimation detector (Livernoche, Jain, Hezaveh, Ravanbakhsh 2024)."""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from .._compat import Interval, StrOptions
+from .._validation import check_device
+from ..nets import SelfSupervisedNet, input_tensor
+from ..nn.dte import DiffusionTimeLoss, DTEModule, NearestNeighbourTime
+from ..nn.dte import diffusion_variances as _variances
+from .torch_base import BaseTorchDetector, _check_finite_statistics
+
+__all__ = ["DTE"]
+
+# DTE-NP scores in blocks of rows whose distance matrix to the training rows
+# holds at most this many float64 values (32 MiB), whatever the set sizes.
+_NP_BLOCK_VALUES = 2**22
+
+
+class DTE(BaseTorchDetector):
+    """Diffusion time estimation: how long a row looks to have been noised.
+
+    The forward diffusion process adds Gaussian noise of a growing variance
+    ``sigma2[t]`` to the (standardised) training rows, step ``t`` drawn
+    uniformly from ``0..n_steps - 1``; a network learns to tell the step
+    from the noisy row. A clean inlier looks barely noised; an anomaly
+    looks like an inlier noised for longer. The anomaly score is the
+    estimated step, so ``score_samples`` returns its negative.
+
+    Images are flattened to rows (pixels as columns); for real images put a
+    feature stage (:class:`~skanomaly.TimmFeatures`) before it.
+
+    Parameters
+    ----------
+    variant : {'categorical', 'inverse_gamma', 'nonparametric'}, \
+default='categorical'
+        - 'categorical' (DTE-C, the authors' best): the network classifies
+          the step into ``n_bins`` equal bins (cross-entropy); the estimate
+          is the expected bin centre under its softmax, in steps.
+        - 'inverse_gamma' (DTE-IG): the network predicts the scale ``b`` of
+          an inverse-gamma posterior of ``sigma2`` with shape ``d / 2 - 1``;
+          the estimate is the step of its mode ``2 b / d`` (the schedule
+          inverted piecewise linearly). Needs ``d >= 3`` features.
+        - 'nonparametric' (DTE-NP): no network; with ``m`` the mean squared
+          distance of a row to its ``n_neighbors`` nearest training rows,
+          the estimate is ``argmax_t -(d / 2) log sigma2[t] - m / (2
+          sigma2[t])``, the mode of the same inverse gamma with scale
+          ``m / 2`` on the schedule's steps (a step function of a k-NN
+          distance). It keeps the scaled training rows (``train_rows_``).
+    hidden_sizes : tuple of int, default=(256, 512, 256)
+        Hidden widths of the MLP (the authors').
+    dropout : float, default=0.5
+        Dropout after every hidden layer while training (the authors').
+    n_steps : int, default=400
+        Diffusion steps ``T`` (the authors' 400 for the networks).
+    beta_start, beta_end : float, default=1e-4, 0.01
+        The linear noise schedule: ``betas = linspace(beta_start, beta_end,
+        n_steps)``, ``sigma2[t] = 1 - prod_{s <= t} (1 - betas[s])`` (the
+        authors'; 0.87 at the last of 400 steps, in standardised units).
+    n_bins : int, default=7
+        Bins of steps for 'categorical' (the authors' 7).
+    n_neighbors : int, default=5
+        ``k`` of 'nonparametric' (the authors' 5); at most the number of
+        training rows (``n_neighbors_``).
+    lr : float, default=1e-4
+        Adam learning rate (the authors').
+    weight_decay : float, default=5e-4
+        Adam weight decay (the authors').
+    batch_size : int or 'auto', default='auto'
+        'auto': ``n_samples // 8`` clipped to [8, 256].
+    max_epochs : int or 'auto', default='auto'
+        'auto': 10 epochs, raised on small training sets until training
+        takes ``min_steps`` optimizer steps.
+    min_steps : int, default=2000
+        Optimizer steps ``max_epochs='auto'`` trains for at least.
+    early_stopping, validation_fraction, n_iter_no_change, device, \
+random_state, verbose, callbacks, contamination, calibration, \
+calibration_size, calibration_confidence
+        As in :class:`~skanomaly.AutoEncoder`. The validation loss of early
+        stopping draws its own steps and noise, so it is noisy.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The trained net (not for 'nonparametric').
+    train_rows_ : ndarray of shape (n_train, n_features)
+        The scaled training rows ('nonparametric' only).
+    n_neighbors_ : int
+        ``min(n_neighbors, n_train)`` ('nonparametric' only).
+    offset_, n_features_in_, image_shape_, input_center_, input_scale_
+        As in :class:`~skanomaly.AutoEncoder`.
+
+    References
+    ----------
+    V. Livernoche, V. Jain, Y. Hezaveh and S. Ravanbakhsh, "On Diffusion
+    Modeling for Anomaly Detection", ICLR 2024.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skanomaly import DTE
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 4))
+    >>> det = DTE(hidden_sizes=(32, 32), min_steps=300, random_state=0).fit(X)
+    >>> scores = det.score_samples([[0.0, 0.0, 0.0, 0.0], [5.0, -5.0, 5.0, 5.0]])
+    >>> bool(scores[0] > scores[1])
+    True
+    >>> DTE(variant="nonparametric").fit(X).predict([[6.0, 6.0, 6.0, 6.0]]).tolist()
+    [-1]
+    """
+
+    _parameter_constraints: dict = {
+        **BaseTorchDetector._parameter_constraints,
+        "variant": [StrOptions({"categorical", "inverse_gamma", "nonparametric"})],
+        "hidden_sizes": [tuple, list],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "n_steps": [Interval(Integral, 2, None, closed="left")],
+        "beta_start": [Interval(Real, 0, 1, closed="neither")],
+        "beta_end": [Interval(Real, 0, 1, closed="neither")],
+        "n_bins": [Interval(Integral, 2, None, closed="left")],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+    }
+
+    _default_epochs = 10
+    _auto_max_batch = 256
+
+    def __init__(
+        self,
+        *,
+        variant="categorical",
+        hidden_sizes=(256, 512, 256),
+        dropout=0.5,
+        n_steps=400,
+        beta_start=1e-4,
+        beta_end=0.01,
+        n_bins=7,
+        n_neighbors=5,
+        lr=1e-4,
+        weight_decay=5e-4,
+        batch_size="auto",
+        max_epochs="auto",
+        min_steps=2000,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+        callbacks=None,
+        contamination="auto",
+        calibration="auto",
+        calibration_size=0.2,
+        calibration_confidence=None,
+    ):
+        super().__init__(
+            contamination=contamination,
+            calibration=calibration,
+            calibration_size=calibration_size,
+            calibration_confidence=calibration_confidence,
+        )
+        self.variant = variant
+        self.hidden_sizes = hidden_sizes
+        self.dropout = dropout
+        self.n_steps = n_steps
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.n_bins = n_bins
+        self.n_neighbors = n_neighbors
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.min_steps = min_steps
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+
+    def __skanomaly_tags__(self):
+        tags = super().__skanomaly_tags__()
+        tags.test_params = {"max_epochs": 2, "hidden_sizes": (8,)}
+        # rows of pixels: a 32 px image is already 1,024 columns
+        tags.input_size = (32, 32)
+        return tags
+
+    def _schedule(self):
+        return dict(
+            n_steps=self.n_steps, beta_start=self.beta_start, beta_end=self.beta_end
+        )
+
+    def _make_net(self, input_shape):
+        return SelfSupervisedNet(
+            DTEModule,
+            module__input_shape=tuple(input_shape),
+            module__hidden_sizes=tuple(self.hidden_sizes),
+            module__variant=self.variant,
+            module__n_bins=self.n_bins,
+            module__dropout=self.dropout,
+            **{f"module__{k}": v for k, v in self._schedule().items()},
+            criterion=DiffusionTimeLoss,
+            criterion__variant=self.variant,
+            criterion__n_bins=self.n_bins,
+            criterion__n_features=int(np.prod(input_shape)),
+            **{f"criterion__{k}": v for k, v in self._schedule().items()},
+            optimizer=torch.optim.Adam,
+            optimizer__weight_decay=self.weight_decay,
+            **self._net_kwargs(),
+        )
+
+    def _fit(self, X):
+        if self.beta_start > self.beta_end:
+            raise ValueError(
+                f"beta_start={self.beta_start} is above beta_end={self.beta_end}: "
+                "the noise variance must grow with the step."
+            )
+        n_features = int(np.prod(X.shape[1:]))
+        if self.variant == "inverse_gamma" and n_features < 3:
+            raise ValueError(
+                "variant='inverse_gamma' needs at least 3 features (its inverse "
+                f"gamma has shape d / 2 - 1); got {n_features}. Use "
+                "variant='categorical'."
+            )
+        if self.variant != "nonparametric":
+            # drop what a nonparametric fit of this instance left behind
+            for name in ("train_rows_", "n_neighbors_"):
+                self.__dict__.pop(name, None)
+            return super()._fit(X)
+        self.__dict__.pop("net_", None)
+        check_device(self.device)
+        self._fit_scaling(X)
+        self.train_rows_ = self._scale_batch(input_tensor(X), torch.float64).numpy()
+        self.train_rows_ = self.train_rows_.reshape(len(X), -1)
+        self.n_neighbors_ = min(self.n_neighbors, len(X))
+        return None
+
+    def _fit_scaling(self, X):
+        """The input scaling of :class:`BaseTorchDetector`, without training."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if X.ndim == 2:
+                center = X.mean(axis=0, dtype=np.float64)
+                scale = X.std(axis=0, dtype=np.float64)
+            else:
+                low, high = float(X.min()), float(X.max())
+                if X.dtype == np.uint8:
+                    low, high = low / 255.0, high / 255.0
+                center = np.float64(high / 2 + low / 2)
+                scale = np.float64(high / 2 - low / 2)
+            scale = np.where(scale > 1e-12, scale, 1.0)
+            self.input_center_ = np.asarray(center, dtype=np.float32)
+            self.input_scale_ = np.asarray(scale, dtype=np.float32)
+        _check_finite_statistics(self, X)
+
+    def _score_batch(self, net, X_batch):
+        return net.module_.estimated_time(X_batch)
+
+    def _neighbour_module(self):
+        variances = _variances(**self._schedule())
+        return NearestNeighbourTime(
+            torch.from_numpy(self.train_rows_), variances, self.n_neighbors_
+        )
+
+    def _score_samples(self, X):
+        if not hasattr(self, "train_rows_"):
+            return super()._score_samples(X)
+        module = self._neighbour_module()
+        block = max(1, _NP_BLOCK_VALUES // len(self.train_rows_))
+        times = []
+        with torch.inference_mode():
+            for start in range(0, len(X), block):
+                rows = input_tensor(X[start : start + block])
+                times.append(module(self._scale_batch(rows, torch.float64)).numpy())
+        return -np.concatenate(times)
+
+    def _onnx_module(self):
+        """Raw batch -> estimated step, for :func:`skanomaly.export_onnx`."""
+        check_is_fitted(self, "offset_")
+        if not hasattr(self, "train_rows_"):
+            return super()._onnx_module()
+        return _NeighbourScoring(self)
+
+
+class _NeighbourScoring(torch.nn.Module):
+    """DTE-NP's scoring of raw rows (scaling, then the step) as one module.
+
+    The graph holds every training row; its distance matrix is batch x
+    n_train, so feed it batches sized for that.
+    """
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+        self.time = detector._neighbour_module()
+
+    def forward(self, x):
+        return self.time(self.detector._scale_batch(x, torch.float64))

@@ -1,0 +1,203 @@
+"""Diffusion time estimation (Livernoche et al. 2024): schedule, network, losses.
+
+The forward process adds Gaussian noise of variance ``sigma2[t] = 1 -
+prod_{s <= t} (1 - betas[s])`` to a row (the authors' variance-only process,
+no drift towards zero). A network learns the diffusion step ``t`` from the
+noisy row; the anomaly score of a clean row is the step it is estimated to
+be at (anomalies look like rows noised for longer).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from .mlp import MLP
+
+__all__ = [
+    "DiffusionTimeLoss",
+    "DTEModule",
+    "NearestNeighbourTime",
+    "diffusion_variances",
+    "time_from_variance",
+]
+
+
+def diffusion_variances(n_steps, beta_start, beta_end):
+    """``sigma2[t]`` of the linear beta schedule, float64, shape ``(n_steps,)``.
+
+    Examples
+    --------
+    >>> from skanomaly.nn.dte import diffusion_variances
+    >>> diffusion_variances(3, 0.1, 0.3).tolist()  # 1 - 0.9, 1 - 0.9 * 0.8, ...
+    [0.09999999999999998, 0.28, 0.496]
+    """
+    betas = torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
+    return 1.0 - torch.cumprod(1.0 - betas, dim=0)
+
+
+def time_from_variance(variance, variances):
+    """Continuous diffusion step of a noise variance: the schedule inverted.
+
+    Piecewise linear between the steps (``variances[t] -> t``), linear
+    beyond the last step (so that larger variances keep ranking higher),
+    0 below the first. Written with clamps only, so that the ONNX graph
+    runs the same operations.
+    """
+    v = variance[:, None]
+    low, high = variances[:-1], variances[1:]
+    fractions = ((v - low) / (high - low)).clamp(0.0, 1.0).sum(dim=1)
+    beyond = (variance - variances[-1]).clamp(min=0.0) / (high[-1] - low[-1])
+    return fractions + beyond
+
+
+class DTEModule(nn.Module):
+    """MLP from a (noisy) row to the diffusion step it was noised for.
+
+    ``forward(x)`` is the training path: it draws a step per row
+    (uniformly) and Gaussian noise from torch's global generator, noises the
+    rows and returns ``(output, t)`` for :class:`DiffusionTimeLoss`.
+    ``estimated_time(x)`` is the scoring path: the estimated step of the
+    clean rows, without randomness.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(n_features,)``, or an image shape, flattened.
+    hidden_sizes : tuple of int
+    variant : {'categorical', 'inverse_gamma'}
+        'categorical': logits over ``n_bins`` equal bins of steps
+        (cross-entropy on the bin of the drawn step); the estimate is the
+        expected bin centre. 'inverse_gamma': one output ``sqrt(b)``, the
+        scale of an inverse-gamma posterior of the noise variance with shape
+        ``d / 2 - 1``; the estimate is the step of its mode ``b / (d / 2)``.
+    n_steps, beta_start, beta_end : int, float, float
+        The noise schedule (:func:`diffusion_variances`).
+    n_bins : int
+    dropout : float
+    """
+
+    def __init__(
+        self,
+        input_shape,
+        hidden_sizes=(256, 512, 256),
+        variant="categorical",
+        n_steps=400,
+        beta_start=1e-4,
+        beta_end=0.01,
+        n_bins=7,
+        dropout=0.5,
+    ):
+        super().__init__()
+        self.n_features = math.prod(input_shape)
+        self.variant = variant
+        self.n_steps = int(n_steps)
+        self.n_bins = int(n_bins)
+        outputs = self.n_bins if variant == "categorical" else 1
+        self.mlp = MLP(self.n_features, tuple(hidden_sizes), outputs, dropout=dropout)
+        variances = diffusion_variances(n_steps, beta_start, beta_end)
+        # float32 like the weights; scoring converts buffers to float64 too
+        self.register_buffer("variances", variances.float())
+
+    def forward(self, x):
+        x = x.flatten(1)
+        t = torch.randint(0, self.n_steps, (x.shape[0],), device=x.device)
+        std = self.variances[t].sqrt().to(x.dtype)[:, None]
+        noisy = x + std * torch.randn_like(x)
+        return self.mlp(noisy), t
+
+    def estimated_time(self, x):
+        """Estimated diffusion step of each clean row (the anomaly score)."""
+        output = self.mlp(x.flatten(1))
+        if self.variant == "categorical":
+            # the bins' centres, in steps: the expectation is in step units
+            centres = (
+                torch.arange(self.n_bins, dtype=x.dtype, device=x.device) + 0.5
+            ) * (self.n_steps / self.n_bins)
+            return output.softmax(dim=1) @ centres
+        mode = output[:, 0] ** 2 / (0.5 * self.n_features)
+        return time_from_variance(mode, self.variances.to(x.dtype))
+
+
+class DiffusionTimeLoss(nn.Module):
+    """The training loss of :class:`DTEModule`'s ``(output, t)``, batch mean.
+
+    'categorical': cross-entropy against the bin ``floor(t n_bins / T)``.
+    'inverse_gamma': the negative log-likelihood, up to terms free of ``b``,
+    of the true variance ``sigma2[t]`` under an inverse gamma of shape
+    ``d / 2 - 1`` and scale ``b``: ``-(d / 2 - 1) log b + b / sigma2[t]``.
+    """
+
+    def __init__(
+        self,
+        variant="categorical",
+        n_steps=400,
+        beta_start=1e-4,
+        beta_end=0.01,
+        n_bins=7,
+        n_features=1,
+        eps=1e-5,
+    ):
+        super().__init__()
+        self.variant = variant
+        self.n_steps = int(n_steps)
+        self.n_bins = int(n_bins)
+        self.n_features = int(n_features)
+        self.eps = eps
+        variances = diffusion_variances(n_steps, beta_start, beta_end)
+        self.register_buffer("variances", variances.float())
+
+    def forward(self, output, X):
+        prediction, t = output
+        if self.variant == "categorical":
+            target = torch.div(t * self.n_bins, self.n_steps, rounding_mode="floor")
+            return nn.functional.cross_entropy(
+                prediction, target.clamp(max=self.n_bins - 1)
+            )
+        scale = prediction[:, 0] ** 2
+        shape = 0.5 * self.n_features - 1.0
+        variance = self.variances[t].to(scale.dtype)
+        log_likelihood = shape * torch.log(scale + self.eps) - scale / variance
+        return -log_likelihood.mean()
+
+
+class NearestNeighbourTime(nn.Module):
+    """DTE-NP: the diffusion step of each row from its k nearest training rows.
+
+    With ``m`` the mean squared Euclidean distance of a row to its ``k``
+    nearest training rows and ``d`` its number of features, the posterior of
+    the noise variance is taken as an inverse gamma of shape ``d / 2 - 1``
+    and scale ``m / 2``; the estimate is the step whose variance maximises
+    its density, ``argmax_t -(d / 2) log sigma2[t] - m / (2 sigma2[t])``
+    (the authors' rule; its continuous maximiser is ``m / d``).
+
+    Parameters
+    ----------
+    train : Tensor of shape (n_train, d)
+        The (scaled) training rows.
+    variances : Tensor of shape (n_steps,)
+    n_neighbors : int
+    """
+
+    def __init__(self, train, variances, n_neighbors):
+        super().__init__()
+        self.register_buffer("rows", train)
+        self.register_buffer("rows_sq", (train**2).sum(dim=1))
+        self.register_buffer("log_variances", variances.log())
+        self.register_buffer("inv_variances", 1.0 / variances)
+        self.n_neighbors = int(n_neighbors)
+
+    def mean_sq_distance(self, x):
+        """Mean squared distance of each row to its ``n_neighbors`` nearest."""
+        x = x.flatten(1)
+        sq = (x**2).sum(dim=1, keepdim=True) + self.rows_sq - 2.0 * x @ self.rows.T
+        nearest = torch.topk(sq.clamp(min=0.0), self.n_neighbors, dim=1, largest=False)
+        return nearest.values.mean(dim=1)
+
+    def forward(self, x):
+        m = self.mean_sq_distance(x)
+        d = x.flatten(1).shape[1]
+        log_density = (
+            -0.5 * d * self.log_variances - 0.5 * m[:, None] * self.inv_variances
+        )
+        return log_density.argmax(dim=1).to(x.dtype)
