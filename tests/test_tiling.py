@@ -194,13 +194,27 @@ def test_bad_tiles_are_refused_naming_the_parameter_and_nothing_is_fitted(
         np.testing.assert_array_equal(fitted.score_samples(small), before)
 
 
-def test_a_tiled_model_declares_no_input_size_and_refuses_onnx_export(small, tmp_path):
+def test_a_tiled_model_declares_no_input_size_of_its_own():
     assert get_detector_tags(PaDiM(tile_size=224)).input_size is None
     assert get_detector_tags(PaDiM(tile_size=224, image_size=1024)).input_size == (
         1024,
         1024,
     )
-    detector = DETECTORS["padim"](tile_size=32).fit(small)
-    with pytest.raises(ValueError, match=r"tile_size=32 cannot be exported to ONNX"):
-        skanomaly.export_onnx(detector, tmp_path / "tiled.onnx")
-    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "tiles"),
+    [
+        # 20 px images resized to the test parameters' 32 px, 3 x 3 tiles
+        ("padim", dict(tile_size=16, tile_overlap=4)),
+        # at their own 20 px, 2 x 2 tiles overlapping by 12 px
+        ("patchcore", dict(tile_size=16, tile_overlap=4, image_size=None)),
+    ],
+    ids=["padim-resized", "patchcore-own-size"],
+)
+def test_a_tiled_graph_equals_score_samples_and_anomaly_map(name, tiles, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from _export import check_case
+
+    check_case(name, tiles, "images", tmp_path)

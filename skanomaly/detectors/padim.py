@@ -104,8 +104,8 @@ class PaDiM(BasePatchDetector):
         grid positions, shared by all tiles (every tile of every training
         image is a sample); the map is the tiles' maps stitched at full
         resolution, averaged where they overlap; the image score is the
-        largest of its tiles' scores. Not exportable to ONNX. None: no
-        tiles.
+        largest of its tiles' scores. The ONNX export cuts and
+        stitches the same tiles. None: no tiles.
     tile_overlap : int, default=0
         Pixels shared by neighbouring tiles, less than ``tile_size``.
     sigma : float, default=4.0

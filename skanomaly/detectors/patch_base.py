@@ -31,7 +31,13 @@ from sklearn.utils.validation import check_is_fitted
 from .._compat import param_names
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nn.maps import PatchMaps, TileStitcher, resize_maps, smooth_maps
+from ..nn.maps import (
+    PatchMaps,
+    TiledPatchMaps,
+    TileStitcher,
+    resize_maps,
+    smooth_maps,
+)
 from ..weights import native_input_size, offline_architecture
 from .base import BaseDetector
 
@@ -207,15 +213,20 @@ class BasePatchDetector(BaseDetector):
 
         The backbone and the maps run in float32, as in ``score_samples``
         (ONNX Runtime has no float64 convolution); the scorer chooses the
-        precision of its distances. A tiled model is refused.
+        precision of its distances. A tiled model's graph cuts the tiles and
+        stitches their maps as ``score_samples`` and ``anomaly_map`` do.
         """
-        if getattr(self.features_, "tile_origins_", None) is not None:
-            raise ValueError(
-                f"{type(self).__name__} fitted with tile_size={self.tile_size} "
-                "cannot be exported to ONNX: its scoring cuts each image into "
-                f"{self.features_.n_tiles_} tiles and stitches their maps, which "
-                "the exported graph does not do. Fit with tile_size=None (the "
-                "image resized to the backbone) to export."
+        features = self.features_
+        if getattr(features, "tile_origins_", None) is not None:
+            return TiledPatchMaps(
+                features._onnx_module(),
+                self._onnx_scorer(),
+                origins=features.tile_origins_,
+                tile=features.tile_size,
+                size=features.image_size_,
+                sigma=self.sigma,
+                output_size=self.image_shape_[1:],
+                interpolation=features.interpolation_,
             )
         return PatchMaps(
             self.features_._onnx_module(),

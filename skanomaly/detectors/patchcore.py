@@ -106,8 +106,8 @@ class PatchCore(BasePatchDetector):
         selection (an image is ``n_tiles`` times the patches: shards hold
         whole images, at least one); the map is the tiles' maps stitched at
         full resolution, averaged where they overlap; the image score is
-        the largest of its tiles' scores (Eq. 7 per tile). Not exportable
-        to ONNX. None: no tiles.
+        the largest of its tiles' scores (Eq. 7 per tile). The ONNX
+        export cuts and stitches the same tiles. None: no tiles.
     tile_overlap : int, default=0
         Pixels shared by neighbouring tiles, less than ``tile_size``.
     n_channels : int or None, default=None

@@ -16,6 +16,7 @@ from torch import nn
 __all__ = [
     "PatchMaps",
     "TileStitcher",
+    "TiledPatchMaps",
     "gaussian_blur",
     "resize_maps",
     "smooth_maps",
@@ -260,3 +261,91 @@ class TileStitcher:
                 if self.sigma > 0:
                     stitched = gaussian_blur(stitched[None], self.sigma)[0]
                 yield image, stitched
+
+
+def cut_tiles(x, origins, tile):
+    """Images (N, C, H, W) to their tiles (N * n_tiles, C, tile, tile).
+
+    Image ``i``'s tiles are rows ``i * n_tiles`` to ``(i + 1) * n_tiles - 1``,
+    in the order of ``origins`` (static slices: an ONNX graph's too).
+    """
+    tiles = [x[:, :, top : top + tile, left : left + tile] for top, left in origins]
+    return torch.stack(tiles, dim=1).flatten(0, 1)
+
+
+class TiledPatchMaps(nn.Module):
+    """:class:`PatchMaps` for a tiled model: cut, score, stitch (export).
+
+    Images are resized to ``size`` (when they are not at it, as
+    ``PatchFeatures`` resizes them: float in [0, 1], antialiased), cut into
+    the tiles at ``origins``; ``features`` and ``scorer`` run on the tiles
+    as :class:`PatchMaps`' on images; an image's score is the largest of its
+    tiles' (a tile's being the maximum of its smoothed map when the scorer
+    returns grids only); the map is the tiles' maps stitched as
+    :class:`TileStitcher` stitches them (averaged where they overlap, then
+    smoothed), resized to ``output_size``.
+
+    Parameters
+    ----------
+    features, scorer : torch.nn.Module
+    origins : ndarray of shape (n_tiles, 2)
+    tile : int
+    size : (int, int)
+        The full-resolution image the tiles are cut from.
+    sigma : float
+    output_size : (int, int)
+        The input images' size.
+    interpolation : str
+        How images not at ``size`` are resized ('bicubic' or 'bilinear').
+    """
+
+    def __init__(
+        self,
+        features,
+        scorer,
+        *,
+        origins,
+        tile,
+        size,
+        sigma,
+        output_size,
+        interpolation,
+    ):
+        super().__init__()
+        self.features = features
+        self.scorer = scorer
+        self.origins = [(int(top), int(left)) for top, left in origins]
+        self.tile = int(tile)
+        self.size = tuple(int(s) for s in size)
+        self.sigma = float(sigma)
+        self.output_size = tuple(int(s) for s in output_size)
+        self.mode = (
+            interpolation if interpolation in ("bicubic", "bilinear") else "bilinear"
+        )
+        counts = torch.zeros(self.size)
+        for top, left in self.origins:
+            counts[top : top + self.tile, left : left + self.tile] += 1
+        self.register_buffer("counts", counts)
+
+    def forward(self, x):
+        """``(image scores (batch,), maps (batch, *output_size))`` of images ``x``."""
+        n_images, t, (height, width) = x.shape[0], self.tile, self.size
+        if tuple(x.shape[-2:]) != self.size:
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            x = F.interpolate(x, size=self.size, mode=self.mode, antialias=True)
+        scores = self.scorer(self.features(cut_tiles(x, self.origins, t)))
+        grid, image = scores if isinstance(scores, tuple) else (scores, None)
+        if image is None:
+            image = smooth_maps(grid, size=(t, t), sigma=self.sigma).amax(dim=(1, 2))
+        image = image.reshape(n_images, -1).amax(dim=1)
+        maps = F.interpolate(
+            grid.float().unsqueeze(1), size=(t, t), mode="bilinear", align_corners=False
+        ).reshape(n_images, len(self.origins), t, t)
+        stitched = 0
+        for j, (top, left) in enumerate(self.origins):
+            padding = (left, width - left - t, top, height - top - t)
+            stitched = stitched + F.pad(maps[:, j], padding)
+        stitched = stitched / self.counts
+        if self.sigma > 0:
+            stitched = gaussian_blur(stitched, self.sigma)
+        return image, resize_maps(stitched, self.output_size)
