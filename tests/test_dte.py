@@ -1,0 +1,178 @@
+"""DTE: diffusion time estimation, parametric and non-parametric (issue 25)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
+
+import skanomaly
+from skanomaly import DTE
+from skanomaly.nn.dte import diffusion_variances, time_from_variance
+
+# small and fast: a few hundred steps of a small MLP
+FAST = dict(hidden_sizes=(32, 32), min_steps=300, lr=1e-3, random_state=0)
+
+
+def _separable(seed=0):
+    """Gaussian inliers for training; test inliers and shifted anomalies."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(300, 6))
+    test = np.r_[rng.normal(size=(100, 6)), rng.normal(size=(100, 6)) + 3.0]
+    labels = np.r_[np.zeros(100), np.ones(100)]
+    return train, test, labels
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(FAST),
+        # dropout 0.5 (the authors') left its regression at chance in 300 steps
+        dict(FAST, variant="inverse_gamma", dropout=0.0, lr=1e-3),
+        dict(variant="nonparametric"),
+    ],
+    ids=["categorical", "inverse_gamma", "nonparametric"],
+)
+def test_ranks_shifted_anomalies_below_inliers(params):
+    train, test, labels = _separable()
+    detector = DTE(**params).fit(train)
+    auroc = roc_auc_score(labels, -detector.score_samples(test))
+    assert auroc > 0.95, auroc
+
+
+def test_anomaly_score_is_the_estimated_step():
+    # a row noised for longer is estimated at a later step
+    train, _, _ = _separable()
+    detector = DTE(**FAST).fit(train)
+    rng = np.random.default_rng(1)
+    clean = rng.normal(size=(200, 6))
+    variances = diffusion_variances(400, 1e-4, 0.01).numpy()
+    late = clean + np.sqrt(variances[350]) * rng.normal(size=clean.shape)
+    steps_clean = -detector.score_samples(clean)
+    steps_late = -detector.score_samples(late)
+    assert steps_clean.mean() < steps_late.mean()
+    assert (steps_clean >= 0).all() and (steps_late <= 400).all()
+
+
+def test_nonparametric_equals_a_hand_computation():
+    X = np.array(
+        [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 2.0, 0.0], [0.5, 1.5, 1.0]]
+        + [[1.5, 0.5, 2.5], [3.0, 1.0, 1.0]]
+    )
+    queries = np.array([[1.0, 1.0, 1.0], [4.0, 4.0, -3.0], [0.0, 1.0, 2.0]])
+    det = DTE(
+        variant="nonparametric",
+        n_neighbors=2,
+        n_steps=50,
+        beta_start=0.001,
+        beta_end=0.05,
+        calibration="training",
+    ).fit(X)
+
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    Z, Q = (X - mean) / std, (queries - mean) / std
+    betas = np.linspace(0.001, 0.05, 50)
+    variances = 1.0 - np.cumprod(1.0 - betas)
+    expected = []
+    for q in Q:
+        squared = np.sort(((Z - q) ** 2).sum(axis=1))
+        m = squared[:2].mean()
+        # the log inverse-gamma density (shape d/2 - 1, scale m/2) at each step
+        log_density = -(1.5 - 1.0 + 1.0) * np.log(variances) - (m / 2) / variances
+        expected.append(np.argmax(log_density))
+    np.testing.assert_array_equal(det.score_samples(queries), -np.array(expected))
+    # a training row is its own nearest neighbour: distances 0 and the next
+    assert det.n_neighbors_ == 2
+    assert expected[1] == 49  # far beyond the schedule: the last step
+
+
+def test_time_from_variance_inverts_the_schedule():
+    variances = diffusion_variances(20, 1e-3, 0.1)
+    np.testing.assert_allclose(
+        time_from_variance(variances, variances).numpy(), np.arange(20), atol=1e-9
+    )
+    halfway = (variances[4] + variances[5]) / 2
+    assert time_from_variance(halfway[None], variances).item() == pytest.approx(4.5)
+    # beyond the last step it keeps growing, so larger variances rank higher
+    beyond = time_from_variance(variances[-1:] * torch.tensor([1.0, 2.0]), variances)
+    assert beyond[1] > beyond[0] == pytest.approx(19)
+
+
+@pytest.mark.parametrize("variant", ["categorical", "nonparametric"])
+def test_deterministic_and_saved_scores_identical(variant, tmp_path):
+    train, test, _ = _separable()
+    first = DTE(variant=variant, **FAST).fit(train)
+    second = DTE(variant=variant, **FAST).fit(train)
+    np.testing.assert_array_equal(first.score_samples(test), second.score_samples(test))
+    path = tmp_path / "dte.ska"
+    skanomaly.save(first, path)
+    loaded = skanomaly.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(test), first.score_samples(test))
+    assert loaded.offset_ == first.offset_
+
+
+def test_random_state_changes_the_network():
+    train, test, _ = _separable()
+    one = DTE(**{**FAST, "random_state": 1}).fit(train).score_samples(test)
+    two = DTE(**{**FAST, "random_state": 2}).fit(train).score_samples(test)
+    assert not np.allclose(one, two)
+
+
+def test_scores_do_not_depend_on_the_batch():
+    # DTE-NP scores in blocks; the network in batches
+    train, test, _ = _separable()
+    for params in (dict(FAST, batch_size=7), dict(variant="nonparametric")):
+        det = DTE(**params).fit(train)
+        whole = det.score_samples(test)
+        one_by_one = np.concatenate([det.score_samples(row[None]) for row in test[:20]])
+        np.testing.assert_allclose(one_by_one, whole[:20], rtol=1e-12)
+
+
+def test_refit_with_another_variant_drops_the_old_state():
+    train, test, _ = _separable()
+    det = DTE(variant="nonparametric").fit(train)
+    assert hasattr(det, "train_rows_") and not hasattr(det, "net_")
+    det.set_params(**FAST, variant="categorical").fit(train)
+    assert hasattr(det, "net_") and not hasattr(det, "train_rows_")
+    det.set_params(variant="nonparametric").fit(train)
+    assert hasattr(det, "train_rows_") and not hasattr(det, "net_")
+
+
+@pytest.mark.parametrize(
+    ("params", "X", "match"),
+    [
+        ({}, [[0.0, np.nan], [1.0, 2.0], [2.0, 1.0]], "NaN"),
+        ({}, [[0.0, 1.0]], "sample"),
+        (dict(beta_start=0.02, beta_end=0.01), np.eye(5), "beta_start"),
+        (dict(variant="inverse_gamma"), np.eye(5)[:, :2], "at least 3 features"),
+    ],
+    ids=["nan", "single-row", "decreasing-schedule", "inverse-gamma-2d"],
+)
+def test_bad_input_errors(params, X, match):
+    with pytest.raises(ValueError, match=match):
+        DTE(**{**FAST, **params}).fit(X)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(variant="gaussian"),
+        dict(n_steps=1),
+        dict(beta_end=1.0),
+        dict(n_bins=1),
+        dict(n_neighbors=0),
+    ],
+)
+def test_invalid_parameters_are_refused(params):
+    with pytest.raises(InvalidParameterError):
+        DTE(**params).fit(np.eye(5))
+
+
+@pytest.mark.parametrize("variant", ["inverse_gamma", "nonparametric"])
+def test_onnx_graph_equals_score_samples(variant, tmp_path):
+    # the categorical default runs in tests/test_export_tabular.py
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from _export import check_case
+
+    check_case("dte", {"variant": variant}, "tabular", tmp_path)
