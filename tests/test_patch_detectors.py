@@ -361,7 +361,7 @@ def test_patchcore_faiss_cells_survive_save_and_load(tmp_path):
     det.fit(images)
     skanomaly.save(det, tmp_path / "m.ska")
     loaded = skanomaly.load(tmp_path / "m.ska")
-    assert loaded.search == "faiss" and loaded.n_probes == 8
+    assert loaded.search == "faiss" and loaded.n_probes == 16
     np.testing.assert_array_equal(loaded.search_cells_, det.search_cells_)
     np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
 
