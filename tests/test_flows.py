@@ -190,3 +190,28 @@ def test_fastflow_refuses_bad_input_and_parameters():
     det = FastFlow(**SMALL).fit(images)
     with pytest.raises(ValueError):
         det.score_samples(_textures(2, size=24))
+
+
+def test_fastflow_tiles_find_a_defect_at_full_resolution(tmp_path):
+    params = {**SMALL, "image_size": None, "tile_size": 32, "tile_overlap": 8}
+    det = FastFlow(**params).fit(_textures(12, size=64))
+    assert det.features_.n_tiles_ == 9
+    bad = _textures(2, size=64, seed=1)
+    bad[:, :, 40:48, 10:18] = 255
+    maps = det.anomaly_map(bad)
+    assert maps.shape == (2, 64, 64)
+    rows, cols = np.unravel_index(maps.reshape(2, -1).argmax(axis=1), (64, 64))
+    assert np.all((rows >= 38) & (rows < 50) & (cols >= 8) & (cols < 20))
+    skanomaly.save(det, tmp_path / "tiled.ska")
+    loaded = skanomaly.load(tmp_path / "tiled.ska")
+    np.testing.assert_array_equal(loaded.score_samples(bad), det.score_samples(bad))
+
+
+def test_fastflow_tiled_onnx_graph_equals_score_samples(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from _export import check_export
+
+    params = {**SMALL, "image_size": None, "tile_size": 32, "tile_overlap": 8}
+    det = FastFlow(**params).fit(_textures(12, size=48, channels=3))
+    check_export(det, _textures(4, size=48, seed=1, channels=3), tmp_path / "m.onnx")

@@ -30,6 +30,8 @@ _FEATURE_PARAMETERS = (
     "levels",
     "strides",
     "image_size",
+    "tile_size",
+    "tile_overlap",
     "pool_size",
     "n_channels",
     "channel_reduction",
@@ -98,9 +100,10 @@ class FastFlow(BasePatchDetector):
     tile_size : int or None, default=None
         Cut images at full resolution into square tiles of this many pixels
         (see :class:`PatchFeatures`): every tile of every training image is
-        a training grid for the flow, the map is the tiles' maps stitched,
-        the image score the largest of its tiles'. Not exportable to ONNX.
-        None: no tiles (the image resized to ``image_size``).
+        a training grid for the flow, the map is the tiles' maps stitched
+        (averaged where they overlap), the image score the largest of its
+        tiles'. The ONNX export cuts and stitches the same tiles. None: no
+        tiles (the image resized to ``image_size``).
     tile_overlap : int, default=0
         Pixels shared by neighbouring tiles, less than ``tile_size``.
     pool_size : int, default=1
@@ -227,8 +230,6 @@ class FastFlow(BasePatchDetector):
                 "callbacks",
             )
         },
-        "tile_size": [Interval(Integral, 1, None, closed="left"), None],
-        "tile_overlap": [Interval(Integral, 0, None, closed="left")],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
         "hidden_ratio": [Interval(Real, 0, None, closed="neither")],
@@ -344,12 +345,8 @@ class FastFlow(BasePatchDetector):
     def _make_features(self):
         # the backbone's batches: the training batch size, or a fixed one
         batch = _AUTO_FEATURE_BATCH if self.batch_size == "auto" else self.batch_size
-        tiles = {}
-        if self.tile_size is not None:  # the stage's default is no tiles
-            tiles = dict(tile_size=self.tile_size, tile_overlap=self.tile_overlap)
         return PatchFeatures(
             batch_size=batch,
-            **tiles,
             **{name: getattr(self, name) for name in _FEATURE_PARAMETERS},
         )
 
@@ -372,7 +369,7 @@ class FastFlow(BasePatchDetector):
     def _training_features(self, X):
         """The patch features of every training image (tile), float32 in memory."""
         features = self.features_
-        rows = len(X) * getattr(features, "n_tiles_", 1)
+        rows = len(X) * features.n_tiles_
         shape = (rows, features.n_channels_, *features.grid_shape_)
         needed = int(np.prod(shape)) * 4
         if needed > self.max_memory_bytes:
