@@ -166,10 +166,12 @@ class NearestNeighbourTime(nn.Module):
 
     With ``m`` the mean squared Euclidean distance of a row to its ``k``
     nearest training rows and ``d`` its number of features, the posterior of
-    the noise variance is taken as an inverse gamma of shape ``d / 2 - 1``
-    and scale ``m / 2``; the estimate is the step whose variance maximises
-    its density, ``argmax_t -(d / 2) log sigma2[t] - m / (2 sigma2[t])``
-    (the authors' rule; its continuous maximiser is ``m / d``).
+    the noise variance is an inverse gamma of shape ``d / 2 - 1`` and scale
+    ``m / 2``, whose mode is ``m / d``; the estimate is the step of that
+    variance on the schedule (:func:`time_from_variance`). The authors take
+    the step that maximises the density on the schedule's steps instead: the
+    same step within one, but every row beyond the last step ties there
+    (measured in ``benchmarks/RESULTS_tabular.md``).
 
     Parameters
     ----------
@@ -183,8 +185,7 @@ class NearestNeighbourTime(nn.Module):
         super().__init__()
         self.register_buffer("rows", train)
         self.register_buffer("rows_sq", (train**2).sum(dim=1))
-        self.register_buffer("log_variances", variances.log())
-        self.register_buffer("inv_variances", 1.0 / variances)
+        self.register_buffer("variances", variances.to(train.dtype))
         self.n_neighbors = int(n_neighbors)
 
     def mean_sq_distance(self, x):
@@ -195,9 +196,5 @@ class NearestNeighbourTime(nn.Module):
         return nearest.values.mean(dim=1)
 
     def forward(self, x):
-        m = self.mean_sq_distance(x)
-        d = x.flatten(1).shape[1]
-        log_density = (
-            -0.5 * d * self.log_variances - 0.5 * m[:, None] * self.inv_variances
-        )
-        return log_density.argmax(dim=1).to(x.dtype)
+        mode = self.mean_sq_distance(x) / x.flatten(1).shape[1]
+        return time_from_variance(mode, self.variances)
