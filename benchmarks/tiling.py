@@ -14,6 +14,13 @@ fit seconds and seconds per test image for ``score_samples`` and
 
     python benchmarks/tiling.py --sizes 1024,2048 --train 8 --test 8
 
+``--deeppcb PCBData`` adds real images: DeepPCB's 640 px binarised board
+crops (``benchmarks/_data.py``: ``deeppcb_pairs``), trained on
+``--pcb-train`` defect-free templates, tested on the templates (good) and
+the tested images (3 to 12 annotated defects each; masks are the
+annotated boxes) of ``--pcb-test`` other pairs, at their own 640 px
+(``--sizes ''`` runs DeepPCB alone).
+
 Nothing is downloaded: the default backbone's weights come with skanomaly.
 """
 
@@ -85,6 +92,34 @@ def dataset(size, n_train, n_test, seed):
     return train, np.concatenate([good, bad]), labels, masks, widths
 
 
+def pcb_dataset(folder, n_train, n_test, seed):
+    """DeepPCB at 640 px: templates to train, template/tested pairs to test."""
+    from PIL import Image
+
+    from benchmarks._data import deeppcb_pairs
+
+    pairs = deeppcb_pairs(folder)
+    names = sorted(pairs)
+    order = np.random.default_rng(seed).permutation(len(names))
+    picked = [names[i] for i in order[: n_train + n_test]]
+
+    def read(path):
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"))[None]
+
+    train = np.stack([read(pairs[name][0]) for name in picked[:n_train]])
+    tested = picked[n_train:]
+    good = [read(pairs[name][0]) for name in tested]
+    bad = [read(pairs[name][1]) for name in tested]
+    test = np.stack(good + bad)
+    masks = np.zeros((len(test), *test.shape[-2:]), bool)
+    for i, name in enumerate(tested):
+        for x1, y1, x2, y2, _ in pairs[name][2]:
+            masks[n_test + i, y1:y2, x1:x2] = True
+    labels = np.r_[np.zeros(n_test, int), np.ones(n_test, int)]
+    return train, test, labels, masks
+
+
 METHODS = {
     # tiled PatchCore gets 1% of a 36x (1024 px) larger pool of patches,
     # a bank 3.6x the untiled one's, so that exact search stays affordable
@@ -118,7 +153,7 @@ def run(method, tiled, train, test, labels, masks, args):
     map_s = (time.perf_counter() - start) / len(test)
     map_cpu = (time.process_time() - cpu) / len(test)
     bad = labels == 1
-    # the map's maximum on the scratch (3 px of slack for the smoothing)
+    # the map's maximum on a defect (3 px of slack for the smoothing)
     from scipy.ndimage import binary_dilation
 
     found = np.mean(
@@ -154,6 +189,9 @@ def main():
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--methods", default="padim,patchcore")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deeppcb", help="DeepPCB's PCBData folder (optional)")
+    parser.add_argument("--pcb-train", type=int, default=20)
+    parser.add_argument("--pcb-test", type=int, default=10)
     args = parser.parse_args()
 
     import torch
@@ -166,26 +204,30 @@ def main():
         flush=True,
     )
     header = (
-        "| size | method | tiles | image AUROC | pixel AUROC | map max on scratch "
+        "| images | method | tiles | image AUROC | pixel AUROC | map max on defect "
         "| fit s | score s/img (CPU s) | map s/img (CPU s) |"
     )
     print(header + "\n|" + "---|" * 9, flush=True)
-    for size in map(int, args.sizes.split(",")):
-        train, test, labels, masks, widths = dataset(
-            size, args.train, args.test, args.seed
-        )
+    datasets = []
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        *data, widths = dataset(size, args.train, args.test, args.seed)
+        datasets.append((f"textures {size} px", data, f"scratch widths {widths}"))
+    if args.deeppcb:
+        data = pcb_dataset(args.deeppcb, args.pcb_train, args.pcb_test, args.seed)
+        datasets.append(("DeepPCB 640 px", data, f"{int(data[3].sum())} defect pixels"))
+    for label, (train, test, labels, masks), note in datasets:
         for method in args.methods.split(","):
             for tiled in (False, True):
                 r = run(method, tiled, train, test, labels, masks, args)
                 print(
-                    f"| {size} | {r['method']} | {r['tiles']} | "
+                    f"| {label} | {r['method']} | {r['tiles']} | "
                     f"{r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
                     f"{r['max_on_scratch']:.2f} | {r['fit_s']:.1f} | "
                     f"{r['score_s']:.2f} ({r['score_cpu']:.2f}) | "
                     f"{r['map_s']:.2f} ({r['map_cpu']:.2f}) |",
                     flush=True,
                 )
-        print(f"(scratch widths at {size} px: {widths})", flush=True)
+        print(f"({label}: {note})", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
 
 
