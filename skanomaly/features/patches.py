@@ -168,6 +168,17 @@ class PatchFeatures(TimmFeatures):
     (('layer2', 'layer3'), (8, 16))
     >>> patches.transform(images).shape
     (4, 384, 8, 8)
+
+    Images cut into 32 px tiles that overlap by at least 8 px (2 x 2 tiles
+    of these 40 px images, the second of each row and column ending at the
+    edge), each tile with its own 4 x 4 grid:
+
+    >>> tiled = PatchFeatures("resnet18", weights=None, tile_size=32,
+    ...                       tile_overlap=8, random_state=0).fit(images)
+    >>> tiled.n_tiles_, tiled.tile_origins_[:3].tolist()
+    (4, [[0, 0], [0, 8], [8, 0]])
+    >>> tiled.transform(images).shape
+    (4, 4, 384, 4, 4)
     """
 
     # Fitted state: TimmFeatures' plus the tuples level_strides_ and
