@@ -5,18 +5,14 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
-from skorch.callbacks import EarlyStopping
-from skorch.dataset import Dataset
-from skorch.helper import predefined_split
 
 from .._compat import Interval
 from .._validation import check_device
 from ..features.patches import PatchFeatures
-from ..nets import SelfSupervisedNet, torch_random_state
+from ..nets import SelfSupervisedNet
 from ..nn.flows import FastFlowModule, FlowNLL
 from .patch_base import BasePatchDetector
-from .torch_base import BaseTorchDetector, _warn_if_diverged, training_plan
+from .torch_base import BaseTorchDetector
 
 __all__ = ["FastFlow"]
 
@@ -249,6 +245,7 @@ class FastFlow(BasePatchDetector):
     _net_kwargs = BaseTorchDetector._net_kwargs
     _validation_split = BaseTorchDetector._validation_split
     _warn_if_too_few_steps = BaseTorchDetector._warn_if_too_few_steps
+    _train = BaseTorchDetector._train
 
     def __init__(
         self,
@@ -392,7 +389,7 @@ class FastFlow(BasePatchDetector):
         return out
 
     def _fit(self, X):
-        device = check_device(self.device)
+        check_device(self.device)  # before building anything
         self.features_ = self._make_features().fit(X)
         train = self._training_features(X)
         center = train.mean(axis=(0, 2, 3), dtype=np.float64)
@@ -401,42 +398,13 @@ class FastFlow(BasePatchDetector):
         scale = np.where(scale > 1e-6, scale, 1.0)
         self.feature_center_ = center.astype(np.float32)
         self.feature_scale_ = scale.astype(np.float32)
-        self.random_seed_ = int(
-            check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        self._train(
+            self._make_net,
+            train,
+            prepare=lambda net: net.module_.set_standardisation(
+                self.feature_center_, self.feature_scale_
+            ),
         )
-        train, valid = self._validation_split(train)
-        self.batch_size_, self.n_epochs_, planned = training_plan(
-            len(train),
-            self.batch_size,
-            self.max_epochs,
-            self.min_steps,
-            self._default_epochs,
-            self._auto_max_batch,
-        )
-        net = self._make_net()
-        net.set_params(batch_size=self.batch_size_, max_epochs=self.n_epochs_)
-        if valid is not None:
-            net.set_params(
-                train_split=predefined_split(Dataset(valid, None)),
-                callbacks=[
-                    *net.callbacks,
-                    (
-                        "early_stopping",
-                        EarlyStopping(
-                            monitor="valid_loss",
-                            patience=self.n_iter_no_change,
-                            load_best=True,
-                        ),
-                    ),
-                ],
-            )
-        with torch_random_state(self.random_seed_, device):
-            net.initialize()
-            net.module_.set_standardisation(self.feature_center_, self.feature_scale_)
-            net.partial_fit(train, None)
-        self.net_ = net
-        self._warn_if_too_few_steps(planned)
-        _warn_if_diverged(self, net.history)
         return None  # the base scores the held-out images
 
     def _fit_patches(self, patch_batches, n_images):

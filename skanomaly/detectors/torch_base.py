@@ -312,10 +312,23 @@ class BaseTorchDetector(BaseDetector):
             self.input_center_ = np.asarray(center, dtype=np.float32)
             self.input_scale_ = np.asarray(scale, dtype=np.float32)
         _check_finite_statistics(self, X)
+        X = self._scale_input(X)
+        self._train(lambda: self._make_net(tuple(X.shape[1:])), X)
+
+    def _train(self, make_net, X, *, prepare=None):
+        """Train a net on prepared ``X``: the one training procedure.
+
+        The seed (``random_seed_``), the held-out validation split, the plan
+        of batches and epochs from the step budget (``batch_size_``,
+        ``n_epochs_``), early stopping on the held-out loss, and the
+        too-few-steps and divergence warnings; sets ``net_``. ``make_net()``
+        builds the unfitted net; ``prepare(net)``, if given, runs on the
+        initialised net before training, under the seed (FastFlow, which is
+        not a subclass, borrows this method).
+        """
         self.random_seed_ = int(
             check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         )
-        X = self._scale_input(X)
         X_train, X_valid = self._validation_split(X)
         self.batch_size_, self.n_epochs_, planned = training_plan(
             len(X_train),
@@ -325,7 +338,7 @@ class BaseTorchDetector(BaseDetector):
             self._default_epochs,
             self._auto_max_batch,
         )
-        net = self._make_net(tuple(X.shape[1:]))
+        net = make_net()
         net.set_params(batch_size=self.batch_size_, max_epochs=self.n_epochs_)
         if X_valid is not None:
             net.set_params(
@@ -343,7 +356,10 @@ class BaseTorchDetector(BaseDetector):
                 ],
             )
         with torch_random_state(self.random_seed_, self.device):
-            net.fit(X_train, None)
+            net.initialize()
+            if prepare is not None:
+                prepare(net)
+            net.partial_fit(X_train, None)
         self.net_ = net
         self._warn_if_too_few_steps(planned)
         _warn_if_diverged(self, net.history)
