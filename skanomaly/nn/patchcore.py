@@ -93,10 +93,11 @@ def nearest_neighbours(
     Exact, in tiles of ``_QUERY_BLOCK`` queries by ``_BANK_BLOCK`` bank rows:
     each tile is one matrix product ``|b|^2 - 2 q.b`` and a reduction to its
     ``k`` smallest values, merged into a running top ``k`` of the query
-    block. The tile stays in the CPU cache, the (queries x bank) matrix is
-    never written, and ``|q|^2``, which does not change which rows are
-    nearest, is added to the ``k`` survivors only (rounding is monotone: the
-    same distances as adding it to every entry). The results equal those of
+    block. A tile is 8 MB (the blocks were 64 MB, written once and read
+    twice), the (queries x bank) matrix is never held whole, and ``|q|^2``,
+    which does not change which rows are nearest, is added to the ``k``
+    survivors only (rounding is monotone: the same distances as adding it
+    to every entry). The results equal those of
     :func:`nearest_in_bank`, the one-block form that export runs, up to the
     rounding of the matrix products.
 
