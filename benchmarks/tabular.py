@@ -1,0 +1,230 @@
+"""Every tabular detector of ours at its defaults next to PyOD's on ADBench tables.
+
+Protocol (novelty, the same split for every model): per dataset and seed,
+train on 60% of the normal rows (``novelty_split``); test on the other
+normals plus every anomaly. Every model gets the rows standardised with the
+training rows' statistics (ours standardise again inside ``fit``, a no-op).
+Models run at their defaults, with ``random_state`` set to the seed; ours
+calibrate their threshold by default on 20% of the training rows held out
+of training (``calibration='split'``), which AUROC does not use.
+
+Results go line by line to a JSON-lines file (``--log``); a rerun skips
+what is there, so an interrupted run resumes. ``--report`` writes the
+markdown table from the log: AUROC per set (mean over seeds) and the mean
+of each group of sets, fit and score seconds.
+
+Run::
+
+    python benchmarks/tabular.py run /work/shared/data/adbench/Classical \
+        --seeds 0 1 2 --log tabular.jsonl
+    python benchmarks/tabular.py report --log tabular.jsonl [more.jsonl ...]
+    python benchmarks/tabular.py fit-time --rows 100000 --features 50
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._data import load_adbench  # noqa: E402
+from benchmarks.adbench_autoencoders import novelty_split  # noqa: E402
+
+# Sets DTE's defaults were chosen on (a few settings tried on seed 0); the
+# others were not looked at before the three-seed run and are reported apart.
+TUNING_SETS = ("14_glass", "18_Ionosphere", "6_cardio")
+
+
+def models(seed, n_features):
+    """Name -> factory of every model, at its defaults."""
+    from pyod.models.auto_encoder import AutoEncoder as PyODAutoEncoder
+    from pyod.models.deep_svdd import DeepSVDD
+    from pyod.models.ecod import ECOD
+    from pyod.models.iforest import IForest
+    from pyod.models.knn import KNN
+
+    from skanomaly import DTE, VAE, AutoEncoder, Mahalanobis
+
+    return {
+        "DTE-C": lambda: DTE(random_state=seed),
+        "DTE-NP": lambda: DTE(variant="nonparametric"),
+        "DTE-IG": lambda: DTE(variant="inverse_gamma", random_state=seed),
+        "AutoEncoder": lambda: AutoEncoder(random_state=seed),
+        "VAE": lambda: VAE(random_state=seed),
+        "Mahalanobis": lambda: Mahalanobis(),
+        "PyOD KNN": lambda: KNN(),
+        "PyOD IForest": lambda: IForest(random_state=seed),
+        "PyOD ECOD": lambda: ECOD(),
+        "PyOD AutoEncoder": lambda: PyODAutoEncoder(
+            random_state=seed, verbose=0, device="cpu"
+        ),
+        "PyOD DeepSVDD": lambda: DeepSVDD(n_features, random_state=seed, verbose=0),
+    }
+
+
+def anomaly_scores(model, X):
+    # skanomaly: higher score_samples = more normal; PyOD: higher = anomalous
+    if type(model).__module__.startswith("skanomaly"):
+        return -model.score_samples(X)
+    return model.decision_function(X)
+
+
+def run(args):
+    log = Path(args.log)
+    done = set()
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["dataset"], r["seed"], r["model"]))
+    files = sorted(Path(args.folder).glob("*.npz"))
+    if args.datasets:
+        files = [f for f in files if f.stem in args.datasets]
+    # seeds outermost: an interrupted run still covers every set
+    for seed in args.seeds:
+        for path in files:
+            X, y = load_adbench(path)
+            train, test = novelty_split(y, seed)
+            center, scale = X[train].mean(axis=0), X[train].std(axis=0)
+            scale[scale < 1e-12] = 1.0
+            X_train, X_test = (X[train] - center) / scale, (X[test] - center) / scale
+            for name, factory in models(seed, X.shape[1]).items():
+                if args.models and name not in args.models:
+                    continue
+                if (path.stem, seed, name) in done:
+                    continue
+                model = factory()
+                start = time.perf_counter()
+                model.fit(X_train)
+                fit_s = time.perf_counter() - start
+                start = time.perf_counter()
+                scores = anomaly_scores(model, X_test)
+                score_s = time.perf_counter() - start
+                auroc = float(roc_auc_score(y[test], scores))
+                record = dict(
+                    dataset=path.stem,
+                    seed=seed,
+                    model=name,
+                    auroc=auroc,
+                    fit_s=fit_s,
+                    score_s=score_s,
+                )
+                with log.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(
+                    f"seed {seed} {path.stem:16s} {name:17s} AUROC {auroc:.3f} "
+                    f"fit {fit_s:6.2f}s score {score_s:6.3f}s",
+                    flush=True,
+                )
+
+
+def report(args):
+    rows, seen = [], set()
+    for log in args.log:  # logs of runs side by side; the first of a repeat counts
+        for line in Path(log).read_text().splitlines():
+            r = json.loads(line)
+            if (key := (r["dataset"], r["seed"], r["model"])) not in seen:
+                seen.add(key)
+                rows.append(r)
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    datasets = sorted(dict.fromkeys(r["dataset"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+
+    def cell(model, sets, key="auroc", how=np.mean):
+        sel = [r[key] for r in rows if r["model"] == model and r["dataset"] in sets]
+        return how(sel) if sel else float("nan")
+
+    def complete(model, sets):
+        return len([r for r in rows if r["model"] == model and r["dataset"] in sets])
+
+    tuning = [d for d in datasets if d in TUNING_SETS]
+    held_out = [d for d in datasets if d not in TUNING_SETS]
+    lines = [
+        f"AUROC, mean over seeds {seeds}; (n) = runs where fewer than all",
+        "",
+        "| dataset | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for group, sets in (("tuning", tuning), ("held out", held_out)):
+        for dataset in sets:
+            cells = []
+            for model in names:
+                n = complete(model, [dataset])
+                text = f"{cell(model, [dataset]):.3f}"
+                cells.append(text if n == len(seeds) else f"{text} ({n})")
+            lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+        means = []
+        for model in names:
+            n = complete(model, sets)
+            text = f"**{cell(model, sets):.3f}**"
+            means.append(text if n == len(seeds) * len(sets) else f"{text} ({n})")
+        lines.append(
+            f"| **mean, {group} ({len(sets)} sets)** | " + " | ".join(means) + " |"
+        )
+    means = [f"**{cell(model, datasets):.3f}**" for model in names]
+    lines.append(f"| **mean, all ({len(datasets)})** | " + " | ".join(means) + " |")
+    fit = [f"{cell(m, datasets, 'fit_s', np.sum):.0f}" for m in names]
+    score = [f"{cell(m, datasets, 'score_s', np.sum):.1f}" for m in names]
+    lines.append("| fit seconds, total | " + " | ".join(fit) + " |")
+    lines.append("| score seconds, total | " + " | ".join(score) + " |")
+    print("\n".join(lines))
+
+
+def fit_time(args):
+    from skanomaly import DTE
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(args.rows, args.features))
+    for variant in args.variants:
+        start = time.perf_counter()
+        detector = DTE(variant=variant, random_state=0).fit(X)
+        fit_s = time.perf_counter() - start
+        start = time.perf_counter()
+        detector.score_samples(X[: args.score_rows])
+        score_s = time.perf_counter() - start
+        extra = ""
+        if hasattr(detector, "n_epochs_"):
+            extra = (
+                f", {detector.n_epochs_} epochs of batches of {detector.batch_size_}"
+            )
+        print(
+            f"DTE {variant}: fit on {args.rows} x {args.features} in "
+            f"{fit_s:.1f}s{extra}; "
+            f"scoring {args.score_rows} rows {score_s:.2f}s",
+            flush=True,
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run")
+    run_parser.add_argument("folder", help="folder of ADBench .npz files")
+    run_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run_parser.add_argument("--datasets", nargs="*", help="file stems to keep")
+    run_parser.add_argument("--models", nargs="*", help="model names to keep")
+    run_parser.add_argument("--log", required=True)
+    report_parser = commands.add_parser("report")
+    report_parser.add_argument("--log", required=True, nargs="+")
+    time_parser = commands.add_parser("fit-time")
+    time_parser.add_argument("--rows", type=int, default=100_000)
+    time_parser.add_argument("--features", type=int, default=50)
+    time_parser.add_argument("--score-rows", type=int, default=100_000)
+    time_parser.add_argument(
+        "--variants", nargs="+", default=["categorical", "nonparametric"]
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    {"run": run, "report": report, "fit-time": fit_time}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
