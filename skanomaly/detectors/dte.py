@@ -54,6 +54,12 @@ default='categorical'
           0.08 AUROC on WBC and 0.05 on breastw
           (``benchmarks/RESULTS_tabular.md``). It keeps the scaled training
           rows (``train_rows_``).
+
+        Measured on the 12 ADBench Classical tables (3 seeds, defaults,
+        ``benchmarks/RESULTS_tabular.md``): mean AUROC 'nonparametric'
+        0.933, 'categorical' 0.839, 'inverse_gamma' 0.700 (one seed), PyOD's
+        KNN 0.930. The networks train far less than the authors' 400 epochs
+        here (``min_steps``), which is where the gap to the paper lies.
     hidden_sizes : tuple of int, default=(256, 512, 256)
         Hidden widths of the MLP (the authors').
     dropout : float, default=0.5
