@@ -140,7 +140,9 @@ class DTEModule(nn.Module):
 class DiffusionTimeLoss(nn.Module):
     """The training loss of :class:`DTEModule`'s ``(output, t)``, batch mean.
 
-    'categorical': cross-entropy against the bin ``floor(t n_bins / T)``.
+    'categorical': cross-entropy against the bin ``floor(t n_bins / T)``,
+    taken of the softmax probabilities as if they were logits (the authors'
+    code does so; it bounds the loss, and measured far better on ADBench).
     'inverse_gamma': the negative log-likelihood, up to terms free of ``b``,
     of the true variance ``sigma2[t]`` under an inverse gamma of shape
     ``d / 2 - 1`` and scale ``b``: ``-(d / 2 - 1) log b + b / sigma2[t]``.
@@ -151,8 +153,8 @@ class DiffusionTimeLoss(nn.Module):
     >>> from skanomaly.nn.dte import DiffusionTimeLoss
     >>> loss = DiffusionTimeLoss(n_steps=10, n_bins=2)
     >>> logits = torch.tensor([[9.0, -9.0], [-9.0, 9.0]])  # bins 0 and 1
-    >>> round(loss((logits, torch.tensor([4, 5])), None).item(), 6)
-    0.0
+    >>> round(loss((logits, torch.tensor([4, 5])), None).item(), 4)  # log(1 + 1/e)
+    0.3133
     """
 
     def __init__(
@@ -178,8 +180,11 @@ class DiffusionTimeLoss(nn.Module):
         prediction, t = output
         if self.variant == "categorical":
             target = torch.div(t * self.n_bins, self.n_steps, rounding_mode="floor")
+            # on the probabilities, as the authors' code does (a softmax
+            # twice): a bounded loss; on the logits, DTE-C ranked far
+            # anomalies arbitrarily (RESULTS_tabular: breastw 0.72 -> 0.97)
             return nn.functional.cross_entropy(
-                prediction, target.clamp(max=self.n_bins - 1)
+                prediction.softmax(dim=1), target.clamp(max=self.n_bins - 1)
             )
         scale = prediction[:, 0] ** 2
         shape = 0.5 * self.n_features - 1.0
