@@ -73,11 +73,11 @@ class PatchCore(BasePatchDetector):
     83 at 224 px) and shards of 16,384 beyond. The bank keeps
     ``coreset_ratio`` of all training patches (e.g. 78,400 x 152 floats,
     48 MB, for 1,000 images at 224 px and 10%). The default exact search
-    compares each test patch with the whole bank in cache-sized tiles of
+    compares each test patch with the whole bank in 8 MB tiles of
     matrix products, ``O(patches x bank x channels)``, which outgrows the
     backbone's cost as the bank grows: with banks from 300 and 760 DeepPCB
-    tiles at 256 px, scoring took 2.8 and 10 times a bare feature pass on
-    one CPU thread (``benchmarks/RESULTS_inspection_speed.md``). ``search='faiss'``
+    tiles at 256 px, scoring took about 5 and 10 times a bare feature pass
+    on one CPU thread (``benchmarks/RESULTS_inspection_speed.md``). ``search='faiss'``
     compares each test patch with the bank rows of its ``n_probes``
     nearest k-means cells only (an inverted-file index of the faiss
     library), an approximate search for large banks.
