@@ -124,8 +124,8 @@ def main():
         device=args.device,
         random_state=0,
     ).fit(train)
-    mean = torch.tensor(det.features_.mean_).view(1, -1, 1, 1)
-    std = torch.tensor(det.features_.std_).view(1, -1, 1, 1)
+    mean = torch.tensor(det.feature_extractor_.mean_).view(1, -1, 1, 1)
+    std = torch.tensor(det.feature_extractor_.std_).view(1, -1, 1, 1)
     uint8_batches = [
         torch.from_numpy(test[i : i + args.batch_size])
         for i in range(0, args.n_images, args.batch_size)
@@ -169,9 +169,9 @@ def main():
             f"{100 * (median['DeepMahalanobis'] / median[name] - 1):+.1f}%"
         )
     # where DeepMahalanobis spends its time (median of 3 each)
-    features = det.features_._transform(test)
+    features = det.feature_extractor_._transform(test)
     parts = {
-        "features only": lambda: det.features_._transform(test),
+        "features only": lambda: det.feature_extractor_._transform(test),
         "Gaussians on the host": lambda: det.gaussian_.distances(features),
     }
     if device.type != "cpu":

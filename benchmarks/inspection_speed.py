@@ -141,7 +141,7 @@ def _fit(train, **params):
 def _bare_features(detector, train):
     from skanomaly import PatchFeatures
 
-    params = detector.features_.get_params()
+    params = detector.feature_extractor_.get_params()
     return PatchFeatures(**params).fit(train[:8])
 
 
@@ -155,7 +155,7 @@ def _breakdown(detector, test):
 
     def backbone():
         with torch.inference_mode():
-            return [b for _, b in detector.features_.patch_batches(test)]
+            return [b for _, b in detector.feature_extractor_.patch_batches(test)]
 
     backbone_s, batches = _seconds(backbone)
     bank = torch.from_numpy(detector.memory_bank_)
@@ -193,7 +193,7 @@ def _recall(detector, faiss_detector, test):
         flat = torch.cat(
             [
                 b.flatten(2).transpose(1, 2).reshape(-1, b.shape[1])
-                for _, b in detector.features_.patch_batches(test)
+                for _, b in detector.feature_extractor_.patch_batches(test)
             ]
         )
     bank = torch.from_numpy(detector.memory_bank_)

@@ -165,7 +165,8 @@ def run(method, tiled, train, test, labels, masks, args):
     return {
         "method": name,
         "tiles": (
-            f"{args.tile} px, overlap {args.overlap} ({detector.features_.n_tiles_})"
+            f"{args.tile} px, overlap {args.overlap} "
+            f"({detector.feature_extractor_.n_tiles_})"
             if tiled
             else "none (resized to 224)"
         ),

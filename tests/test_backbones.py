@@ -168,7 +168,7 @@ def test_a_file_that_does_not_fit_names_the_first_mismatch(
     det = DeepMahalanobis(image_size=32)
     with pytest.raises(ValueError, match="do not fit"):
         det.fit(np.zeros((4, 3, 32, 32), np.uint8))
-    assert not hasattr(det, "features_") and not hasattr(det, "offset_")
+    assert not hasattr(det, "feature_extractor_") and not hasattr(det, "offset_")
 
 
 def test_same_shapes_in_another_order_are_refused(
@@ -204,7 +204,7 @@ def test_missing_package_names_the_pip_package(uninstalled_lite0):
     det = DeepMahalanobis()
     with pytest.raises(OSError, match=message):
         det.fit(np.zeros((4, 3, 32, 32), np.uint8))
-    assert not hasattr(det, "features_") and not hasattr(det, "offset_")
+    assert not hasattr(det, "feature_extractor_") and not hasattr(det, "offset_")
     # and the benchmark skips every detector on these weights
     from skanomaly import PaDiM, PatchCore
     from skanomaly.app.benchmark import _weights_available

@@ -69,7 +69,7 @@ def test_calibration_reuses_the_training_features(monkeypatch):
     train = _images()
     det = DeepMahalanobis(**FAST, contamination=0.1).fit(train)
     assert passes == [len(train)]
-    features = det.features_.transform(train)
+    features = det.feature_extractor_.transform(train)
     loo = -det.gaussian_._leave_one_out_distances(features, len(train)).sum(axis=1)
     np.testing.assert_allclose(det.calibration_scores_, np.sort(loo), rtol=1e-6)
     assert det.offset_ == conformal_threshold(det.calibration_scores_, 0.1)
@@ -113,7 +113,7 @@ def test_offline_error_leaves_it_unfitted(monkeypatch, tmp_path):
         OSError, match="'resnet18'.*tf_efficientnet_lite0.*weights=<path>.*weights=None"
     ):
         det.fit(_images(n=4))
-    assert not hasattr(det, "offset_") and not hasattr(det, "features_")
+    assert not hasattr(det, "offset_") and not hasattr(det, "feature_extractor_")
 
 
 def test_default_real_weights_separate_digits():
@@ -127,7 +127,7 @@ def test_default_real_weights_separate_digits():
     normal = rng.permutation(np.flatnonzero(y == 3))
     test = np.r_[normal[60:90], rng.permutation(np.flatnonzero(y != 3))[:60]]
     det = DeepMahalanobis(image_size=64).fit(images[normal[:60]])
-    assert det.features_.backbone == "tf_efficientnet_lite0"
+    assert det.feature_extractor_.backbone == "tf_efficientnet_lite0"
     assert det.levels_[0] == "stem" and det.levels_[-1] == "head"
     assert roc_auc_score(y[test] != 3, -det.score_samples(images[test])) > 0.95
 
@@ -147,7 +147,7 @@ def test_registered():
 def test_cuda_separates_like_cpu():
     det = DeepMahalanobis(**{**FAST, "device": "cuda"}).fit(_images())
     good, bad = _images(n=10, seed=2), _with_squares(_images(n=5, seed=3))
-    assert det.features_.backbone_.conv1.weight.is_cuda
+    assert det.feature_extractor_.backbone_.conv1.weight.is_cuda
     assert det.score_samples(bad).max() < det.score_samples(good).min()
 
 

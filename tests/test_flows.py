@@ -195,7 +195,7 @@ def test_fastflow_refuses_bad_input_and_parameters():
 def test_fastflow_tiles_find_a_defect_at_full_resolution(tmp_path):
     params = {**SMALL, "image_size": None, "tile_size": 32, "tile_overlap": 8}
     det = FastFlow(**params).fit(_textures(12, size=64))
-    assert det.features_.n_tiles_ == 9
+    assert det.feature_extractor_.n_tiles_ == 9
     bad = _textures(2, size=64, seed=1)
     bad[:, :, 40:48, 10:18] = 255
     maps = det.anomaly_map(bad)

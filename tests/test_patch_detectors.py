@@ -120,11 +120,11 @@ def test_padim_projects_by_default_and_keeps_the_papers_subset_as_an_option():
     images = _textures(12, 32)
     params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
     det = PaDiM(**params).fit(images)
-    assert det.features_.projection_.shape == (56, 12)
+    assert det.feature_extractor_.projection_.shape == (56, 12)
     assert det.location_.shape == (64, 12)
     paper = PaDiM(**params, channel_reduction="random").fit(images)
-    assert paper.features_.projection_ is None
-    assert paper.features_.channel_indices_.shape == (12,)
+    assert paper.feature_extractor_.projection_ is None
+    assert paper.feature_extractor_.channel_indices_.shape == (12,)
     assert not np.allclose(det.score_samples(images), paper.score_samples(images))
 
 
@@ -149,7 +149,7 @@ def test_padim_gaussians_are_the_per_position_estimates(covariance):
     params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
     # batches of 5: the float64 sums stream over several batches
     det = PaDiM(**params, covariance=covariance, batch_size=5).fit(images)
-    features = det.features_.transform(images)  # (24, 12, 8, 8)
+    features = det.feature_extractor_.transform(images)  # (24, 12, 8, 8)
     rows = features.reshape(24, 12, -1).transpose(2, 0, 1).astype(np.float64)
     np.testing.assert_allclose(det.location_, rows.mean(axis=1), rtol=1e-5, atol=1e-5)
     for position in (0, 17, 63):
@@ -191,7 +191,7 @@ def test_padim_map_is_smoothed_upsampled_and_resized():
     images = np.concatenate([images, images[:, :, :, :16]], axis=3)  # 24 x 40
     det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8, sigma=2.0)
     det.fit(images)
-    features = torch.from_numpy(det.features_.transform(images[:2]))
+    features = torch.from_numpy(det.feature_extractor_.transform(images[:2]))
     grid = det._patch_scores(features, det._device_state(torch.device("cpu")))[0]
     up = F.interpolate(grid[:, None], size=(32, 32), mode="bilinear")[:, 0]
     expected = F.interpolate(
@@ -208,7 +208,7 @@ def test_padim_refuses_gaussians_that_would_not_fit_before_allocating():
     # 64 positions x 16 x 16 x 12 bytes = 196,608 bytes
     with pytest.raises(ValueError, match="max_memory_bytes=100,000"):
         det.set_params(max_memory_bytes=100_000).fit(images)
-    assert not hasattr(det, "offset_") and not hasattr(det, "features_")
+    assert not hasattr(det, "offset_") and not hasattr(det, "feature_extractor_")
     det.set_params(max_memory_bytes=196_608).fit(images)
 
 
@@ -342,7 +342,7 @@ def test_patchcore_faiss_search_is_exact_when_every_cell_is_probed():
     approx.set_params(search="faiss")
     # one cell per patch: never nearer than the exact neighbour
     approx.set_params(n_probes=1)
-    features = torch.from_numpy(exact.features_.transform(test))
+    features = torch.from_numpy(exact.feature_extractor_.transform(test))
     queries = features.flatten(2).transpose(1, 2).reshape(-1, features.shape[1])
     state = exact._device_state(torch.device("cpu"))
     near, _ = exact._search(queries, state)
@@ -380,7 +380,7 @@ def test_patchcore_faiss_search_without_faiss_fits_nothing(monkeypatch):
     det = PatchCore(**SMALL, image_size=32, strides=(4, 8), search="faiss")
     with pytest.raises(ImportError, match=r"search='faiss'.*faiss-cpu"):
         det.fit(_textures(8, 32))
-    assert not hasattr(det, "features_") and not hasattr(det, "memory_bank_")
+    assert not hasattr(det, "feature_extractor_") and not hasattr(det, "memory_bank_")
     with pytest.raises(ValueError, match="search"):
         PatchCore(**SMALL, image_size=32, search="annoy").fit(_textures(8, 32))
 
@@ -389,8 +389,10 @@ def test_patchcore_bank_is_a_coreset_of_training_patches():
     images = _textures(12, 32)
     params = dict(SMALL, image_size=32, strides=(4, 8), coreset_ratio=0.25)
     det = PatchCore(**params, shard_size=None).fit(images)
-    patches = det.features_.transform(images)
-    patches = patches.transpose(0, 2, 3, 1).reshape(-1, det.features_.n_channels_)
+    patches = det.feature_extractor_.transform(images)
+    patches = patches.transpose(0, 2, 3, 1).reshape(
+        -1, det.feature_extractor_.n_channels_
+    )
     assert det.n_training_patches_ == 12 * 64
     assert det.memory_bank_.shape == (int(0.25 * 12 * 64), 56)
     distance = np.linalg.norm(det.memory_bank_[:, None] - patches[None], axis=2)
@@ -432,7 +434,9 @@ def test_patchcore_image_score_is_the_reweighted_top_patch():
     det = PatchCore(**SMALL, image_size=32, strides=(4, 8), num_neighbors=4)
     det.fit(images)
     test, _ = _with_square(_textures(2, 32, seed=3))
-    patches = det.features_.transform(test).reshape(2, 56, -1).transpose(0, 2, 1)
+    patches = (
+        det.feature_extractor_.transform(test).reshape(2, 56, -1).transpose(0, 2, 1)
+    )
     bank = det.memory_bank_.astype(np.float64)
     for image, score in zip(patches, -det.score_samples(test)):
         d = np.linalg.norm(image[:, None] - bank[None], axis=2)
@@ -444,7 +448,7 @@ def test_patchcore_image_score_is_the_reweighted_top_patch():
     plain = PatchCore(**SMALL, image_size=32, strides=(4, 8), num_neighbors=1)
     plain.fit(images)
     grid = plain._patch_scores(
-        torch.from_numpy(plain.features_.transform(test)),
+        torch.from_numpy(plain.feature_extractor_.transform(test)),
         plain._device_state(torch.device("cpu")),
     )[0]
     np.testing.assert_allclose(
@@ -484,7 +488,7 @@ def test_patch_detectors_save_and_load_identically(cls, tmp_path):
         loaded.score_samples(images), det.score_samples(images)
     )
     np.testing.assert_array_equal(loaded.anomaly_map(images), det.anomaly_map(images))
-    assert isinstance(loaded.features_, PatchFeatures)
+    assert isinstance(loaded.feature_extractor_, PatchFeatures)
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])

@@ -95,7 +95,7 @@ def _state(**values):
 
 def _backbone(name):
     def edit(document):
-        features = document["detector"]["state"]["features_"]["__estimator__"]
+        features = document["detector"]["state"]["feature_extractor_"]["__estimator__"]
         features["params"]["backbone"] = name
 
     return edit
@@ -289,7 +289,7 @@ def test_weights_paths_are_stored_but_never_read(
 
     def edit(document):
         document["detector"]["params"]["weights"] = elsewhere
-        features = document["detector"]["state"]["features_"]["__estimator__"]
+        features = document["detector"]["state"]["feature_extractor_"]["__estimator__"]
         features["params"]["weights"] = elsewhere
 
     source = seed_models["deep_mahalanobis"]

@@ -70,7 +70,7 @@ def test_runtime_is_validated_before_any_work():
     det = DeepMahalanobis(**FAST, runtime="onnxruntime", device="meta")
     with pytest.raises(ValueError, match="runs on the CPU"):
         det.fit(X)
-    assert not hasattr(det, "features_")
+    assert not hasattr(det, "feature_extractor_")
 
 
 @pytest.mark.parametrize("name", ["PaDiM", "PatchCore"])

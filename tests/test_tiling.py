@@ -84,7 +84,7 @@ def test_stitching_without_overlap_places_each_tiles_map_and_averages_overlaps()
 def test_one_tile_the_size_of_the_image_equals_the_untiled_detector(name, small):
     untiled = DETECTORS[name](image_size=64).fit(small)
     tiled = DETECTORS[name](tile_size=64).fit(small)
-    assert tiled.features_.n_tiles_ == 1
+    assert tiled.feature_extractor_.n_tiles_ == 1
     np.testing.assert_array_equal(
         tiled.score_samples(small), untiled.score_samples(small)
     )
@@ -193,7 +193,10 @@ def test_a_fitted_detector_refitted_with_a_bad_tile_keeps_its_model(name, small)
     with pytest.raises(ValueError, match="tile_overlap=32"):
         fitted.set_params(tile_overlap=32).fit(small)
     np.testing.assert_array_equal(fitted.score_samples(small), before)
-    assert fitted.features_.tile_size == 32 and fitted.features_.tile_overlap == 0
+    assert (
+        fitted.feature_extractor_.tile_size == 32
+        and fitted.feature_extractor_.tile_overlap == 0
+    )
 
 
 def test_a_tiled_model_declares_no_input_size_of_its_own():

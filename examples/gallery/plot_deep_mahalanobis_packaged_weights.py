@@ -44,7 +44,7 @@ others = rng.permutation(np.flatnonzero(digit != 3))
 train, test = threes[:60], np.r_[threes[60:90], others[:60]]
 
 det = DeepMahalanobis(image_size=112).fit(images[train])
-print("backbone:", det.features_.backbone, "levels:", det.levels_)
+print("backbone:", det.feature_extractor_.backbone, "levels:", det.levels_)
 
 # %%
 # Scores per level

@@ -73,7 +73,7 @@ class DeepMahalanobis(BaseDetector):
 
     Attributes
     ----------
-    features_ : TimmFeatures
+    feature_extractor_ : TimmFeatures
         The fitted feature extractor (holds the backbone).
     gaussian_ : Mahalanobis
         The fitted per-level Gaussians.
@@ -189,7 +189,7 @@ class DeepMahalanobis(BaseDetector):
             np.arange(len(extractor.levels_)), extractor.level_channels_
         ).tolist()
         gaussian = Mahalanobis(covariance=self.covariance, groups=groups).fit(features)
-        self.features_ = extractor
+        self.feature_extractor_ = extractor
         self.gaussian_ = gaussian
         self.levels_ = extractor.levels_
         # the calibration scores from the features at hand, so that the
@@ -214,7 +214,7 @@ class DeepMahalanobis(BaseDetector):
     def _level_distances(self, X):
         # transform, not _transform: its checks (floats in [0, 1]...) apply
         # to scoring as they do to fit
-        features = self.features_.transform(X)
+        features = self.feature_extractor_.transform(X)
         gaussian = self.gaussian_
         # float64 distances, on the accelerator when the features come off one
         return group_distances(
@@ -222,7 +222,7 @@ class DeepMahalanobis(BaseDetector):
             gaussian.location_,
             gaussian.groups_,
             gaussian.cholesky_,
-            device=torch.device(self.features_.device),
+            device=torch.device(self.feature_extractor_.device),
         )
 
     def _onnx_module(self):
@@ -232,7 +232,7 @@ class DeepMahalanobis(BaseDetector):
         ``score_samples``.
         """
         return torch.nn.Sequential(
-            self.features_._onnx_module(), self.gaussian_._onnx_module()
+            self.feature_extractor_._onnx_module(), self.gaussian_._onnx_module()
         )
 
     def level_distances(self, X):

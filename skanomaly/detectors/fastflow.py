@@ -159,7 +159,7 @@ class FastFlow(BasePatchDetector):
 
     Attributes
     ----------
-    features_ : PatchFeatures
+    feature_extractor_ : PatchFeatures
         The fitted feature stage (holds the backbone).
     net_ : skorch.NeuralNet
         The trained flow (``net_.module_``); ``net_.history`` holds the
@@ -352,7 +352,7 @@ class FastFlow(BasePatchDetector):
         # size comes from the fitted feature stage
         return SelfSupervisedNet(
             FastFlowModule,
-            module__channels=self.features_.n_channels_,
+            module__channels=self.feature_extractor_.n_channels_,
             module__n_steps=self.n_steps,
             module__hidden_ratio=self.hidden_ratio,
             module__clamp=self.clamp,
@@ -365,7 +365,7 @@ class FastFlow(BasePatchDetector):
 
     def _training_features(self, X):
         """The patch features of every training image (tile), float32 in memory."""
-        features = self.features_
+        features = self.feature_extractor_
         rows = len(X) * features.n_tiles_
         shape = (rows, features.n_channels_, *features.grid_shape_)
         needed = int(np.prod(shape)) * 4
@@ -390,7 +390,7 @@ class FastFlow(BasePatchDetector):
 
     def _fit(self, X):
         check_device(self.device)  # before building anything
-        self.features_ = self._make_features().fit(X)
+        self.feature_extractor_ = self._make_features().fit(X)
         train = self._training_features(X)
         center = train.mean(axis=(0, 2, 3), dtype=np.float64)
         scale = train.std(axis=(0, 2, 3), dtype=np.float64)

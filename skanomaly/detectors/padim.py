@@ -133,7 +133,7 @@ class PaDiM(BasePatchDetector):
 
     Attributes
     ----------
-    features_ : PatchFeatures
+    feature_extractor_ : PatchFeatures
         The fitted feature stage (holds the backbone and the channel subset
         or projection).
     location_ : ndarray of shape (n_positions, d), float32
@@ -259,7 +259,7 @@ class PaDiM(BasePatchDetector):
         return tags
 
     def _fit_patches(self, patch_batches, n_images):
-        features = self.features_
+        features = self.feature_extractor_
         positions = int(np.prod(features.grid_shape_))
         d = features.n_channels_
         needed = 12 * positions * d * d

@@ -88,7 +88,7 @@ class BasePatchDetector(BaseDetector):
 
     Attributes
     ----------
-    features_ : PatchFeatures
+    feature_extractor_ : PatchFeatures
         The fitted feature stage (holds the backbone).
     offset_ : float
         Threshold on ``score_samples``.
@@ -140,12 +140,14 @@ class BasePatchDetector(BaseDetector):
         ``_image_rows``).
         """
         state = self._device_state(check_device(self.device))
-        for start, batch in self.features_.patch_batches(X):
+        for start, batch in self.feature_extractor_.patch_batches(X):
             yield start, *self._patch_scores(batch, state)
 
     def _image_rows(self, start, count):
         """Image of each of ``count`` feature rows from ``start`` (tiles or images)."""
-        return (start + np.arange(count)) // getattr(self.features_, "n_tiles_", 1)
+        return (start + np.arange(count)) // getattr(
+            self.feature_extractor_, "n_tiles_", 1
+        )
 
     def _make_features(self):
         return PatchFeatures(
@@ -154,7 +156,7 @@ class BasePatchDetector(BaseDetector):
 
     def _fit(self, X, leave_one_out=False):
         features = self._make_features().fit(X)
-        self.features_ = features
+        self.feature_extractor_ = features
         # the calibration scores come from a fixed subset of the training
         # images (max_offset_samples); their features are kept as they go
         # by when they fit in _KEEP_TRAINING_BYTES, else computed again
@@ -216,7 +218,7 @@ class BasePatchDetector(BaseDetector):
         precision of its distances. A tiled model's graph cuts the tiles and
         stitches their maps as ``score_samples`` and ``anomaly_map`` do.
         """
-        features = self.features_
+        features = self.feature_extractor_
         if getattr(features, "tile_origins_", None) is not None:
             return TiledPatchMaps(
                 features._onnx_module(),
@@ -229,16 +231,16 @@ class BasePatchDetector(BaseDetector):
                 interpolation=features.interpolation_,
             )
         return PatchMaps(
-            self.features_._onnx_module(),
+            self.feature_extractor_._onnx_module(),
             self._onnx_scorer(),
-            size=self.features_.image_size_,
+            size=self.feature_extractor_.image_size_,
             sigma=self.sigma,
             output_size=self.image_shape_[1:],
         )
 
     def _smoothed(self, grid):
         """Smoothed maps of grids of what the backbone saw (images or tiles)."""
-        size = self.features_._backbone_size()
+        size = self.feature_extractor_._backbone_size()
         return smooth_maps(grid, size=size, sigma=self.sigma)
 
     def anomaly_map(self, X):
@@ -265,7 +267,7 @@ class BasePatchDetector(BaseDetector):
         check_is_fitted(self, "offset_")
         X = self._validate_input(X, reset=False)
         out = np.empty((len(X), *self.image_shape_[1:]), dtype=np.float32)
-        features = self.features_
+        features = self.feature_extractor_
         if getattr(features, "tile_origins_", None) is not None:
             stitcher = TileStitcher(
                 features.tile_origins_,

@@ -170,7 +170,7 @@ class PatchCore(BasePatchDetector):
 
     Attributes
     ----------
-    features_ : PatchFeatures
+    feature_extractor_ : PatchFeatures
         The fitted feature stage (holds the backbone).
     memory_bank_ : ndarray of shape (n_bank, n_channels), float32
         The coreset of training patch vectors.
@@ -313,7 +313,7 @@ class PatchCore(BasePatchDetector):
     def _fit_patches(self, patch_batches, n_images):
         # Shards are groups of whole images in a random order; the features
         # come shard by shard, so only one shard is held at a time.
-        features = self.features_
+        features = self.feature_extractor_
         # with tiles, an image's patches are those of all its tiles
         patches_per_image = int(np.prod(features.grid_shape_)) * features.n_tiles_
         n_patches = n_images * patches_per_image

@@ -5,9 +5,9 @@ on one CPU thread (24 against 63 ms per 256 px image), within 6.3e-5 of
 torch's features (``benchmarks/backbone_speed.py``). The batch module a
 feature stage runs (preprocessing + backbone + pooling or grid, the module
 its ONNX export holds too) is exported once per fitted stage, after its
-preprocessing (which stays in torch), and kept in a cache outside the stage's ``__dict__``: it is
-derived, so it is neither pickled nor saved, and a loaded model rebuilds it
-on first use.
+preprocessing (which stays in torch), and kept in a cache outside the
+stage's ``__dict__``: it is derived, so it is neither pickled nor saved,
+and a loaded model rebuilds it on first use.
 """
 
 import io

@@ -16,7 +16,7 @@ Loading parses JSON and raw tensor bytes only: no pickle, no ``torch.load``,
 no code named by the file. The detector class is taken from the registry by
 the name stored in the file (a file for a detector that is not registered
 here is refused) and must be the class the file names. Nested estimators
-(fitted sub-estimators such as ``DeepMahalanobis.features_``) are rebuilt
+(fitted sub-estimators such as ``DeepMahalanobis.feature_extractor_``) are rebuilt
 only from registered detectors and the classes the format allows
 (:mod:`skanomaly.persistence.trust`); no module path read from a file is
 imported.
