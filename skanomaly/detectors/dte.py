@@ -11,7 +11,7 @@ from .._validation import check_device
 from ..nets import SelfSupervisedNet, input_tensor
 from ..nn.dte import DiffusionTimeLoss, DTEModule, NearestNeighbourTime
 from ..nn.dte import diffusion_variances as _variances
-from .torch_base import BaseTorchDetector, _check_finite_statistics
+from .torch_base import BaseTorchDetector
 
 __all__ = ["DTE"]
 
@@ -249,27 +249,6 @@ calibration_size, calibration_confidence
         self.train_rows_ = self.train_rows_.reshape(len(X), -1)
         self.n_neighbors_ = min(self.n_neighbors, len(X))
         return None
-
-    def _fit_scaling(self, X):
-        """The input scaling of :class:`BaseTorchDetector`, without training.
-
-        A copy of the first lines of ``BaseTorchDetector._fit``, which has
-        no separate step for it.
-        """
-        with np.errstate(over="ignore", invalid="ignore"):
-            if X.ndim == 2:
-                center = X.mean(axis=0, dtype=np.float64)
-                scale = X.std(axis=0, dtype=np.float64)
-            else:
-                low, high = float(X.min()), float(X.max())
-                if X.dtype == np.uint8:
-                    low, high = low / 255.0, high / 255.0
-                center = np.float64(high / 2 + low / 2)
-                scale = np.float64(high / 2 - low / 2)
-            scale = np.where(scale > 1e-12, scale, 1.0)
-            self.input_center_ = np.asarray(center, dtype=np.float32)
-            self.input_scale_ = np.asarray(scale, dtype=np.float32)
-        _check_finite_statistics(self, X)
 
     def _score_batch(self, net, X_batch):
         return net.module_.estimated_time(X_batch)

@@ -298,6 +298,13 @@ class BaseTorchDetector(BaseDetector):
 
     def _fit(self, X):
         check_device(self.device)
+        self._fit_scaling(X)
+        X = self._scale_input(X)
+        self._train(lambda: self._make_net(tuple(X.shape[1:])), X)
+
+    def _fit_scaling(self, X):
+        """``input_center_`` and ``input_scale_``: columns standardised, images
+        mapped from their value range to [-1, 1]."""
         with np.errstate(over="ignore", invalid="ignore"):
             if X.ndim == 2:
                 center = X.mean(axis=0, dtype=np.float64)
@@ -312,8 +319,6 @@ class BaseTorchDetector(BaseDetector):
             self.input_center_ = np.asarray(center, dtype=np.float32)
             self.input_scale_ = np.asarray(scale, dtype=np.float32)
         _check_finite_statistics(self, X)
-        X = self._scale_input(X)
-        self._train(lambda: self._make_net(tuple(X.shape[1:])), X)
 
     def _train(self, make_net, X, *, prepare=None):
         """Train a net on prepared ``X``: the one training procedure.
