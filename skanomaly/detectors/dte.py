@@ -50,16 +50,12 @@ default='categorical'
           its mode at ``m / d``; the estimate is the step of that variance
           (the schedule inverted as for 'inverse_gamma'). The authors take
           the step of the largest density on the schedule's steps instead,
-          which ties every row beyond the last step: on ADBench that cost
-          0.08 AUROC on WBC and 0.05 on breastw
-          (``benchmarks/RESULTS_tabular.md``). It keeps the scaled training
-          rows (``train_rows_``).
+          which ties every row beyond the last step and ranked worse on
+          ADBench. It keeps the scaled training rows (``train_rows_``).
 
-        Measured on the 12 ADBench Classical tables (3 seeds, defaults,
-        ``benchmarks/RESULTS_tabular.md``): mean AUROC 'nonparametric'
-        0.933, 'categorical' 0.885, 'inverse_gamma' 0.700 (one seed), PyOD's
-        KNN 0.930; on five small sets 'categorical' equals the authors' code
-        (0.860 vs 0.858).
+        On the ADBench Classical tables 'nonparametric' ranked best of the
+        three and 'inverse_gamma' worst, and 'categorical' matched the
+        authors' code (the numbers: ``benchmarks/RESULTS_tabular.md``).
     hidden_sizes : tuple of int, default=(256, 512, 256)
         Hidden widths of the MLP (the authors').
     dropout : float, default=0.5
