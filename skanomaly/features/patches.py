@@ -389,9 +389,10 @@ class PatchFeatures(TimmFeatures):
 
         Returns
         -------
-        features : ndarray of shape (n_samples, n_channels_, grid_height, \
-grid_width), or (n_samples, n_tiles_, n_channels_, grid_height, grid_width) \
-with tiles, float32
+        features : ndarray, float32
+            Of shape ``(n_samples, n_channels_, grid_height, grid_width)``,
+            or ``(n_samples, n_tiles_, n_channels_, grid_height, grid_width)``
+            with tiles.
         """
         check_is_fitted(self, "backbone_")
         X = _check_images(self, X, reset=False)
