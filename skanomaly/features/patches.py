@@ -156,6 +156,12 @@ class PatchFeatures(TimmFeatures):
         Channels x height x width of the training images.
     image_shape_ : tuple of int
         ``(channels, height, width)`` of the training images.
+    image_dtype_ : str
+        dtype of the training images.
+    image_value_range_ : (0.0, 1.0), (0.0, 255.0) or None
+        The value range ``fit`` read images in, which ``transform`` keeps
+        whatever the dtype (the rule of
+        :class:`~skanomaly.detectors.base.BaseDetector`).
 
     Examples
     --------
