@@ -245,12 +245,14 @@ def test_tags_do_not_look_at_the_file_system(monkeypatch):
     def probe(*args, **kwargs):
         raise AssertionError("tags probed the weights")
 
-    monkeypatch.setattr(skanomaly.weights.sources, "weights_available", probe)
-    monkeypatch.setattr(skanomaly.weights, "weights_available", probe)
+    # what weights_available calls, wherever a module imported it from
+    monkeypatch.setattr(skanomaly.weights.sources, "packaged_weights_path", probe)
+    monkeypatch.setattr(skanomaly.weights.sources, "in_hub_cache", probe)
     from skanomaly import PaDiM, PatchCore
 
     for cls in (DeepMahalanobis, PaDiM, PatchCore):
-        assert get_detector_tags(cls(backbone="resnet18")).pretrained_weights
+        for backbone in (LITE0, "resnet18"):
+            assert get_detector_tags(cls(backbone=backbone)).pretrained_weights
 
 
 def test_weights_live_in_their_own_package_not_in_nn():

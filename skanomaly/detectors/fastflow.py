@@ -211,7 +211,7 @@ class FastFlow(BasePatchDetector):
         **{
             key: value
             for key, value in PatchFeatures._parameter_constraints.items()
-            if key in _FEATURE_PARAMETERS and key != "pool_size"
+            if key in _FEATURE_PARAMETERS
         },
         **{
             key: BaseTorchDetector._parameter_constraints[key]
@@ -226,7 +226,6 @@ class FastFlow(BasePatchDetector):
                 "callbacks",
             )
         },
-        "pool_size": [Interval(Integral, 1, None, closed="left")],
         "n_steps": [Interval(Integral, 1, None, closed="left")],
         "hidden_ratio": [Interval(Real, 0, None, closed="neither")],
         "clamp": [Interval(Real, 0, None, closed="neither")],
