@@ -16,7 +16,11 @@ from skanomaly.conformal import (
     conformal_threshold,
     smallest_level,
 )
-from skanomaly.detectors.base import BaseDetector, CalibrationWarning
+from skanomaly.detectors.base import (
+    BaseDetector,
+    CalibrationWarning,
+    auto_threshold,
+)
 from skanomaly.metrics import benjamini_hochberg as bh_from_metrics
 from skanomaly.testing import fast_detector
 
@@ -309,6 +313,21 @@ def test_auto_contamination_holds_on_fresh_data():
         on_fresh.append(np.mean(det.predict(fresh) == -1))
     assert abs(np.mean(on_fresh) - np.mean(on_calibration)) < 0.006
     assert 0.01 <= np.mean(on_fresh) <= 0.03
+
+
+def test_auto_threshold_by_hand():
+    # 0..99: median 49.5, MAD 25, so the three-sigma rule (-61.7) lies below
+    # every score and the 1 % floor (the 1st percentile, 0.99) takes over
+    assert auto_threshold(np.arange(100.0)) == pytest.approx(0.99)
+    # a tight bulk with 10 % far below it: the rule cuts between them (the
+    # floor alone would flag 1 %), so 'auto' flags the far group
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(size=900), rng.normal(-20.0, 1.0, size=100)]
+    threshold = auto_threshold(scores)
+    assert -20.0 < threshold < -3.0
+    assert np.mean(scores < threshold) == pytest.approx(0.1, abs=0.002)
+    det = Mahalanobis().fit(rng.normal(size=(200, 3)))
+    assert det.offset_ == auto_threshold(det.calibration_scores_)
 
 
 def test_pickle_and_grid_search_keep_calibration():

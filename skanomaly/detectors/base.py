@@ -34,6 +34,22 @@ __all__ = ["BaseDetector", "CalibrationWarning", "DetectorTags", "get_detector_t
 _AUTO_N_MADS = 3.0
 _MAD_TO_STD = 1.4826
 _AUTO_MIN_PERCENT = 1.0
+
+
+def auto_threshold(scores):
+    """The threshold of ``contamination='auto'`` from calibration scores.
+
+    ``median - 3 * 1.4826 * MAD`` of the scores (a three-sigma rule that a
+    few low scores cannot drag), raised where needed to their 1st
+    percentile, so that at least 1 % of the calibration samples fall below.
+    """
+    scores = np.asarray(scores)
+    median = np.median(scores)
+    mad = np.median(np.abs(scores - median))
+    robust_rule = median - _AUTO_N_MADS * _MAD_TO_STD * mad
+    return float(max(robust_rule, np.percentile(scores, _AUTO_MIN_PERCENT)))
+
+
 # Fewer calibration samples than this make one fit's false-alarm rate vary
 # widely around the level (see CalibrationWarning).
 _FEW_CALIBRATION_SAMPLES = 20
@@ -542,10 +558,7 @@ width) or (n_samples, channels, height, width)
                 stacklevel=4,
             )
         if contamination == "auto":
-            median = np.median(scores)
-            mad = np.median(np.abs(scores - median))
-            robust_rule = median - _AUTO_N_MADS * _MAD_TO_STD * mad
-            return float(max(robust_rule, np.percentile(scores, _AUTO_MIN_PERCENT)))
+            return auto_threshold(scores)
         if scheme == "training":
             # scikit-learn's rule: that fraction of the training set below
             return float(np.percentile(scores, 100.0 * contamination))
