@@ -14,6 +14,9 @@ Tasks (one class normal, AUROC with the anomalies positive):
   of digit D; test: 200 other images of D and 500 of other digits.
 - ``adbench-NAME``: ADBench tabular sets, 60 % of the normal rows to train,
   the rest and every anomaly to test.
+- ``faces``: scikit-image's ``lfw_subset.npy`` (``--faces``; 100 LFW faces
+  and 100 non-face crops, 25x25), upsampled to 32x32: 60 faces train, the
+  other 40 faces and the 100 non-faces test.
 
 Run it once per code version and once for the peers, one thread each, then
 merge the JSON files into a table::
@@ -126,6 +129,8 @@ def load_task(task, data):
         test = np.r_[held, others]
         y_test = np.r_[np.zeros(len(held)), np.ones(len(others))]
         return images[train].astype(np.float32), images[test].astype(np.float32), y_test
+    if task == "faces":
+        return _faces(FACES["path"], rng)
     if kind == "adbench":
         folder = Path(data) / "adbench" / "Classical"
         (path,) = [p for p in folder.glob("*.npz") if p.stem.split("_", 1)[-1] == name]
@@ -135,6 +140,27 @@ def load_task(task, data):
         train, test = normal[:n_train], np.r_[normal[n_train:], np.flatnonzero(y == 1)]
         return X[train], X[test], y[test]
     raise ValueError(f"unknown task {task!r}")
+
+
+# scikit-image's lfw_subset.npy (skimage/data/ in any scikit-image install):
+# 100 faces then 100 non-faces, 25x25 grey; set by --faces
+FACES = {"path": None}
+
+
+def _faces(path, rng):
+    """``faces``: 60 faces train; the other 40 and the 100 non-faces test (32x32)."""
+    if path is None:
+        raise ValueError("the faces task needs --faces (scikit-image's lfw_subset.npy)")
+    images = np.load(path).astype(np.float32)[:, None]
+    images = (images - images.min()) / (images.max() - images.min())
+    faces, others = rng.permutation(100), 100 + np.arange(100)
+    train, test = faces[:60], np.r_[faces[60:], others]
+    y_test = np.r_[np.zeros(40), np.ones(100)].astype(int)
+    return (
+        _upsample(images[train], (32, 32)),
+        _upsample(images[test], (32, 32)),
+        y_test,
+    )
 
 
 def _ours(name, settings=()):
@@ -426,6 +452,9 @@ def main():
         "--anomalib-seed", type=int, default=0, help="seed of anomalib's GANomaly"
     )
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
+    parser.add_argument(
+        "--faces", help="scikit-image's lfw_subset.npy (the 'faces' task)"
+    )
     parser.add_argument("--detectors", nargs="+", default=None)
     parser.add_argument("--out", default="defaults_suite.json")
     parser.add_argument(
@@ -449,6 +478,7 @@ def main():
     args = parser.parse_args()
     args.skip = [tuple(item.split(":", 1)) for item in args.skip]
     args.set = [_setting(item) for item in args.set]
+    FACES["path"] = args.faces
     if args.table:
         print(table(args.table))
         return
