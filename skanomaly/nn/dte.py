@@ -231,13 +231,21 @@ class NearestNeighbourTime(nn.Module):
         self.register_buffer("variances", variances.to(train.dtype))
         self.n_neighbors = int(n_neighbors)
 
-    def mean_sq_distance(self, x):
-        """Mean squared distance of each row to its ``n_neighbors`` nearest."""
+    def mean_sq_distance(self, x, exclude=None):
+        """Mean squared distance of each row to its ``n_neighbors`` nearest.
+
+        ``exclude``: for each row, the index of a training row to leave out
+        (the row itself, for leave-one-out scores); needs ``n_neighbors``
+        below the number of training rows.
+        """
         x = x.flatten(1)
         sq = (x**2).sum(dim=1, keepdim=True) + self.rows_sq - 2.0 * x @ self.rows.T
-        nearest = torch.topk(sq.clamp(min=0.0), self.n_neighbors, dim=1, largest=False)
+        sq = sq.clamp(min=0.0)
+        if exclude is not None:
+            sq[torch.arange(len(x)), exclude] = math.inf
+        nearest = torch.topk(sq, self.n_neighbors, dim=1, largest=False)
         return nearest.values.mean(dim=1)
 
-    def forward(self, x):
-        mode = self.mean_sq_distance(x) / x.flatten(1).shape[1]
+    def forward(self, x, exclude=None):
+        mode = self.mean_sq_distance(x, exclude) / x.flatten(1).shape[1]
         return time_from_variance(mode, self.variances)
