@@ -6,6 +6,7 @@ checks of the composition; the default backbone's real ImageNet weights
 """
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 import skanomaly
 from skanomaly import DeepMahalanobis, Mahalanobis, TimmFeatures
 from skanomaly.conformal import conformal_threshold
+from skanomaly.detectors.base import CalibrationWarning
 from skanomaly.testing import check_image_input
 
 FAST = {"backbone": "resnet18", "weights": None, "image_size": 32, "random_state": 0}
@@ -75,6 +77,17 @@ def test_calibration_reuses_the_training_features(monkeypatch):
     assert det.offset_ == conformal_threshold(det.calibration_scores_, 0.1)
     # leave-one-out scores are less normal than the in-sample ones
     assert np.all(loo < det.score_samples(train))
+
+
+def test_one_calibration_and_one_warning_of_its_own_name():
+    # the inner Gaussian's threshold is unused: no leave-one-out of its own,
+    # and a small training set warns once, naming the detector the user fitted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det = DeepMahalanobis(**FAST).fit(_images(n=12))
+    messages = [str(w.message) for w in caught if w.category is CalibrationWarning]
+    assert len(messages) == 1 and messages[0].startswith("DeepMahalanobis ")
+    assert det.gaussian_.calibration == "training"
 
 
 def test_pickle_keeps_scores(fitted):

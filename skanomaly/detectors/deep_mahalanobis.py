@@ -188,7 +188,11 @@ class DeepMahalanobis(BaseDetector):
         groups = np.repeat(
             np.arange(len(extractor.levels_)), extractor.level_channels_
         ).tolist()
-        gaussian = Mahalanobis(covariance=self.covariance, groups=groups).fit(features)
+        # the Gaussian's own threshold is never used (this detector calibrates
+        # below): 'training' spares its leave-one-out pass and its warnings
+        gaussian = Mahalanobis(
+            covariance=self.covariance, groups=groups, calibration="training"
+        ).fit(features)
         self.feature_extractor_ = extractor
         self.gaussian_ = gaussian
         self.levels_ = extractor.levels_
