@@ -111,7 +111,11 @@ CONFIDENCE = 0.9
 NETS = ["AutoEncoder", "VAE", "GANomaly", "SkipGANomaly", "EGBAD", "AnoGAN"]
 FAST_NETS = ["AutoEncoder", "VAE", "GANomaly"]
 PRETRAINED = ["DeepMahalanobis", "PaDiM", "PatchCore"]
-OURS = NETS + ["Mahalanobis"] + PRETRAINED
+# detectors added after the first runs (issues 23 and 25): FastFlow reads
+# images at the pretrained detectors' sizes, DTE reads rows
+FLOWS = ["FastFlow"]
+IMAGE_FEATURES = PRETRAINED + FLOWS
+OURS = NETS + ["Mahalanobis", "DTE"] + PRETRAINED + FLOWS
 PEERS = [
     "PyOD KNN",
     "PyOD IForest",
@@ -119,14 +123,14 @@ PEERS = [
     "nonconform KNN",
     "nonconform IForest",
 ]
-TABLE_DETECTORS = NETS + ["Mahalanobis"]
+TABLE_DETECTORS = NETS + ["Mahalanobis", "DTE"]
 PCB_GROUPS_A = ("00041", "12000", "12100", "12300", "13000")
 
 # name -> (role, detectors of ours)
 TASKS = {
-    "digits-0": ("tuning", OURS),
-    "digits-8": ("tuning", OURS),
-    "digits-3": ("held-out", OURS),
+    "digits-0": ("tuning", NETS + ["Mahalanobis"] + IMAGE_FEATURES),
+    "digits-8": ("tuning", NETS + ["Mahalanobis"] + IMAGE_FEATURES),
+    "digits-3": ("held-out", NETS + ["Mahalanobis"] + IMAGE_FEATURES),
     "mnist-7": ("tuning", FAST_NETS + ["Mahalanobis"] + PRETRAINED),
     "mnist-3": ("held-out", FAST_NETS + ["Mahalanobis"] + PRETRAINED),
     "adbench-cardio": ("tuning", TABLE_DETECTORS),
@@ -134,15 +138,15 @@ TASKS = {
     "adbench-WBC": ("tuning", TABLE_DETECTORS),
     "adbench-Ionosphere": ("tuning", TABLE_DETECTORS),
     "adbench-glass": ("tuning", TABLE_DETECTORS),
-    "adbench-satellite": ("tuning", FAST_NETS + ["Mahalanobis"]),
+    "adbench-satellite": ("tuning", FAST_NETS + ["Mahalanobis", "DTE"]),
     "adbench-Pima": ("held-out", TABLE_DETECTORS),
     "adbench-vowels": ("held-out", TABLE_DETECTORS),
     "adbench-breastw": ("held-out", TABLE_DETECTORS),
-    "adbench-pendigits": ("held-out", FAST_NETS + ["Mahalanobis"]),
-    "adbench-annthyroid": ("held-out", FAST_NETS + ["Mahalanobis"]),
-    "adbench-mammography": ("held-out", FAST_NETS + ["Mahalanobis"]),
-    "pcb-a": ("tuning", FAST_NETS + PRETRAINED),
-    "pcb-b": ("held-out", FAST_NETS + PRETRAINED),
+    "adbench-pendigits": ("held-out", FAST_NETS + ["Mahalanobis", "DTE"]),
+    "adbench-annthyroid": ("held-out", FAST_NETS + ["Mahalanobis", "DTE"]),
+    "adbench-mammography": ("held-out", FAST_NETS + ["Mahalanobis", "DTE"]),
+    "pcb-a": ("tuning", FAST_NETS + IMAGE_FEATURES),
+    "pcb-b": ("held-out", FAST_NETS + IMAGE_FEATURES),
 }
 # cross-fitting (calibration=5) next to the split of 'auto', for the trained
 # nets on two small tasks; 'split' next to leave-one-out for the others
@@ -403,7 +407,7 @@ def _ours(name, scheme, kind, seed=0):
     params = dict(get_detector_tags(cls).benchmark_params)
     if "random_state" in accepted:
         params["random_state"] = seed
-    if name in PRETRAINED:
+    if name in IMAGE_FEATURES:
         params["image_size"] = 128 if kind == "pcb" else 64
     params["contamination"] = FIT_LEVEL
     if "calibration" in accepted:
@@ -414,7 +418,7 @@ def _ours(name, scheme, kind, seed=0):
 def _input(name, task_data):
     if name == "Mahalanobis":
         return task_data["flat"]
-    if name in PRETRAINED:
+    if name in IMAGE_FEATURES:
         return task_data["images"]
     return task_data["nets"]
 
