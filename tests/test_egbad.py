@@ -94,6 +94,7 @@ def test_non_square_rgb_images():
 
 def test_score_weights_and_discriminator_term(fitted_images):
     det, X = fitted_images
+    det.set_params(score_scaling="none")
     scaled = torch.as_tensor(det._scale_input(X[:6]))
     module, critic = det.net_.module_, det.net_.discriminator_
     with torch.no_grad():
@@ -115,13 +116,58 @@ def test_score_weights_and_discriminator_term(fitted_images):
         for disc_loss in ("fm", "ce"):
             det.set_params(disc_weight=weight, disc_loss=disc_loss)
             scores[weight, disc_loss] = -det.score_samples(X[:6])
-    det.set_params(disc_weight=0.1, disc_loss="fm")
+    det.set_params(disc_weight=0.1, disc_loss="fm", score_scaling="auto")
     np.testing.assert_allclose(scores[0.0, "fm"], residual, rtol=1e-5)
     np.testing.assert_allclose(scores[1.0, "fm"], fm, rtol=1e-5)
     np.testing.assert_allclose(scores[1.0, "ce"], ce, rtol=1e-5)
     # w = 0.1 weights the discriminator term
     np.testing.assert_allclose(scores[0.1, "fm"], 0.9 * residual + 0.1 * fm, rtol=1e-5)
     np.testing.assert_allclose(scores[0.1, "ce"], 0.9 * residual + 0.1 * ce, rtol=1e-5)
+
+
+def _residuals(det, X):
+    scaled = torch.as_tensor(det._scale_input(X))
+    with torch.no_grad():
+        return (scaled - det.net_.module_.reconstruct(scaled)).flatten(1).double()
+
+
+def test_standardized_residual_in_units_of_its_training_spread():
+    X = uniform_images()
+    X[:, :, :, :2] = 0.5  # two columns that never vary in training
+    det = EGBAD(**{**FAST, "batch_size": 16, "calibration": "training"}).fit(X)
+    assert det.score_scaling == "auto"  # 'standardized' for images
+    training = _residuals(det, X).numpy()
+    center, variance = training.mean(axis=0), training.var(axis=0)
+    scale = np.sqrt(0.7 * variance / variance.mean() + 0.3)
+    np.testing.assert_allclose(det.residual_center_, center, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(det.residual_scale_, scale, rtol=1e-4, atol=1e-6)
+    # constant pixels get the floor, not a near-zero scale that would let
+    # them dominate every score
+    constant = np.zeros((8, 8), bool)
+    constant[:, :2] = True
+    assert det.residual_scale_[constant.ravel()].min() >= np.sqrt(0.3) * 0.999
+    new = uniform_images(6, seed=1)
+    det.set_params(disc_weight=0.0)
+    expected = np.abs((_residuals(det, new).numpy() - center) / scale).sum(axis=1)
+    np.testing.assert_allclose(-det.score_samples(new), expected, rtol=1e-4)
+    det.set_params(score_scaling="none")
+    raw = np.abs(_residuals(det, new).numpy()).sum(axis=1)
+    np.testing.assert_allclose(-det.score_samples(new), raw, rtol=1e-5)
+    # files saved before the scaling existed score as they did
+    det.set_params(score_scaling="auto")
+    del det.residual_center_, det.residual_scale_
+    np.testing.assert_allclose(-det.score_samples(new), raw, rtol=1e-5)
+
+
+def test_auto_score_scaling_leaves_tabular_residuals_raw():
+    X = np.random.default_rng(0).normal(size=(60, 5)) * [1, 1, 1, 0.1, 5]
+    det = EGBAD(**{**FAST, "disc_weight": 0.0}).fit(X)
+    assert det.residual_scale_.shape == (5,)
+    auto = det.score_samples(X)
+    det.set_params(score_scaling="none")
+    np.testing.assert_array_equal(det.score_samples(X), auto)
+    det.set_params(score_scaling="standardized")
+    assert not np.allclose(det.score_samples(X), auto)
 
 
 class _RecordWeights(Callback):

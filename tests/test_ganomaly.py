@@ -129,7 +129,7 @@ def test_trains_on_images_and_separates_an_unseen_pattern():
 
 def test_score_is_the_latent_error_without_test_set_scaling():
     images = bar_images(40, size=8)
-    det = GANomaly(**FAST).fit(images)
+    det = GANomaly(**FAST, score_scaling="none").fit(images)
     module = det.net_.module_.eval()
     X = torch.as_tensor(det._scale_input(images))
     with torch.inference_mode():
@@ -144,6 +144,43 @@ def test_score_is_the_latent_error_without_test_set_scaling():
     np.testing.assert_allclose(
         det.anomaly_map(images), ((x_hat - X) ** 2).mean(dim=1).numpy(), rtol=1e-5
     )
+
+
+def _latent_errors(det, images):
+    X = torch.as_tensor(det._scale_input(images))
+    with torch.inference_mode():
+        _, z, z_hat = det.net_.module_.eval()(X)
+    return (z - z_hat).double().numpy()
+
+
+def test_standardized_score_weighs_latent_errors_by_their_training_spread():
+    images = bar_images(40, size=8)
+    # every sample trains (no calibration split), so the statistics below
+    # come from exactly the samples the net was fitted on
+    det = GANomaly(**FAST, calibration="training").fit(images)
+    assert det.score_scaling == "standardized"
+    errors = _latent_errors(det, images)
+    center, variance = errors.mean(axis=0), errors.var(axis=0)
+    scale = np.sqrt(0.7 * variance / variance.mean() + 0.3)
+    np.testing.assert_allclose(det.residual_center_, center, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(det.residual_scale_, scale, rtol=1e-4)
+    new = bar_images(10, vertical=True, size=8, seed=1)
+    expected = (((_latent_errors(det, new) - center) / scale) ** 2).mean(axis=1)
+    np.testing.assert_allclose(-det.score_samples(new), expected, rtol=1e-4)
+    # the raw latent error is a parameter away, on the same network
+    raw = (_latent_errors(det, new) ** 2).mean(axis=1)
+    det.set_params(score_scaling="none")
+    np.testing.assert_allclose(-det.score_samples(new), raw, rtol=1e-5)
+    assert not np.allclose(raw, expected, rtol=1e-2)
+    # a file saved before the scaling existed has no statistics: raw scores
+    det.set_params(score_scaling="standardized")
+    del det.residual_center_, det.residual_scale_
+    np.testing.assert_allclose(-det.score_samples(new), raw, rtol=1e-5)
+
+
+def test_score_scaling_is_validated():
+    with pytest.raises(ValueError, match="score_scaling"):
+        GANomaly(**FAST, score_scaling="zscore").fit(bar_images(20, size=8))
 
 
 # w_con already dominates at 50: switching it off is the visible change

@@ -2,7 +2,7 @@
 
 from numbers import Real
 
-from .._compat import Interval
+from .._compat import Interval, StrOptions
 from ..nn.gan import Discriminator
 from ..nn.ganomaly import GANomalyGenerator, GANomalyLoss
 from .gan_base import BaseGANDetector
@@ -28,7 +28,9 @@ class GANomaly(BaseGANDetector):
     ``reinit_discriminator_below``, as in the authors' code.
 
     The anomaly score is the latent error ``mean((z - z_hat)**2)`` over the
-    latent dimensions; ``score_samples`` returns its negative. Unlike the
+    latent dimensions, by default with each dimension of ``z - z_hat`` in
+    units of its spread on the training samples (``score_scaling``);
+    ``score_samples`` returns its negative. Unlike the
     authors' evaluation, scores are not min-max scaled over the test set
     (that changes no ranking and would make a sample's score depend on the
     others).
@@ -60,6 +62,16 @@ class GANomaly(BaseGANDetector):
     reinit_discriminator_below : float or None, default=1e-5
         Re-initialise the discriminator when its loss on a batch falls below
         this value; ``None`` never does.
+    score_scaling : {'standardized', 'none'}, default='standardized'
+        'standardized': each latent dimension of ``z - z_hat`` is centred
+        and divided by its standard deviation over the training samples
+        (fitted after training, ``residual_center_`` and
+        ``residual_scale_``; the variances shrunk 30 % towards their mean)
+        before the mean square, a diagonal Gaussian model of the latent
+        error of normal data. 'none': the authors' ``mean((z - z_hat)**2)``.
+        On five MNIST and digit tasks it raised the mean AUROC from 0.894
+        to 0.920 (50 MNIST 5s 0.817 -> 0.864, 8s 0.777 -> 0.853), losing
+        0.001 on the 32x32 digits 3 (``benchmarks/RESULTS_defaults.md``).
     lr : float, default=2e-4
         Adam learning rate of the generator (and of the discriminator unless
         ``lr_d`` is given).
@@ -120,6 +132,9 @@ class GANomaly(BaseGANDetector):
         tabular data.
     input_center_, input_scale_ : ndarray
         Input scaling fitted on the training data.
+    residual_center_, residual_scale_ : ndarray of shape (latent_dim,)
+        Mean and (shrunk) standard deviation of ``z - z_hat`` on the
+        training samples, used by ``score_scaling='standardized'``.
 
     See Also
     --------
@@ -163,6 +178,7 @@ class GANomaly(BaseGANDetector):
         "w_con": [Interval(Real, 0, None, closed="left")],
         "w_enc": [Interval(Real, 0, None, closed="left")],
         "reinit_discriminator_below": [Interval(Real, 0, None, closed="left"), None],
+        "score_scaling": [StrOptions({"standardized", "none"})],
     }
 
     _default_epochs = 15
@@ -178,6 +194,7 @@ class GANomaly(BaseGANDetector):
         w_con=50.0,
         w_enc=1.0,
         reinit_discriminator_below=1e-5,
+        score_scaling="standardized",
         lr=2e-4,
         lr_d=None,
         beta1=0.5,
@@ -209,6 +226,7 @@ class GANomaly(BaseGANDetector):
         self.w_con = w_con
         self.w_enc = w_enc
         self.reinit_discriminator_below = reinit_discriminator_below
+        self.score_scaling = score_scaling
         self.lr = lr
         self.lr_d = lr_d
         self.beta1 = beta1
@@ -241,6 +259,14 @@ class GANomaly(BaseGANDetector):
     def _reconstruct(self, net, X_batch):
         return net.module_(X_batch)[0]
 
-    def _score_batch(self, net, X_batch):
+    def _fit(self, X):
+        super()._fit(X)
+        self._fit_residual_scaling(X)
+
+    def _score_residual(self, net, X_batch):
         _, z, z_hat = net.module_(X_batch)
-        return ((z - z_hat) ** 2).mean(dim=1)
+        return z - z_hat
+
+    def _score_batch(self, net, X_batch):
+        residual = self._scaled_residual(self._score_residual(net, X_batch))
+        return (residual**2).mean(dim=1)

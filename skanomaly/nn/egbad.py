@@ -166,7 +166,15 @@ class BiGANLoss(AdversarialLoss):
         )
 
 
-def egbad_score(X, encoded, reconstruction, discriminator, disc_weight, disc_loss):
+def egbad_score(
+    X,
+    encoded,
+    reconstruction,
+    discriminator,
+    disc_weight,
+    disc_loss,
+    scale_residual=None,
+):
     """EGBAD anomaly score ``(1 - w) * ||x - G(E(x))||_1 + w * L_D(x)``.
 
     Parameters
@@ -182,13 +190,19 @@ def egbad_score(X, encoded, reconstruction, discriminator, disc_weight, disc_los
     disc_loss : {'fm', 'ce'}
         'fm': feature matching, ``||f(x, E(x)) - f(G(E(x)), E(x))||_1``;
         'ce': the cross-entropy of ``D(G(E(x)), E(x))`` against "real".
+    scale_residual : callable or None, default=None
+        Applied to the flattened residual ``x - G(E(x))``, shape (N, D),
+        before its L1 norm (EGBAD's ``score_scaling``); None leaves it raw.
 
     Returns
     -------
     score : tensor of shape (N,)
         Higher = more anomalous.
     """
-    residual = (X - reconstruction).abs().flatten(1).sum(dim=1)
+    residual = (X - reconstruction).flatten(1)
+    if scale_residual is not None:
+        residual = scale_residual(residual)
+    residual = residual.abs().sum(dim=1)
     if disc_loss == "fm":
         dis = (
             (
