@@ -17,6 +17,11 @@ Tasks (one class normal, AUROC with the anomalies positive):
 - ``faces``: scikit-image's ``lfw_subset.npy`` (``--faces``; 100 LFW faces
   and 100 non-face crops, 25x25), upsampled to 32x32: 60 faces train, the
   other 40 faces and the 100 non-faces test.
+- ``patches-NAME``: 25x25 crops of scikit-image's photo ``NAME.png`` (grey,
+  from the folder of ``--faces``), upsampled to 32x32 like ``faces``: 60
+  crops of the photo's top half train; 40 crops of its bottom half and 100
+  crops of the other photos of ``PHOTOS`` test (a task of another kind:
+  natural scenes, not aligned objects).
 
 Run it once per code version and once for the peers, one thread each, then
 merge the JSON files into a table::
@@ -131,6 +136,8 @@ def load_task(task, data):
         return images[train].astype(np.float32), images[test].astype(np.float32), y_test
     if task == "faces":
         return _faces(FACES["path"], rng)
+    if kind == "patches":
+        return _patches(name, rng)
     if kind == "adbench":
         folder = Path(data) / "adbench" / "Classical"
         (path,) = [p for p in folder.glob("*.npz") if p.stem.split("_", 1)[-1] == name]
@@ -159,6 +166,46 @@ def _faces(path, rng):
     return (
         _upsample(images[train], (32, 32)),
         _upsample(images[test], (32, 32)),
+        y_test,
+    )
+
+
+# grey (or greyed) photos of scikit-image's data folder for ``patches-NAME``
+PHOTOS = ["camera", "astronaut", "coffee", "chelsea", "coins", "moon", "rocket"]
+
+
+def _photo(name):
+    from PIL import Image
+
+    folder = Path(FACES["path"]).parent
+    (path,) = [p for p in folder.iterdir() if p.stem == name]
+    return np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255
+
+
+def _crops(image, n, rng, size=25):
+    rows = rng.integers(0, image.shape[0] - size + 1, n)
+    cols = rng.integers(0, image.shape[1] - size + 1, n)
+    return np.stack([image[r : r + size, c : c + size] for r, c in zip(rows, cols)])
+
+
+def _patches(name, rng):
+    """``patches-NAME``: crops of one photo normal, of the other photos anomalous."""
+    if FACES["path"] is None:
+        raise ValueError("the patches tasks need --faces (its folder holds the photos)")
+    photo = _photo(name)
+    half = photo.shape[0] // 2
+    train = _crops(photo[:half], 60, rng)
+    normal = _crops(photo[half:], 40, rng)
+    others = [p for p in PHOTOS if p != name]
+    anomalies = np.concatenate(
+        [_crops(_photo(p), 100 // len(others) + 1, rng) for p in others]
+    )
+    anomalies = anomalies[rng.permutation(len(anomalies))[:100]]
+    test = np.concatenate([normal, anomalies])
+    y_test = np.r_[np.zeros(len(normal)), np.ones(len(anomalies))].astype(int)
+    return (
+        _upsample(train[:, None], (32, 32)),
+        _upsample(test[:, None], (32, 32)),
         y_test,
     )
 
@@ -453,7 +500,9 @@ def main():
     )
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument(
-        "--faces", help="scikit-image's lfw_subset.npy (the 'faces' task)"
+        "--faces",
+        help="scikit-image's lfw_subset.npy (the 'faces' task; its folder's "
+        "photos make the 'patches-NAME' tasks)",
     )
     parser.add_argument("--detectors", nargs="+", default=None)
     parser.add_argument("--out", default="defaults_suite.json")
