@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -44,6 +43,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
 
 METHODS = {
     "ours-fastflow": "FastFlow (defaults: 8 flow steps, hidden ratio 1, clamp 2)",
@@ -57,7 +59,6 @@ METHODS = {
 
 
 def _data_module():
-    sys.path.insert(0, str(HERE.parent))
     from benchmarks import _data
 
     return _data
@@ -141,52 +142,18 @@ def _worker(args):
     import torch
 
     torch.set_num_threads(1)
-    with np.load(args.data) as data:
-        train, test = data["train"], data["test"]
+    train, test = load_arrays(args.data)
     detector = _ours(args.worker, args)
-    start = time.perf_counter()
-    detector.fit(train)
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = -detector.score_samples(test)
-    score_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    maps = detector.anomaly_map(test)
-    map_seconds = time.perf_counter() - start
-    extra = {}
+    scores, maps, timing = fit_score_maps(detector, train, test)
     if hasattr(detector, "net_"):
-        extra = {
-            "batch_size": detector.batch_size_,
-            "epochs": detector.n_epochs_,
-            "trained_on": len(train) - len(detector.calibration_scores_),
-            "first_loss": float(detector.net_.history[0, "train_loss"]),
-            "last_loss": float(detector.net_.history[-1, "train_loss"]),
-        }
-    _write(args.out, scores, maps, fit_seconds, score_seconds, map_seconds, train)
-    _update(args.out, extra)
-
-
-def _write(out, scores, maps, fit_seconds, score_seconds, map_seconds, train):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    np.savez(out, scores=scores, maps=np.asarray(maps, np.float32))
-    with open(out + ".json", "w") as f:
-        json.dump(
-            {
-                "fit_seconds": fit_seconds,
-                "score_seconds": score_seconds,
-                "map_seconds": map_seconds,
-                "peak_bytes": peak,
-                "n_train": len(train),
-            },
-            f,
+        timing.update(
+            batch_size=detector.batch_size_,
+            epochs=detector.n_epochs_,
+            trained_on=len(train) - len(detector.calibration_scores_),
+            first_loss=float(detector.net_.history[0, "train_loss"]),
+            last_loss=float(detector.net_.history[-1, "train_loss"]),
         )
-
-
-def _update(out, extra):
-    with open(out + ".json") as f:
-        timing = json.load(f)
-    with open(out + ".json", "w") as f:
-        json.dump({**timing, **extra}, f)
+    write_result(args.out, scores, maps, timing)
 
 
 def _anomalib_worker(args):
@@ -264,15 +231,14 @@ def _anomalib_worker(args):
     maps = torch.cat(maps)[:, None]
     maps = torch.nn.functional.interpolate(maps, size=test.shape[-2:], mode="bilinear")
     seconds = time.perf_counter() - start
-    _write(
-        args.out,
-        torch.cat(scores).numpy(),
-        maps[:, 0].numpy(),
-        fit_seconds,
-        seconds,
-        seconds,
-        train,
-    )
+    timing = {
+        "fit_seconds": fit_seconds,
+        "score_seconds": seconds,
+        "map_seconds": seconds,  # one pass gives both
+        "n_train": len(train),
+        "n_test": len(test),
+    }
+    write_result(args.out, torch.cat(scores).numpy(), maps[:, 0].numpy(), timing)
 
 
 # ------------------------------------------------------------------- driver

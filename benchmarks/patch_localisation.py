@@ -23,16 +23,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
 
 # name -> (library, what to build); ours are built in _ours below
 METHODS = {
@@ -79,39 +79,21 @@ def _worker(args):
     import torch
 
     torch.set_num_threads(1)
-    with np.load(args.data) as data:
-        train, test = data["train"], data["test"]
+    train, test = load_arrays(args.data)
     detector = _ours(args.worker, args.weights, args.seed)
     size = test.shape[-2:]
     if args.worker == "ours-autoencoder":
         # the convolutional autoencoder at 256 px is too slow for this CPU:
         # it sees the images at 64 px, its maps are upsampled back
         train, test = _resized(train, 64), _resized(test, 64)
-    start = time.perf_counter()
-    detector.fit(train)
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = -detector.score_samples(test)
-    score_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    maps = detector.anomaly_map(test)
-    if maps.shape[-2:] != size:
-        maps = _resized(maps[:, None], size[0])[:, 0]
-    map_seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    np.savez(args.out, scores=scores, maps=maps.astype(np.float32))
-    with open(args.out + ".json", "w") as f:
-        json.dump(
-            {
-                "fit_seconds": fit_seconds,
-                "score_seconds": score_seconds,
-                "map_seconds": map_seconds,
-                "peak_bytes": peak,
-                "n_train": len(train),
-                "n_test": len(test),
-            },
-            f,
-        )
+
+    def back_to_size(maps):
+        if maps.shape[-2:] != size:
+            maps = _resized(maps[:, None], size[0])[:, 0]
+        return maps
+
+    scores, maps, timing = fit_score_maps(detector, train, test, back_to_size)
+    write_result(args.out, scores, maps, timing)
 
 
 def _packaged_weights_file(folder):

@@ -37,10 +37,8 @@ diagnostic variants of ours), ``--texture-names`` the textures.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks._data import _stain  # noqa: E402
+from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
 from benchmarks.patch_localisation import (  # noqa: E402
     _metrics,
     _packaged_weights_file,
@@ -241,32 +240,9 @@ def _worker(args):
     import torch
 
     torch.set_num_threads(1)
-    with np.load(args.data) as data:
-        train, test = data["train"], data["test"]
+    train, test = load_arrays(args.data)
     detector = _ours(args.worker, args.weights, args.seed)
-    start = time.perf_counter()
-    detector.fit(train)
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = -detector.score_samples(test)
-    score_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    maps = detector.anomaly_map(test)
-    map_seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    np.savez(args.out, scores=scores, maps=maps.astype(np.float32))
-    with open(args.out + ".json", "w") as f:
-        json.dump(
-            {
-                "fit_seconds": fit_seconds,
-                "score_seconds": score_seconds,
-                "map_seconds": map_seconds,
-                "peak_bytes": peak,
-                "n_train": len(train),
-                "n_test": len(test),
-            },
-            f,
-        )
+    write_result(args.out, *fit_score_maps(detector, train, test))
 
 
 def _run(name, args, data_path, out):
