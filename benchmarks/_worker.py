@@ -52,3 +52,11 @@ def write_result(out, scores, maps, timing):
     np.savez(out, scores=scores, maps=np.asarray(maps, np.float32))
     with open(out + ".json", "w") as f:
         json.dump({**timing, "peak_bytes": peak}, f)
+
+
+def read_result(out):
+    """What a worker left: ``(scores, maps, timing)``."""
+    with np.load(out) as result:
+        scores, maps = result["scores"], result["maps"]
+    with open(out + ".json") as f:
+        return scores, maps, json.load(f)

@@ -45,7 +45,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
+from benchmarks._worker import (  # noqa: E402
+    fit_score_maps,
+    load_arrays,
+    read_result,
+    write_result,
+)
 
 METHODS = {
     "ours-fastflow": "FastFlow (defaults: 8 flow steps, hidden ratio 1, clamp 2)",
@@ -258,11 +263,7 @@ def _run(name, args, data_path, plan):
         command = [sys.executable, __file__, "--worker", name]
     print(f"running {args.task} {name} ...", flush=True)
     subprocess.run([*command, *options], check=True, env=env)
-    with np.load(out) as result:
-        scores, maps = result["scores"], result["maps"]
-    with open(out + ".json") as f:
-        timing = json.load(f)
-    return scores, maps, timing
+    return read_result(out)
 
 
 def main():

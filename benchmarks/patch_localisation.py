@@ -32,7 +32,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
+from benchmarks._worker import (  # noqa: E402
+    fit_score_maps,
+    load_arrays,
+    read_result,
+    write_result,
+)
 
 # name -> (library, what to build); ours are built in _ours below
 METHODS = {
@@ -134,11 +139,7 @@ def _run(name, args, data_path):
     command = [*program, *options, "--seed", str(args.seed)]
     print(f"running {name} ...", flush=True)
     subprocess.run(command, check=True, env=env)
-    with np.load(out) as result:
-        scores, maps = result["scores"], result["maps"]
-    with open(out + ".json") as f:
-        timing = json.load(f)
-    return scores, maps, timing
+    return read_result(out)
 
 
 def _metrics(y, masks, scores, maps):

@@ -47,7 +47,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks._data import _stain  # noqa: E402
-from benchmarks._worker import fit_score_maps, load_arrays, write_result  # noqa: E402
+from benchmarks._worker import (  # noqa: E402
+    fit_score_maps,
+    load_arrays,
+    read_result,
+    write_result,
+)
 from benchmarks.patch_localisation import (  # noqa: E402
     _metrics,
     _packaged_weights_file,
@@ -256,11 +261,7 @@ def _run(name, args, data_path, out):
         weights = args.weights
     options = ["--data", data_path, "--weights", weights, "--out", out]
     subprocess.run([*program, *options, "--seed", str(args.seed)], check=True, env=env)
-    with np.load(out) as result:
-        scores, maps = result["scores"], result["maps"]
-    with open(out + ".json") as f:
-        timing = json.load(f)
-    return scores, maps, timing
+    return read_result(out)
 
 
 def _pixel_auroc_without(masks, maps, kinds, kind):
