@@ -1,4 +1,4 @@
-"""FastFlow detector (Yu, Zheng, Wang, Chen, Yu & Li, arXiv 2021)."""
+"""FastFlow detector (Yu, Zheng, Wang, Li, Wu, Zhao & Wu, arXiv 2021)."""
 
 import copy
 from numbers import Integral, Real
