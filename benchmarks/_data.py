@@ -130,20 +130,27 @@ def _mosaic(digits, rng, grid=4):
     return image.reshape(grid * _CELL, grid * _CELL).round().astype(np.uint8)
 
 
-def _scratch(image, rng):
-    """A 2 px wide line of grey 160, 40-100 px long: visible on ink and on
-    background. The mask is the line."""
-    size = image.shape[0]
-    length = rng.uniform(40, 100)
+def random_line(shape, rng, lengths, margin, width=1):
+    """Mask of a straight line at any angle: length drawn from ``lengths``,
+    centre at least ``margin`` px from the border, ``width`` px wide."""
+    size = shape[0]
+    length = rng.uniform(*lengths)
     angle = rng.uniform(0, np.pi)
-    cy, cx = rng.uniform(30, size - 30, 2)
+    cy, cx = rng.uniform(margin, size - margin, 2)
     t = np.linspace(-length / 2, length / 2, int(length * 3))
     ys = np.clip(np.round(cy + t * np.sin(angle)), 0, size - 1).astype(int)
     xs = np.clip(np.round(cx + t * np.cos(angle)), 0, size - 1).astype(int)
-    mask = np.zeros(image.shape, bool)
-    for dy in (0, 1):
-        for dx in (0, 1):
+    mask = np.zeros(shape, bool)
+    for dy in range(width):
+        for dx in range(width):
             mask[np.clip(ys + dy, 0, size - 1), np.clip(xs + dx, 0, size - 1)] = True
+    return mask
+
+
+def _scratch(image, rng):
+    """A 2 px wide line of grey 160, 40-100 px long: visible on ink and on
+    background. The mask is the line."""
+    mask = random_line(image.shape, rng, (40, 100), margin=30, width=2)
     image[mask] = 160
     return mask
 

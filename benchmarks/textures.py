@@ -46,7 +46,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks._data import _stain  # noqa: E402
+from benchmarks._data import _stain, random_line  # noqa: E402
 from benchmarks._worker import (  # noqa: E402
     fit_score_maps,
     load_arrays,
@@ -132,15 +132,7 @@ def _crop(photo, rows, rng):
 
 def _cut(image, rng):
     """A dark 1 px line, 15-45 px long, at any angle: intensities ``0.35 x``."""
-    size = image.shape[0]
-    length = rng.uniform(15, 45)
-    angle = rng.uniform(0, np.pi)
-    cy, cx = rng.uniform(12, size - 12, 2)
-    t = np.linspace(-length / 2, length / 2, int(length * 3))
-    ys = np.clip(np.round(cy + t * np.sin(angle)), 0, size - 1).astype(int)
-    xs = np.clip(np.round(cx + t * np.cos(angle)), 0, size - 1).astype(int)
-    mask = np.zeros(image.shape, bool)
-    mask[ys, xs] = True
+    mask = random_line(image.shape, rng, (15, 45), margin=12)
     image[mask] = np.round(0.35 * image[mask]).astype(np.uint8)
     return mask
 
