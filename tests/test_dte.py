@@ -135,6 +135,35 @@ def test_nonparametric_calibrates_on_leave_one_out_scores():
     assert (det.score_samples(train) > np.array(expected)).all()
 
 
+@pytest.mark.parametrize("block_values", [None, 1000], ids=["default", "small"])
+def test_nonparametric_tiled_search_equals_one_block(block_values, monkeypatch):
+    # the search runs in tiles of 1024 queries x 2048 training rows in
+    # float32; more of both here, with duplicates (ties at the k-th place)
+    # and far rows; the scores must equal the one-block float64 formula
+    if block_values is not None:  # many blocks of rows in the detector too
+        monkeypatch.setattr("skanomaly.detectors.dte._NP_BLOCK_VALUES", block_values)
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(3000, 6))
+    train[2500:2600] = train[:100]
+    queries = np.r_[rng.normal(size=(2400, 6)), 5.0 * rng.normal(size=(100, 6))]
+    queries[:50] = train[:50]  # at distance 0 of two training rows
+    det = DTE(calibration="training").fit(train)
+    module = det._neighbour_module()
+    scaled = det._scale_batch(torch.from_numpy(queries), torch.float64)
+    with torch.inference_mode():
+        expected = -module(scaled).numpy()
+        rows = torch.from_numpy(det.train_rows_)
+        every = torch.arange(len(rows))
+        expected_loo = -module(rows, every).numpy()
+    np.testing.assert_allclose(det.score_samples(queries), expected, rtol=1e-9)
+    loo = det._neighbour_scores(det.train_rows_, exclude=every.numpy())
+    np.testing.assert_allclose(loo, expected_loo, rtol=1e-9)
+    # a duplicated row, left out, keeps its twin (at distance 0): the two
+    # score alike, and more normal than their neighbours' median
+    np.testing.assert_allclose(loo[:100], loo[2500:2600], rtol=1e-12)
+    assert np.median(loo[:100]) > np.median(loo[100:2500])
+
+
 def test_nonparametric_leave_one_out_with_as_few_rows_as_neighbours():
     # k is capped at n - 1, so a row scored without itself still has k
     # neighbours (none of them infinitely far)

@@ -16,8 +16,10 @@ from .torch_base import BaseTorchDetector
 
 __all__ = ["DTE"]
 
-# DTE-NP scores in blocks of rows whose distance matrix to the training rows
-# holds at most this many float64 values (32 MiB), whatever the set sizes.
+# DTE-NP scores rows in blocks whose k nearest training rows, gathered in
+# float64, hold at most this many values (32 MiB); the search inside works in
+# tiles of its own (skanomaly.nn.patchcore.nearest_neighbours, 8 MB), so
+# memory does not grow with the number of rows scored or of training rows.
 _NP_BLOCK_VALUES = 2**22
 
 
@@ -285,7 +287,8 @@ calibration_size, calibration_confidence
         """DTE-NP's scores of raw rows ``X``, or of scaled training rows
         ``train_rows_[exclude]`` each without itself (leave-one-out)."""
         module = self._neighbour_module()
-        block = max(1, _NP_BLOCK_VALUES // len(self.train_rows_))
+        n_values = self.n_neighbors_ * self.train_rows_.shape[1]
+        block = max(1, _NP_BLOCK_VALUES // n_values)
         times = []
         with torch.inference_mode():
             for start in range(0, len(X), block):
@@ -295,7 +298,7 @@ calibration_size, calibration_confidence
                 else:
                     rows = torch.from_numpy(X[start : start + block])
                     left_out = torch.from_numpy(exclude[start : start + block])
-                times.append(module(rows, left_out).numpy())
+                times.append(module.searched_time(rows, left_out).numpy())
         return -np.concatenate(times)
 
     def _onnx_module(self):

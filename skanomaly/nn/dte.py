@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .mlp import MLP
+from .patchcore import nearest_neighbours
 
 __all__ = [
     "DiffusionTimeLoss",
@@ -248,4 +249,37 @@ class NearestNeighbourTime(nn.Module):
 
     def forward(self, x, exclude=None):
         mode = self.mean_sq_distance(x, exclude) / x.flatten(1).shape[1]
+        return time_from_variance(mode, self.variances)
+
+    def searched_mean_sq_distance(self, x, exclude=None):
+        """:meth:`mean_sq_distance` by a tiled search, for many rows.
+
+        The ``k`` nearest training rows are found in float32 tiles with a
+        running top ``k`` (:func:`skanomaly.nn.patchcore.nearest_neighbours`:
+        memory bounded, never the whole distance matrix), then their squared
+        distances are recomputed in float64 from the differences, so the
+        result equals :meth:`mean_sq_distance` up to float64 rounding, except
+        where float32 rounding swaps two nearly equidistant rows at the
+        ``k``-th place (the mean then moves by about that rounding).
+        """
+        x = x.flatten(1)
+        if not hasattr(self, "_bank32"):  # not a buffer: not exported to ONNX
+            self._bank32 = self.rows.float()
+            self._bank_norms32 = self._bank32.square().sum(dim=1)
+        groups = {}
+        if exclude is not None:  # a row's own index is its group: left out
+            groups = dict(
+                query_groups=exclude,
+                bank_groups=torch.arange(len(self.rows), device=x.device),
+            )
+        _, index = nearest_neighbours(
+            x.float(), self._bank32, self._bank_norms32, self.n_neighbors, **groups
+        )
+        nearest = self.rows[index]  # (n, k, d)
+        return (nearest - x.to(self.rows.dtype)[:, None, :]).square().sum(2).mean(1)
+
+    def searched_time(self, x, exclude=None):
+        """:meth:`forward` through :meth:`searched_mean_sq_distance`."""
+        x = x.flatten(1)
+        mode = self.searched_mean_sq_distance(x, exclude) / x.shape[1]
         return time_from_variance(mode, self.variances)
