@@ -222,6 +222,8 @@ def report(args):
         "|---" * (len(names) + 1) + "|",
     ]
     for group, sets in (("tuning", tuning), ("held out", held_out)):
+        if not sets:
+            continue
         for dataset in sets:
             cells = []
             for model in names:

@@ -14,6 +14,7 @@ from skanomaly import DTE
 from skanomaly.nn.dte import (
     NearestNeighbourTime,
     diffusion_variances,
+    searched_time_from_variance,
     time_from_variance,
 )
 from skanomaly.testing import fast_detector, parametrize_detector_checks
@@ -172,6 +173,27 @@ def test_nonparametric_leave_one_out_with_as_few_rows_as_neighbours():
     assert det.n_neighbors_ == 3
     assert np.isfinite(det.calibration_scores_).all()
     assert np.isfinite(det.score_samples(X + 1.0)).all()
+
+
+def test_searched_time_from_variance_equals_the_one_matrix_form():
+    # scoring uses the binary search, ONNX export the (rows x steps) form
+    variances = diffusion_variances(400, 1e-4, 0.01)
+    v = torch.cat(
+        [
+            torch.rand(
+                5000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+            )
+            * 1.2,
+            variances,  # exactly at the steps
+            torch.tensor([0.0, -1.0, 5.0], dtype=torch.float64),  # below, beyond
+        ]
+    )
+    np.testing.assert_allclose(
+        searched_time_from_variance(v, variances),
+        time_from_variance(v, variances),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 def test_time_from_variance_inverts_the_schedule():

@@ -18,8 +18,11 @@ __all__ = ["DTE"]
 
 # DTE-NP scores rows in blocks whose k nearest training rows, gathered in
 # float64, hold at most this many values (32 MiB); the search inside works in
-# tiles of its own (skanomaly.nn.patchcore.nearest_neighbours, 8 MB), so
-# memory does not grow with the number of rows scored or of training rows.
+# tiles of its own (skanomaly.nn.patchcore.nearest_neighbours, 8 MB), and the
+# blocks' scores go straight into one preallocated array (a list of small
+# arrays between the blocks' large temporaries kept the heap from shrinking:
+# +2 GB scoring a million rows), so memory does not grow with the number of
+# rows scored or of training rows.
 _NP_BLOCK_VALUES = 2**22
 
 
@@ -289,7 +292,7 @@ calibration_size, calibration_confidence
         module = self._neighbour_module()
         n_values = self.n_neighbors_ * self.train_rows_.shape[1]
         block = max(1, _NP_BLOCK_VALUES // n_values)
-        times = []
+        times = np.empty(len(X))
         with torch.inference_mode():
             for start in range(0, len(X), block):
                 if exclude is None:
@@ -298,8 +301,9 @@ calibration_size, calibration_confidence
                 else:
                     rows = torch.from_numpy(X[start : start + block])
                     left_out = torch.from_numpy(exclude[start : start + block])
-                times.append(module.searched_time(rows, left_out).numpy())
-        return -np.concatenate(times)
+                time = module.searched_time(rows, left_out)
+                times[start : start + len(rows)] = time.numpy()
+        return -times
 
     def _onnx_module(self):
         """Raw batch -> estimated step, for :func:`skanomaly.export_onnx`."""

@@ -20,6 +20,7 @@ __all__ = [
     "DTEModule",
     "NearestNeighbourTime",
     "diffusion_variances",
+    "searched_time_from_variance",
     "time_from_variance",
 ]
 
@@ -59,6 +60,31 @@ def time_from_variance(variance, variances):
     fractions = ((v - low) / (high - low)).clamp(0.0, 1.0).sum(dim=1)
     beyond = (variance - variances[-1]).clamp(min=0.0) / (high[-1] - low[-1])
     return fractions + beyond
+
+
+def searched_time_from_variance(variance, variances):
+    """:func:`time_from_variance` by binary search, for many rows.
+
+    The same piecewise-linear inverse (equal up to float rounding), in
+    memory of the rows only: :func:`time_from_variance` holds a (rows x
+    steps) matrix, which ONNX export needs and scoring a million rows does
+    not.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skanomaly.nn.dte import searched_time_from_variance
+    >>> variances = torch.tensor([0.1, 0.2, 0.4], dtype=torch.float64)
+    >>> v = torch.tensor([0.05, 0.15, 0.4, 0.6], dtype=torch.float64)
+    >>> searched_time_from_variance(v, variances).round(decimals=6).tolist()
+    [0.0, 0.5, 2.0, 3.0]
+    """
+    last = len(variances) - 1
+    low = (torch.searchsorted(variances, variance, right=True) - 1).clamp(0, last - 1)
+    start, end = variances[low], variances[low + 1]
+    fraction = ((variance - start) / (end - start)).clamp(0.0, 1.0)
+    beyond = (variance - variances[-1]).clamp(min=0.0) / (variances[-1] - variances[-2])
+    return low.to(variance.dtype) + fraction + beyond
 
 
 class DTEModule(nn.Module):
@@ -279,7 +305,8 @@ class NearestNeighbourTime(nn.Module):
         return (nearest - x.to(self.rows.dtype)[:, None, :]).square().sum(2).mean(1)
 
     def searched_time(self, x, exclude=None):
-        """:meth:`forward` through :meth:`searched_mean_sq_distance`."""
+        """:meth:`forward` by searches: :meth:`searched_mean_sq_distance`,
+        :func:`searched_time_from_variance`; memory of ``x`` only."""
         x = x.flatten(1)
         mode = self.searched_mean_sq_distance(x, exclude) / x.shape[1]
-        return time_from_variance(mode, self.variances)
+        return searched_time_from_variance(mode, self.variances)
