@@ -96,6 +96,18 @@ METHODS = {
         {},
         "nearest-map",
     ),
+    "diag-padim-standardized": (
+        "PaDiM, image_score='standardized'",
+        "padim",
+        {"image_score": "standardized"},
+        None,
+    ),
+    "diag-padim-random-standardized": (
+        "PaDiM, channel_reduction='random', image_score='standardized'",
+        "padim",
+        {"channel_reduction": "random", "image_score": "standardized"},
+        None,
+    ),
     "diag-padim-nearest-map": (
         "PaDiM, distances upsampled by nearest neighbours",
         "padim",
@@ -264,6 +276,60 @@ def _pixel_auroc_without(masks, maps, kinds, kind):
     return pixel_roc_auc_score(masks[keep], maps[keep])
 
 
+def _check_data(kind, folder, seed, n_train):
+    """``(train, test, y, masks)`` of the checks outside the textures."""
+    if kind == "mnist":
+        from benchmarks._data import mnist_defect_mosaics
+
+        train, test, y, masks, _ = mnist_defect_mosaics(
+            folder, n_train=n_train, seed=seed
+        )
+        return train, test, y, masks
+    if kind == "deeppcb":
+        from benchmarks.inspection_speed import load_tiles
+
+        return load_tiles(folder, n_train, 100, seed)
+    raise ValueError(kind)
+
+
+def image_score_check(kind, folder, seed, n_train, weights="imagenet"):
+    """PaDiM's two image scores, read from one fit, on MNIST mosaics or DeepPCB.
+
+    One ``PaDiM(image_score='standardized')`` at 256 px (the images' own
+    size, so the map's maximum is the score ``image_score='max'`` gives):
+    image AUROC of ``-score_samples`` and of each map's maximum, with the
+    pixel metrics (the same maps for both).
+    """
+    import time
+
+    import torch
+
+    from skanomaly import PaDiM
+
+    torch.set_num_threads(1)
+    train, test, y, masks = _check_data(kind, folder, seed, n_train)
+    detector = PaDiM(
+        weights=weights, image_size=SIZE, random_state=seed, image_score="standardized"
+    )
+    start = time.perf_counter()
+    detector.fit(train)
+    fit_seconds = time.perf_counter() - start
+    scores = -detector.score_samples(test)
+    maps = detector.anomaly_map(test)
+    plain = maps.reshape(len(maps), -1).max(axis=1)
+    row = {
+        "check": kind,
+        "seed": seed,
+        "n_train": len(train),
+        "n_test": len(test),
+        "fit_seconds": fit_seconds,
+        **_metrics(y, masks, plain, maps),
+        "image_auroc_standardized": _metrics(y, masks, scores, maps)["image_auroc"],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -277,7 +343,12 @@ def main():
         "--methods",
         default="ours-padim,anomalib-padim,ours-patchcore,anomalib-patchcore",
     )
-    parser.add_argument("--n-train", type=int, default=40)
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="training images (default: 40; --check: 100 for mnist, 300 for deeppcb)",
+    )
     parser.add_argument(
         "--n-test", type=int, default=60, help="normal and defective each"
     )
@@ -286,12 +357,23 @@ def main():
         "--rows", nargs="+", default=None, help="JSON-lines files to tabulate"
     )
     parser.add_argument("--results", default=None)
+    parser.add_argument(
+        "--check",
+        choices=["mnist", "deeppcb"],
+        default=None,
+        help="PaDiM's image scores on MNIST mosaics or DeepPCB (from --data-folder)",
+    )
+    parser.add_argument("--data-folder", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return _worker(args)
+    if args.check:
+        n_train = args.n_train or (100 if args.check == "mnist" else 300)
+        return image_score_check(args.check, args.data_folder, args.seed, n_train)
+    args.n_train = args.n_train or 40
     if args.rows:
         rows = [
             json.loads(line)
@@ -344,6 +426,11 @@ def main():
                 row[f"aupro_{kind}"] = _metrics(
                     y[keep], masks[keep], scores[keep], maps[keep]
                 )["aupro"]
+            # the image AUROC of each map's maximum: for ours at 256 px, the
+            # score image_score='max' gives, read from the same fitted model
+            row["image_auroc_map_max"] = _metrics(
+                y, masks, maps.reshape(len(maps), -1).max(axis=1), maps
+            )["image_auroc"]
             # the stains are most defect pixels: pixel AUROC without them
             row["pixel_auroc_no_stain"] = _pixel_auroc_without(
                 masks, maps, kinds, "stain"

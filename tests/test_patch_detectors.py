@@ -1,5 +1,6 @@
 """PatchFeatures, PaDiM and PatchCore: features, Gaussians, coreset, maps."""
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -225,6 +226,96 @@ def test_padim_singular_covariances_get_a_ridge_with_a_warning():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", CalibrationWarning)
         det.set_params(covariance="ledoit_wolf").fit(images)
+
+
+def _statistics(maps):
+    """Per-pixel mean and std of ``maps``, the variance shrunk (PaDiM's rule)."""
+    mean, var = maps.mean(axis=0), maps.var(axis=0)
+    var = (len(maps) * var + 10 * var.mean()) / (len(maps) + 10)
+    return mean, np.sqrt(var)
+
+
+def _standardized(maps, others):
+    """``maps`` standardised by the statistics of ``others``."""
+    mean, std = _statistics(others)
+    return (maps - mean) / std
+
+
+def test_padim_standardized_image_score_uses_leave_one_out_training_maps():
+    images = _textures(12, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        det = PaDiM(**params, image_score="standardized").fit(images)
+        plain = PaDiM(**params).fit(images)
+        # each training image's map under the Gaussians of the other eleven
+        loo = np.concatenate(
+            [
+                PaDiM(**params)
+                .fit(np.delete(images, i, axis=0))
+                .anomaly_map(images[i : i + 1])
+                for i in range(12)
+            ]
+        )
+    assert plain.map_mean_ is None and plain.map_std_ is None
+    assert det.map_mean_.shape == det.map_std_.shape == (32, 32)
+    mean, std = _statistics(loo)
+    np.testing.assert_allclose(det.map_mean_, mean, rtol=1e-3)
+    np.testing.assert_allclose(det.map_std_, std, rtol=1e-3)
+    # the maps are unchanged; the image score is the standardised map's maximum
+    test = _textures(6, 32, seed=1)
+    bad, _ = _with_square(test)
+    X = np.concatenate([test, bad])
+    maps = det.anomaly_map(X)
+    np.testing.assert_allclose(maps, plain.anomaly_map(X), rtol=1e-6)
+    z = (maps - det.map_mean_) / det.map_std_
+    np.testing.assert_allclose(-det.score_samples(X), z.max(axis=(1, 2)), rtol=1e-4)
+    assert not np.allclose(det.score_samples(X), plain.score_samples(X), rtol=0.1)
+    assert det.score_samples(bad).max() < det.score_samples(test).min()
+    # calibration: each image's leave-one-out map, standardised by the others'
+    expected = [
+        -_standardized(loo[i], np.delete(loo, i, axis=0)).max() for i in range(12)
+    ]
+    np.testing.assert_allclose(
+        det.calibration_scores_, np.sort(expected), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_padim_standardized_pixels_vary_less_where_normal_maps_vary_less():
+    # normal images whose right half is flat: a defect there is unusual
+    # although its distance is below the textured half's normal spread
+    images = _textures(30, 32)
+    images[:, :, :, 16:] = 128
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=8)
+    det = PaDiM(**params, image_score="standardized").fit(images)
+    assert det.map_std_[:, 24:].mean() < det.map_std_[:, :8].mean()
+
+
+@pytest.mark.parametrize("tiles", [{}, dict(tile_size=16, tile_overlap=4)])
+def test_padim_standardized_survives_save_load_and_onnx(tiles, tmp_path):
+    from _export import check_case
+
+    params = {"image_score": "standardized", **tiles}
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec(
+        "onnxscript"
+    ):
+        check_case("padim", params, "images", tmp_path)
+    images = _textures(12, 32)
+    X = _textures(4, 32, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8, **params).fit(
+            images
+        )
+    skanomaly.save(det, tmp_path / "m.ska")
+    loaded = skanomaly.load(tmp_path / "m.ska")
+    np.testing.assert_array_equal(loaded.map_std_, det.map_std_)
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_padim_refuses_an_unknown_image_score():
+    with pytest.raises(ValueError, match="image_score"):
+        PaDiM(**SMALL, image_score="mean").fit(_textures(4, 32))
 
 
 # --------------------------------------------------------------- PatchCore

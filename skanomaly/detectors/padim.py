@@ -14,13 +14,22 @@ from ..gaussian import (
     ledoit_wolf_shrink,
     regularised_cholesky,
 )
-from ..nn.padim import PositionDistances, PositionMoments
+from ..nn.padim import PositionDistances, PositionMoments, StandardizedMaximum
 from .patch_base import BasePatchDetector
 
 __all__ = ["PaDiM"]
 
 # Positions whose covariances are shrunk and factorised at once.
 _CHUNK_BYTES = 64 * 2**20
+# image_score='standardized': the training images (at most this many, and
+# their features at most this many bytes) whose leave-one-out maps give the
+# per-pixel mean and standard deviation, and the pseudo-count of maps with
+# which each pixel's variance is shrunk towards the mean variance over pixels
+# (a per-pixel variance from few maps is noisy, and the maximum of a map
+# divided by it would seek out the pixels where it is underestimated).
+_STATISTICS_IMAGES = 100
+_STATISTICS_BYTES = 192 * 2**20
+_VARIANCE_PSEUDO_COUNT = 10
 
 
 class PaDiM(BasePatchDetector):
@@ -34,8 +43,10 @@ class PaDiM(BasePatchDetector):
     regularised covariance of the patch vectors seen there. The anomaly map
     is the Mahalanobis distance of each patch to its position's Gaussian,
     upsampled to the image the backbone saw and smoothed by a Gaussian of
-    ``sigma`` pixels; the image's anomaly score is the map's maximum, and
-    ``score_samples`` returns its negative.
+    ``sigma`` pixels; the image's anomaly score is the map's maximum (with
+    ``image_score='standardized'``, the maximum of the map standardised pixel
+    by pixel by the training images' maps), and ``score_samples`` returns
+    its negative.
 
     The fit streams over batches: it keeps float64 sums of the patch
     vectors and of their outer products per position, never the features
@@ -110,6 +121,23 @@ class PaDiM(BasePatchDetector):
         Pixels shared by neighbouring tiles, less than ``tile_size``.
     sigma : float, default=4.0
         Smoothing of the map, in pixels of the image the backbone sees.
+    image_score : {'max', 'standardized'}, default='max'
+        How an image's score is read from its map. 'max': the map's
+        maximum (the paper's, and anomalib's). 'standardized': the maximum
+        of the map after each pixel is standardised, ``(map - mean) / std``,
+        by the mean and standard deviation of that pixel over the training
+        images' maps, each training map computed leave-one-out (without
+        that image in the Gaussians; up to 100 training images, a fixed
+        random subset, and their features at most 192 MiB; each pixel's
+        variance shrunk towards the mean variance with a weight of 10
+        maps). The maps themselves stay Mahalanobis distances. With
+        fewer images than channels the distances of normal patches are not
+        equally spread at every pixel: the bilinearly upsampled deeper
+        levels vary more at the image's border and corners, and the
+        smoothing averages fewer values there, so the plain maximum of a
+        normal image lies at its border three times in four on unaligned
+        texture (gravel) and a defect inside does not raise it. See
+        benchmarks/RESULTS_textures.md.
     max_memory_bytes : int, default=4 GiB
         Upper bound on the memory of the Gaussians (see above).
     batch_size : int, default=32
@@ -142,6 +170,11 @@ class PaDiM(BasePatchDetector):
         Lower Cholesky factor of each position's regularised covariance.
     shrinkages_ : ndarray of shape (n_positions,)
         Ledoit-Wolf shrinkage of each position (zeros for 'empirical').
+    map_mean_, map_std_ : ndarray of shape (height, width), float32, or None
+        Per-pixel mean and (shrunk) standard deviation of the training
+        images' leave-one-out smoothed maps, at the resolution the backbone
+        sees (a tile's, with tiles), for ``image_score='standardized'``;
+        None otherwise.
     offset_ : float
         Threshold on ``score_samples``.
     n_features_in_ : int
@@ -189,6 +222,7 @@ class PaDiM(BasePatchDetector):
         "reg_covar": [Interval(Real, 0, None, closed="left")],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
+        "image_score": [StrOptions({"max", "standardized"})],
         "max_memory_bytes": [Interval(Integral, 1, None, closed="left")],
     }
 
@@ -208,6 +242,7 @@ class PaDiM(BasePatchDetector):
         tile_size=None,
         tile_overlap=0,
         sigma=4.0,
+        image_score="max",
         max_memory_bytes=4 * 2**30,
         batch_size=32,
         device="cpu",
@@ -238,6 +273,7 @@ class PaDiM(BasePatchDetector):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.sigma = sigma
+        self.image_score = image_score
         self.max_memory_bytes = max_memory_bytes
         self.batch_size = batch_size
         self.device = device
@@ -277,8 +313,27 @@ class PaDiM(BasePatchDetector):
         moments = PositionMoments(
             positions, d, check_device(self.device), fourth_moments=ledoit_wolf
         )
+        standardize = self.image_score == "standardized"
+        if standardize:
+            # the features of a fixed subset of the training images, for the
+            # per-pixel statistics of their leave-one-out maps
+            n_tiles = getattr(features, "n_tiles_", 1)
+            per_image = n_tiles * positions * d * 4
+            n_kept = min(n_images, _STATISTICS_IMAGES, _STATISTICS_BYTES // per_image)
+            n_kept = max(2, n_kept)
+            chosen = np.zeros(n_images, bool)
+            subset = np.random.default_rng(0).choice(n_images, n_kept, replace=False)
+            chosen[subset] = True
+            kept, row = [], 0
         for batch in patch_batches():
             moments.update(batch)
+            if standardize:
+                images = (row + np.arange(len(batch))) // n_tiles
+                row += len(batch)
+                take = np.flatnonzero(chosen[images])
+                if len(take):
+                    index = torch.as_tensor(take, device=batch.device)
+                    kept.append((images[take], batch.index_select(0, index)))
         cholesky = np.empty((positions, d, d), dtype=np.float32)
         shrinkages = np.zeros(positions)
         chunk = max(1, _CHUNK_BYTES // (8 * d * d))
@@ -298,19 +353,58 @@ class PaDiM(BasePatchDetector):
         self.location_ = moments.mean().float().cpu().numpy()
         self.cholesky_ = cholesky
         self.shrinkages_ = shrinkages
-        return moments.count
+        self.map_mean_ = self.map_std_ = sums = None
+        if standardize:
+            sums = self._map_sums(kept, moments.count) + (chosen,)
+            self.map_mean_, self.map_std_ = (
+                x.astype(np.float32) for x in _map_statistics(*sums[:3])
+            )
+        return moments.count, sums
+
+    def _map_sums(self, kept, n_images):
+        """Per-pixel sums of the leave-one-out maps of ``kept``'s images.
+
+        Returns ``(count, sum, sum of squares)``, float64 arrays of the
+        size the backbone sees.
+        """
+        distances, c, n = self._leave_one_out_distances(
+            check_device(self.device), n_images
+        )
+        count, first, second = 0, 0.0, 0.0
+        for _, batch in kept:
+            maps = self._smoothed(self._leave_one_out_grid(batch, distances, c, n))
+            maps = maps.double().cpu().numpy()
+            count += len(maps)
+            first = first + maps.sum(axis=0)
+            second = second + np.square(maps).sum(axis=0)
+        return count, first, second
 
     def _device_state(self, device):
-        return PositionDistances(
+        distances = PositionDistances(
             torch.from_numpy(self.location_), torch.from_numpy(self.cholesky_)
-        ).to(device)
+        )
+        if getattr(self, "map_mean_", None) is not None:
+            distances = StandardizedMaximum(
+                distances,
+                torch.from_numpy(self.map_mean_),
+                torch.from_numpy(self.map_std_),
+                size=self.feature_extractor_._backbone_size(),
+                sigma=self.sigma,
+            )
+        return distances.to(device)
 
-    def _patch_scores(self, features, distances):
-        grid = distances(features)
+    def _patch_scores(self, features, state):
+        if isinstance(state, StandardizedMaximum):
+            return state(features)
+        grid = state(features)
         maps = self._smoothed(grid)
         return grid, maps.amax(dim=(1, 2))
 
-    def _leave_one_out_state(self, device, n_images):
+    def _leave_one_out_state(self, device, fitted):
+        n_images, sums = fitted
+        return *self._leave_one_out_distances(device, n_images), sums
+
+    def _leave_one_out_distances(self, device, n_images):
         # Sigma = (1 - alpha) W / (n - ddof) + (alpha mu + reg_covar) I per
         # position (alpha = 0 and ddof = 1 for 'empirical'); see
         # skanomaly.gaussian. Shrinkage keeps the trace of W / n, so
@@ -337,15 +431,51 @@ class PaDiM(BasePatchDetector):
         distances = PositionDistances(torch.from_numpy(self.location_), factors)
         return distances.to(device), c, n_images
 
-    def _leave_one_out_scores(self, features, state, images):
-        distances, c, n_images = state
+    @staticmethod
+    def _leave_one_out_grid(features, distances, c, n_images):
+        """Distances of training patches to the Gaussians without their image."""
         batch, _, height, width = features.shape
         q = distances.squared(features).double().T.reshape(batch, height, width)
         squared = leave_one_out_squared_distances(
             q.cpu().numpy(), n_images, c.reshape(height, width)
         )
-        grid = torch.from_numpy(np.sqrt(squared)).to(features)
-        return self._smoothed(grid).amax(dim=(1, 2))
+        return torch.from_numpy(np.sqrt(squared)).to(features)
+
+    def _leave_one_out_scores(self, features, state, images):
+        distances, c, n_images, sums = state
+        maps = self._smoothed(
+            self._leave_one_out_grid(features, distances, c, n_images)
+        )
+        if sums is None:
+            return maps.amax(dim=(1, 2))
+        # standardised by the statistics of the other images' maps: an image
+        # among those the statistics came from leaves its own map out (with
+        # tiles: the tile's own map)
+        count, first, second, chosen = sums
+        maps = maps.double().cpu().numpy()
+        own = chosen[images].astype(np.float64)[:, None, None]
+        mean, std = _map_statistics(
+            count - own, first - own * maps, second - own * np.square(maps)
+        )
+        scores = ((maps - mean) / std).reshape(len(maps), -1).max(axis=1)
+        return torch.from_numpy(scores).to(features)
 
     def _onnx_scorer(self):
         return self._device_state(torch.device("cpu")).for_export()
+
+
+def _map_statistics(count, first, second):
+    """Per-pixel mean and shrunk standard deviation from the sums of maps.
+
+    ``count``, ``first`` (sum) and ``second`` (sum of squares) broadcast
+    (a leading axis: one set of statistics per row). Each pixel's variance is
+    shrunk towards the mean variance over the pixels with a weight of
+    ``_VARIANCE_PSEUDO_COUNT`` maps.
+    """
+    mean = first / count
+    variance = np.maximum(second / count - np.square(mean), 0.0)
+    pooled = variance.mean(axis=(-2, -1), keepdims=True)
+    variance = (count * variance + _VARIANCE_PSEUDO_COUNT * pooled) / (
+        count + _VARIANCE_PSEUDO_COUNT
+    )
+    return mean, np.sqrt(np.maximum(variance, np.finfo(np.float32).tiny))

@@ -3,7 +3,9 @@
 import torch
 from torch import nn
 
-__all__ = ["PositionDistances", "PositionMoments"]
+from .maps import smooth_maps
+
+__all__ = ["PositionDistances", "PositionMoments", "StandardizedMaximum"]
 
 
 class PositionMoments:
@@ -141,3 +143,64 @@ class PositionDistances(nn.Module):
         batch, _, height, width = features.shape
         distances = self.squared(features).sqrt()  # (P, B)
         return distances.T.reshape(batch, height, width).float()
+
+
+class StandardizedMaximum(nn.Module):
+    """PaDiM's distances with the image score of the standardised map.
+
+    ``forward`` returns ``(grid distances, image scores)``: the grid as
+    :class:`PositionDistances` gives it, and as the image score the
+    maximum of the smoothed map (:func:`~skanomaly.nn.maps.smooth_maps`)
+    after each of its pixels is standardised, ``(map - mean) / std``, by the
+    per-pixel mean and standard deviation of the training images' maps.
+    The map itself stays in distance units. Used by ``score_samples`` and
+    by the ONNX graph alike (the scorer of
+    :class:`~skanomaly.nn.maps.PatchMaps`, which takes its image scores).
+
+    Parameters
+    ----------
+    distances : PositionDistances
+    mean, std : torch.Tensor of shape (height, width)
+        Per-pixel statistics of the smoothed training maps (std > 0).
+    size : (int, int)
+        The image (or tile) the backbone sees, where the map is smoothed.
+    sigma : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skanomaly.nn.padim import PositionDistances, StandardizedMaximum
+    >>> distances = PositionDistances(torch.zeros(4, 1), torch.ones(4, 1, 1))
+    >>> mean = torch.zeros(2, 2)
+    >>> std = torch.tensor([[1.0, 1.0], [10.0, 10.0]])
+    >>> module = StandardizedMaximum(distances, mean, std, size=(2, 2), sigma=0)
+    >>> x = torch.tensor([1.0, 1.0, 5.0, 5.0]).view(1, 1, 2, 2)
+    >>> grid, image = module(x)
+    >>> grid.amax().item(), image.item()  # 5 / 10 < 1 / 1
+    (5.0, 1.0)
+    """
+
+    def __init__(self, distances, mean, std, *, size, sigma):
+        super().__init__()
+        self.distances = distances
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.size = tuple(int(s) for s in size)
+        self.sigma = float(sigma)
+
+    def for_export(self):
+        """A copy whose distances compute with inverse factors (ONNX)."""
+        return StandardizedMaximum(
+            self.distances.for_export(),
+            self.mean,
+            self.std,
+            size=self.size,
+            sigma=self.sigma,
+        )
+
+    def forward(self, features):
+        """``(distances (batch, h, w), image scores (batch,))`` of ``features``."""
+        grid = self.distances(features)
+        maps = smooth_maps(grid, size=self.size, sigma=self.sigma)
+        image = ((maps - self.mean) / self.std).amax(dim=(1, 2))
+        return grid, image
