@@ -17,6 +17,7 @@ from skanomaly.nn.anogan import (
     latent_search,
 )
 from skanomaly.nn.gan import DCGANLoss, Discriminator
+from skanomaly.persistence import load, save
 
 FAST = {**get_detector_tags(AnoGAN).test_params, "random_state": 0}
 
@@ -285,3 +286,47 @@ def test_image_pickle_and_random_state(fitted_images):
     np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
     other = AnoGAN(**{**det.get_params(), "random_state": 1}).fit(X)
     assert not np.allclose(other.score_samples(X), det.score_samples(X))
+
+
+def test_standardized_score_scales_the_final_residual(tmp_path):
+    X = uniform_images(n=24)
+    params = {**FAST, "search_steps": 3, "batch_size": 8}
+    plain = AnoGAN(**params).fit(X)
+    assert not hasattr(plain, "residual_scale_")  # not fitted unless asked
+    det = AnoGAN(**params, score_scaling="standardized").fit(X)
+    # the same networks and search: only the score differs
+    np.testing.assert_array_equal(det.latent_init_, plain.latent_init_)
+    # one centre and scale per pixel, fitted on the final residuals
+    assert det.residual_center_.shape == det.residual_scale_.shape == (64,)
+    assert np.all(det.residual_scale_ > 0)
+    assert not np.allclose(det.residual_scale_, det.residual_scale_.mean())
+    scaled = torch.as_tensor(det._scale_input(X[:5]))
+    loss, _, reconstruction, _ = det._search(det.net_, scaled)
+    residual = (scaled - reconstruction).flatten(1)
+    standardized = (residual - torch.as_tensor(det.residual_center_)) / torch.as_tensor(
+        det.residual_scale_
+    )
+    features = det.net_.discriminator_.features
+    with torch.no_grad():
+        disc = (features(scaled) - features(reconstruction)).abs().sum(dim=1)
+    expected = 0.9 * standardized.abs().sum(dim=1) + 0.1 * disc
+    np.testing.assert_allclose(-det.score_samples(X[:5]), expected, rtol=1e-5)
+    assert not np.allclose(-det.score_samples(X[:5]), loss.numpy(), rtol=1e-3)
+    # saved and loaded (.ska and pickle) with its scaling
+    path = tmp_path / "anogan.ska"
+    save(det, path)
+    for restored in (load(path), pickle.loads(pickle.dumps(det))):
+        np.testing.assert_array_equal(restored.residual_scale_, det.residual_scale_)
+        np.testing.assert_array_equal(
+            restored.score_samples(X[:5]), det.score_samples(X[:5])
+        )
+    # 'none' gives the paper's loss again; a refit with 'none' drops the scaling
+    det.set_params(score_scaling="none")
+    np.testing.assert_allclose(-det.score_samples(X[:5]), loss.numpy(), rtol=1e-5)
+    det.fit(X)
+    assert not hasattr(det, "residual_scale_")
+
+
+def test_score_scaling_is_validated():
+    with pytest.raises(ValueError, match="score_scaling"):
+        AnoGAN(**FAST, score_scaling="auto").fit(uniform_images(n=8))
