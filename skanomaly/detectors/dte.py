@@ -54,6 +54,10 @@ default='nonparametric'
           (``train_rows_``); with ``calibration='auto'`` it calibrates on
           leave-one-out scores (each training row scored without itself as
           a neighbour), so every row is a neighbour and none is held out.
+          Scoring searches the training rows exactly, in tiles (float32,
+          the ``k`` rows found then measured in float64): memory bounded
+          whatever the number of rows scored, time proportional to rows
+          scored x training rows.
         - 'categorical' (DTE-C, the authors' best): the network classifies
           the step into ``n_bins`` equal bins (cross-entropy); the estimate
           is the expected bin centre under its softmax, in steps.
