@@ -97,9 +97,10 @@ class AnoGAN(BaseGANDetector):
         stays the paper's). On the scikit-image faces against smooth
         non-face crops (60 training faces) AnoGAN's search fits the
         non-faces better than the faces (AUROC 0.455); standardised, 0.480,
-        and with ``search_steps=0, disc_weight=0`` 0.875 (0.806 raw). It
+        and with ``search_steps=0, disc_weight=0`` 0.869 (0.806 raw). It
         gained 0.019 on crops of a photo (0.666 -> 0.685) but lost 0.054
-        and 0.072 on 50 MNIST 5s and 8s, so it is not the default
+        and 0.072 on 50 MNIST 5s and 8s, and on five held-out tasks it
+        lost 0.014 on the mean, so it is not the default
         (``benchmarks/RESULTS_defaults.md``, "AnoGAN on faces").
     lr : float, default=2e-4
         Adam learning rate of the generator, and of the discriminator
