@@ -5,12 +5,13 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from torch import nn
 
 from .._compat import Interval
 from .._validation import check_device
 from ..features.patches import PatchFeatures
 from ..nets import SelfSupervisedNet
-from ..nn.flows import FastFlowModule, FlowNLL
+from ..nn.flows import FastFlowModule, FlowNLL, LevelFlows, LevelLikelihoodMap
 from .patch_base import BasePatchDetector
 from .torch_base import BaseTorchDetector
 
@@ -43,23 +44,28 @@ class FastFlow(BasePatchDetector):
 
     A frozen pretrained backbone turns each image into a grid of patch
     vectors (:class:`PatchFeatures`: the levels of ``strides``, upsampled to
-    the finest one's grid and concatenated). A 2-D normalizing flow
+    the finest one's grid and concatenated). For each level, as in the
+    paper, a 2-D normalizing flow
     (:class:`~skanomaly.nn.flows.FastFlowModule`) is trained, by maximum
-    likelihood, to map the training images' grids to standard normal noise:
-    ``n_steps`` steps of ActNorm, a fixed channel permutation and an affine
-    coupling whose subnet is a convolution stack over the grid (3 x 3 and
-    1 x 1 kernels in turn, as FastFlow does for ResNet backbones), with
-    soft-clamped log-scales. Every step is exactly invertible and its
-    log-determinant splits into one term per position, so the flow gives the
-    log-likelihood of each patch in its context.
+    likelihood, to map the training images' grids of that level's channels
+    to standard normal noise: ``n_steps`` steps of ActNorm, a fixed channel
+    permutation and an affine coupling whose subnet is a convolution stack
+    over the grid (3 x 3 and 1 x 1 kernels in turn, as FastFlow does for
+    ResNet backbones), with soft-clamped log-scales. Every step is exactly
+    invertible and its log-determinant splits into one term per position, so
+    a flow gives the log-likelihood of each patch in its context.
 
-    The anomaly map is the negative log-likelihood of each position (in
-    nats per channel; the papers' ``1 - exp(mean log p)`` is a monotone
-    function of it), upsampled to the image the backbone saw, smoothed by a
+    The anomaly map is, per position, minus the levels' mean likelihood
+    ``exp(-nll)``, with ``nll`` a level's negative log-likelihood in nats
+    per channel (:class:`~skanomaly.nn.flows.LevelLikelihoodMap`; with
+    ``separate_levels=False``, one flow over all channels and its ``nll``
+    itself), upsampled to the image the backbone saw, smoothed by a
     Gaussian of ``sigma`` pixels and resized to the input images; the
     image's anomaly score is the smoothed map's maximum, as for
     :class:`PaDiM` and :class:`PatchCore`. ``score_samples`` returns its
-    negative.
+    negative. Unlike anomalib's, the log-likelihood includes the couplings'
+    log-determinants (``benchmarks/RESULTS_flows.md``: without them the
+    pixel AUROC on DeepPCB falls from 0.85 to 0.74).
 
     The backbone's features of the training images are computed once per
     fit and kept in memory (float32: ``n_images x channels x grid``, e.g.
@@ -90,7 +96,8 @@ class FastFlow(BasePatchDetector):
         for ``tf_efficientnet_lite0``).
     n_channels : int or None, default=None
         Reduce the patch vectors to this many channels before the flow
-        (see ``channel_reduction``); None: all of them.
+        (see ``channel_reduction``); None: all of them. A reduction mixes
+        the levels, so it needs ``separate_levels=False``.
     channel_reduction : {'orthogonal', 'random'}, default='orthogonal'
         As in :class:`PatchFeatures`.
     tile_size : int or None, default=None
@@ -105,8 +112,16 @@ class FastFlow(BasePatchDetector):
     pool_size : int, default=1
         Local averaging of the feature maps (1: none, as FastFlow; the 3 x 3
         couplings see the neighbours).
+    separate_levels : bool, default=True
+        One flow per level, on that level's channels, their likelihoods
+        averaged in the map (FastFlow's and anomalib's design); False: one
+        flow over the concatenated levels (the layout of skanomaly 0.x
+        files saved before this parameter, which load as such). Measured in
+        ``benchmarks/RESULTS_flows.md``: separate flows train faster (the
+        subnets' cost grows with the square of their channels) and rank and
+        localise better on MNIST mosaics and DeepPCB.
     n_steps : int, default=8
-        Flow steps (FastFlow: 8 for ResNet18 and WideResNet-50).
+        Flow steps per flow (FastFlow: 8 for ResNet18 and WideResNet-50).
     hidden_ratio : float, default=1.0
         Hidden channels of each coupling's subnet, as a multiple of the
         patch vector's channels (FastFlow: 1.0 for ResNet18, 0.16 for
@@ -167,6 +182,9 @@ class FastFlow(BasePatchDetector):
     feature_center_, feature_scale_ : ndarray of shape (n_channels,), float32
         The standardisation of the patch features (also buffers of the
         flow).
+    flow_level_channels_ : tuple of int or None
+        Channels of each level's flow; None: one flow over all channels
+        (``separate_levels=False``).
     batch_size_, n_epochs_ : int
         The training batch size and epochs used.
     offset_ : float
@@ -196,7 +214,7 @@ class FastFlow(BasePatchDetector):
     >>> rng = np.random.default_rng(0)
     >>> good = rng.integers(100, 156, size=(20, 3, 32, 32), dtype=np.uint8)
     >>> det = FastFlow(backbone="resnet18", weights=None, image_size=64,
-    ...                n_channels=16, n_steps=2, min_steps=40,
+    ...                strides=(4, 8), n_steps=2, min_steps=40,
     ...                random_state=0).fit(good)
     >>> bad = good[:2].copy()
     >>> bad[:, :, 8:16, 8:16] = 255
@@ -230,6 +248,7 @@ class FastFlow(BasePatchDetector):
         "hidden_ratio": [Interval(Real, 0, None, closed="neither")],
         "clamp": [Interval(Real, 0, None, closed="neither")],
         "conv3x3_only": ["boolean"],
+        "separate_levels": ["boolean"],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
         "max_memory_bytes": [Interval(Integral, 1, None, closed="left")],
@@ -259,6 +278,7 @@ class FastFlow(BasePatchDetector):
         n_channels=None,
         channel_reduction="orthogonal",
         pool_size=1,
+        separate_levels=True,
         n_steps=8,
         hidden_ratio=1.0,
         clamp=2.0,
@@ -299,6 +319,7 @@ class FastFlow(BasePatchDetector):
         self.n_channels = n_channels
         self.channel_reduction = channel_reduction
         self.pool_size = pool_size
+        self.separate_levels = separate_levels
         self.n_steps = n_steps
         self.hidden_ratio = hidden_ratio
         self.clamp = clamp
@@ -330,7 +351,6 @@ class FastFlow(BasePatchDetector):
             "weights": None,
             "image_size": 32,
             "strides": (4, 8),
-            "n_channels": 8,
             "n_steps": 2,
             "hidden_ratio": 0.5,
             "max_epochs": 2,
@@ -348,10 +368,21 @@ class FastFlow(BasePatchDetector):
 
     def _make_net(self, input_shape=None):
         # input_shape (the images') is what persistence passes; the flow's
-        # size comes from the fitted feature stage
+        # size comes from the fitted feature stage. Files saved before
+        # separate_levels have no flow_level_channels_: one flow, as then.
+        level_channels = getattr(self, "flow_level_channels_", None)
+        if level_channels is None:
+            module = {
+                "module": FastFlowModule,
+                "module__channels": self.feature_extractor_.n_channels_,
+            }
+        else:
+            module = {
+                "module": LevelFlows,
+                "module__level_channels": list(level_channels),
+            }
         return SelfSupervisedNet(
-            FastFlowModule,
-            module__channels=self.feature_extractor_.n_channels_,
+            **module,
             module__n_steps=self.n_steps,
             module__hidden_ratio=self.hidden_ratio,
             module__clamp=self.clamp,
@@ -376,10 +407,12 @@ class FastFlow(BasePatchDetector):
                 f"max_memory_bytes={self.max_memory_bytes:,}. Lower n_channels "
                 "or image_size, fit on fewer images, or raise max_memory_bytes."
             )
-        if features.n_channels_ < 2:
+        flow_channels = self.flow_level_channels_ or (features.n_channels_,)
+        if min(flow_channels) < 2:
             raise ValueError(
-                "FastFlow's couplings split the channels in two: it needs patch "
-                f"vectors of at least 2 channels; got n_channels={self.n_channels}."
+                "FastFlow's couplings split the channels in two: each flow needs "
+                f"at least 2 channels; got {list(flow_channels)} (n_channels="
+                f"{self.n_channels}, levels {list(features.levels_)})."
             )
         out = np.empty(shape, np.float32)
         with torch.inference_mode():
@@ -389,7 +422,18 @@ class FastFlow(BasePatchDetector):
 
     def _fit(self, X):
         check_device(self.device)  # before building anything
+        if self.separate_levels and self.n_channels is not None:
+            raise ValueError(
+                "FastFlow with separate_levels=True trains one flow on each "
+                "level's own channels, which a channel reduction mixes: set "
+                f"n_channels=None (got {self.n_channels}) or separate_levels=False."
+            )
         self.feature_extractor_ = self._make_features().fit(X)
+        self.flow_level_channels_ = (
+            tuple(self.feature_extractor_.level_channels_)
+            if self.separate_levels
+            else None
+        )
         train = self._training_features(X)
         center = train.mean(axis=(0, 2, 3), dtype=np.float64)
         scale = train.std(axis=(0, 2, 3), dtype=np.float64)
@@ -409,8 +453,14 @@ class FastFlow(BasePatchDetector):
     def _fit_patches(self, patch_batches, n_images):
         raise NotImplementedError("FastFlow trains in _fit, on its own features.")
 
+    def _scorer(self):
+        """Feature grids -> anomaly grids (batch, height, width)."""
+        if getattr(self, "flow_level_channels_", None) is None:
+            return self.net_.module_
+        return nn.Sequential(self.net_.module_, LevelLikelihoodMap())
+
     def _device_state(self, device):
-        return self.net_.module_.to(device).eval()
+        return self._scorer().to(device).eval()
 
     def _patch_scores(self, features, flow):
         grid = flow(features)
@@ -427,4 +477,4 @@ class FastFlow(BasePatchDetector):
         )
 
     def _onnx_scorer(self):
-        return copy.deepcopy(self.net_.module_).to("cpu").eval()
+        return copy.deepcopy(self._scorer()).to("cpu").eval()
