@@ -182,7 +182,9 @@ def _ours_worker(args):
     kind, params, _ = OURS[args.worker]
 
     def fit():
-        detector = getattr(skanomaly, kind)(image_size=TILE, random_state=0, **params)
+        detector = getattr(skanomaly, kind)(
+            image_size=TILE, random_state=args.seed, **params
+        )
         bank_seconds = []
         if hasattr(detector, "_fit_patches"):  # the bank (or Gaussians) alone
             fit_patches = detector._fit_patches
@@ -251,7 +253,7 @@ def _ours_worker(args):
     _serve(out, score, final)
 
 
-def _anomalib_fit(module, method, train, shard):
+def _anomalib_fit(module, method, train, shard, seed=0):
     """anomalib's training: its training_step's embeddings, then its fit
     (or its KCenterGreedy per shard of ``shard`` images). Seconds."""
     import torch
@@ -265,8 +267,8 @@ def _anomalib_fit(module, method, train, shard):
         for i in range(0, len(train), step):
             module.model(_normalised(train[i : i + step]))
     features_seconds = time.perf_counter() - start
-    torch.manual_seed(0)
-    np.random.seed(0)  # noqa: NPY002
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002
     if method == "patchcore" and shard:
         from anomalib.models.components.sampling import KCenterGreedy
 
@@ -317,11 +319,11 @@ def _anomalib_worker(args):
     with np.load(args.data) as data:
         train, test = data["train"], data["test"]
     method = args.worker.removeprefix("anomalib-")
-    module = _build(method, args.weights, 100, 0)
+    module = _build(method, args.weights, 100, args.seed)
     shard = args.anomalib_shard if method == "patchcore" else 0
 
     def fit():
-        return module, _anomalib_fit(module, method, train, shard)
+        return module, _anomalib_fit(module, method, train, shard, args.seed)
 
     def save(module, path):
         torch.save(_anomalib_state(module, method), path)
@@ -369,8 +371,9 @@ class Worker:
     def __init__(self, name, args, data, weights, fit_only=False):
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["TQDM_DISABLE"] = "1"
-        cache = Path(args.work) / f"fit-{name}-{args.train}"
-        command = ["--worker", name, "--data", data]
+        seed = f"-seed{args.seed}" if args.seed else ""
+        cache = Path(args.work) / f"fit-{name}-{args.train}{seed}"
+        command = ["--worker", name, "--data", data, "--seed", str(args.seed)]
         if name in PEERS:
             python = args.anomalib_python
             command += ["--weights", weights]
@@ -451,6 +454,13 @@ def main():
         help="anomalib's greedy coreset on shards of this many training "
         "images (0: one selection over all, anomalib's own fit)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random_state of ours and the torch/NumPy seed of anomalib's "
+        "coreset (the tiles do not change)",
+    )
     parser.add_argument("--work", default="/tmp/anomalib_speed")
     parser.add_argument("--out", help="JSON lines of the results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -519,7 +529,8 @@ def _measure(args, names, workers, train, test, y, masks, data, weights):
         )
     rows = []
     for worker in workers:
-        path = str(Path(args.work) / f"{worker.name}-{args.train}.npz")
+        seed = f"-seed{args.seed}" if args.seed else ""
+        path = str(Path(args.work) / f"{worker.name}-{args.train}{seed}.npz")
         reply = worker.ask(f"final {path}")
         worker.close()
         with np.load(path) as result:
