@@ -115,6 +115,21 @@ METHODS = {
         "nearest-map",
     ),
 }
+# the ridge and the shrinkage: what decides the distances in the directions
+# that few training patches span (see "Why PaDiM fails on stochastic textures")
+for _reg in (0.1, 1.0, 10.0):
+    METHODS[f"diag-padim-reg{_reg:g}"] = (
+        f"PaDiM, reg_covar={_reg:g}",
+        "padim",
+        {"reg_covar": _reg},
+        None,
+    )
+METHODS["diag-padim-ledoit-wolf"] = (
+    "PaDiM, covariance='ledoit_wolf'",
+    "padim",
+    {"covariance": "ledoit_wolf"},
+    None,
+)
 for _sigma in (0, 2, 8):
     for _det in ("padim", "patchcore"):
         METHODS[f"diag-{_det}-sigma{_sigma}"] = (
