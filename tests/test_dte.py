@@ -1,16 +1,20 @@
 """DTE: diffusion time estimation, parametric and non-parametric (issue 25)."""
 
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV
 from sklearn.utils._param_validation import InvalidParameterError
 
 import skanomaly
 from skanomaly import DTE
+from skanomaly.detectors.base import CalibrationWarning
 from skanomaly.nn.dte import (
     NearestNeighbourTime,
     diffusion_variances,
@@ -119,25 +123,41 @@ def test_nonparametric_equals_a_hand_computation():
         assert abs(estimate - step) <= 1.0
 
 
-def test_nonparametric_calibrates_on_leave_one_out_scores():
+@pytest.mark.parametrize("k", [5, (1, 2, 3, 5, 10)], ids=["k=5", "k-mix"])
+def test_nonparametric_calibrates_on_leave_one_out_scores(k):
     train, _, _ = _separable()
     train = np.r_[train, train[:1]]  # a duplicate keeps its twin as a neighbour
-    det = DTE().fit(train)
+    det = DTE(n_neighbors=k).fit(train)
     assert det.calibration_ == "leave-one-out" and len(det.train_rows_) == 301
     rows = torch.from_numpy(det.train_rows_)
     variances = diffusion_variances(400, 1e-4, 0.01)
     expected = []
     for i in range(len(rows)):
         others = torch.cat([rows[:i], rows[i + 1 :]])
-        module = NearestNeighbourTime(others, variances, 5)
+        module = NearestNeighbourTime(others, variances, k)
         expected.append(-module(rows[i : i + 1]).item())
     np.testing.assert_allclose(det.calibration_scores_, np.sort(expected), rtol=1e-10)
     # scored in-sample, a row is its own nearest neighbour, so looks more normal
-    assert (det.score_samples(train) > np.array(expected)).all()
+    in_sample = det.score_samples(train)
+    if k == 5:
+        assert (in_sample > np.array(expected)).all()
+    else:  # m_1 = 0 for every row: the geometric mean is 0
+        assert (in_sample == 0.0).all()
 
 
+def test_in_sample_calibration_with_k_1_warns():
+    train, test, _ = _separable()
+    with pytest.warns(CalibrationWarning, match="step 0"):
+        det = DTE(calibration="training").fit(train)
+    assert det.offset_ == 0.0 and (det.predict(test) == -1).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DTE(n_neighbors=(2, 5), calibration="training").fit(train)
+
+
+@pytest.mark.parametrize("k", [5, (1, 2, 3, 5, 10)], ids=["k=5", "k-mix"])
 @pytest.mark.parametrize("block_values", [None, 1000], ids=["default", "small"])
-def test_nonparametric_tiled_search_equals_one_block(block_values, monkeypatch):
+def test_nonparametric_tiled_search_equals_one_block(block_values, k, monkeypatch):
     # the search runs in tiles of 1024 queries x 2048 training rows in
     # float32; more of both here, with duplicates (ties at the k-th place)
     # and far rows; the scores must equal the one-block float64 formula
@@ -148,7 +168,7 @@ def test_nonparametric_tiled_search_equals_one_block(block_values, monkeypatch):
     train[2500:2600] = train[:100]
     queries = np.r_[rng.normal(size=(2400, 6)), 5.0 * rng.normal(size=(100, 6))]
     queries[:50] = train[:50]  # at distance 0 of two training rows
-    det = DTE(calibration="training").fit(train)
+    det = DTE(n_neighbors=k, calibration="training").fit(train)
     module = det._neighbour_module()
     scaled = det._scale_batch(torch.from_numpy(queries), torch.float64)
     with torch.inference_mode():
@@ -163,16 +183,160 @@ def test_nonparametric_tiled_search_equals_one_block(block_values, monkeypatch):
     # score alike, and more normal than their neighbours' median
     np.testing.assert_allclose(loo[:100], loo[2500:2600], rtol=1e-12)
     assert np.median(loo[:100]) > np.median(loo[100:2500])
+    if isinstance(k, tuple):  # their k = 1 mode is 0, so their geometric mean
+        assert (loo[:100] == 0.0).all() and (det.score_samples(queries[:50]) == 0).all()
 
 
-def test_nonparametric_leave_one_out_with_as_few_rows_as_neighbours():
-    # k is capped at n - 1, so a row scored without itself still has k
-    # neighbours (none of them infinitely far)
+@pytest.mark.parametrize(
+    ("k", "capped"),
+    [(5, 3), ((1, 2, 3, 5, 10), (1, 2, 3)), ((2, 10), (2, 3)), ((10, 20), (3,))],
+)
+def test_nonparametric_leave_one_out_with_as_few_rows_as_neighbours(k, capped):
+    # each k is capped at n - 1 (repeats dropped), so a row scored without
+    # itself still has k neighbours (none of them infinitely far)
     X = np.random.default_rng(0).normal(size=(4, 3))
-    det = DTE(n_neighbors=5, calibration_size=0.5).fit(X)
-    assert det.n_neighbors_ == 3
+    det = DTE(n_neighbors=k, calibration_size=0.5).fit(X)
+    assert det.n_neighbors_ == capped
     assert np.isfinite(det.calibration_scores_).all()
     assert np.isfinite(det.score_samples(X + 1.0)).all()
+    expected = DTE(n_neighbors=capped, calibration_size=0.5).fit(X)
+    np.testing.assert_array_equal(det.calibration_scores_, expected.calibration_scores_)
+
+
+def _steps_by_brute_force(Z, Q, ks, variances, leave_out=False):
+    """The k-mix step of each row of Q against Z, one row at a time in numpy."""
+    steps = []
+    for i, q in enumerate(Q):
+        squared = ((Z - q) ** 2).sum(axis=1)
+        if leave_out:  # Q is Z: row i is not its own neighbour
+            squared = np.delete(squared, i)
+        squared = np.sort(squared)
+        modes = np.array([squared[:k].mean() / Z.shape[1] for k in ks])
+        mode = 0.0 if modes.min() == 0 else np.exp(np.log(modes).mean())
+        if mode <= variances[-1]:
+            steps.append(np.interp(mode, variances, np.arange(len(variances))))
+        else:
+            slope = 1.0 / (variances[-1] - variances[-2])
+            steps.append(len(variances) - 1 + (mode - variances[-1]) * slope)
+    return np.array(steps)
+
+
+def test_default_k_mix_equals_a_brute_force_computation():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 4)) * [1.0, 2.0, 0.5, 3.0]
+    X[30] = X[3]  # a duplicated training row
+    queries = np.r_[rng.normal(size=(15, 4)), 4.0 + rng.normal(size=(5, 4)), X[7:8]]
+    det = DTE(calibration_size=0.3).fit(X)  # leave-one-out on 12 of the 40 rows
+    assert det.n_neighbors == (1, 2, 3, 5, 10) and det.n_neighbors_ == (1, 2, 3, 5, 10)
+
+    mean, std = X.mean(axis=0).astype(np.float32), X.std(axis=0).astype(np.float32)
+    Z, Q = (X - mean) / std, (queries - mean) / std
+    np.testing.assert_allclose(det.train_rows_, Z, rtol=1e-12)
+    variances = diffusion_variances(400, 1e-4, 0.01).numpy()
+    ks = (1, 2, 3, 5, 10)
+    expected = _steps_by_brute_force(Z, Q, ks, variances)
+    scores = det.score_samples(queries)
+    np.testing.assert_allclose(scores, -expected, rtol=1e-10)
+    assert scores[-1] == 0.0 and (expected[:-1] > 0).all()  # a training row: step 0
+    assert (expected[15:20] > 399).all()  # far rows read on past the schedule
+
+    loo = _steps_by_brute_force(Z, Z, ks, variances, leave_out=True)
+    assert loo[3] == loo[30] == 0.0  # the twins keep each other as neighbours
+    subset = det._calibration_subset(len(X))
+    np.testing.assert_allclose(det.calibration_scores_, np.sort(-loo[subset]))
+    every = det._neighbour_scores(det.train_rows_, exclude=np.arange(len(X)))
+    np.testing.assert_allclose(every, -loo, rtol=1e-10)
+    # not the plain mean of one k: the mix differs from every single k
+    for k in ks:
+        single = _steps_by_brute_force(Z, Q, (k,), variances)
+        assert np.abs(single - expected).max() > 1.0
+
+
+def test_an_int_k_is_dte_np_and_equals_its_one_element_tuple():
+    train, test, _ = _separable()
+    five = DTE(n_neighbors=5).fit(train)
+    assert five.n_neighbors_ == 5
+    np.testing.assert_array_equal(
+        five.score_samples(test), DTE(n_neighbors=(5,)).fit(train).score_samples(test)
+    )
+    # DTE-NP: the step of m_5 / d, the mean of the 5 nearest squared distances
+    Z = five.train_rows_
+    Q = five._scale_batch(torch.from_numpy(test), torch.float64).numpy()
+    variances = diffusion_variances(400, 1e-4, 0.01).numpy()
+    squared = np.sort(((Q[:, None, :] - Z[None]) ** 2).sum(axis=2), axis=1)
+    mode = squared[:, :5].mean(axis=1) / 6
+    inside = mode <= variances[-1]
+    np.testing.assert_allclose(
+        -five.score_samples(test)[inside],
+        np.interp(mode[inside], variances, np.arange(400)),
+        rtol=1e-10,
+    )
+    mixed = DTE().fit(train).score_samples(test)
+    assert np.abs(mixed - five.score_samples(test)).max() > 1.0
+
+
+def test_duplicates_give_step_zero_without_warnings():
+    # every row twice: each one's nearest neighbour is at distance 0, new or
+    # left out, so every variance mode is 0 and no log(0) may leak
+    X = np.repeat(np.random.default_rng(0).normal(size=(20, 3)), 2, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det = DTE(calibration_size=0.5).fit(X)
+        scores = det.score_samples(X[::2])
+    assert (det.calibration_scores_ == 0.0).all() and (scores == 0.0).all()
+    assert det.predict(X[::2] + 10.0).tolist() == [-1] * 20
+
+
+@pytest.mark.parametrize(
+    ("k", "match"),
+    [
+        ((), "n_neighbors"),
+        ((1, 0), "n_neighbors"),
+        ((3, -2), "n_neighbors"),
+        ((1, 2, 2), "n_neighbors"),
+        ((1, 2.0), "n_neighbors"),
+        ((1, True), "n_neighbors"),
+        (0, "n_neighbors"),
+        (2.5, "n_neighbors"),
+        ("5", "n_neighbors"),
+    ],
+)
+def test_bad_n_neighbors_are_refused(k, match):
+    with pytest.raises(ValueError, match=match):
+        DTE(n_neighbors=k).fit(np.eye(5))
+
+
+@pytest.mark.parametrize(
+    ("k", "match"),
+    [((), "empty"), ((1, 1), "repeats"), ((2, 0), "not a positive int"), (1.0, "int")],
+)
+def test_neighbour_counts_say_what_is_wrong(k, match):
+    from skanomaly.nn.dte import neighbour_counts
+
+    with pytest.raises(ValueError, match=match):
+        neighbour_counts(k)
+    rows = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        NearestNeighbourTime(rows, diffusion_variances(5, 0.01, 0.1), k)
+    with pytest.raises(ValueError, match="4 neighbours of 3 training rows"):
+        NearestNeighbourTime(rows, diffusion_variances(5, 0.01, 0.1), (1, 4))
+
+
+def test_n_neighbors_in_a_grid_search_and_clone():
+    train, _, _ = _separable()
+    det = DTE()
+    assert det.get_params()["n_neighbors"] == (1, 2, 3, 5, 10)
+    assert clone(det.set_params(n_neighbors=(1, 3))).n_neighbors == (1, 3)
+
+    def mean_step(estimator, X, y=None):
+        return float(estimator.score_samples(X).mean())
+
+    grid = GridSearchCV(
+        DTE(), {"n_neighbors": [1, (1, 2, 3, 5, 10), (2, 4)]}, scoring=mean_step, cv=2
+    ).fit(train)
+    # in-distribution rows look least noised by their single nearest row
+    assert grid.best_params_ == {"n_neighbors": 1}
+    assert grid.best_estimator_.n_neighbors_ == 1
 
 
 def test_searched_time_from_variance_equals_the_one_matrix_form():
@@ -208,17 +372,56 @@ def test_time_from_variance_inverts_the_schedule():
     assert beyond[1] > beyond[0] == pytest.approx(19)
 
 
-@pytest.mark.parametrize("variant", ["categorical", "nonparametric"])
-def test_deterministic_and_saved_scores_identical(variant, tmp_path):
+@pytest.mark.parametrize(
+    "params",
+    [dict(variant="categorical"), {}, dict(n_neighbors=5), dict(n_neighbors=[1, 4])],
+    ids=["categorical", "k-mix", "k=5", "list"],
+)
+def test_deterministic_and_saved_scores_identical(params, tmp_path):
     train, test, _ = _separable()
-    first = DTE(**{**FAST, "variant": variant}).fit(train)
-    second = DTE(**{**FAST, "variant": variant}).fit(train)
+    train = np.r_[train, train[:3]]  # duplicates: leave-one-out steps 0
+    first = DTE(**{**FAST, "variant": "nonparametric", **params}).fit(train)
+    second = DTE(**{**FAST, "variant": "nonparametric", **params}).fit(train)
     np.testing.assert_array_equal(first.score_samples(test), second.score_samples(test))
     path = tmp_path / "dte.ska"
     skanomaly.save(first, path)
     loaded = skanomaly.load(path)
     np.testing.assert_array_equal(loaded.score_samples(test), first.score_samples(test))
     assert loaded.offset_ == first.offset_
+    assert loaded.get_params() == first.get_params()
+    if hasattr(first, "n_neighbors_"):
+        assert loaded.n_neighbors_ == first.n_neighbors_
+    unpickled = pickle.loads(pickle.dumps(first))
+    np.testing.assert_array_equal(
+        unpickled.score_samples(test), first.score_samples(test)
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "loads"),
+    [([1, 2, 3, 5, 10], True), (7, True), ([1, 1], False), ([], False), ([0], False)],
+)
+def test_the_safe_loader_checks_n_neighbors(value, loads, tmp_path):
+    from _forge import rewrite
+
+    path = tmp_path / "dte.ska"
+    skanomaly.save(DTE().fit(np.random.default_rng(0).normal(size=(30, 3))), path)
+
+    def edit(document):
+        params = document["detector"]["params"]
+        if isinstance(value, list):
+            params["n_neighbors"] = {"__tuple__": value}
+        else:
+            params["n_neighbors"] = value
+
+    rewrite(path, edit)
+    if loads:
+        assert skanomaly.load(path).n_neighbors == (
+            tuple(value) if isinstance(value, list) else value
+        )
+    else:
+        with pytest.raises(ValueError, match="n_neighbors"):
+            skanomaly.load(path)
 
 
 def test_random_state_changes_the_network():
@@ -271,6 +474,7 @@ def test_bad_input_errors(params, X, match):
         dict(beta_end=1.0),
         dict(n_bins=1),
         dict(n_neighbors=0),
+        dict(n_neighbors=(1, 1)),
     ],
 )
 def test_invalid_parameters_are_refused(params):
@@ -278,14 +482,38 @@ def test_invalid_parameters_are_refused(params):
         DTE(**params).fit(np.eye(5))
 
 
-@pytest.mark.parametrize("variant", ["categorical", "inverse_gamma", "nonparametric"])
-def test_onnx_graph_equals_score_samples(variant, tmp_path):
-    # the default also runs in tests/test_export_tabular.py
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(variant="categorical"),
+        dict(variant="inverse_gamma"),
+        dict(variant="nonparametric", n_neighbors=5),
+        dict(variant="nonparametric", n_neighbors=(1, 2, 3, 5, 10)),
+        dict(variant="nonparametric", n_neighbors=(2, 7)),
+    ],
+    ids=["categorical", "inverse_gamma", "k=5", "k-mix", "k-pair"],
+)
+def test_onnx_graph_equals_score_samples(params, tmp_path):
+    # tests/test_export_tabular.py runs DTE's test parameters (n_neighbors=5)
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from _export import check_case
 
-    check_case("dte", {"variant": variant}, "tabular", tmp_path)
+    check_case("dte", params, "tabular", tmp_path)
+
+
+def test_onnx_graph_of_the_default_with_duplicates(tmp_path):
+    # rows at distance 0 of a training row: the graph's step 0, as in Python
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from _export import check_export
+
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(size=(40, 4)), np.zeros((2, 4))]
+    det = DTE().fit(X)
+    queries = np.r_[X[:5], rng.normal(size=(5, 4)), X[-1:]]
+    assert (det.score_samples(queries)[[0, 1, 2, 3, 4, 10]] == 0.0).all()
+    check_export(det, queries, tmp_path / "model.onnx")
 
 
 def test_categorical_training_does_not_warn_of_divergence():

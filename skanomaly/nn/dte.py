@@ -8,6 +8,7 @@ be at (anomalies look like rows noised for longer).
 """
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ __all__ = [
     "DTEModule",
     "NearestNeighbourTime",
     "diffusion_variances",
+    "geometric_mean_mode",
+    "neighbour_counts",
     "searched_time_from_variance",
     "time_from_variance",
 ]
@@ -220,6 +223,70 @@ class DiffusionTimeLoss(nn.Module):
         return -log_likelihood.mean()
 
 
+def neighbour_counts(n_neighbors):
+    """The ``k`` of DTE-NP as a sorted tuple, checked.
+
+    ``n_neighbors`` is a positive int or a non-empty tuple (or list) of
+    distinct positive ints; bools are refused. Raises ValueError naming
+    ``n_neighbors`` otherwise.
+
+    Examples
+    --------
+    >>> from skanomaly.nn.dte import neighbour_counts
+    >>> neighbour_counts(5), neighbour_counts((10, 1, 3))
+    ((5,), (1, 3, 10))
+    """
+
+    def is_count(k):
+        return isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1
+
+    if isinstance(n_neighbors, (tuple, list)):
+        counts = tuple(n_neighbors)
+        if not counts:
+            raise ValueError("n_neighbors is an empty tuple; give at least one k.")
+    else:
+        counts = (n_neighbors,)
+    bad = [k for k in counts if not is_count(k)]
+    if bad:
+        raise ValueError(
+            f"n_neighbors must be a positive int or a tuple of distinct positive "
+            f"ints; got {n_neighbors!r:.80} ({bad[0]!r:.20} is not a positive int)."
+        )
+    counts = tuple(sorted(int(k) for k in counts))
+    if len(set(counts)) < len(counts):
+        raise ValueError(
+            f"n_neighbors={n_neighbors!r:.80} repeats a k; give each k once."
+        )
+    return counts
+
+
+def geometric_mean_mode(sq, counts, n_features):
+    """The geometric mean over ``k`` in ``counts`` of the variance modes ``m_k / d``.
+
+    ``sq``: each row's squared distances to its ``max(counts)`` nearest
+    training rows, ascending. ``m_k``, the mean of the first ``k``, grows
+    with ``k``, so a row with ``m_k = 0`` for some ``k`` has it for the
+    smallest: its mode is 0 (a duplicate among its neighbours), set
+    explicitly rather than through ``log 0``. One ``k``: the mode
+    ``m_k / d`` itself, as DTE-NP computes it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skanomaly.nn.dte import geometric_mean_mode
+    >>> sq = torch.tensor([[1.0, 4.0], [0.0, 2.0]], dtype=torch.float64)
+    >>> geometric_mean_mode(sq, (1, 2), 1).round(decimals=6).tolist()  # sqrt(1 * 2.5)
+    [1.581139, 0.0]
+    """
+    if len(counts) == 1:
+        return sq[:, : counts[0]].mean(dim=1) / n_features
+    means = sq.cumsum(dim=1)
+    modes = torch.stack([means[:, k - 1] / k / n_features for k in counts], dim=1)
+    zero = modes[:, 0] <= 0.0
+    logs = torch.where(zero[:, None], torch.ones_like(modes), modes).log()
+    return torch.where(zero, torch.zeros_like(modes[:, 0]), logs.mean(dim=1).exp())
+
+
 class NearestNeighbourTime(nn.Module):
     """DTE-NP: the diffusion step of each row from its k nearest training rows.
 
@@ -232,12 +299,18 @@ class NearestNeighbourTime(nn.Module):
     same step within one, but every row beyond the last step ties there
     (measured in ``benchmarks/RESULTS_tabular.md``).
 
+    With several ``k`` (a tuple), the variance is the geometric mean of the
+    modes ``m_k / d`` over them (:func:`geometric_mean_mode`), all read from
+    one search of the largest ``k``.
+
     Parameters
     ----------
     train : Tensor of shape (n_train, d)
         The (scaled) training rows.
     variances : Tensor of shape (n_steps,)
-    n_neighbors : int
+    n_neighbors : int or tuple of int
+        ``k``, or distinct ``k`` (:func:`neighbour_counts`), each at most
+        ``n_train`` (``n_train - 1`` for leave-one-out scores).
 
     Examples
     --------
@@ -249,6 +322,9 @@ class NearestNeighbourTime(nn.Module):
     >>> x = torch.tensor([[0.0, 0.0], [0.0, 0.6]], dtype=torch.float64)
     >>> module(x).round(decimals=6).tolist()  # modes 0 and 0.36 / 2
     [0.0, 0.8]
+    >>> both = NearestNeighbourTime(rows, variances, n_neighbors=(1, 2))
+    >>> both(x).round(decimals=6).tolist()  # 0; sqrt(0.18 * 0.43) = 0.278
+    [0.0, 1.391043]
     """
 
     def __init__(self, train, variances, n_neighbors):
@@ -256,10 +332,24 @@ class NearestNeighbourTime(nn.Module):
         self.register_buffer("rows", train)
         self.register_buffer("rows_sq", (train**2).sum(dim=1))
         self.register_buffer("variances", variances.to(train.dtype))
-        self.n_neighbors = int(n_neighbors)
+        self.counts = neighbour_counts(n_neighbors)
+        if self.counts[-1] > len(train):
+            raise ValueError(
+                f"n_neighbors={n_neighbors!r} asks for {self.counts[-1]} neighbours "
+                f"of {len(train)} training rows."
+            )
+        # the one search, of the largest k
+        self.n_neighbors = self.counts[-1]
 
-    def mean_sq_distance(self, x, exclude=None):
-        """Mean squared distance of each row to its ``n_neighbors`` nearest.
+    def squared_distances(self, x, exclude=None):
+        """Squared distances of each row to its ``n_neighbors`` nearest, ascending.
+
+        The nearest rows are found on the whole (rows x training rows)
+        matrix of ``|x|^2 + |r|^2 - 2 x.r``, then their distances are
+        recomputed from the differences, so that a duplicate is at distance
+        exactly 0 (the expansion leaves a rounding residue, which the log of
+        a geometric mean would magnify), as in
+        :meth:`searched_squared_distances`.
 
         ``exclude``: for each row, the index of a training row to leave out
         (the row itself, for leave-one-out scores); needs ``n_neighbors``
@@ -267,26 +357,36 @@ class NearestNeighbourTime(nn.Module):
         """
         x = x.flatten(1)
         sq = (x**2).sum(dim=1, keepdim=True) + self.rows_sq - 2.0 * x @ self.rows.T
-        sq = sq.clamp(min=0.0)
         if exclude is not None:
             sq[torch.arange(len(x)), exclude] = math.inf
-        nearest = torch.topk(sq, self.n_neighbors, dim=1, largest=False)
-        return nearest.values.mean(dim=1)
+        index = torch.topk(sq, self.n_neighbors, dim=1, largest=False).indices
+        nearest = self.rows[index]  # (n, k, d)
+        sq = (nearest - x[:, None, :]).square().sum(2)
+        return sq.sort(dim=1).values if len(self.counts) > 1 else sq
+
+    def mean_sq_distance(self, x, exclude=None):
+        """Mean squared distance of each row to its ``n_neighbors`` nearest."""
+        return self.squared_distances(x, exclude).mean(dim=1)
+
+    def variance_mode(self, x, exclude=None):
+        """The variance whose step is the estimate (:func:`geometric_mean_mode`)."""
+        sq = self.squared_distances(x, exclude)
+        return geometric_mean_mode(sq, self.counts, x.flatten(1).shape[1])
 
     def forward(self, x, exclude=None):
-        mode = self.mean_sq_distance(x, exclude) / x.flatten(1).shape[1]
-        return time_from_variance(mode, self.variances)
+        return time_from_variance(self.variance_mode(x, exclude), self.variances)
 
-    def searched_mean_sq_distance(self, x, exclude=None):
-        """:meth:`mean_sq_distance` by a tiled search, for many rows.
+    def searched_squared_distances(self, x, exclude=None):
+        """:meth:`squared_distances` by a tiled search, for many rows.
 
         The ``k`` nearest training rows are found in float32 tiles with a
         running top ``k`` (:func:`skanomaly.nn.patchcore.nearest_neighbours`:
         memory bounded, never the whole distance matrix), then their squared
-        distances are recomputed in float64 from the differences, so the
-        result equals :meth:`mean_sq_distance` up to float64 rounding, except
-        where float32 rounding swaps two nearly equidistant rows at the
-        ``k``-th place (the mean then moves by about that rounding).
+        distances are recomputed in float64 from the differences (and
+        sorted, where several ``k`` read them), so the result equals
+        :meth:`squared_distances` up to float64 rounding, except where
+        float32 rounding swaps two nearly equidistant rows at the ``k``-th
+        place (the mean then moves by about that rounding).
         """
         x = x.flatten(1)
         if not hasattr(self, "_bank32"):  # not a buffer: not exported to ONNX
@@ -302,11 +402,19 @@ class NearestNeighbourTime(nn.Module):
             x.float(), self._bank32, self._bank_norms32, self.n_neighbors, **groups
         )
         nearest = self.rows[index]  # (n, k, d)
-        return (nearest - x.to(self.rows.dtype)[:, None, :]).square().sum(2).mean(1)
+        sq = (nearest - x.to(self.rows.dtype)[:, None, :]).square().sum(2)
+        if len(self.counts) > 1:  # one k: its mean needs no order
+            sq = sq.sort(dim=1).values
+        return sq
+
+    def searched_mean_sq_distance(self, x, exclude=None):
+        """:meth:`mean_sq_distance` by :meth:`searched_squared_distances`."""
+        return self.searched_squared_distances(x, exclude).mean(dim=1)
 
     def searched_time(self, x, exclude=None):
-        """:meth:`forward` by searches: :meth:`searched_mean_sq_distance`,
+        """:meth:`forward` by searches: :meth:`searched_squared_distances`,
         :func:`searched_time_from_variance`; memory of ``x`` only."""
         x = x.flatten(1)
-        mode = self.searched_mean_sq_distance(x, exclude) / x.shape[1]
+        sq = self.searched_squared_distances(x, exclude)
+        mode = geometric_mean_mode(sq, self.counts, x.shape[1])
         return searched_time_from_variance(mode, self.variances)
