@@ -142,7 +142,7 @@ default='nonparametric'
         ``calibration='training'`` (which warns) would flag every new row.
         Use this default for new rows (novelty), with the default
         leave-one-out calibration; for scores of the training rows
-        themselves use an int or ``k >= 2``.
+        themselves use ``k >= 2`` only (such as ``n_neighbors=5``).
     lr : float, default=1e-4
         Adam learning rate (the authors').
     weight_decay : float, default=5e-4
