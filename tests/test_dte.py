@@ -516,6 +516,29 @@ def test_onnx_graph_of_the_default_with_duplicates(tmp_path):
     check_export(det, queries, tmp_path / "model.onnx")
 
 
+@pytest.mark.parametrize(
+    "value", [{"__tuple__": [0, 2]}, {"__tuple__": [1, 1]}, 10**6, "five"]
+)
+def test_a_forged_fitted_n_neighbors_fails_scoring_with_a_value_error(value, tmp_path):
+    # the loader checks parameters, not this fitted value; scoring refuses it
+    from _forge import rewrite
+
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    path = tmp_path / "dte.ska"
+    skanomaly.save(DTE().fit(X), path)
+
+    def edit(document):
+        document["detector"]["state"]["n_neighbors_"] = value
+
+    rewrite(path, edit)
+    try:
+        loaded = skanomaly.load(path)
+    except ValueError:
+        return  # refused on load: as good
+    with pytest.raises(ValueError, match="n_neighbors"):
+        loaded.score_samples(X)
+
+
 def test_categorical_training_does_not_warn_of_divergence():
     # tests/test_conformance.py runs this check on the default variant, which
     # does not train; DTE-C's loss (bounded, 1.95 untrained) falls slowly
