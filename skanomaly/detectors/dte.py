@@ -120,12 +120,13 @@ default='nonparametric'
     n_neighbors : int or tuple of int, default=(1, 2, 3, 5, 10)
         ``k`` of 'nonparametric'. An int is DTE-NP as the paper defines it
         (``n_neighbors=5`` is the authors' DTE-NP, this detector's default
-        before issue 25): the step of ``m_k / d``. A tuple of distinct
-        positive ints: the step of the geometric mean of ``m_k / d`` over
-        its ``k`` (the mean of their logarithms), which leans to the near
-        neighbours; a row with a duplicate among its neighbours
-        (``m_1 = 0``) is at step 0. Each ``k`` is capped at the number of
-        training rows less one (``n_neighbors_``, repeats dropped).
+        before issue 25): the step of ``m_k / d``. A tuple (or list) of
+        distinct positive ints: the step of the geometric mean of
+        ``m_k / d`` over its ``k`` (the mean of their logarithms), which
+        leans to the near neighbours; a row with a duplicate among its
+        neighbours (``m_1 = 0``) is at step 0. Each ``k`` is capped at the
+        number of training rows less one (``n_neighbors_``, repeats
+        dropped), so that the default fits small sets too.
 
         The default was chosen on ADBench (``benchmarks/RESULTS_tabular.md``,
         three seeds, novelty split): against ``n_neighbors=5`` it scored
