@@ -123,7 +123,9 @@ def test_nonparametric_equals_a_hand_computation():
         assert abs(estimate - step) <= 1.0
 
 
-@pytest.mark.parametrize("k", [5, (1, 2, 3, 5, 10)], ids=["k=5", "k-mix"])
+@pytest.mark.parametrize(
+    "k", [5, (2, 3, 5, 10), (1, 2, 3, 5, 10)], ids=["k=5", "default", "with-k=1"]
+)
 def test_nonparametric_calibrates_on_leave_one_out_scores(k):
     train, _, _ = _separable()
     train = np.r_[train, train[:1]]  # a duplicate keeps its twin as a neighbour
@@ -139,23 +141,26 @@ def test_nonparametric_calibrates_on_leave_one_out_scores(k):
     np.testing.assert_allclose(det.calibration_scores_, np.sort(expected), rtol=1e-10)
     # scored in-sample, a row is its own nearest neighbour, so looks more normal
     in_sample = det.score_samples(train)
-    if k == 5:
-        assert (in_sample > np.array(expected)).all()
-    else:  # m_1 = 0 for every row: the geometric mean is 0
+    if k != 5 and 1 in k:  # m_1 = 0 for every row: the geometric mean is 0
         assert (in_sample == 0.0).all()
+    else:
+        assert (in_sample > np.array(expected)).all()
 
 
 def test_in_sample_calibration_with_k_1_warns():
     train, test, _ = _separable()
     with pytest.warns(CalibrationWarning, match="step 0"):
-        det = DTE(calibration="training").fit(train)
+        det = DTE(n_neighbors=(1, 2, 3, 5, 10), calibration="training").fit(train)
     assert det.offset_ == 0.0 and (det.predict(test) == -1).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DTE(n_neighbors=(2, 5), calibration="training").fit(train)
+        DTE(calibration="training").fit(train)  # the default has no k = 1
 
 
-@pytest.mark.parametrize("k", [5, (1, 2, 3, 5, 10)], ids=["k=5", "k-mix"])
+@pytest.mark.parametrize(
+    "k", [5, (2, 3, 5, 10), (1, 2, 3, 5, 10)], ids=["k=5", "default", "with-k=1"]
+)
 @pytest.mark.parametrize("block_values", [None, 1000], ids=["default", "small"])
 def test_nonparametric_tiled_search_equals_one_block(block_values, k, monkeypatch):
     # the search runs in tiles of 1024 queries x 2048 training rows in
@@ -183,13 +188,19 @@ def test_nonparametric_tiled_search_equals_one_block(block_values, k, monkeypatc
     # score alike, and more normal than their neighbours' median
     np.testing.assert_allclose(loo[:100], loo[2500:2600], rtol=1e-12)
     assert np.median(loo[:100]) > np.median(loo[100:2500])
-    if isinstance(k, tuple):  # their k = 1 mode is 0, so their geometric mean
+    if isinstance(k, tuple) and 1 in k:  # their k = 1 mode is 0, so is the mean
         assert (loo[:100] == 0.0).all() and (det.score_samples(queries[:50]) == 0).all()
 
 
 @pytest.mark.parametrize(
     ("k", "capped"),
-    [(5, 3), ((1, 2, 3, 5, 10), (1, 2, 3)), ((2, 10), (2, 3)), ((10, 20), (3,))],
+    [
+        (5, 3),
+        ((2, 3, 5, 10), (2, 3)),
+        ((1, 2, 3, 5, 10), (1, 2, 3)),
+        ((2, 10), (2, 3)),
+        ((10, 20), (3,)),
+    ],
 )
 def test_nonparametric_leave_one_out_with_as_few_rows_as_neighbours(k, capped):
     # each k is capped at n - 1 (repeats dropped), so a row scored without
@@ -221,27 +232,36 @@ def _steps_by_brute_force(Z, Q, ks, variances, leave_out=False):
     return np.array(steps)
 
 
-def test_default_k_mix_equals_a_brute_force_computation():
+@pytest.mark.parametrize("ks", [None, (1, 2, 3, 5, 10)], ids=["default", "with-k=1"])
+def test_k_mix_equals_a_brute_force_computation(ks):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(40, 4)) * [1.0, 2.0, 0.5, 3.0]
     X[30] = X[3]  # a duplicated training row
     queries = np.r_[rng.normal(size=(15, 4)), 4.0 + rng.normal(size=(5, 4)), X[7:8]]
-    det = DTE(calibration_size=0.3).fit(X)  # leave-one-out on 12 of the 40 rows
-    assert det.n_neighbors == (1, 2, 3, 5, 10) and det.n_neighbors_ == (1, 2, 3, 5, 10)
+    if ks is None:
+        det = DTE(calibration_size=0.3).fit(X)  # leave-one-out on 12 of the 40
+        ks = (2, 3, 5, 10)
+        assert det.n_neighbors == ks and det.n_neighbors_ == ks
+    else:
+        det = DTE(n_neighbors=ks, calibration_size=0.3).fit(X)
 
     mean, std = X.mean(axis=0).astype(np.float32), X.std(axis=0).astype(np.float32)
     Z, Q = (X - mean) / std, (queries - mean) / std
     np.testing.assert_allclose(det.train_rows_, Z, rtol=1e-12)
     variances = diffusion_variances(400, 1e-4, 0.01).numpy()
-    ks = (1, 2, 3, 5, 10)
     expected = _steps_by_brute_force(Z, Q, ks, variances)
     scores = det.score_samples(queries)
     np.testing.assert_allclose(scores, -expected, rtol=1e-10)
-    assert scores[-1] == 0.0 and (expected[:-1] > 0).all()  # a training row: step 0
+    assert (expected[:-1] > 0).all()
+    if 1 in ks:  # a training row is at distance 0 of itself: step 0
+        assert scores[-1] == 0.0
+    else:  # with k >= 2 it is still ranked by its other neighbours
+        assert 0.0 < expected[-1] < np.median(expected[:15])
     assert (expected[15:20] > 399).all()  # far rows read on past the schedule
 
     loo = _steps_by_brute_force(Z, Z, ks, variances, leave_out=True)
-    assert loo[3] == loo[30] == 0.0  # the twins keep each other as neighbours
+    assert loo[3] == loo[30]  # the twins keep each other as neighbours
+    assert (loo[3] == 0.0) == (1 in ks)
     subset = det._calibration_subset(len(X))
     np.testing.assert_allclose(det.calibration_scores_, np.sort(-loo[subset]))
     every = det._neighbour_scores(det.train_rows_, exclude=np.arange(len(X)))
@@ -275,15 +295,22 @@ def test_an_int_k_is_dte_np_and_equals_its_one_element_tuple():
     assert np.abs(mixed - five.score_samples(test)).max() > 1.0
 
 
-def test_duplicates_give_step_zero_without_warnings():
-    # every row twice: each one's nearest neighbour is at distance 0, new or
-    # left out, so every variance mode is 0 and no log(0) may leak
+@pytest.mark.parametrize("ks", [(1, 2, 3, 5, 10), (2, 3, 5, 10)])
+def test_duplicates_give_step_zero_without_warnings(ks):
+    # every row twice: a training row's two nearest neighbours are at
+    # distance 0 (its own copies), so m_1 = m_2 = 0, and left out its twin is
+    # (m_1 = 0): the geometric mean is 0 there, and no log(0) may leak
     X = np.repeat(np.random.default_rng(0).normal(size=(20, 3)), 2, axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        det = DTE(calibration_size=0.5).fit(X)
+        det = DTE(n_neighbors=ks, calibration_size=0.5).fit(X)
         scores = det.score_samples(X[::2])
-    assert (det.calibration_scores_ == 0.0).all() and (scores == 0.0).all()
+    assert (scores == 0.0).all()
+    if 1 in ks:
+        assert (det.calibration_scores_ == 0.0).all()
+    else:  # left out, m_2 counts the twin and one other row
+        assert np.isfinite(det.calibration_scores_).all()
+        assert (det.calibration_scores_ < 0.0).all()
     assert det.predict(X[::2] + 10.0).tolist() == [-1] * 20
 
 
@@ -325,7 +352,7 @@ def test_neighbour_counts_say_what_is_wrong(k, match):
 def test_n_neighbors_in_a_grid_search_and_clone():
     train, _, _ = _separable()
     det = DTE()
-    assert det.get_params()["n_neighbors"] == (1, 2, 3, 5, 10)
+    assert det.get_params()["n_neighbors"] == (2, 3, 5, 10)
     assert clone(det.set_params(n_neighbors=(1, 3))).n_neighbors == (1, 3)
 
     def mean_step(estimator, X, y=None):
@@ -488,10 +515,11 @@ def test_invalid_parameters_are_refused(params):
         dict(variant="categorical"),
         dict(variant="inverse_gamma"),
         dict(variant="nonparametric", n_neighbors=5),
+        dict(variant="nonparametric"),
         dict(variant="nonparametric", n_neighbors=(1, 2, 3, 5, 10)),
         dict(variant="nonparametric", n_neighbors=(2, 7)),
     ],
-    ids=["categorical", "inverse_gamma", "k=5", "k-mix", "k-pair"],
+    ids=["categorical", "inverse_gamma", "k=5", "default", "with-k=1", "k-pair"],
 )
 def test_onnx_graph_equals_score_samples(params, tmp_path):
     # tests/test_export_tabular.py runs DTE's test parameters (n_neighbors=5)
@@ -502,15 +530,16 @@ def test_onnx_graph_equals_score_samples(params, tmp_path):
     check_case("dte", params, "tabular", tmp_path)
 
 
-def test_onnx_graph_of_the_default_with_duplicates(tmp_path):
-    # rows at distance 0 of a training row: the graph's step 0, as in Python
+def test_onnx_graph_of_a_k_mix_with_duplicates(tmp_path):
+    # with k = 1 among the k, rows at distance 0 of a training row are at
+    # step 0, so the graph must compute those distances as exactly 0
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from _export import check_export
 
     rng = np.random.default_rng(0)
     X = np.r_[rng.normal(size=(40, 4)), np.zeros((2, 4))]
-    det = DTE().fit(X)
+    det = DTE(n_neighbors=(1, 2, 3, 5, 10)).fit(X)
     queries = np.r_[X[:5], rng.normal(size=(5, 4)), X[-1:]]
     assert (det.score_samples(queries)[[0, 1, 2, 3, 4, 10]] == 0.0).all()
     check_export(det, queries, tmp_path / "model.onnx")
