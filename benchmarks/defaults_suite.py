@@ -269,7 +269,7 @@ def _fit_score(detector, X_train, X_test):
     return anomaly, fit_s, time.perf_counter() - start
 
 
-def _pyod(name):
+def _pyod(name, seed=0):
     if name == "PyOD KNN":
         from pyod.models.knn import KNN
 
@@ -277,14 +277,14 @@ def _pyod(name):
     if name == "PyOD AutoEncoder":
         from pyod.models.auto_encoder import AutoEncoder
 
-        return AutoEncoder(verbose=0, random_state=0)
+        return AutoEncoder(verbose=0, random_state=seed)
     from pyod.models.vae import VAE
 
-    return VAE(verbose=0, random_state=0)
+    return VAE(verbose=0, random_state=seed)
 
 
-def _run_pyod(name, X_train, X_test):
-    model = _pyod(name)
+def _run_pyod(name, X_train, X_test, seed=0):
+    model = _pyod(name, seed)
     flat_train, flat_test = (
         X_train.reshape(len(X_train), -1),
         X_test.reshape(len(X_test), -1),
@@ -379,7 +379,9 @@ def run(args):
                             anomaly, fit_s, score_s = _fit_score(detector, X_tr, X_te)
                             row.update(_training(detector))
                         else:
-                            anomaly, fit_s, score_s = run_one(name, X_tr, X_te)
+                            anomaly, fit_s, score_s = run_one(
+                                name, X_tr, X_te, args.peer_seed
+                            )
                         row.update(
                             auroc=float(roc_auc_score(y_test, anomaly)),
                             fit_s=fit_s,
@@ -506,12 +508,34 @@ def _autoencoder_candidates(X, seed, calibration):
         warnings.simplefilter("ignore")  # its TooFewStepsWarning
         shallow = _ours("AutoEncoder", settings + list(pyod_like.items()))
         shallow.fit(_flat(X))
-    return {
+    scorers = {
         "conv": lambda Z: -conv.score_samples(Z),
         "conv-std": lambda Z: _standardized_error(conv, Z, center, scale),
         "mlp-pixels": lambda Z: -mlp.score_samples(_flat(Z)),
         "mlp-pyod": lambda Z: -shallow.score_samples(_flat(Z)),
     }
+    # the reconstructions in pixel units, for the held-out reconstruction rule
+    for name, detector, flat in (
+        ("conv", conv, False),
+        ("conv-std", conv, False),
+        ("mlp-pixels", mlp, True),
+        ("mlp-pyod", shallow, True),
+    ):
+        scorers[name].reconstruct = _pixel_reconstruction(detector, flat)
+    return scorers
+
+
+def _pixel_reconstruction(detector, flat):
+    """``Z -> `` the detector's reconstruction of ``Z`` in pixel units (n, d)."""
+
+    def reconstruct(Z):
+        def run(net, X_batch):
+            return detector._reconstruct(net, X_batch).flatten(1)
+
+        scaled = detector._run_batched(run, _flat(Z) if flat else Z)
+        return scaled * detector.input_scale_.ravel() + detector.input_center_.ravel()
+
+    return reconstruct
 
 
 def _score_scaling_candidates(name):
@@ -585,6 +609,15 @@ def select_candidate(X, seed, candidates, margin=SELECT_MARGIN):
             auroc = roc_auc_score(y, np.r_[normal, score(images)])
             per_kind[name][kind] = float(auroc)
         criterion[name] = float(np.mean(list(per_kind[name].values())))
+        reconstruct = getattr(score, "reconstruct", None)
+        if reconstruct is not None:
+            # the second rule (``heldout_fvu``): the held-out inliers' squared
+            # reconstruction error in pixel units, as a fraction of their
+            # squared distance to the mean training image
+            target = _flat(valid).astype(np.float64)
+            error = ((reconstruct(valid) - target) ** 2).sum()
+            spread = ((target - _flat(rest).mean(axis=0)) ** 2).sum()
+            per_kind[name]["heldout_fvu"] = float(error / spread)
     default = next(iter(scorers))
     best = max(criterion, key=criterion.get)
     if criterion[best] <= criterion[default] + margin:
@@ -706,6 +739,23 @@ def select_kind_subsets(paths, margin=SELECT_MARGIN):
                 f"| {' + '.join(kinds)} | {np.mean(chosen):.3f} | "
                 f"{np.mean(default):.3f} | {won} / {lost} |"
             )
+    fvu_rows = [r for r in rows if "heldout_fvu" in r["per_kind"][list(r["auroc"])[0]]]
+    if fvu_rows:
+        chosen, won, lost = [], 0, 0
+        for r in fvu_rows:
+            names = list(r["auroc"])
+            fvu = {n: r["per_kind"][n]["heldout_fvu"] for n in names}
+            best = min(fvu, key=fvu.get)
+            if fvu[best] >= fvu[names[0]] - margin:
+                best = names[0]
+            chosen.append(r["auroc"][best])
+            won += r["auroc"][best] > r["auroc"][names[0]] + 0.005
+            lost += r["auroc"][best] < r["auroc"][names[0]] - 0.005
+        default = np.mean([r["auroc"][list(r["auroc"])[0]] for r in fvu_rows])
+        lines.append(
+            f"| held-out reconstruction (lowest FVU) | {np.mean(chosen):.3f} | "
+            f"{default:.3f} | {won} / {lost} |"
+        )
     oracle = np.mean([max(r["auroc"].values()) for r in rows])
     lines.append(f"| (best candidate per task, the oracle) | {oracle:.3f} | | |")
     return "\n".join(lines)
@@ -834,6 +884,9 @@ def main():
     parser.add_argument("--anomalib-python", default=None)
     parser.add_argument(
         "--anomalib-seed", type=int, default=0, help="seed of anomalib's GANomaly"
+    )
+    parser.add_argument(
+        "--peer-seed", type=int, default=0, help="random_state of PyOD's models"
     )
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument(
