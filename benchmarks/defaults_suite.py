@@ -36,6 +36,13 @@ merge the JSON files into a table::
     python benchmarks/defaults_suite.py --table before.json after.json peers.json
 
 (``--tasks`` and ``--detectors`` pick a subset.)
+
+``--select`` runs the model-selection rule of issue 23, part 2 (see
+``select_candidate``): every candidate configuration of a detector
+(``SELECT_CANDIDATES``), the candidate the rule picks from normal data
+only, and each one's test AUROC; ``--select-table`` prints them with PyOD's
+AutoEncoder (``--peers-json``). ``SELECT_TUNING`` and ``SELECT_HELDOUT`` are
+its task sets.
 """
 
 import argparse
