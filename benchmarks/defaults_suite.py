@@ -532,6 +532,34 @@ def _autoencoder_candidates(X, seed, calibration):
     return scorers
 
 
+def _ensemble_candidates(X, seed, calibration):
+    """A lead for a next pass, not a selection (``--no-rule``): the default
+    AutoEncoder, ours in PyOD's configuration on the flattened pixels, and
+    the mean of their anomaly scores, each in units of its calibration
+    scores (centred on their mean, divided by their SD)."""
+    settings = [("random_state", seed), ("calibration", calibration)]
+    conv = _ours("AutoEncoder", settings).fit(X)
+    pyod_like = dict(
+        hidden_sizes=(64,), latent_dim=32, dropout=0.2, batch_size=32, max_epochs=10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        shallow = _ours("AutoEncoder", settings + list(pyod_like.items()))
+        shallow.fit(_flat(X))
+
+    def standardized(detector, Z):
+        normal = -detector.calibration_scores_
+        return (-detector.score_samples(Z) - normal.mean()) / normal.std()
+
+    return {
+        "conv": lambda Z: -conv.score_samples(Z),
+        "mlp-pyod": lambda Z: -shallow.score_samples(_flat(Z)),
+        "mean of both": lambda Z: (
+            standardized(conv, Z) + standardized(shallow, _flat(Z))
+        ),
+    }
+
+
 def _pixel_reconstruction(detector, flat):
     """``Z -> `` the detector's reconstruction of ``Z`` in pixel units (n, d)."""
 
@@ -592,6 +620,7 @@ def _anogan_candidates(X, seed, calibration):
 SELECT_CANDIDATES = {
     "AnoGAN": _anogan_candidates,
     "AutoEncoder": _autoencoder_candidates,
+    "AutoEncoder-ensemble": _ensemble_candidates,
     "GANomaly": _score_scaling_candidates("GANomaly"),
     "EGBAD": _score_scaling_candidates("EGBAD"),
 }
