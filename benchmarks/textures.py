@@ -124,6 +124,14 @@ for _reg in (0.1, 1.0, 10.0):
         {"reg_covar": _reg},
         None,
     )
+# d below the number of training images: full-rank covariances, so the
+# ridge no longer decides the unspanned directions (40 images: d = 39)
+METHODS["diag-padim-d39"] = (
+    "PaDiM, n_channels=39",
+    "padim",
+    {"n_channels": 39},
+    None,
+)
 METHODS["diag-padim-ledoit-wolf"] = (
     "PaDiM, covariance='ledoit_wolf'",
     "padim",
