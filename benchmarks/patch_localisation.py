@@ -49,6 +49,7 @@ METHODS = {
     "ours-patchcore-shards": "PatchCore (10%, shards of 16,384 patches)",
     "ours-patchcore-exact": "PatchCore (10%, one greedy selection)",
     "anomalib-patchcore": "anomalib PatchCore (10%)",
+    "ours-patchcore-proj256": "PatchCore (coreset selected on the 152 channels)",
     "ours-autoencoder": "AutoEncoder (20 epochs, at 64 px)",
 }
 
@@ -72,6 +73,8 @@ def _ours(name, weights, seed):
         return PatchCore(**common)
     if name == "ours-patchcore-exact":
         return PatchCore(shard_size=None, **common)
+    if name == "ours-patchcore-proj256":  # no projection below 256 channels
+        return PatchCore(projection_dim=256, **common)
     if name == "ours-patchcore-shards":
         return PatchCore(shard_size=16384, **common)
     if name == "ours-autoencoder":
