@@ -82,6 +82,7 @@ OURS = {
         (*BOTH, "torch+map", "onnxruntime+map"),
     ),
     "padim": ("PaDiM", {}, (*BOTH, "torch+map", "onnxruntime+map")),
+    "padim-pooled": ("PaDiM", {"covariance_pooling": 0.5}, ("torch", "torch+map")),
     "deepmahalanobis": ("DeepMahalanobis", {}, BOTH),
     "before-patchcore": ("PatchCore", {}, ("torch", "torch+map")),
     "before-padim": ("PaDiM", {}, ("torch", "torch+map")),

@@ -50,6 +50,7 @@ METHODS = {
     "ours-patchcore-exact": "PatchCore (10%, one greedy selection)",
     "anomalib-patchcore": "anomalib PatchCore (10%)",
     "ours-patchcore-proj256": "PatchCore (coreset selected on the 152 channels)",
+    "ours-padim-pooled": "PaDiM (default, covariance_pooling=0.5)",
     "ours-autoencoder": "AutoEncoder (20 epochs, at 64 px)",
 }
 
@@ -73,6 +74,8 @@ def _ours(name, weights, seed):
         return PatchCore(**common)
     if name == "ours-patchcore-exact":
         return PatchCore(shard_size=None, **common)
+    if name == "ours-padim-pooled":
+        return PaDiM(n_channels=100, covariance_pooling=0.5, **common)
     if name == "ours-patchcore-proj256":  # no projection below 256 channels
         return PatchCore(projection_dim=256, **common)
     if name == "ours-patchcore-shards":

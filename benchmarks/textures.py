@@ -132,6 +132,17 @@ METHODS["diag-patchcore-proj256"] = (
     {"projection_dim": 256},
     None,
 )
+# each position's covariance blended with the mean over positions: first a
+# prototype by monkeypatch (the rows of RESULTS_textures.md were made with
+# it), then the library's PaDiM(covariance_pooling=w), the same for
+# 'empirical' covariances
+for _weight in (0.5, 0.9):
+    METHODS[f"diag-padim-pooled{_weight:g}"] = (
+        f"PaDiM, covariance_pooling={_weight:g}",
+        "padim",
+        {"covariance_pooling": _weight},
+        None,
+    )
 # d below the number of training images: full-rank covariances, so the
 # ridge no longer decides the unspanned directions (40 images: d = 39)
 METHODS["diag-padim-d39"] = (

@@ -171,6 +171,72 @@ def test_padim_gaussians_are_the_per_position_estimates(covariance):
     np.testing.assert_allclose(grid.reshape(2, -1)[:, 17], expected, rtol=1e-3)
 
 
+@pytest.mark.parametrize("covariance", ["empirical", "ledoit_wolf"])
+def test_padim_covariance_pooling_blends_each_position_with_the_mean(covariance):
+    images = _textures(24, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
+    params.update(covariance=covariance, calibration="training", batch_size=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        per_position = PaDiM(**params).fit(images)
+        half = PaDiM(**params, covariance_pooling=0.5).fit(images)
+        pooled = PaDiM(**params, covariance_pooling=1.0).fit(images)
+
+    def covariances(det):  # without the ridge
+        factors = det.cholesky_.astype(np.float64)
+        return factors @ factors.transpose(0, 2, 1) - 0.01 * np.eye(12)
+
+    own, mixed, mean = covariances(per_position), covariances(half), covariances(pooled)
+    # w = 1: one covariance, the mean of the positions' sample covariances
+    # (before any Ledoit-Wolf shrinkage and the ridge)
+    features = per_position.feature_extractor_.transform(images)  # (24, 12, 8, 8)
+    rows = features.reshape(24, 12, -1).transpose(2, 0, 1).astype(np.float64)
+    ddof = 0 if covariance == "ledoit_wolf" else 1
+    expected = np.mean([np.cov(x, rowvar=False, ddof=ddof) for x in rows], axis=0)
+    np.testing.assert_allclose(mean, np.broadcast_to(mean[0], mean.shape), atol=1e-5)
+    np.testing.assert_allclose(mean[0], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mixed, 0.5 * own + 0.5 * mean, rtol=1e-4, atol=1e-5)
+    # the locations do not change, and the positions' covariances differed
+    np.testing.assert_array_equal(half.location_, per_position.location_)
+    assert np.abs(own - mean).max() > 10 * np.abs(mean).max() * 1e-4
+
+
+def test_padim_covariance_pooling_calibrates_on_held_out_images(tmp_path):
+    images = _textures(20, 32)
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=8)
+    det = PaDiM(**params, covariance_pooling=0.5).fit(images)
+    assert det.calibration_ == "split"
+    assert PaDiM(**params).fit(images).calibration_ == "leave-one-out"
+    with pytest.raises(ValueError, match="covariance_pooling"):
+        PaDiM(**params, covariance_pooling=0.5, image_score="standardized").fit(images)
+    with pytest.raises(ValueError, match="covariance_pooling"):
+        PaDiM(**params, covariance_pooling=1.5).fit(images)
+    # saved and loaded: the same scores
+    X = _textures(4, 32, seed=1)
+    skanomaly.save(det, tmp_path / "pooled.ska")
+    loaded = skanomaly.load(tmp_path / "pooled.ska")
+    assert loaded.covariance_pooling == 0.5
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec(
+        "onnxscript"
+    ):
+        from _export import check_case
+
+        check_case("padim", {"covariance_pooling": 0.5}, "images", tmp_path)
+
+
+def test_padim_pickled_before_covariance_pooling_still_scores():
+    import pickle
+
+    images = _textures(12, 32)
+    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8).fit(images)
+    old = pickle.loads(pickle.dumps(det))
+    del old.covariance_pooling  # as unpickled from a file of an earlier version
+    X = _textures(3, 32, seed=1)
+    np.testing.assert_array_equal(old.score_samples(X), det.score_samples(X))
+    np.testing.assert_array_equal(old.predict(X), det.predict(X))
+
+
 def test_padim_localises_a_defect():
     normal = _textures(40, 32)
     det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=24).fit(normal)

@@ -104,6 +104,18 @@ class PaDiM(BasePatchDetector):
         Ledoit-Wolf shrinks towards a Euclidean distance instead.
     reg_covar : float, default=0.01
         Added to the diagonal of every covariance (the paper's 0.01 I).
+    covariance_pooling : float, default=0.0
+        Weight ``w`` of the mean covariance over all grid positions in each
+        position's: ``(1 - w) S_p + w S_mean``, then ``reg_covar`` (0: the
+        paper's per-position Gaussians). With fewer images than channels
+        each ``S_p`` is singular and the ridge alone decides the directions
+        a position's patches do not span; the mean over positions gives
+        them the variance the features show elsewhere, which suits
+        textures and parts not aligned to the grid (measured in
+        ``benchmarks/RESULTS_textures.md``: 40 images of brick and gravel).
+        The leave-one-out calibration assumes per-position covariances, so
+        with ``w > 0`` ``calibration='auto'`` holds out images ('split') and
+        ``image_score='standardized'`` is refused.
     pool_size : int, default=1
         Local averaging of the feature maps before the Gaussians (1: none,
         as the paper; 3: PatchCore's neighbourhood).
@@ -220,6 +232,7 @@ class PaDiM(BasePatchDetector):
         },
         "covariance": [StrOptions({"empirical", "ledoit_wolf"})],
         "reg_covar": [Interval(Real, 0, None, closed="left")],
+        "covariance_pooling": [Interval(Real, 0, 1, closed="both")],
         "pool_size": [Interval(Integral, 1, None, closed="left")],
         "sigma": [Interval(Real, 0, None, closed="left")],
         "image_score": [StrOptions({"max", "standardized"})],
@@ -238,6 +251,7 @@ class PaDiM(BasePatchDetector):
         channel_reduction="orthogonal",
         covariance="empirical",
         reg_covar=0.01,
+        covariance_pooling=0.0,
         pool_size=1,
         tile_size=None,
         tile_overlap=0,
@@ -269,6 +283,7 @@ class PaDiM(BasePatchDetector):
         self.channel_reduction = channel_reduction
         self.covariance = covariance
         self.reg_covar = reg_covar
+        self.covariance_pooling = covariance_pooling
         self.pool_size = pool_size
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -292,6 +307,9 @@ class PaDiM(BasePatchDetector):
             "random_state": 0,
         }
         tags.onnx_export = True
+        # the closed-form leave-one-out Gaussians are per position only (a
+        # PaDiM pickled before covariance_pooling existed has none: 0)
+        tags.leave_one_out = getattr(self, "covariance_pooling", 0.0) == 0
         return tags
 
     def _fit_patches(self, patch_batches, n_images):
@@ -309,6 +327,12 @@ class PaDiM(BasePatchDetector):
             )
         if n_images < 2:
             raise ValueError("PaDiM needs at least 2 training images.")
+        if self.covariance_pooling > 0 and self.image_score == "standardized":
+            raise ValueError(
+                "image_score='standardized' needs per-position covariances "
+                f"(its leave-one-out maps); covariance_pooling="
+                f"{self.covariance_pooling} mixes them. Use one or the other."
+            )
         ledoit_wolf = self.covariance == "ledoit_wolf"
         moments = PositionMoments(
             positions, d, check_device(self.device), fourth_moments=ledoit_wolf
@@ -337,15 +361,25 @@ class PaDiM(BasePatchDetector):
         cholesky = np.empty((positions, d, d), dtype=np.float32)
         shrinkages = np.zeros(positions)
         chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+        ddof = 0 if ledoit_wolf else 1
+        pooling = self.covariance_pooling
+        if pooling > 0:
+            # the mean over positions of their sample covariances
+            pooled = sum(
+                moments.covariance(slice(start, start + chunk), ddof=ddof).sum(0)
+                for start in range(0, positions, chunk)
+            )
+            pooled = (pooled / positions).cpu().numpy()
         for start in range(0, positions, chunk):
             rows = slice(start, start + chunk)
-            covariance = moments.covariance(rows, ddof=0 if ledoit_wolf else 1)
-            covariance = covariance.cpu().numpy()
+            covariance = moments.covariance(rows, ddof=ddof).cpu().numpy()
             if ledoit_wolf:
                 fourth = moments.sum_norms4(rows).cpu().numpy()
                 covariance, shrinkages[rows] = ledoit_wolf_shrink(
                     covariance, fourth, moments.count
                 )
+            if pooling > 0:
+                covariance = (1.0 - pooling) * covariance + pooling * pooled
             np.einsum("...ii->...i", covariance)[...] += self.reg_covar
             cholesky[rows] = regularised_cholesky(
                 covariance, "The covariance of some grid positions (reg_covar=0?)"
