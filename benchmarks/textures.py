@@ -115,47 +115,42 @@ METHODS = {
         "nearest-map",
     ),
 }
-# the ridge and the shrinkage: what decides the distances in the directions
-# that few training patches span (see "Why PaDiM fails on stochastic textures")
-for _reg in (0.1, 1.0, 10.0):
-    METHODS[f"diag-padim-reg{_reg:g}"] = (
-        f"PaDiM, reg_covar={_reg:g}",
-        "padim",
-        {"reg_covar": _reg},
-        None,
+
+
+def _one_parameter(detector, **params):
+    """A ``METHODS`` entry: our detector at its defaults but ``params``."""
+    name = "PaDiM" if detector == "padim" else "PatchCore"
+    shown = ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value!r}"
+        for key, value in params.items()
     )
-# the coreset selected on all 152 channels (projection only above 256), as
-# anomalib's 239-dimensional projection nearly does (RESULTS_inspection_speed)
-METHODS["diag-patchcore-proj256"] = (
-    "PatchCore, projection_dim=256 (no projection)",
-    "patchcore",
-    {"projection_dim": 256},
-    None,
-)
-# each position's covariance blended with the mean over positions: first a
-# prototype by monkeypatch (the rows of RESULTS_textures.md were made with
-# it), then the library's PaDiM(covariance_pooling=w), the same for
-# 'empirical' covariances
-for _weight in (0.5, 0.9):
-    METHODS[f"diag-padim-pooled{_weight:g}"] = (
-        f"PaDiM, covariance_pooling={_weight:g}",
-        "padim",
-        {"covariance_pooling": _weight},
-        None,
-    )
-# d below the number of training images: full-rank covariances, so the
-# ridge no longer decides the unspanned directions (40 images: d = 39)
-METHODS["diag-padim-d39"] = (
-    "PaDiM, n_channels=39",
-    "padim",
-    {"n_channels": 39},
-    None,
-)
-METHODS["diag-padim-ledoit-wolf"] = (
-    "PaDiM, covariance='ledoit_wolf'",
-    "padim",
-    {"covariance": "ledoit_wolf"},
-    None,
+    return f"{name}, {shown}", detector, params, None
+
+
+METHODS.update(
+    {
+        # the ridge and the shrinkage: what decides the distances in the
+        # directions that few training patches span (see "Why PaDiM fails
+        # on stochastic textures")
+        **{
+            f"diag-padim-reg{reg:g}": _one_parameter("padim", reg_covar=reg)
+            for reg in (0.1, 1.0, 10.0)
+        },
+        "diag-padim-ledoit-wolf": _one_parameter("padim", covariance="ledoit_wolf"),
+        # d below the number of training images: full-rank covariances, so
+        # the ridge no longer decides the unspanned directions (40 images)
+        "diag-padim-d39": _one_parameter("padim", n_channels=39),
+        # each position's covariance blended with the mean over positions
+        # (the first rows of RESULTS_textures.md came from a monkeypatch of
+        # the same formula, before it was the library's option)
+        **{
+            f"diag-padim-pooled{w:g}": _one_parameter("padim", covariance_pooling=w)
+            for w in (0.5, 0.9)
+        },
+        # the coreset selected on all 152 channels (no projection below 256),
+        # as anomalib's 239-dimensional projection nearly does
+        "diag-patchcore-proj256": _one_parameter("patchcore", projection_dim=256),
+    }
 )
 for _sigma in (0, 2, 8):
     for _det in ("padim", "patchcore"):
