@@ -365,6 +365,11 @@ def _anomalib_worker(args):
 # ------------------------------------------------------------------- parent
 
 
+def _seed_suffix(args):
+    """Of the cached fits' and results' names: none for seed 0 (older runs)."""
+    return f"-seed{args.seed}" if args.seed else ""
+
+
 class Worker:
     """A method's process: fits (``fit_only``: then saves and ends) or loads
     its saved fit and answers the parent's scoring requests."""
@@ -372,8 +377,7 @@ class Worker:
     def __init__(self, name, args, data, weights, fit_only=False):
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env["TQDM_DISABLE"] = "1"
-        seed = f"-seed{args.seed}" if args.seed else ""
-        cache = Path(args.work) / f"fit-{name}-{args.train}{seed}"
+        cache = Path(args.work) / f"fit-{name}-{args.train}{_seed_suffix(args)}"
         command = ["--worker", name, "--data", data, "--seed", str(args.seed)]
         if name in PEERS:
             python = args.anomalib_python
@@ -530,8 +534,8 @@ def _measure(args, names, workers, train, test, y, masks, data, weights):
         )
     rows = []
     for worker in workers:
-        seed = f"-seed{args.seed}" if args.seed else ""
-        path = str(Path(args.work) / f"{worker.name}-{args.train}{seed}.npz")
+        suffix = _seed_suffix(args)
+        path = str(Path(args.work) / f"{worker.name}-{args.train}{suffix}.npz")
         reply = worker.ask(f"final {path}")
         worker.close()
         with np.load(path) as result:

@@ -324,14 +324,10 @@ calibration_size, calibration_confidence
         self.train_rows_ = self.train_rows_.reshape(len(X), -1)
         # a training row scored without itself has len(X) - 1 others
         available = len(X) - 1
-        if isinstance(self.n_neighbors, Integral):
-            self.n_neighbors_ = min(int(self.n_neighbors), available)
-        else:
-            counts = neighbour_counts(self.n_neighbors)
-            self.n_neighbors_ = tuple(sorted({min(k, available) for k in counts}))
-        if self._calibration_scheme() == "training" and 1 in neighbour_counts(
-            self.n_neighbors_
-        ):
+        counts = sorted({min(k, available) for k in neighbour_counts(self.n_neighbors)})
+        single = isinstance(self.n_neighbors, Integral)
+        self.n_neighbors_ = counts[0] if single else tuple(counts)
+        if self._calibration_scheme() == "training" and counts[0] == 1:
             warnings.warn(
                 f"calibration='training' with n_neighbors={self.n_neighbors!r}: "
                 "scored in-sample, every training row is its own nearest "

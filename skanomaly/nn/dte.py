@@ -364,10 +364,6 @@ class NearestNeighbourTime(nn.Module):
         sq = (nearest - x[:, None, :]).square().sum(2)
         return sq.sort(dim=1).values if len(self.counts) > 1 else sq
 
-    def mean_sq_distance(self, x, exclude=None):
-        """Mean squared distance of each row to its ``n_neighbors`` nearest."""
-        return self.squared_distances(x, exclude).mean(dim=1)
-
     def variance_mode(self, x, exclude=None):
         """The variance whose step is the estimate (:func:`geometric_mean_mode`)."""
         sq = self.squared_distances(x, exclude)
@@ -406,10 +402,6 @@ class NearestNeighbourTime(nn.Module):
         if len(self.counts) > 1:  # one k: its mean needs no order
             sq = sq.sort(dim=1).values
         return sq
-
-    def searched_mean_sq_distance(self, x, exclude=None):
-        """:meth:`mean_sq_distance` by :meth:`searched_squared_distances`."""
-        return self.searched_squared_distances(x, exclude).mean(dim=1)
 
     def searched_time(self, x, exclude=None):
         """:meth:`forward` by searches: :meth:`searched_squared_distances`,
