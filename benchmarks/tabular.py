@@ -10,6 +10,12 @@ of training (``calibration='split'``), which AUROC does not use, except the
 default DTE (non-parametric), whose calibration is leave-one-out: it keeps
 every training row, as PyOD's models do.
 
+With ``--max-train N`` a set's training rows are capped at ``N``: the first
+``N`` of the split's training rows, which ``novelty_split`` draws as a seeded
+permutation of the normals, so the cap keeps a uniform random subset fixed by
+the seed, the same rows for every model; the standardisation then uses the
+kept rows' statistics. The test rows are never capped.
+
 Results go line by line to a JSON-lines file (``--log``); a rerun skips
 what is there, so an interrupted run resumes. ``--report`` writes the
 markdown table from the log: AUROC per set (mean over seeds) and the mean
@@ -19,12 +25,15 @@ Run::
 
     python benchmarks/tabular.py run /work/shared/data/adbench/Classical \
         --seeds 0 1 2 --log tabular.jsonl
+    python benchmarks/tabular.py run <ADBench Classical_large folder> \
+        --seeds 0 1 2 --max-train 20000 --log large.jsonl
     python benchmarks/tabular.py report --log tabular.jsonl [more.jsonl ...]
     python benchmarks/tabular.py fit-time --rows 100000 --features 50
 """
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -63,6 +72,22 @@ TUNING_SETS += (
     "41_Waveform",
     "44_Wilt",
     "46_WPBC",
+)
+# ADBench Classical sets fetched from the ADBench repository with more than
+# 20,000 rows (the nine left out above): a group of its own, entirely held
+# out (none is in TUNING_SETS), run once at the defaults of 2026-12-07
+# (``DTE()`` with n_neighbors=(2, 3, 5, 10)), training rows capped with
+# ``--max-train 20000``; fixed before any result on them was read.
+LARGE_SETS = (
+    "1_ALOI",
+    "5_campaign",
+    "8_celeba",
+    "10_cover",
+    "11_donors",
+    "16_http",
+    "32_shuttle",
+    "33_skin",
+    "34_smtp",
 )
 
 
@@ -193,6 +218,10 @@ def run(args):
         for path in files:
             X, y = load_adbench(path)
             train, test = novelty_split(y, seed)
+            if args.max_train is not None:
+                # train is a seeded permutation of the normals: its first
+                # rows are a uniform random subset, the same for every model
+                train = train[: args.max_train]
             center, scale = X[train].mean(axis=0), X[train].std(axis=0)
             scale[scale < 1e-12] = 1.0
             X_train, X_test = (X[train] - center) / scale, (X[test] - center) / scale
@@ -216,6 +245,9 @@ def run(args):
                     auroc=auroc,
                     fit_s=fit_s,
                     score_s=score_s,
+                    n_train=len(train),
+                    n_test=len(test),
+                    load=os.getloadavg()[0],
                 )
                 with log.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -322,6 +354,13 @@ def fit_time(args):
         )
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -334,6 +373,12 @@ def main():
     run_parser.add_argument("--datasets", nargs="*", help="file stems to keep")
     run_parser.add_argument("--models", nargs="*", help="model names to keep")
     run_parser.add_argument("--log", required=True)
+    run_parser.add_argument(
+        "--max-train",
+        type=_positive_int,
+        default=None,
+        help="keep at most this many training rows per set (default: all)",
+    )
     report_parser = commands.add_parser("report")
     report_parser.add_argument("--log", required=True, nargs="+")
     time_parser = commands.add_parser("fit-time")
