@@ -132,6 +132,19 @@ SELECT_HELDOUT = [
     "patches-motorcycle_left",
 ]
 
+# Issue 23, part 2, fourth pass (a density term on the latent code,
+# ``latent_weight``): tuning on SELECT_TUNING, and a FRESH held-out set fixed
+# before the pass's first run (scikit-image photos never a normal class of
+# this suite; their anomalies are crops of the PHOTOS other than themselves).
+LATENT_HELDOUT = [
+    "patches-grass",
+    "patches-gravel",
+    "patches-text",
+    "patches-hubble_deep_field",
+    "patches-coffee",
+    "patches-rocket",
+]
+
 
 def _upsample(images, size):
     import torch
