@@ -201,18 +201,22 @@ def test_padim_covariance_pooling_blends_each_position_with_the_mean(covariance)
     assert np.abs(own - mean).max() > 10 * np.abs(mean).max() * 1e-4
 
 
-def test_padim_covariance_pooling_calibrates_on_held_out_images(tmp_path):
+def test_padim_covariance_pooling_calibrates_leave_one_out(tmp_path):
     images = _textures(20, 32)
     params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=8)
     det = PaDiM(**params, covariance_pooling=0.5).fit(images)
-    assert det.calibration_ == "split"
-    assert PaDiM(**params).fit(images).calibration_ == "leave-one-out"
-    with pytest.raises(ValueError, match="covariance_pooling"):
-        PaDiM(**params, covariance_pooling=0.5, image_score="standardized").fit(images)
+    assert det.calibration_ == "leave-one-out"
+    assert det.pooled_covariance_.shape == (8, 8)
+    assert PaDiM(**params).fit(images).pooled_covariance_ is None
+    # the standardised score's training maps are leave-one-out maps too
+    standardized = PaDiM(**params, covariance_pooling=0.5, image_score="standardized")
+    standardized.fit(images)
+    X = _textures(4, 32, seed=1)
+    assert np.isfinite(standardized.score_samples(X)).all()
+    assert not np.allclose(standardized.map_std_, standardized.map_std_.mean())
     with pytest.raises(ValueError, match="covariance_pooling"):
         PaDiM(**params, covariance_pooling=1.5).fit(images)
     # saved and loaded: the same scores
-    X = _textures(4, 32, seed=1)
     skanomaly.save(det, tmp_path / "pooled.ska")
     loaded = skanomaly.load(tmp_path / "pooled.ska")
     assert loaded.covariance_pooling == 0.5

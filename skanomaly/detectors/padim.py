@@ -113,9 +113,10 @@ class PaDiM(BasePatchDetector):
         them the variance the features show elsewhere, which suits
         textures and parts not aligned to the grid (measured in
         ``benchmarks/RESULTS_textures.md``: 40 images of brick and gravel).
-        The leave-one-out calibration assumes per-position covariances, so
-        with ``w > 0`` ``calibration='auto'`` holds out images ('split') and
-        ``image_score='standardized'`` is refused.
+        Leave-one-out calibration leaves an image out of both: its patch at
+        each position (a rank-one downdate, exact) and its patches' share
+        of the mean (a full-rank downdate of weight ``w / n``, to second
+        order in it).
     pool_size : int, default=1
         Local averaging of the feature maps before the Gaussians (1: none,
         as the paper; 3: PatchCore's neighbourhood).
@@ -182,6 +183,10 @@ class PaDiM(BasePatchDetector):
         Lower Cholesky factor of each position's regularised covariance.
     shrinkages_ : ndarray of shape (n_positions,)
         Ledoit-Wolf shrinkage of each position (zeros for 'empirical').
+    pooled_covariance_ : ndarray of shape (d, d), float64, or None
+        With ``covariance_pooling > 0``: the mean over positions of their
+        sample covariances (before shrinkage, pooling and the ridge), which
+        leave-one-out calibration downdates; None otherwise.
     map_mean_, map_std_ : ndarray of shape (height, width), float32, or None
         Per-pixel mean and (shrunk) standard deviation of the training
         images' leave-one-out smoothed maps, at the resolution the backbone
@@ -307,9 +312,6 @@ class PaDiM(BasePatchDetector):
             "random_state": 0,
         }
         tags.onnx_export = True
-        # the closed-form leave-one-out Gaussians are per position only (a
-        # PaDiM pickled before covariance_pooling existed has none: 0)
-        tags.leave_one_out = getattr(self, "covariance_pooling", 0.0) == 0
         return tags
 
     def _fit_patches(self, patch_batches, n_images):
@@ -327,12 +329,6 @@ class PaDiM(BasePatchDetector):
             )
         if n_images < 2:
             raise ValueError("PaDiM needs at least 2 training images.")
-        if self.covariance_pooling > 0 and self.image_score == "standardized":
-            raise ValueError(
-                "image_score='standardized' needs per-position covariances "
-                f"(its leave-one-out maps); covariance_pooling="
-                f"{self.covariance_pooling} mixes them. Use one or the other."
-            )
         ledoit_wolf = self.covariance == "ledoit_wolf"
         moments = PositionMoments(
             positions, d, check_device(self.device), fourth_moments=ledoit_wolf
@@ -363,6 +359,7 @@ class PaDiM(BasePatchDetector):
         chunk = max(1, _CHUNK_BYTES // (8 * d * d))
         ddof = 0 if ledoit_wolf else 1
         pooling = self.covariance_pooling
+        self.pooled_covariance_ = None
         if pooling > 0:
             # the mean over positions of their sample covariances
             pooled = sum(
@@ -370,6 +367,7 @@ class PaDiM(BasePatchDetector):
                 for start in range(0, positions, chunk)
             )
             pooled = (pooled / positions).cpu().numpy()
+            self.pooled_covariance_ = pooled
         for start in range(0, positions, chunk):
             rows = slice(start, start + chunk)
             covariance = moments.covariance(rows, ddof=ddof).cpu().numpy()
@@ -401,12 +399,10 @@ class PaDiM(BasePatchDetector):
         Returns ``(count, sum, sum of squares)``, float64 arrays of the
         size the backbone sees.
         """
-        distances, c, n = self._leave_one_out_distances(
-            check_device(self.device), n_images
-        )
+        state = self._leave_one_out_distances(check_device(self.device), n_images)
         count, first, second = 0, 0.0, 0.0
         for _, batch in kept:
-            maps = self._smoothed(self._leave_one_out_grid(batch, distances, c, n))
+            maps = self._smoothed(self._leave_one_out_grid(batch, *state))
             maps = maps.double().cpu().numpy()
             count += len(maps)
             first = first + maps.sum(axis=0)
@@ -439,12 +435,26 @@ class PaDiM(BasePatchDetector):
         return *self._leave_one_out_distances(device, n_images), sums
 
     def _leave_one_out_distances(self, device, n_images):
-        # Sigma = (1 - alpha) W / (n - ddof) + (alpha mu + reg_covar) I per
-        # position (alpha = 0 and ddof = 1 for 'empirical'); see
-        # skanomaly.gaussian. Shrinkage keeps the trace of W / n, so
-        # mu = trace(Sigma) / d - reg_covar.
+        """``(distances, c, n_images, e)`` for :meth:`_leave_one_out_grid`.
+
+        Each position's covariance is ``Sigma = (1 - w) B + w S_mean + r I``
+        (``w = covariance_pooling``, ``r = reg_covar``), with
+        ``B = (1 - alpha) W / (n - ddof) + alpha mu I`` its own estimate
+        (``alpha = 0``, ``ddof = 1`` for 'empirical'; see skanomaly.gaussian)
+        and ``S_mean`` the mean of the positions' ``W / (n - ddof)``. Without
+        image ``i`` it is ``A - c x x^T - e M_i``: ``A`` and ``c`` from
+        :func:`leave_one_out_covariance`, ``x`` the image's centred patch,
+        ``M_i`` the mean of its patches' outer products over positions and
+        ``e = w n / ((n - 1)(n - 1 - ddof))``.
+        """
         ledoit_wolf = self.covariance == "ledoit_wolf"
+        ddof = 0 if ledoit_wolf else 1
         d = self.cholesky_.shape[-1]
+        # fitted before covariance_pooling existed: none
+        pooling = getattr(self, "covariance_pooling", 0.0)
+        pooled_trace = 0.0
+        if pooling > 0:
+            pooled_trace = np.trace(self.pooled_covariance_) / d
         factors = np.empty_like(self.cholesky_)
         c = np.empty(len(self.cholesky_))
         chunk = max(1, _CHUNK_BYTES // (8 * d * d))
@@ -453,33 +463,56 @@ class PaDiM(BasePatchDetector):
             factor = self.cholesky_[rows].astype(np.float64)
             used = factor @ factor.transpose(0, 2, 1)
             shrinkage = self.shrinkages_[rows]
-            mu = np.trace(used, axis1=1, axis2=2) / d - self.reg_covar
+            # shrinkage keeps the trace of W / n: trace(B) / d = mu, so
+            # (1 - w) mu is what remains of the mean variance
+            own_mu = (
+                np.trace(used, axis1=1, axis2=2) / d
+                - self.reg_covar
+                - pooling * pooled_trace
+            )
             A, c[rows] = leave_one_out_covariance(
                 used,
                 n_images,
-                ddof=0 if ledoit_wolf else 1,
+                ddof=ddof,
                 shrinkage=shrinkage,
-                diagonal=shrinkage * mu + self.reg_covar,
+                diagonal=shrinkage * own_mu + self.reg_covar,
             )
             factors[rows] = regularised_cholesky(A)
+        c *= 1.0 - pooling
+        n = float(n_images)
+        mean_weight = pooling * n / ((n - 1.0) * (n - 1.0 - ddof))
         distances = PositionDistances(torch.from_numpy(self.location_), factors)
-        return distances.to(device), c, n_images
+        return distances.to(device), c, n_images, mean_weight
 
     @staticmethod
-    def _leave_one_out_grid(features, distances, c, n_images):
+    def _leave_one_out_grid(features, distances, c, n_images, mean_weight):
         """Distances of training patches to the Gaussians without their image."""
         batch, _, height, width = features.shape
-        q = distances.squared(features).double().T.reshape(batch, height, width)
+        centred, whitened = distances.whiten(features)  # (P, C, B)
+        q = whitened.square().sum(dim=1)
+        if mean_weight > 0:
+            # x^T (A - e M)^-1 x = q + e z^T M z + e^2 |L^-1 M z|^2 + O(e^3)
+            # (z = A^-1 x); e M is about 1/n of A, so the third order is
+            # about 1/n^3 of q, and no position needs its own factorisation
+            # per image
+            cholesky = distances.cholesky
+            z = torch.linalg.solve_triangular(
+                cholesky.mT, whitened, upper=True
+            )  # A^-1 x
+            shares = torch.einsum("pcb,pdb->bcd", centred, centred) / len(centred)
+            shared_z = torch.einsum("bcd,pdb->pcb", shares, z)  # M z
+            first = (z * shared_z).sum(dim=1)
+            second = torch.linalg.solve_triangular(cholesky, shared_z, upper=False)
+            q = q + mean_weight * first + mean_weight**2 * second.square().sum(dim=1)
+        q = q.double().T.reshape(batch, height, width)
         squared = leave_one_out_squared_distances(
             q.cpu().numpy(), n_images, c.reshape(height, width)
         )
         return torch.from_numpy(np.sqrt(squared)).to(features)
 
     def _leave_one_out_scores(self, features, state, images):
-        distances, c, n_images, sums = state
-        maps = self._smoothed(
-            self._leave_one_out_grid(features, distances, c, n_images)
-        )
+        *distances, sums = state
+        maps = self._smoothed(self._leave_one_out_grid(features, *distances))
         if sums is None:
             return maps.amax(dim=(1, 2))
         # standardised by the statistics of the other images' maps: an image

@@ -133,10 +133,14 @@ class PositionDistances(nn.Module):
             x = features.flatten(2).permute(2, 0, 1).to(torch.float64)  # (P, B, C)
             z = (x - self.mean[:, None, :]) @ self.whitening
             return z.square().sum(dim=2)
+        return self.whiten(features)[1].square().sum(dim=1)
+
+    def whiten(self, features):
+        """``(x - mu_p, L_p^-1 (x - mu_p))``, each (positions, C, batch)."""
         x = features.flatten(2).permute(2, 1, 0).to(self.cholesky.dtype)  # (P, C, B)
         centred = x - self.mean.to(self.cholesky.dtype)[:, :, None]
         z = torch.linalg.solve_triangular(self.cholesky, centred, upper=False)
-        return z.square().sum(dim=1)
+        return centred, z
 
     def forward(self, features):
         """Distances (batch, height, width), float32, of ``features`` (B, C, h, w)."""
