@@ -630,39 +630,12 @@ def _anogan_candidates(X, seed, calibration):
     }
 
 
-# the fourth pass's candidates (fixed before its first run): the same fit
-# scored with these ``latent_weight`` values; 1000 is the latent term alone
-# in all but name (a diagnostic, not a candidate)
-LATENT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 1000.0)
-
-
-def _latent_candidates(name):
-    """AutoEncoder / VAE: one default fit scored with each ``LATENT_WEIGHTS``."""
-
-    def candidates(X, seed, calibration):
-        settings = [("random_state", seed), ("calibration", calibration)]
-        detector = _ours(name, settings).fit(X)
-
-        def scorer(weight):
-            def score(Z):
-                detector.set_params(latent_weight=weight)
-                return -detector.score_samples(Z)
-
-            return score
-
-        return {f"latent_weight={w:g}": scorer(w) for w in LATENT_WEIGHTS}
-
-    return candidates
-
-
 SELECT_CANDIDATES = {
     "AnoGAN": _anogan_candidates,
     "AutoEncoder": _autoencoder_candidates,
     "AutoEncoder-ensemble": _ensemble_candidates,
     "GANomaly": _score_scaling_candidates("GANomaly"),
     "EGBAD": _score_scaling_candidates("EGBAD"),
-    "AutoEncoder-latent": _latent_candidates("AutoEncoder"),
-    "VAE-latent": _latent_candidates("VAE"),
 }
 
 

@@ -1,83 +1,24 @@
 """AutoEncoder detector (Hinton & Salakhutdinov 2006)."""
 
-import math
 from numbers import Integral, Real
 
-import numpy as np
 import torch
 
 from .._compat import Interval
 from ..nets import SelfSupervisedNet
 from ..nn.autoencoder import AutoEncoderModule, ReconstructionLoss, per_sample_mean
-from ..nn.latent import combined_score, fit_latent_score
 from .torch_base import BaseTorchDetector
 
 __all__ = ["AutoEncoder"]
 
 
-class LatentScoreMixin:
-    """``latent_weight``: a density term on the codes, for encoder-decoders.
-
-    The detector implements ``_score_and_code(net, X_batch)``, returning its
-    own anomaly score (batch,) and the code (batch, code_size) of a scaled
-    batch, and calls ``_fit_latent_score(X)`` at the end of ``_fit``. Its
-    ``_score_batch`` returns ``_latent_score(net, X_batch)``.
-    """
-
-    def _fit_latent_score(self, X):
-        """Fit the two terms' statistics on the training samples ``X``
-        (validated, unscaled): one scoring pass after training."""
-
-        def terms(net, X_batch):
-            score, code = self._score_and_code(net, X_batch)
-            return torch.cat([score[:, None], code], dim=1)
-
-        values = self._run_batched(terms, X)
-        stats = fit_latent_score(values[:, 0], values[:, 1:])
-        self.latent_mean_ = stats["latent_mean"]
-        self.latent_precision_ = stats["latent_precision"]
-        self.term_center_ = np.array([stats["score_center"], stats["latent_center"]])
-        self.term_scale_ = np.array([stats["score_scale"], stats["latent_scale"]])
-
-    def _latent_score(self, net, X_batch):
-        """The anomaly score of a scaled batch, with the latent term if weighted.
-
-        ``latent_weight=0`` gives the detector's own score unchanged;
-        ``set_params(latent_weight=...)`` after ``fit`` takes effect at once.
-        """
-        weight = self.latent_weight
-        if not (isinstance(weight, Real) and math.isfinite(weight) and weight >= 0):
-            raise ValueError(
-                f"latent_weight must be a finite number >= 0; got {weight!r}."
-            )
-        score, code = self._score_and_code(net, X_batch)
-        if weight == 0:
-            return score
-        if getattr(self, "latent_precision_", None) is None:
-            raise ValueError(
-                f"This {type(self).__name__} was fitted (or saved) before "
-                "latent_weight existed and has no statistics of its codes; refit "
-                "it to use latent_weight > 0."
-            )
-        statistics = dict(
-            latent_mean=self.latent_mean_,
-            latent_precision=self.latent_precision_,
-            score_center=self.term_center_[0],
-            latent_center=self.term_center_[1],
-            score_scale=self.term_scale_[0],
-            latent_scale=self.term_scale_[1],
-        )
-        return combined_score(score, code, statistics, weight)
-
-
-class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
+class AutoEncoder(BaseTorchDetector):
     """Reconstruction-error detector: an autoencoder trained on inliers.
 
     Tabular rows go through MLPs, images through a DCGAN-style convolutional
     encoder and decoder (any image size; see :mod:`skanomaly.nn.dcgan`).
     The anomaly score is the mean squared reconstruction error of a sample,
-    so ``score_samples`` returns its negative; ``latent_weight`` adds a
-    density term on the sample's code.
+    so ``score_samples`` returns its negative.
 
     Parameters
     ----------
@@ -97,20 +38,6 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
     base_channels : int, default=32
         Channels of the first convolution for images, doubled at every
         halving of the resolution. Unused for tabular data.
-    latent_weight : float, default=0.0
-        Weight of a density term on the code. 0: the reconstruction error
-        alone. Above 0: the score is ``e + latent_weight * m``, where ``e``
-        is the reconstruction error and ``m`` the squared Mahalanobis
-        distance of the sample's code to a Gaussian of the training
-        samples' codes (Ledoit-Wolf covariance), each centred on its median
-        over the training samples and divided by its robust spread there
-        (interquartile range / 1.349). Meant for anomalies *plainer* than
-        the inliers, which a model of the inliers reconstructs well but
-        encodes where no training sample lies. Training is unchanged: the
-        statistics come from one scoring pass over the training samples
-        after it, so ``set_params(latent_weight=...)`` after ``fit`` takes
-        effect at once (``benchmarks/RESULTS_defaults.md``, "a density term
-        on the latent code").
     lr : float, default=1e-3
         Adam learning rate.
     weight_decay : float, default=0.0
@@ -159,14 +86,6 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
     image_shape_ : tuple or None
     input_center_, input_scale_ : ndarray
         Input scaling fitted on the training data.
-    latent_mean_ : ndarray of shape (latent_dim,)
-        Mean code of the training samples.
-    latent_precision_ : ndarray of shape (latent_dim, latent_dim)
-        Inverse of their codes' Ledoit-Wolf covariance.
-    term_center_, term_scale_ : ndarray of shape (2,)
-        Median and robust spread, over the training samples, of the
-        reconstruction error and of the codes' squared Mahalanobis distance
-        (used when ``latent_weight > 0``).
 
     Examples
     --------
@@ -185,7 +104,6 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
         "batch_norm": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "base_channels": [Interval(Integral, 1, None, closed="left")],
-        "latent_weight": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
@@ -199,7 +117,6 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
         batch_norm=True,
         dropout=0.0,
         base_channels=32,
-        latent_weight=0.0,
         lr=1e-3,
         weight_decay=0.0,
         batch_size="auto",
@@ -228,7 +145,6 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
         self.batch_norm = batch_norm
         self.dropout = dropout
         self.base_channels = base_channels
-        self.latent_weight = latent_weight
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -262,17 +178,8 @@ class AutoEncoder(LatentScoreMixin, BaseTorchDetector):
             **self._net_kwargs(),
         )
 
-    def _fit(self, X):
-        super()._fit(X)
-        self._fit_latent_score(X)
-
     def _reconstruct(self, net, X_batch):
         return net.module_(X_batch)
 
-    def _score_and_code(self, net, X_batch):
-        code = net.module_.encoder(X_batch)
-        error = per_sample_mean((net.module_.decoder(code) - X_batch) ** 2)
-        return error, code
-
     def _score_batch(self, net, X_batch):
-        return self._latent_score(net, X_batch)
+        return per_sample_mean((self._reconstruct(net, X_batch) - X_batch) ** 2)

@@ -9,13 +9,12 @@ from .._compat import Interval, StrOptions
 from ..nets import SelfSupervisedNet
 from ..nn.autoencoder import per_sample_mean
 from ..nn.vae import VAELoss, VAEModule, gaussian_nll, kl_to_standard_normal
-from .autoencoder import LatentScoreMixin
 from .torch_base import BaseTorchDetector
 
 __all__ = ["VAE"]
 
 
-class VAE(LatentScoreMixin, BaseTorchDetector):
+class VAE(BaseTorchDetector):
     """Variational autoencoder scored by reconstruction probability.
 
     A Gaussian encoder q(z|x) and a Gaussian decoder p(x|z) that predicts a
@@ -62,11 +61,6 @@ class VAE(LatentScoreMixin, BaseTorchDetector):
         error on them: a floor of -8 ranked sklearn's digits read as 64
         columns clearly worse than -4, images unchanged
         (``benchmarks/RESULTS_defaults.md``).
-    latent_weight : float, default=0.0
-        Weight of a density term on the posterior mean of z, added to the
-        score of ``score_method`` as in :class:`~skanomaly.AutoEncoder`
-        (each term in units of its robust spread on the training samples).
-        0: the score alone.
     lr, weight_decay, batch_size, max_epochs, min_steps, early_stopping, \
 validation_fraction, n_iter_no_change, device, random_state, verbose, \
 callbacks, contamination, calibration, calibration_size, calibration_confidence
@@ -80,10 +74,6 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         The standard normal draws used when scoring.
     score_method_ : str
         The score ``score_method='auto'`` chose (else ``score_method``).
-    latent_mean_, latent_precision_, term_center_, term_scale_
-        The Gaussian of the training samples' posterior means and the
-        two terms' statistics, as in :class:`~skanomaly.AutoEncoder`
-        (of the score in use at ``fit``).
     offset_, n_features_in_, image_shape_, input_center_, input_scale_
         As in :class:`~skanomaly.AutoEncoder`.
 
@@ -110,7 +100,6 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         ],
         "n_score_samples": [Interval(Integral, 1, None, closed="left")],
         "logvar_floor": [Interval(Real, None, 0, closed="right")],
-        "latent_weight": [Interval(Real, 0, None, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
@@ -126,7 +115,6 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         score_method="auto",
         n_score_samples=10,
         logvar_floor=-4.0,
-        latent_weight=0.0,
         lr=1e-3,
         weight_decay=0.0,
         batch_size="auto",
@@ -157,7 +145,6 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         self.score_method = score_method
         self.n_score_samples = n_score_samples
         self.logvar_floor = logvar_floor
-        self.latent_weight = latent_weight
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -204,7 +191,6 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         self.score_noise_ = noise_rng.standard_normal(
             (self.n_score_samples, self.latent_dim)
         ).astype(np.float32)
-        self._fit_latent_score(X)
 
     def _score_method(self):
         """The score in use: ``score_method``, or what 'auto' chose at fit.
@@ -222,22 +208,11 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         return net.module_.decode(z_mean)[0]
 
     def _score_batch(self, net, X_batch):
-        if self.latent_weight > 0 and self._score_method() != self.score_method_:
-            raise ValueError(
-                f"latent_weight={self.latent_weight} standardises the score with "
-                f"statistics of score_method={self.score_method_!r}, fitted at fit; "
-                f"refit to use score_method={self._score_method()!r} with it."
-            )
-        return self._latent_score(net, X_batch)
-
-    def _score_and_code(self, net, X_batch):
-        """The score of ``score_method`` and the posterior mean of z."""
         module = net.module_
         method = self._score_method()
-        z_mean, z_logvar = module.encode(X_batch)
         if method == "reconstruction_error":
-            x_mean = module.decode(z_mean)[0]
-            return per_sample_mean((x_mean - X_batch) ** 2), z_mean
+            return per_sample_mean((self._reconstruct(net, X_batch) - X_batch) ** 2)
+        z_mean, z_logvar = module.encode(X_batch)
         noise = torch.as_tensor(
             self.score_noise_, device=X_batch.device, dtype=X_batch.dtype
         )
@@ -250,4 +225,4 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         score = nll.mean(dim=1)
         if method == "elbo":
             score = score + kl_to_standard_normal(z_mean, z_logvar)
-        return score, z_mean
+        return score
