@@ -208,7 +208,10 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
       batches of bounded memory.
 
     and declares what it takes in ``__skanomaly_tags__`` (see
-    :class:`DetectorTags`).
+    :class:`DetectorTags`). A constructor parameter added in a later version
+    goes in the class's ``_legacy_parameters`` with the value that reproduces
+    detectors saved before it (when its default does not): pickles and
+    skanomaly files that lack it load with that value.
 
     Everything else of the scikit-learn outlier-detector contract lives here:
     validation of the input (tabular or images), dropping samples labelled
@@ -364,6 +367,10 @@ default='auto'
         "calibration_size": [Interval(Real, 0, 1, closed="neither")],
         "calibration_confidence": [None, Interval(Real, 0, 1, closed="neither")],
     }
+    # Constructor parameters added after detectors were saved without them,
+    # each with the value that reproduces such a detector (which the default
+    # need not): pickles and skanomaly files that lack one get this value.
+    _legacy_parameters: dict = {}
 
     def __init__(
         self,
@@ -376,6 +383,11 @@ default='auto'
         self.calibration = calibration
         self.calibration_size = calibration_size
         self.calibration_confidence = calibration_confidence
+
+    def __setstate__(self, state):
+        for name, value in type(self)._legacy_parameters.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     @abstractmethod
     def _fit(self, X):

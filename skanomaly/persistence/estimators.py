@@ -307,6 +307,9 @@ class EstimatorReader(Decoder):
     def estimator(self, cls, encoded):
         """An instance of ``cls`` with the parameters and state of ``encoded``."""
         params = {k: self.decode(v) for k, v in encoded["params"].items()}
+        # written before a parameter existed: the value that reproduces it
+        for name, value in getattr(cls, "_legacy_parameters", {}).items():
+            params.setdefault(name, value)
         if self.device is not None and "device" in params:
             params["device"] = self.device
         try:
