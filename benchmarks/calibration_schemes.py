@@ -130,8 +130,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--summary", action="store_true")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="trained")
+    parser.add_argument("--detectors", nargs="+", help="a subset of the family's")
     args = parser.parse_args()
     detectors, schemes = FAMILIES[args.family]
+    if args.detectors:
+        unknown = set(args.detectors) - set(detectors)
+        if unknown:
+            parser.error(f"not in --family {args.family}: {sorted(unknown)}")
+        detectors = tuple(args.detectors)
     done = []
     if args.out.exists():
         done = [json.loads(line) for line in args.out.read_text().splitlines()]

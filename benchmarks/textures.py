@@ -145,7 +145,7 @@ METHODS.update(
         # the same formula, before it was the library's option)
         **{
             f"diag-padim-pooled{w:g}": _one_parameter("padim", covariance_pooling=w)
-            for w in (0.5, 0.9)
+            for w in (0.0, 0.5, 0.9)
         },
         # the coreset selected on all 152 channels (no projection below 256),
         # as anomalib's 239-dimensional projection nearly does

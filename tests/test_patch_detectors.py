@@ -149,7 +149,10 @@ def test_padim_gaussians_are_the_per_position_estimates(covariance):
     images = _textures(24, 32)
     params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=12)
     # batches of 5: the float64 sums stream over several batches
-    det = PaDiM(**params, covariance=covariance, batch_size=5).fit(images)
+    # the paper's per-position Gaussians (the blend with their mean: below)
+    det = PaDiM(
+        **params, covariance=covariance, covariance_pooling=0.0, batch_size=5
+    ).fit(images)
     features = det.feature_extractor_.transform(images)  # (24, 12, 8, 8)
     rows = features.reshape(24, 12, -1).transpose(2, 0, 1).astype(np.float64)
     np.testing.assert_allclose(det.location_, rows.mean(axis=1), rtol=1e-5, atol=1e-5)
@@ -178,7 +181,7 @@ def test_padim_covariance_pooling_blends_each_position_with_the_mean(covariance)
     params.update(covariance=covariance, calibration="training", batch_size=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        per_position = PaDiM(**params).fit(images)
+        per_position = PaDiM(**params, covariance_pooling=0.0).fit(images)
         half = PaDiM(**params, covariance_pooling=0.5).fit(images)
         pooled = PaDiM(**params, covariance_pooling=1.0).fit(images)
 
@@ -207,7 +210,7 @@ def test_padim_covariance_pooling_calibrates_leave_one_out(tmp_path):
     det = PaDiM(**params, covariance_pooling=0.5).fit(images)
     assert det.calibration_ == "leave-one-out"
     assert det.pooled_covariance_.shape == (8, 8)
-    assert PaDiM(**params).fit(images).pooled_covariance_ is None
+    assert PaDiM(**params, covariance_pooling=0).fit(images).pooled_covariance_ is None
     # the standardised score's training maps are leave-one-out maps too
     standardized = PaDiM(**params, covariance_pooling=0.5, image_score="standardized")
     standardized.fit(images)
@@ -229,16 +232,34 @@ def test_padim_covariance_pooling_calibrates_leave_one_out(tmp_path):
         check_case("padim", {"covariance_pooling": 0.5}, "images", tmp_path)
 
 
-def test_padim_pickled_before_covariance_pooling_still_scores():
+def test_padim_saved_before_covariance_pooling_loads_as_per_position(tmp_path):
     import pickle
 
+    from _forge import rewrite
+
     images = _textures(12, 32)
-    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8).fit(images)
-    old = pickle.loads(pickle.dumps(det))
-    del old.covariance_pooling  # as unpickled from a file of an earlier version
+    params = dict(SMALL, image_size=32, strides=(4, 8), n_channels=8)
+    det = PaDiM(**params, covariance_pooling=0.0).fit(images)
     X = _textures(3, 32, seed=1)
-    np.testing.assert_array_equal(old.score_samples(X), det.score_samples(X))
-    np.testing.assert_array_equal(old.predict(X), det.predict(X))
+    # pickled by a version without the parameter (and without its default,
+    # 0.5, which would describe another model)
+    earlier = pickle.loads(pickle.dumps(det))
+    del earlier.covariance_pooling
+    old = pickle.loads(pickle.dumps(earlier))
+    # a skanomaly file of that version
+    skanomaly.save(det, tmp_path / "old.ska")
+
+    def drop(document):
+        params = document["detector"]["params"]
+        assert "covariance_pooling" in params
+        del params["covariance_pooling"]
+
+    rewrite(tmp_path / "old.ska", drop)
+    for loaded in (old, skanomaly.load(tmp_path / "old.ska")):
+        assert loaded.get_params()["covariance_pooling"] == 0.0
+        np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+        np.testing.assert_array_equal(loaded.predict(X), det.predict(X))
+    assert PaDiM().covariance_pooling == 0.5
 
 
 def test_padim_localises_a_defect():
@@ -290,12 +311,14 @@ def test_padim_singular_covariances_get_a_ridge_with_a_warning():
         **SMALL, image_size=32, strides=(4, 8), n_channels=16, covariance="empirical"
     )
     with pytest.warns(UserWarning, match="grid positions.*singular"):
-        det.set_params(reg_covar=0.0).fit(images)
+        det.set_params(reg_covar=0.0, covariance_pooling=0.0).fit(images)
     assert np.all(np.isfinite(det.score_samples(images)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.simplefilter("ignore", CalibrationWarning)
         det.set_params(covariance="ledoit_wolf").fit(images)
+        # the mean over 64 positions of 4 images spans all 16 channels
+        det.set_params(covariance="empirical", covariance_pooling=0.5).fit(images)
 
 
 def _statistics(maps):
