@@ -158,11 +158,14 @@ def test_in_sample_calibration_with_k_1_warns():
         DTE(calibration="training").fit(train)  # the default has no k = 1
 
 
+@pytest.mark.parametrize("algorithm", ["brute", "kd_tree"])
 @pytest.mark.parametrize(
     "k", [5, (2, 3, 5, 10), (1, 2, 3, 5, 10)], ids=["k=5", "default", "with-k=1"]
 )
 @pytest.mark.parametrize("block_values", [None, 1000], ids=["default", "small"])
-def test_nonparametric_tiled_search_equals_one_block(block_values, k, monkeypatch):
+def test_nonparametric_tiled_search_equals_one_block(
+    block_values, k, algorithm, monkeypatch
+):
     # the search runs in tiles of 1024 queries x 2048 training rows in
     # float32; more of both here, with duplicates (ties at the k-th place)
     # and far rows; the scores must equal the one-block float64 formula
@@ -173,7 +176,8 @@ def test_nonparametric_tiled_search_equals_one_block(block_values, k, monkeypatc
     train[2500:2600] = train[:100]
     queries = np.r_[rng.normal(size=(2400, 6)), 5.0 * rng.normal(size=(100, 6))]
     queries[:50] = train[:50]  # at distance 0 of two training rows
-    det = DTE(n_neighbors=k, calibration="training").fit(train)
+    det = DTE(n_neighbors=k, calibration="training", algorithm=algorithm).fit(train)
+    assert det._search_algorithm() == algorithm
     module = det._neighbour_module()
     scaled = det._scale_batch(torch.from_numpy(queries), torch.float64)
     with torch.inference_mode():
@@ -401,8 +405,14 @@ def test_time_from_variance_inverts_the_schedule():
 
 @pytest.mark.parametrize(
     "params",
-    [dict(variant="categorical"), {}, dict(n_neighbors=5), dict(n_neighbors=[1, 4])],
-    ids=["categorical", "k-mix", "k=5", "list"],
+    [
+        dict(variant="categorical"),
+        {},
+        dict(n_neighbors=5),
+        dict(n_neighbors=[1, 4]),
+        dict(algorithm="brute"),
+    ],
+    ids=["categorical", "k-mix", "k=5", "list", "brute"],
 )
 def test_deterministic_and_saved_scores_identical(params, tmp_path):
     train, test, _ = _separable()
@@ -502,6 +512,8 @@ def test_bad_input_errors(params, X, match):
         dict(n_bins=1),
         dict(n_neighbors=0),
         dict(n_neighbors=(1, 1)),
+        dict(algorithm="ball_tree"),
+        dict(algorithm=None),
     ],
 )
 def test_invalid_parameters_are_refused(params):
@@ -590,3 +602,165 @@ def test_categorical_training_does_not_warn_of_divergence():
 @parametrize_detector_checks([fast_detector(DTE, variant="categorical")])
 def test_categorical_variant_conforms(estimator, check):
     check(estimator)
+
+
+def _tied_rows(n_features, seed=0):
+    """Training rows on a coarse grid (many exact ties at every k-th place),
+    a row repeated 15 times (more twins than the largest k + 1), and queries:
+    grid rows, training rows, new rows and far rows."""
+    rng = np.random.default_rng(seed)
+    train = rng.integers(0, 3, size=(1500, n_features)).astype(float)
+    train[:500] += rng.normal(scale=0.3, size=(500, n_features))
+    train[1000:1015] = train[0]
+    queries = np.r_[
+        rng.integers(0, 3, size=(300, n_features)).astype(float),
+        train[:40],
+        rng.normal(size=(300, n_features)),
+        6.0 * rng.normal(size=(60, n_features)),
+    ]
+    return train, queries
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3, 10, 24])
+@pytest.mark.parametrize(
+    "k",
+    [1, 5, (2, 3, 5, 10), (1, 2, 3, 5, 10)],
+    ids=["k=1", "k=5", "default", "k=1-10"],
+)
+def test_kd_tree_scores_equal_brute_force(n_features, k):
+    # the tree finds its neighbours exactly in float64; ties (the grid, the
+    # repeated row) may name other rows, but never other distances. The
+    # reference is the one-block float64 search (the module's forward).
+    train, queries = _tied_rows(n_features)
+    brute = DTE(n_neighbors=k, algorithm="brute").fit(train)
+    tree = DTE(n_neighbors=k, algorithm="kd_tree").fit(train)
+    assert brute._search_algorithm() == "brute"
+    assert tree._search_algorithm() == "kd_tree"
+    module = tree._neighbour_module()
+    every = np.arange(len(train))
+    with torch.inference_mode():
+        scaled = tree._scale_batch(torch.from_numpy(queries), torch.float64)
+        expected = -module(scaled).numpy()
+        rows = torch.from_numpy(tree.train_rows_)
+        expected_loo = -module(rows, torch.from_numpy(every)).numpy()
+    scores = tree.score_samples(queries)
+    np.testing.assert_allclose(scores, expected, rtol=1e-9)
+    loo = tree._neighbour_scores(tree.train_rows_, exclude=every)
+    np.testing.assert_allclose(loo, expected_loo, rtol=1e-9)
+    # the tiled brute search finds its rows in float32: where rounding swaps
+    # two nearly equidistant rows at the k-th place (here: 1 column, k = 5,
+    # left out) its steps move by up to 4e-5
+    np.testing.assert_allclose(
+        scores, brute.score_samples(queries), rtol=1e-5, atol=1e-4
+    )
+    brute_loo = brute._neighbour_scores(brute.train_rows_, exclude=every)
+    np.testing.assert_allclose(loo, brute_loo, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        tree.calibration_scores_, brute.calibration_scores_, rtol=1e-5, atol=1e-4
+    )
+    # the 15 copies of row 0 keep k of each other at distance 0 left out
+    assert (loo[[0, *range(1000, 1015)]] == 0.0).all()
+
+
+def test_kd_tree_equals_a_numpy_brute_force_computation():
+    # against the one-row-at-a-time numpy reference, not another search
+    train, queries = _tied_rows(3, seed=1)
+    train, queries = train[::3], queries[::3]
+    det = DTE(algorithm="kd_tree", calibration_size=0.5).fit(train)
+    Z = det.train_rows_
+    Q = det._scale_batch(torch.from_numpy(queries), torch.float64).numpy()
+    variances = diffusion_variances(400, 1e-4, 0.01).numpy()
+    ks = (2, 3, 5, 10)
+    expected = _steps_by_brute_force(Z, Q, ks, variances)
+    np.testing.assert_allclose(det.score_samples(queries), -expected, rtol=1e-10)
+    loo = _steps_by_brute_force(Z, Z, ks, variances, leave_out=True)
+    every = det._neighbour_scores(Z, exclude=np.arange(len(Z)))
+    np.testing.assert_allclose(every, -loo, rtol=1e-10)
+
+
+def test_tree_neighbours_leaves_out_the_row_itself():
+    from scipy.spatial import cKDTree
+
+    from skanomaly.nn.dte import tree_neighbours
+
+    rows = np.array([[0.0], [0.0], [0.0], [1.0], [3.0]])
+    tree = cKDTree(rows)
+    index = tree_neighbours(tree, rows, 2, exclude=np.arange(5))
+    for i, found in enumerate(index):
+        assert i not in found.tolist() or np.sum(rows[found, 0] == rows[i, 0]) > 2
+        others = np.sort(np.abs(np.delete(rows[:, 0], i) - rows[i, 0]))[:2]
+        np.testing.assert_array_equal(
+            np.sort(np.abs(rows[found, 0] - rows[i, 0])), others
+        )
+    assert index.shape == (5, 2) and index.dtype == np.int64
+    assert tree_neighbours(tree, rows[3:4], 1).tolist() == [[3]]
+
+
+@pytest.mark.parametrize(
+    ("n_features", "expected"), [(1, "kd_tree"), (10, "kd_tree"), (11, "brute")]
+)
+def test_auto_takes_the_tree_up_to_ten_columns(n_features, expected, monkeypatch):
+    import skanomaly.detectors.dte as module
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return module_tree_neighbours(*args, **kwargs)
+
+    module_tree_neighbours = module.tree_neighbours
+    monkeypatch.setattr(module, "tree_neighbours", spy)
+    X = np.random.default_rng(0).normal(size=(50, n_features))
+    det = DTE().fit(X)  # leave-one-out calibration searches too
+    assert det.algorithm == "auto" and det._search_algorithm() == expected
+    det.score_samples(X[:5])
+    assert (len(calls) == 2) == (expected == "kd_tree")
+    assert (len(calls) == 0) == (expected == "brute")
+    forced = DTE(algorithm="kd_tree").fit(X)
+    assert forced._search_algorithm() == "kd_tree"
+    np.testing.assert_allclose(
+        forced.score_samples(X + 0.1), det.score_samples(X + 0.1), rtol=1e-9
+    )
+
+
+def test_the_tree_is_rebuilt_not_stored(tmp_path):
+    # a refit on other rows searches the new rows; the file and the pickle
+    # hold the training rows, not the tree
+    train, test, _ = _separable()
+    det = DTE(algorithm="kd_tree").fit(train)
+    first = det.score_samples(test)
+    assert not any("tree" in name for name in vars(det))
+    det.fit(train[:150] + 1.0)
+    np.testing.assert_array_equal(
+        det.score_samples(test),
+        DTE(algorithm="kd_tree").fit(train[:150] + 1.0).score_samples(test),
+    )
+    assert np.abs(det.score_samples(test) - first).max() > 1.0
+    path = tmp_path / "dte.ska"
+    skanomaly.save(det, path)
+    loaded = skanomaly.load(path)
+    assert loaded.algorithm == "kd_tree"
+    np.testing.assert_array_equal(loaded.score_samples(test), det.score_samples(test))
+    assert b"cKDTree" not in pickle.dumps(det)
+
+
+def test_algorithm_in_a_grid_search_and_clone():
+    train, _, _ = _separable()
+    assert DTE().get_params()["algorithm"] == "auto"
+    assert clone(DTE(algorithm="brute")).algorithm == "brute"
+
+    def mean_step(estimator, X, y=None):
+        return float(estimator.score_samples(X).mean())
+
+    grid = GridSearchCV(
+        DTE(), {"algorithm": ["brute", "kd_tree"]}, scoring=mean_step, cv=2
+    ).fit(train)
+    scores = grid.cv_results_["mean_test_score"]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-9)
+
+
+def test_bad_algorithm_says_which_values_it_takes():
+    with pytest.raises(ValueError, match="'algorithm' parameter") as error:
+        DTE(algorithm="kdtree").fit(np.eye(5))
+    for value in ("'auto'", "'brute'", "'kd_tree'", "'kdtree'"):
+        assert value in str(error.value)

@@ -1,10 +1,12 @@
 """Diffusion Time Estimation detector (Livernoche, Jain, Hezaveh, Ravanbakhsh 2024)."""
 
 import warnings
+import weakref
 from numbers import Integral, Real
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from sklearn.utils.validation import check_is_fitted
 
 from .._compat import Interval, ListOf, StrOptions
@@ -16,6 +18,7 @@ from ..nn.dte import (
     DTEModule,
     NearestNeighbourTime,
     neighbour_counts,
+    tree_neighbours,
 )
 from ..nn.dte import diffusion_variances as _variances
 from .base import CalibrationWarning
@@ -31,6 +34,21 @@ __all__ = ["DTE"]
 # +2 GB scoring a million rows), so memory does not grow with the number of
 # rows scored or of training rows.
 _NP_BLOCK_VALUES = 2**22
+
+# algorithm='auto' searches a k-d tree up to this many columns. Measured
+# (single thread, 20,000 training rows, k = 10, benchmarks/RESULTS_tabular.md):
+# the tree took 0.05-0.18 s per 10,000 rows on ADBench's 3- to 10-column
+# sets against 0.4-0.6 s for the tiled search, tied with it on isotropic
+# Gaussian rows of 10 columns (the tree's worst case), and was 1.7 times
+# slower there at 12 columns, 2-5 times on real sets of 27-62.
+_KD_TREE_MAX_FEATURES = 10
+# rows per leaf of the tree: 32 measured within 10% of the best of 8-128
+# at 3 and 10 columns
+_KD_TREE_LEAF_SIZE = 32
+# each fitted detector's tree, rebuilt from train_rows_ when missing (after
+# a load, an unpickling or a refit): a cache off the instance, so that
+# neither skanomaly.save nor pickle stores it
+_TREES = weakref.WeakKeyDictionary()
 
 
 class _NeighbourCounts(ListOf):
@@ -87,8 +105,8 @@ default='nonparametric'
           a neighbour), so every row is a neighbour and none is held out.
           Scoring searches the training rows exactly, once for the largest
           ``k``, in tiles (float32, the ``k`` rows found then measured in
-          float64): memory bounded whatever the number of rows scored, time
-          proportional to rows scored x training rows.
+          float64), or on few columns through a k-d tree (``algorithm``):
+          memory bounded whatever the number of rows scored.
         - 'categorical' (DTE-C, the authors' best): the network classifies
           the step into ``n_bins`` equal bins (cross-entropy); the estimate
           is the expected bin centre under its softmax, in steps.
@@ -140,6 +158,25 @@ default='nonparametric'
         training row is at step 0, so scored in-sample (``fit(X)`` then
         ``predict(X)``, or ``calibration='training'``, which then warns)
         every training row is: it suits new rows only.
+    algorithm : {'auto', 'brute', 'kd_tree'}, default='auto'
+        How 'nonparametric' finds each row's nearest training rows; read
+        when scoring. The scores are the same, only the time differs, up to
+        the tiled search's float32 rounding (where it swaps two nearly
+        equidistant rows at the ``k``-th place: below 1e-4 steps in the
+        tests; the tree is exact in float64).
+
+        - 'brute': the tiled search over every training row (time
+          proportional to rows scored x training rows).
+        - 'kd_tree': a k-d tree (:class:`scipy.spatial.cKDTree`, as many
+          threads as torch uses) built on the scaled training rows, exact
+          in float64; far faster on few columns, slower on many.
+        - 'auto': 'kd_tree' up to 10 columns, else 'brute' (measured:
+          ``benchmarks/RESULTS_tabular.md``; scikit-learn's
+          ``NearestNeighbors`` switches at 15).
+
+        The tree is not stored: it is built on the first scoring (or the
+        leave-one-out calibration) from ``train_rows_``. The ONNX graph
+        of scoring always searches by brute force.
     lr : float, default=1e-4
         Adam learning rate (the authors').
     weight_decay : float, default=5e-4
@@ -202,6 +239,7 @@ calibration_size, calibration_confidence
         "beta_end": [Interval(Real, 0, 1, closed="neither")],
         "n_bins": [Interval(Integral, 2, None, closed="left")],
         "n_neighbors": [Interval(Integral, 1, None, closed="left"), _NeighbourCounts()],
+        "algorithm": [StrOptions({"auto", "brute", "kd_tree"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
     }
 
@@ -219,6 +257,7 @@ calibration_size, calibration_confidence
         beta_end=0.01,
         n_bins=7,
         n_neighbors=(2, 3, 5, 10),
+        algorithm="auto",
         lr=1e-4,
         weight_decay=5e-4,
         batch_size="auto",
@@ -250,6 +289,7 @@ calibration_size, calibration_confidence
         self.beta_end = beta_end
         self.n_bins = n_bins
         self.n_neighbors = n_neighbors
+        self.algorithm = algorithm
         self.lr = lr
         self.weight_decay = weight_decay
         self.batch_size = batch_size
@@ -356,12 +396,30 @@ calibration_size, calibration_confidence
             return super()._score_samples(X)
         return self._neighbour_scores(X)
 
+    def _search_algorithm(self):
+        """'kd_tree' or 'brute': the search ``algorithm`` resolves to for
+        the fitted training rows ('auto' by their number of columns)."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        n_features = self.train_rows_.shape[1]
+        return "kd_tree" if n_features <= _KD_TREE_MAX_FEATURES else "brute"
+
+    def _tree(self):
+        """The k-d tree of ``train_rows_``, built once per fitted rows."""
+        rows = self.train_rows_
+        cached = _TREES.get(self)
+        if cached is None or cached[0] is not rows:
+            tree = cKDTree(rows, leafsize=_KD_TREE_LEAF_SIZE)
+            cached = _TREES[self] = (rows, tree)
+        return cached[1]
+
     def _neighbour_scores(self, X, exclude=None):
         """DTE-NP's scores of raw rows ``X``, or of scaled training rows
         ``train_rows_[exclude]`` each without itself (leave-one-out)."""
         module = self._neighbour_module()
         n_values = module.n_neighbors * self.train_rows_.shape[1]
         block = max(1, _NP_BLOCK_VALUES // n_values)
+        tree = self._tree() if self._search_algorithm() == "kd_tree" else None
         times = np.empty(len(X))
         with torch.inference_mode():
             for start in range(0, len(X), block):
@@ -370,8 +428,21 @@ calibration_size, calibration_confidence
                     rows, left_out = self._scale_batch(rows, torch.float64), None
                 else:
                     rows = torch.from_numpy(X[start : start + block])
-                    left_out = torch.from_numpy(exclude[start : start + block])
-                time = module.searched_time(rows, left_out)
+                    left_out = exclude[start : start + block]
+                if tree is None:
+                    if left_out is not None:
+                        left_out = torch.from_numpy(left_out)
+                    time = module.searched_time(rows, left_out)
+                else:
+                    rows = rows.flatten(1)
+                    index = tree_neighbours(
+                        tree,
+                        rows.numpy(),
+                        module.n_neighbors,
+                        exclude=left_out,
+                        workers=torch.get_num_threads(),
+                    )
+                    time = module.time_of_neighbours(rows, torch.from_numpy(index))
                 times[start : start + len(rows)] = time.numpy()
         return -times
 

@@ -10,6 +10,7 @@ be at (anomalies look like rows noised for longer).
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ __all__ = [
     "neighbour_counts",
     "searched_time_from_variance",
     "time_from_variance",
+    "tree_neighbours",
 ]
 
 
@@ -397,11 +399,32 @@ class NearestNeighbourTime(nn.Module):
         _, index = nearest_neighbours(
             x.float(), self._bank32, self._bank_norms32, self.n_neighbors, **groups
         )
+        return self.squared_distances_of(x, index)
+
+    def squared_distances_of(self, x, index):
+        """Squared distances of each row to the training rows ``index`` names.
+
+        ``index``: (rows, ``n_neighbors``) int64, each row's nearest training
+        rows (found by any search). The distances are computed in float64
+        from the differences, so that a duplicate is at distance exactly 0,
+        and sorted where several ``k`` read them (one ``k``: its mean needs
+        no order); rows found by two searches that agree up to ties give
+        the same values.
+        """
+        x = x.flatten(1)
         nearest = self.rows[index]  # (n, k, d)
         sq = (nearest - x.to(self.rows.dtype)[:, None, :]).square().sum(2)
-        if len(self.counts) > 1:  # one k: its mean needs no order
+        if len(self.counts) > 1:
             sq = sq.sort(dim=1).values
         return sq
+
+    def time_of_neighbours(self, x, index):
+        """The step of each row of ``x`` given its nearest training rows
+        ``index`` (:meth:`squared_distances_of`); memory of ``x`` only."""
+        x = x.flatten(1)
+        sq = self.squared_distances_of(x, index)
+        mode = geometric_mean_mode(sq, self.counts, x.shape[1])
+        return searched_time_from_variance(mode, self.variances)
 
     def searched_time(self, x, exclude=None):
         """:meth:`forward` by searches: :meth:`searched_squared_distances`,
@@ -410,3 +433,54 @@ class NearestNeighbourTime(nn.Module):
         sq = self.searched_squared_distances(x, exclude)
         mode = geometric_mean_mode(sq, self.counts, x.shape[1])
         return searched_time_from_variance(mode, self.variances)
+
+
+def tree_neighbours(tree, x, k, exclude=None, workers=1):
+    """The ``k`` nearest training rows of each row of ``x`` by a k-d tree.
+
+    Exact in float64 (the tree measures from the differences); on ties at
+    the ``k``-th place any of the tied rows may be named, which leaves the
+    squared distances, hence DTE-NP's steps, unchanged.
+
+    Parameters
+    ----------
+    tree : scipy.spatial.cKDTree
+        Built on the (scaled, float64) training rows.
+    x : ndarray of shape (n, d), float64
+    k : int
+        At most the number of training rows (less one with ``exclude``).
+    exclude : ndarray of shape (n,), optional
+        For each row, the index of a training row to leave out (the row
+        itself, for leave-one-out scores): ``k + 1`` rows are searched and
+        that one dropped. Where it is not among them, ``k + 1`` rows tie
+        with it at distance 0 (the row is a training row, so at distance 0
+        of itself), and the last of them is dropped: the same distances.
+    workers : int, default=1
+        Threads of the query (each row's search is independent of the
+        others: the result does not depend on it).
+
+    Returns
+    -------
+    index : ndarray of shape (n, k), int64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.spatial import cKDTree
+    >>> from skanomaly.nn.dte import tree_neighbours
+    >>> rows = np.array([[0.0], [1.0], [3.0]])
+    >>> tree_neighbours(cKDTree(rows), rows, 1, exclude=np.arange(3)).tolist()
+    [[1], [0], [1]]
+    """
+    n = len(x)
+    wanted = k if exclude is None else k + 1
+    _, index = tree.query(x, k=wanted, workers=workers)
+    index = np.asarray(index, dtype=np.int64).reshape(n, wanted)
+    if exclude is None:
+        return index
+    own = index == np.asarray(exclude)[:, None]
+    # the row's own column where found, else the last
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+    keep = np.ones(index.shape, dtype=bool)
+    keep[np.arange(n), drop] = False
+    return index[keep].reshape(n, k)
