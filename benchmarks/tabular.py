@@ -125,7 +125,9 @@ def _posterior_mean_dte():
             module = super()._neighbour_module()
             return PosteriorMeanTime(module.rows, module.variances, self.n_neighbors_)
 
-    return PosteriorMeanDTE(n_neighbors=5)  # on the k = 5 it was measured against
+    # on the k = 5 it was measured against; brute force, whose searched_time
+    # is overridden above (the k-d tree path reads the neighbours' steps)
+    return PosteriorMeanDTE(n_neighbors=5, algorithm="brute")
 
 
 # the numbers of neighbours whose variance modes "DTE k-mix" averages (issue
