@@ -190,18 +190,25 @@ def _images(n=30, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 1, 32, 32), np.uint8)
 
 
+@pytest.mark.parametrize("atypical", [False, True])
 @pytest.mark.parametrize("pooling", [0.0, 0.5, 1.0])
-def test_leave_one_out_padim_equals_a_refit_without_the_image(pooling):
+def test_leave_one_out_padim_equals_a_refit_without_the_image(pooling, atypical):
     images = _images()
+    if atypical:
+        # an image unlike the others makes up much of the mean covariance
+        # in some directions on its own: the series in its share converges
+        # slowly there (the second-order sum was 11% off at w = 0.5)
+        images = images[:10].copy()
+        images[0] = 255 * (np.arange(32)[None, :, None] % 4 < 2)
     params = dict(covariance="empirical", covariance_pooling=pooling)
     det = fast_detector(PaDiM, **params).fit(images)
     assert det.calibration_ == "leave-one-out"
     loo = det._fit(images, leave_one_out=True)
     in_sample = det.score_samples(images)
-    # with pooling the image also leaves the mean covariance, to second
-    # order in its weight (about 1/n): third-order terms ~ 1/30**3
-    rel = 1e-6 if pooling == 0 else 2e-4
-    for i in (0, 11):
+    # with pooling the image also leaves the mean covariance (a series in
+    # its share, summed or solved exactly where it converges slowly)
+    rel = 1e-6 if pooling == 0 else 5e-5
+    for i in (0, 1) if atypical else (0, 11):
         refit = fast_detector(PaDiM, calibration="training", **params)
         refit.fit(np.delete(images, i, axis=0))
         expected = refit.score_samples(images[i : i + 1])[0]

@@ -30,6 +30,11 @@ _CHUNK_BYTES = 64 * 2**20
 _STATISTICS_IMAGES = 100
 _STATISTICS_BYTES = 192 * 2**20
 _VARIANCE_PSEUDO_COUNT = 10
+# Leave-one-out with covariance_pooling: above this ratio of successive
+# terms of the Neumann series an image's distance is solved exactly (see
+# _without_mean_share); below it the geometric tail is within about
+# ratio^2 / (1 - ratio) of the second-order term's share.
+_NEUMANN_RATIO = 0.05
 
 
 class PaDiM(BasePatchDetector):
@@ -119,8 +124,9 @@ class PaDiM(BasePatchDetector):
         ``benchmarks/RESULTS_calibration.md``).
         Leave-one-out calibration leaves an image out of both: its patch at
         each position (a rank-one downdate, exact) and its patches' share
-        of the mean (a full-rank downdate of weight ``w / n``, to second
-        order in it).
+        of the mean (a full-rank downdate of weight ``w / n``: a series in
+        it, solved exactly for the (position, image) pairs where the series
+        is slow, such as an image unlike the others).
     pool_size : int, default=1
         Local averaging of the feature maps before the Gaussians (1: none,
         as the paper; 3: PatchCore's neighbourhood).
@@ -496,19 +502,9 @@ class PaDiM(BasePatchDetector):
         centred, whitened = distances.whiten(features)  # (P, C, B)
         q = whitened.square().sum(dim=1)
         if mean_weight > 0:
-            # x^T (A - e M)^-1 x = q + e z^T M z + e^2 |L^-1 M z|^2 + O(e^3)
-            # (z = A^-1 x); e M is about 1/n of A, so the third order is
-            # about 1/n^3 of q, and no position needs its own factorisation
-            # per image
-            cholesky = distances.cholesky
-            z = torch.linalg.solve_triangular(
-                cholesky.mT, whitened, upper=True
-            )  # A^-1 x
-            shares = torch.einsum("pcb,pdb->bcd", centred, centred) / len(centred)
-            shared_z = torch.einsum("bcd,pdb->pcb", shares, z)  # M z
-            first = (z * shared_z).sum(dim=1)
-            second = torch.linalg.solve_triangular(cholesky, shared_z, upper=False)
-            q = q + mean_weight * first + mean_weight**2 * second.square().sum(dim=1)
+            q = _without_mean_share(
+                q, centred, whitened, distances.cholesky, mean_weight
+            )
         q = q.double().T.reshape(batch, height, width)
         squared = leave_one_out_squared_distances(
             q.cpu().numpy(), n_images, c.reshape(height, width)
@@ -534,6 +530,46 @@ class PaDiM(BasePatchDetector):
 
     def _onnx_scorer(self):
         return self._device_state(torch.device("cpu")).for_export()
+
+
+def _without_mean_share(q, centred, whitened, cholesky, weight):
+    """``x^T (A - e M_i)^-1 x`` of every position and image, from ``q = x^T A^-1 x``.
+
+    ``x`` a centred patch (``centred``, (positions, C, images)), ``whitened``
+    its ``L^-1 x`` with ``A = L L^T`` each position's (``cholesky``),
+    ``M_i`` the mean over positions of image ``i``'s ``x x^T`` and ``e``
+    ``weight``. The Neumann series ``q + e t1 + e^2 t2 + ...`` (``t1 =
+    z^T M z``, ``t2 = |L^-1 M z|^2``, ``z = A^-1 x``) converges fast for
+    ordinary images (``e M`` is about ``1 / n`` of ``A``): its tail is summed
+    as geometric, with the ratio ``e t2 / t1``. An image unlike the others
+    can make up much of the mean covariance in some directions on its own,
+    and there the series is slow: where the ratio exceeds
+    ``_NEUMANN_RATIO`` the quadratic form is solved exactly, with a
+    Cholesky factor of ``A - e M_i`` per (position, image).
+    """
+    z = torch.linalg.solve_triangular(cholesky.mT, whitened, upper=True)  # A^-1 x
+    shares = torch.einsum("pcb,pdb->bcd", centred, centred) / len(centred)
+    shared_z = torch.einsum("bcd,pdb->pcb", shares, z)  # M z
+    first = (z * shared_z).sum(dim=1)
+    second = torch.linalg.solve_triangular(cholesky, shared_z, upper=False)
+    second = second.square().sum(dim=1)
+    ratio = weight * second / first.clamp(min=torch.finfo(first.dtype).tiny)
+    slow = ratio > _NEUMANN_RATIO
+    tail = (1.0 - ratio.clamp(max=_NEUMANN_RATIO)).reciprocal()
+    result = q + weight * first + weight**2 * second * tail
+    positions, images = torch.nonzero(slow, as_tuple=True)
+    d = cholesky.shape[-1]
+    chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+    for start in range(0, len(positions), chunk):
+        p, i = positions[start : start + chunk], images[start : start + chunk]
+        factor = cholesky[p].double()
+        without = factor @ factor.mT - weight * shares[i].double()
+        x = centred[p, :, i].double()[..., None]  # (pairs, C, 1)
+        y = torch.linalg.solve_triangular(
+            torch.linalg.cholesky(without), x, upper=False
+        )
+        result[p, i] = y.square().sum(dim=(1, 2)).to(result.dtype)
+    return result
 
 
 def _map_statistics(count, first, second):
