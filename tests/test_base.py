@@ -291,3 +291,17 @@ def test_sparse_input_is_a_value_error(X, fitted):
     # was sklearn's TypeError
     with pytest.raises(ValueError, match="sparse.*X.toarray()"):
         method(sparse.csr_matrix(X))
+
+
+def test_a_pickle_without_a_later_parameter_gets_its_default():
+    import pickle
+
+    from skanomaly import DTE
+
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    det = DTE().fit(X)
+    earlier = pickle.loads(pickle.dumps(det))
+    del earlier.algorithm  # as pickled before DTE had the parameter
+    old = pickle.loads(pickle.dumps(earlier))
+    assert old.get_params()["algorithm"] == "auto"
+    np.testing.assert_array_equal(old.score_samples(X), det.score_samples(X))

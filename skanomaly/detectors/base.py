@@ -8,6 +8,7 @@ read by the benchmark, the conformance tests and the command line through
 """
 
 import dataclasses
+import inspect
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
@@ -208,10 +209,10 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
       batches of bounded memory.
 
     and declares what it takes in ``__skanomaly_tags__`` (see
-    :class:`DetectorTags`). A constructor parameter added in a later version
-    goes in the class's ``_legacy_parameters`` with the value that reproduces
-    detectors saved before it (when its default does not): pickles and
-    skanomaly files that lack it load with that value.
+    :class:`DetectorTags`). Pickles and skanomaly files of an earlier version
+    that lack a parameter added since load with its default; where the
+    default would describe another model than the one saved, the class's
+    ``_legacy_parameters`` names the value that reproduces it instead.
 
     Everything else of the scikit-learn outlier-detector contract lives here:
     validation of the input (tabular or images), dropping samples labelled
@@ -385,8 +386,17 @@ default='auto'
         self.calibration_confidence = calibration_confidence
 
     def __setstate__(self, state):
-        for name, value in type(self)._legacy_parameters.items():
-            state.setdefault(name, value)
+        # pickled by an earlier version: the parameters added since get the
+        # value that reproduces it, else their default (as load gives them)
+        cls = type(self)
+        signature = inspect.signature(cls.__init__).parameters
+        for name in cls._get_param_names():
+            if name in state:
+                continue
+            if name in cls._legacy_parameters:
+                state[name] = cls._legacy_parameters[name]
+            elif signature[name].default is not inspect.Parameter.empty:
+                state[name] = signature[name].default
         super().__setstate__(state)
 
     @abstractmethod
