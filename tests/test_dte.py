@@ -764,3 +764,11 @@ def test_bad_algorithm_says_which_values_it_takes():
         DTE(algorithm="kdtree").fit(np.eye(5))
     for value in ("'auto'", "'brute'", "'kd_tree'", "'kdtree'"):
         assert value in str(error.value)
+
+
+def test_algorithm_set_after_fit_is_checked_when_scoring():
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    det = DTE().fit(X)
+    det.algorithm = "ball_tree"
+    with pytest.raises(ValueError, match="algorithm must be"):
+        det.score_samples(X)

@@ -340,6 +340,7 @@ calibration_size, calibration_confidence
         )
 
     def _fit(self, X, leave_one_out=False):
+        _TREES.pop(self, None)  # the previous fit's rows and tree
         if self.beta_start > self.beta_end:
             raise ValueError(
                 f"beta_start={self.beta_start} is above beta_end={self.beta_end}: "
@@ -399,8 +400,13 @@ calibration_size, calibration_confidence
     def _search_algorithm(self):
         """'kd_tree' or 'brute': the search ``algorithm`` resolves to for
         the fitted training rows ('auto' by their number of columns)."""
-        if self.algorithm != "auto":
+        if self.algorithm in ("brute", "kd_tree"):
             return self.algorithm
+        if self.algorithm != "auto":  # set after fit: read here, so checked here
+            raise ValueError(
+                "algorithm must be 'auto', 'brute' or 'kd_tree'; got "
+                f"{self.algorithm!r}."
+            )
         n_features = self.train_rows_.shape[1]
         return "kd_tree" if n_features <= _KD_TREE_MAX_FEATURES else "brute"
 
