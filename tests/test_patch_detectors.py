@@ -304,6 +304,18 @@ def test_padim_refuses_gaussians_that_would_not_fit_before_allocating():
     det.set_params(max_memory_bytes=196_608).fit(images)
 
 
+def test_padim_with_two_images_says_how_to_calibrate():
+    images = _textures(2, 32)
+    det = PaDiM(**SMALL, image_size=32, strides=(4, 8), n_channels=8)
+    with pytest.raises(ValueError, match="at least 3 training images.*'training'"):
+        det.fit(images)
+    assert not hasattr(det, "cholesky_")  # nothing half-fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        det.set_params(calibration="training").fit(images)
+    assert np.isfinite(det.score_samples(images)).all()
+
+
 def test_padim_singular_covariances_get_a_ridge_with_a_warning():
     # the rule of every Gaussian here (skanomaly.gaussian.regularised_cholesky)
     images = _textures(4, 32)  # 4 images, 16 channels: singular sample covariances

@@ -445,6 +445,15 @@ class PaDiM(BasePatchDetector):
 
     def _leave_one_out_state(self, device, fitted):
         n_images, sums = fitted
+        needed = 2 if self.covariance == "ledoit_wolf" else 3
+        if n_images < needed:
+            raise ValueError(
+                f"PaDiM's leave-one-out calibration (calibration='auto') scores "
+                f"each training image against the Gaussians of the others, and "
+                f"needs at least {needed} training images (or tiles); got "
+                f"{n_images}. Give more images, or use calibration='training' "
+                "(the threshold then says nothing about new images)."
+            )
         return *self._leave_one_out_distances(device, n_images), sums
 
     def _leave_one_out_distances(self, device, n_images):
