@@ -569,7 +569,9 @@ def _without_mean_share(q, centred, whitened, cholesky, weight):
     result = q + weight * first + weight**2 * second * tail
     positions, images = torch.nonzero(slow, as_tuple=True)
     d = cholesky.shape[-1]
-    chunk = max(1, _CHUNK_BYTES // (8 * d * d))
+    # four float64 (pairs, d, d) arrays at a time: the factor, its product,
+    # the difference and its Cholesky factor
+    chunk = max(1, _CHUNK_BYTES // (4 * 8 * d * d))
     for start in range(0, len(positions), chunk):
         p, i = positions[start : start + chunk], images[start : start + chunk]
         factor = cholesky[p].double()
