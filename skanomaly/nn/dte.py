@@ -350,8 +350,8 @@ class NearestNeighbourTime(nn.Module):
         matrix of ``|x|^2 + |r|^2 - 2 x.r``, then their distances are
         recomputed from the differences, so that a duplicate is at distance
         exactly 0 (the expansion leaves a rounding residue, which the log of
-        a geometric mean would magnify), as in
-        :meth:`searched_squared_distances`.
+        a geometric mean would magnify): :meth:`squared_distances_of`, as
+        the searched path does.
 
         ``exclude``: for each row, the index of a training row to leave out
         (the row itself, for leave-one-out scores); needs ``n_neighbors``
@@ -362,9 +362,7 @@ class NearestNeighbourTime(nn.Module):
         if exclude is not None:
             sq[torch.arange(len(x)), exclude] = math.inf
         index = torch.topk(sq, self.n_neighbors, dim=1, largest=False).indices
-        nearest = self.rows[index]  # (n, k, d)
-        sq = (nearest - x[:, None, :]).square().sum(2)
-        return sq.sort(dim=1).values if len(self.counts) > 1 else sq
+        return self.squared_distances_of(x, index)
 
     def variance_mode(self, x, exclude=None):
         """The variance whose step is the estimate (:func:`geometric_mean_mode`)."""
@@ -374,17 +372,20 @@ class NearestNeighbourTime(nn.Module):
     def forward(self, x, exclude=None):
         return time_from_variance(self.variance_mode(x, exclude), self.variances)
 
-    def searched_squared_distances(self, x, exclude=None):
-        """:meth:`squared_distances` by a tiled search, for many rows.
+    def searched_neighbours(self, x, exclude=None):
+        """The ``n_neighbors`` nearest training rows of each row, by a tiled search.
 
-        The ``k`` nearest training rows are found in float32 tiles with a
-        running top ``k`` (:func:`skanomaly.nn.patchcore.nearest_neighbours`:
-        memory bounded, never the whole distance matrix), then their squared
-        distances are recomputed in float64 from the differences (and
-        sorted, where several ``k`` read them), so the result equals
+        Found in float32 tiles with a running top ``k``
+        (:func:`skanomaly.nn.patchcore.nearest_neighbours`: memory bounded,
+        never the whole distance matrix); their squared distances, recomputed
+        in float64 by :meth:`squared_distances_of`, equal
         :meth:`squared_distances` up to float64 rounding, except where
         float32 rounding swaps two nearly equidistant rows at the ``k``-th
         place (the mean then moves by about that rounding).
+
+        Returns
+        -------
+        index : Tensor of shape (n, n_neighbors), int64
         """
         x = x.flatten(1)
         if not hasattr(self, "_bank32"):  # not a buffer: not exported to ONNX
@@ -399,7 +400,7 @@ class NearestNeighbourTime(nn.Module):
         _, index = nearest_neighbours(
             x.float(), self._bank32, self._bank_norms32, self.n_neighbors, **groups
         )
-        return self.squared_distances_of(x, index)
+        return index
 
     def squared_distances_of(self, x, index):
         """Squared distances of each row to the training rows ``index`` names.
@@ -427,12 +428,9 @@ class NearestNeighbourTime(nn.Module):
         return searched_time_from_variance(mode, self.variances)
 
     def searched_time(self, x, exclude=None):
-        """:meth:`forward` by searches: :meth:`searched_squared_distances`,
-        :func:`searched_time_from_variance`; memory of ``x`` only."""
-        x = x.flatten(1)
-        sq = self.searched_squared_distances(x, exclude)
-        mode = geometric_mean_mode(sq, self.counts, x.shape[1])
-        return searched_time_from_variance(mode, self.variances)
+        """:meth:`forward` by searches: :meth:`searched_neighbours`, then
+        :meth:`time_of_neighbours`; memory of ``x`` only."""
+        return self.time_of_neighbours(x, self.searched_neighbours(x, exclude))
 
 
 def tree_neighbours(tree, x, k, exclude=None, workers=1):
