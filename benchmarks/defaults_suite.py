@@ -505,6 +505,20 @@ def _standardized_error(detector, X, center, scale):
     return (((r - center) / scale) ** 2).mean(axis=1)
 
 
+def _pyod_like_autoencoder(X, settings):
+    """Our AutoEncoder in PyOD's AutoEncoder's configuration, fitted on the
+    flattened pixels of ``X``: 1024-64-32-64-1024, dropout 0.2, 10 epochs of
+    batches of 32 (a shallowly trained net on standardised pixels; added
+    after the first tuning run, see RESULTS)."""
+    pyod_like = dict(
+        hidden_sizes=(64,), latent_dim=32, dropout=0.2, batch_size=32, max_epochs=10
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its TooFewStepsWarning
+        shallow = _ours("AutoEncoder", settings + list(pyod_like.items()))
+        return shallow.fit(_flat(X))
+
+
 def _autoencoder_candidates(X, seed, calibration):
     """The AutoEncoder's candidates fitted on ``X``: name -> anomaly scorer.
 
@@ -518,16 +532,7 @@ def _autoencoder_candidates(X, seed, calibration):
     conv = _ours("AutoEncoder", settings).fit(X)
     _, center, scale = _residual_statistics(conv, X)
     mlp = _ours("AutoEncoder", settings).fit(_flat(X))
-    # PyOD's AutoEncoder's configuration in ours: 1024-64-32-64-1024, dropout
-    # 0.2, 10 epochs of batches of 32 (a shallowly trained net on
-    # standardised pixels; added after the first tuning run, see RESULTS)
-    pyod_like = dict(
-        hidden_sizes=(64,), latent_dim=32, dropout=0.2, batch_size=32, max_epochs=10
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its TooFewStepsWarning
-        shallow = _ours("AutoEncoder", settings + list(pyod_like.items()))
-        shallow.fit(_flat(X))
+    shallow = _pyod_like_autoencoder(X, settings)
     scorers = {
         "conv": lambda Z: -conv.score_samples(Z),
         "conv-std": lambda Z: _standardized_error(conv, Z, center, scale),
@@ -552,13 +557,7 @@ def _ensemble_candidates(X, seed, calibration):
     scores (centred on their mean, divided by their SD)."""
     settings = [("random_state", seed), ("calibration", calibration)]
     conv = _ours("AutoEncoder", settings).fit(X)
-    pyod_like = dict(
-        hidden_sizes=(64,), latent_dim=32, dropout=0.2, batch_size=32, max_epochs=10
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        shallow = _ours("AutoEncoder", settings + list(pyod_like.items()))
-        shallow.fit(_flat(X))
+    shallow = _pyod_like_autoencoder(X, settings)
 
     def standardized(detector, Z):
         normal = -detector.calibration_scores_
