@@ -25,7 +25,10 @@ FAST = {**get_detector_tags(AnoGAN).test_params, "random_state": 0}
 @pytest.fixture(scope="module")
 def fitted_images():
     X = uniform_images()
-    det = AnoGAN(**{**FAST, "search_steps": 5, "batch_size": 16}).fit(X)
+    # the raw score, whose formula these tests check (the correction:
+    # test_complexity.py)
+    params = {**FAST, "search_steps": 5, "batch_size": 16}
+    det = AnoGAN(**params, complexity_correction=None).fit(X)
     return det, X
 
 
@@ -290,7 +293,7 @@ def test_image_pickle_and_random_state(fitted_images):
 
 def test_standardized_score_scales_the_final_residual(tmp_path):
     X = uniform_images(n=24)
-    params = {**FAST, "search_steps": 3, "batch_size": 8}
+    params = {**FAST, "search_steps": 3, "batch_size": 8, "complexity_correction": None}
     plain = AnoGAN(**params).fit(X)
     assert not hasattr(plain, "residual_scale_")  # not fitted unless asked
     det = AnoGAN(**params, score_scaling="standardized").fit(X)

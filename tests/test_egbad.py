@@ -19,7 +19,10 @@ FAST = {**get_detector_tags(EGBAD).test_params, "random_state": 0}
 @pytest.fixture(scope="module")
 def fitted_images():
     X = uniform_images()
-    return EGBAD(**{**FAST, "batch_size": 16}).fit(X), X
+    # the raw score, whose formula these tests check (the correction:
+    # test_complexity.py)
+    params = {**FAST, "batch_size": 16, "complexity_correction": None}
+    return EGBAD(**params).fit(X), X
 
 
 def test_bigan_losses_label_pairs():
@@ -134,7 +137,8 @@ def _residuals(det, X):
 def test_standardized_residual_in_units_of_its_training_spread():
     X = uniform_images()
     X[:, :, :, :2] = 0.5  # two columns that never vary in training
-    det = EGBAD(**{**FAST, "batch_size": 16, "calibration": "training"}).fit(X)
+    params = {**FAST, "batch_size": 16, "calibration": "training"}
+    det = EGBAD(**params, complexity_correction=None).fit(X)
     assert det.score_scaling == "auto"  # 'standardized' for images
     training = _residuals(det, X).numpy()
     center, variance = training.mean(axis=0), training.var(axis=0)

@@ -9,6 +9,7 @@ from .._compat import Interval, StrOptions
 from ..nn.anogan import AnoGANGenerator, best_starts, latent_search
 from ..nn.gan import DCGANLoss, Discriminator
 from .gan_base import BaseGANDetector
+from .torch_base import COMPLEXITY_CONSTRAINT
 
 __all__ = ["AnoGAN"]
 
@@ -145,6 +146,19 @@ class AnoGAN(BaseGANDetector):
         (calibration='auto' holds out 20% of the training samples). Every
         score is a full latent search, so at most 1,000 calibration samples
         are scored (a fixed random subset).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - 0.5 log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -166,6 +180,9 @@ class AnoGAN(BaseGANDetector):
         Mean and (shrunk) standard deviation of the final residual
         ``x - G(z)`` on the training samples, one value per column or per
         pixel and channel; only fitted with ``score_scaling='standardized'``.
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     See Also
     --------
@@ -198,6 +215,7 @@ class AnoGAN(BaseGANDetector):
 
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "disc_weight": [Interval(Real, 0, 1, closed="both")],
         "search_steps": [Interval(Integral, 0, None, closed="left")],
         "search_lr": [Interval(Real, 0, None, closed="neither")],
@@ -208,6 +226,10 @@ class AnoGAN(BaseGANDetector):
     }
 
     _default_epochs = 15
+    # the score sums absolute errors (complexity_correction)
+    _error_power = 1
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -239,6 +261,7 @@ class AnoGAN(BaseGANDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -269,6 +292,7 @@ class AnoGAN(BaseGANDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()

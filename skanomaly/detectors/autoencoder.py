@@ -7,7 +7,7 @@ import torch
 from .._compat import Interval
 from ..nets import SelfSupervisedNet
 from ..nn.autoencoder import AutoEncoderModule, ReconstructionLoss, per_sample_mean
-from .torch_base import BaseTorchDetector
+from .torch_base import COMPLEXITY_CONSTRAINT, BaseTorchDetector
 
 __all__ = ["AutoEncoder"]
 
@@ -73,6 +73,19 @@ class AutoEncoder(BaseTorchDetector):
     contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -86,6 +99,9 @@ class AutoEncoder(BaseTorchDetector):
     image_shape_ : tuple or None
     input_center_, input_scale_ : ndarray
         Input scaling fitted on the training data.
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     Examples
     --------
@@ -99,6 +115,7 @@ class AutoEncoder(BaseTorchDetector):
 
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "hidden_sizes": [tuple, list],
         "batch_norm": ["boolean"],
@@ -108,6 +125,10 @@ class AutoEncoder(BaseTorchDetector):
     }
 
     _default_epochs = 30
+    # the score sums squared errors (complexity_correction)
+    _error_power = 2
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -133,6 +154,7 @@ class AutoEncoder(BaseTorchDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -157,6 +179,7 @@ class AutoEncoder(BaseTorchDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()

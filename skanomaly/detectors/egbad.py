@@ -6,6 +6,7 @@ from .._compat import Interval, StrOptions
 from ..nets import WeightAverage
 from ..nn.egbad import BiGANLoss, BiGANModule, JointDiscriminator, egbad_score
 from .gan_base import BaseGANDetector
+from .torch_base import COMPLEXITY_CONSTRAINT
 
 __all__ = ["EGBAD"]
 
@@ -134,6 +135,19 @@ class EGBAD(BaseGANDetector):
     contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - 0.5 log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -156,6 +170,9 @@ class EGBAD(BaseGANDetector):
         Mean and (shrunk, normalised) standard deviation of each element of
         ``x - G(E(x))`` on the training samples, used by
         ``score_scaling='standardized'`` (computed for tabular data too).
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     See Also
     --------
@@ -182,6 +199,7 @@ class EGBAD(BaseGANDetector):
 
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "latent_dim": [
             Interval(Integral, 1, None, closed="left"),
             StrOptions({"auto"}),
@@ -194,6 +212,10 @@ class EGBAD(BaseGANDetector):
     }
 
     _default_epochs = 30
+    # the score sums absolute errors (complexity_correction)
+    _error_power = 1
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -223,6 +245,7 @@ class EGBAD(BaseGANDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -251,6 +274,7 @@ class EGBAD(BaseGANDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()

@@ -6,6 +6,7 @@ from .._compat import Interval, StrOptions
 from ..nn.gan import Discriminator
 from ..nn.ganomaly import GANomalyGenerator, GANomalyLoss
 from .gan_base import BaseGANDetector
+from .torch_base import COMPLEXITY_CONSTRAINT
 
 __all__ = ["GANomaly"]
 
@@ -115,6 +116,19 @@ class GANomaly(BaseGANDetector):
     contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -137,6 +151,9 @@ class GANomaly(BaseGANDetector):
     residual_center_, residual_scale_ : ndarray of shape (latent_dim,)
         Mean and (shrunk) standard deviation of ``z - z_hat`` on the
         training samples, used by ``score_scaling='standardized'``.
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     See Also
     --------
@@ -176,6 +193,7 @@ class GANomaly(BaseGANDetector):
 
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "w_adv": [Interval(Real, 0, None, closed="left")],
         "w_con": [Interval(Real, 0, None, closed="left")],
         "w_enc": [Interval(Real, 0, None, closed="left")],
@@ -184,6 +202,10 @@ class GANomaly(BaseGANDetector):
     }
 
     _default_epochs = 15
+    # the score sums squared errors (complexity_correction)
+    _error_power = 2
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
     _auto_max_batch = 32
 
     def __init__(
@@ -214,6 +236,7 @@ class GANomaly(BaseGANDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -242,6 +265,7 @@ class GANomaly(BaseGANDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def _make_net(self, input_shape):
         return self._adversarial_net(

@@ -5,6 +5,7 @@ from numbers import Real
 from .._compat import Interval
 from ..nn.skipganomaly import SkipGANomalyDiscriminator, SkipGANomalyLoss, UNetGenerator
 from .gan_base import BaseGANDetector
+from .torch_base import COMPLEXITY_CONSTRAINT
 
 __all__ = ["SkipGANomaly"]
 
@@ -112,6 +113,19 @@ class SkipGANomaly(BaseGANDetector):
     contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -131,6 +145,9 @@ class SkipGANomaly(BaseGANDetector):
         tabular data.
     input_center_, input_scale_ : ndarray
         Input scaling fitted on the training data.
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     See Also
     --------
@@ -158,6 +175,7 @@ class SkipGANomaly(BaseGANDetector):
 
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "w_adv": [Interval(Real, 0, None, closed="left")],
         "w_con": [Interval(Real, 0, None, closed="left")],
         "w_lat": [Interval(Real, 0, None, closed="left")],
@@ -166,6 +184,10 @@ class SkipGANomaly(BaseGANDetector):
     }
 
     _default_epochs = 15
+    # the score sums squared errors (complexity_correction)
+    _error_power = 2
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -195,6 +217,7 @@ class SkipGANomaly(BaseGANDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -223,6 +246,7 @@ class SkipGANomaly(BaseGANDetector):
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def _make_net(self, input_shape):
         return self._adversarial_net(

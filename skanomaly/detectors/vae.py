@@ -9,7 +9,7 @@ from .._compat import Interval, StrOptions
 from ..nets import SelfSupervisedNet
 from ..nn.autoencoder import per_sample_mean
 from ..nn.vae import VAELoss, VAEModule, gaussian_nll, kl_to_standard_normal
-from .torch_base import BaseTorchDetector
+from .torch_base import COMPLEXITY_CONSTRAINT, BaseTorchDetector
 
 __all__ = ["VAE"]
 
@@ -66,6 +66,19 @@ validation_fraction, n_iter_no_change, device, random_state, verbose, \
 callbacks, contamination, calibration, calibration_size, calibration_confidence
         As in :class:`~skanomaly.AutoEncoder` (``max_epochs='auto'``: 30
         epochs, or more for ``min_steps=500`` optimizer steps).
+    complexity_correction : 'auto', float or None, default='auto'
+        Correct the score by how much detail the image has (Serra et al.,
+        "Input complexity and out-of-distribution detection with
+        likelihood-based generative models", ICLR 2020): the anomaly score
+        becomes ``log(error) - log(detail)``, where ``detail`` is the
+        mean squared difference between the (scaled) image and its Gaussian
+        blur, a likelihood ratio against a generic model of images. Without
+        it a plain image (a blank or smooth patch, a blurred part), which
+        any model reconstructs well, ranks as more normal than the training
+        images themselves. 'auto': a blur of 2 pixels for images, no
+        correction for tabular data; a float: the blur's standard deviation
+        in pixels (images only); None: the raw error. Anomaly maps are not
+        corrected.
 
     Attributes
     ----------
@@ -76,6 +89,9 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         The score ``score_method='auto'`` chose (else ``score_method``).
     offset_, n_features_in_, image_shape_, input_center_, input_scale_
         As in :class:`~skanomaly.AutoEncoder`.
+    complexity_floor_ : float
+        Added to the detail before its log: 1e-3 of the training images'
+        median detail. Only with the correction in use.
 
     Examples
     --------
@@ -89,6 +105,7 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
 
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
+        "complexity_correction": COMPLEXITY_CONSTRAINT,
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
         "hidden_sizes": [tuple, list],
         "base_channels": [Interval(Integral, 1, None, closed="left")],
@@ -104,6 +121,10 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
     }
 
     _default_epochs = 30
+    # the score sums squared errors (complexity_correction)
+    _error_power = 2
+    # files saved before complexity_correction existed score uncorrected
+    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -131,6 +152,7 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
+        complexity_correction="auto",
     ):
         super().__init__(
             contamination=contamination,
@@ -157,6 +179,7 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
+        self.complexity_correction = complexity_correction
 
     def __skanomaly_tags__(self):
         tags = super().__skanomaly_tags__()
@@ -180,17 +203,25 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
 
     def _fit(self, X):
         super()._fit(X)
-        self.score_method_ = self.score_method
-        if self.score_method == "auto":
-            self.score_method_ = (
-                "reconstruction_error"
-                if self.image_shape_ is not None
-                else "reconstruction_probability"
-            )
+        self.score_method_ = self._resolved_score_method()
         noise_rng = np.random.default_rng(self.random_seed_)
         self.score_noise_ = noise_rng.standard_normal(
             (self.n_score_samples, self.latent_dim)
         ).astype(np.float32)
+
+    def _resolved_score_method(self):
+        """``score_method`` with 'auto' resolved for the fitted input kind."""
+        if self.score_method != "auto":
+            return self.score_method
+        if self.image_shape_ is not None:
+            return "reconstruction_error"
+        return "reconstruction_probability"
+
+    def _error_power_in_use(self):
+        # the likelihood scores are in nats, not errors: nothing to correct
+        if self._resolved_score_method() != "reconstruction_error":
+            return None
+        return self._error_power
 
     def _score_method(self):
         """The score in use: ``score_method``, or what 'auto' chose at fit.
