@@ -74,7 +74,7 @@ def test_plain_images_rank_as_anomalies_only_with_the_correction(cls):
     # the failure it fixes: a model trained on textures reconstructs a flat
     # image better than any texture, so the raw error calls it most normal
     train, test, is_normal = _noise_and_flat_images(np.random.default_rng(0))
-    detector = _fast(cls).fit(train)
+    detector = _fast(cls, complexity_correction="auto").fit(train)
     corrected = roc_auc_score(is_normal, detector.score_samples(test))
     detector.set_params(complexity_correction=None)
     raw = roc_auc_score(is_normal, detector.score_samples(test))
@@ -112,8 +112,8 @@ def test_autoencoder_score_is_log_error_minus_log_detail():
 def test_auto_leaves_tabular_scores_unchanged(cls):
     X, y = load_digits(return_X_y=True)
     X = X[y == 1][:60] / 16 + np.random.default_rng(0).normal(0, 0.01, (60, 64))
-    auto = _fast(cls).fit(X)
-    raw = _fast(cls, complexity_correction=None).fit(X)
+    auto = _fast(cls, complexity_correction="auto").fit(X)
+    raw = _fast(cls).fit(X)
     assert not hasattr(auto, "complexity_floor_")
     np.testing.assert_array_equal(auto.score_samples(X), raw.score_samples(X))
 
@@ -137,7 +137,9 @@ def test_invalid_values_are_rejected(bad):
 
 def test_vae_likelihood_scores_are_not_corrected():
     images = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
-    vae = _fast(VAE, score_method="reconstruction_probability").fit(images)
+    vae = _fast(
+        VAE, score_method="reconstruction_probability", complexity_correction="auto"
+    ).fit(images)
     assert not hasattr(vae, "complexity_floor_")
     raw = _fast(
         VAE, score_method="reconstruction_probability", complexity_correction=None
@@ -151,14 +153,14 @@ def test_vae_likelihood_scores_are_not_corrected():
 
 def test_constant_training_images_give_finite_scores():
     images = np.full((30, 1, 8, 8), 0.5, dtype=np.float32)
-    detector = _fast(AutoEncoder).fit(images)
+    detector = _fast(AutoEncoder, complexity_correction="auto").fit(images)
     assert detector.complexity_floor_ > 0
     other = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
     assert np.isfinite(detector.score_samples(np.r_[images[:5], other])).all()
 
 
 @pytest.mark.parametrize("cls", [AutoEncoder, EGBAD])
-def test_pickles_from_before_the_correction_score_as_they_did(cls):
+def test_pickles_from_before_the_parameter_load_uncorrected(cls):
     images = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
     detector = _fast(cls, complexity_correction=None).fit(images)
     state = detector.__getstate__()

@@ -73,19 +73,21 @@ class AutoEncoder(BaseTorchDetector):
     contamination, calibration, calibration_size, calibration_confidence
         See :class:`~skanomaly.detectors.base.BaseDetector` (
         calibration='auto' holds out 20% of the training samples).
-    complexity_correction : 'auto', float or None, default='auto'
+    complexity_correction : 'auto', float or None, default=None
         Correct the score by how much detail the image has (Serra et al.,
         "Input complexity and out-of-distribution detection with
         likelihood-based generative models", ICLR 2020): the anomaly score
         becomes ``log(error) - log(detail)``, where ``detail`` is the
         mean squared difference between the (scaled) image and its Gaussian
-        blur, a likelihood ratio against a generic model of images. Without
-        it a plain image (a blank or smooth patch, a blurred part), which
-        any model reconstructs well, ranks as more normal than the training
-        images themselves. 'auto': a blur of 2 pixels for images, no
-        correction for tabular data; a float: the blur's standard deviation
-        in pixels (images only); None: the raw error. Anomaly maps are not
-        corrected.
+        blur, a likelihood ratio against a generic model of images. Use it
+        when anomalies may be *plainer* than the normal images (a blank or
+        smooth patch on a texture, a blurred part): any model reconstructs
+        those well, so the raw error ranks them as the most normal. It
+        hurts when the anomalies have more detail than the normal images.
+        'auto': a blur of 2 pixels for images, no correction for tabular
+        data; a float: the blur's standard deviation in pixels (images
+        only); None: the raw error. Anomaly maps are not corrected. See the
+        user guide, "Plain anomalies: the complexity correction".
 
     Attributes
     ----------
@@ -127,8 +129,6 @@ class AutoEncoder(BaseTorchDetector):
     _default_epochs = 30
     # the score sums squared errors (complexity_correction)
     _error_power = 2
-    # files saved before complexity_correction existed score uncorrected
-    _legacy_parameters = {"complexity_correction": None}
 
     def __init__(
         self,
@@ -154,7 +154,7 @@ class AutoEncoder(BaseTorchDetector):
         calibration="auto",
         calibration_size=0.2,
         calibration_confidence=None,
-        complexity_correction="auto",
+        complexity_correction=None,
     ):
         super().__init__(
             contamination=contamination,

@@ -56,10 +56,11 @@ _RESIDUAL_SHRINKAGE = 0.3
 # training samples whose residuals are computed at a time (bounded memory)
 _RESIDUAL_CHUNK = 1024
 # complexity_correction='auto' on images: the blur (in pixels) whose residual
-# measures an image's detail. On 20 tasks of 32 px images (digits, MNIST,
-# faces, photo crops) sigma 1 / 2 gave the AutoEncoder a mean AUROC of 0.839 /
-# 0.848 against 0.764 uncorrected; per-image variance instead, 0.840
-# (benchmarks/RESULTS_defaults.md, "fifth pass").
+# measures an image's detail. On 20 tuning tasks of 32 px images (digits,
+# MNIST, faces, photo crops) sigma 1 / 2 gave the AutoEncoder a mean AUROC of
+# 0.839 / 0.848 against 0.764 uncorrected; per-image variance instead, 0.840.
+# Not a default: it lost on held-out tasks whose anomalies have more detail
+# than the normal images (benchmarks/RESULTS_defaults.md, "fifth pass").
 _COMPLEXITY_SIGMA = 2.0
 # the energy floor: this fraction of the training images' median energy
 _COMPLEXITY_FLOOR = 1e-3
