@@ -35,6 +35,17 @@ def exportable(kind, *, gans, patches=False):
             continue
         if tags.onnx_export and getattr(tags, kind):
             cases.append(pytest.param(name, {}, id=name))
+    if kind == "images":
+        # the complexity correction is part of the scoring graph
+        for case in list(cases):
+            name = case.values[0]
+            params = skanomaly.get_detector(name)().get_params()
+            if "complexity_correction" in params:
+                cases.append(
+                    pytest.param(
+                        name, {"complexity_correction": "auto"}, id=f"{name}-complexity"
+                    )
+                )
     if "vae" in [case.values[0] for case in cases]:
         # the score methods 'auto' does not pick: the Monte-Carlo ones use
         # fixed noise

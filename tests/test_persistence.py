@@ -91,6 +91,15 @@ def test_round_trip_autoencoders(cls, kind, tmp_path):
         np.testing.assert_array_equal(loaded.score_noise_, detector.score_noise_)
 
 
+@pytest.mark.parametrize("cls", [skanomaly.AutoEncoder, skanomaly.EGBAD])
+def test_round_trip_with_the_complexity_correction(cls, tmp_path):
+    detector = _fast(cls, complexity_correction=1.5).fit(IMAGES)
+    save(detector, tmp_path / "model.ska")
+    loaded = load(tmp_path / "model.ska")
+    assert loaded.complexity_floor_ == detector.complexity_floor_
+    _assert_same_detector(detector, loaded, IMAGES_TEST)
+
+
 def test_unfitted_detector_and_plain_values_round_trip(tmp_path):
     random_state = np.random.RandomState(3)
     random_state.standard_normal(5)
