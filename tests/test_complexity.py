@@ -171,3 +171,43 @@ def test_pickles_from_before_the_parameter_load_uncorrected(cls):
     np.testing.assert_array_equal(
         old.score_samples(images), detector.score_samples(images)
     )
+
+
+def test_switching_the_correction_on_or_to_another_blur_after_fit_is_refused():
+    images = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
+    raw = _fast(AutoEncoder).fit(images)
+    assert raw.complexity_sigma_ is None
+    raw.set_params(complexity_correction="auto")
+    # no floor was fitted, and offset_ is in the raw error's units
+    with pytest.raises(ValueError, match="fitted with no correction.*Refit"):
+        raw.score_samples(images)
+    corrected = _fast(AutoEncoder, complexity_correction="auto").fit(images)
+    assert corrected.complexity_sigma_ == 2.0
+    corrected.set_params(complexity_correction=1.0)
+    with pytest.raises(ValueError, match="fitted with a 2.0 px blur.*Refit"):
+        corrected.predict(images)
+    # off after fit: the raw error of the same network (the correction does
+    # not change training, so the raw fit's network is the same)
+    corrected.set_params(complexity_correction=None)
+    np.testing.assert_array_equal(
+        corrected.score_samples(images),
+        _fast(AutoEncoder).fit(images).score_samples(images),
+    )
+
+
+def test_a_vae_switched_to_a_likelihood_after_fit_scores_it_uncorrected():
+    images = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
+    vae = _fast(VAE, complexity_correction=2.0).fit(images)
+    vae.set_params(score_method="elbo")
+    elbo = vae.score_samples(images)
+    vae.set_params(complexity_correction=None)
+    np.testing.assert_array_equal(elbo, vae.score_samples(images))
+
+
+def test_a_blur_wider_than_the_images_is_refused_before_training():
+    images = np.random.default_rng(0).random((20, 1, 6, 9)).astype(np.float32)
+    detector = _fast(AutoEncoder, complexity_correction=10.0)
+    with pytest.raises(ValueError, match=r"wider than the 6x9 images; use at most 9"):
+        detector.fit(images)
+    assert not hasattr(detector, "net_")
+    _fast(AutoEncoder, complexity_correction=9.0).fit(images)

@@ -1097,3 +1097,60 @@ def test_an_unfitted_model_naming_a_hub_backbone_is_refused(cls, tmp_path, no_ne
         save(cls(backbone="hf-hub:someone/repo"), tmp_path / "other.ska")
     assert not (tmp_path / "other.ska").exists()
     assert no_network == []
+
+
+# ------------------------------------------ the complexity correction's state
+
+
+@pytest.fixture(scope="module")
+def corrected_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corrected") / "autoencoder.ska"
+    images = (TABLE.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    detector = skanomaly.AutoEncoder(
+        max_epochs=2, base_channels=4, random_state=0, complexity_correction="auto"
+    )
+    save(detector.fit(images), path)
+    return path
+
+
+def _without(key):
+    def edit(document, tensors=None):
+        del document["detector"]["state"][key]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            _state(complexity_floor_={"__float__": "nan"}),
+            "complexity_floor_ is nan, not a finite number > 0",
+        ),
+        (_state(complexity_floor_=-1.0), "complexity_floor_ is -1.0, not a finite"),
+        (_state(complexity_floor_="x"), "complexity_floor_ is 'x', not a finite"),
+        (_state(complexity_floor_=True), "complexity_floor_ is True, not a finite"),
+        # the blur's padding is allocated when scoring
+        (
+            _state(complexity_sigma_=1e9),
+            "complexity_sigma_ is 1000000000.0, not a blur",
+        ),
+        (_state(complexity_sigma_=-2.0), "complexity_sigma_ is -2.0, not a blur"),
+        (_without("complexity_floor_"), "complexity_sigma_ is set without complexity"),
+    ],
+)
+def test_the_complexity_correction_state_is_checked(
+    corrected_model, tmp_path, edit, message
+):
+    path = _forged(corrected_model, tmp_path, edit)
+    assert "is not a valid skanomaly model file" in _refused(path, message)
+
+
+def test_a_blur_on_a_table_model_is_refused(table_model, tmp_path):
+    path = _forged(table_model, tmp_path, _state(complexity_sigma_=2.0))
+    _refused(path, "complexity_sigma_ is set, but it has no image shape")
+
+
+def test_the_unforged_corrected_model_loads(corrected_model):
+    loaded = load(corrected_model)
+    assert loaded.complexity_sigma_ == 2.0 and loaded.complexity_floor_ > 0

@@ -148,8 +148,11 @@ class EGBAD(BaseGANDetector):
         hurts when the anomalies have more detail than the normal images.
         'auto': a blur of 2 pixels for images, no correction for tabular
         data; a float: the blur's standard deviation in pixels (images
-        only); None: the raw error. Anomaly maps are not corrected. See the
-        user guide, "Plain anomalies: the complexity correction".
+        only); None: the raw error. Anomaly maps are not corrected. Set it
+        before ``fit``: the floor and the threshold are fitted for it (set
+        to None afterwards, the raw error is scored against that
+        threshold; switched on or to another blur, scoring raises).
+        See the user guide, "Plain anomalies: the complexity correction".
 
     Attributes
     ----------
@@ -172,9 +175,12 @@ class EGBAD(BaseGANDetector):
         Mean and (shrunk, normalised) standard deviation of each element of
         ``x - G(E(x))`` on the training samples, used by
         ``score_scaling='standardized'`` (computed for tabular data too).
+    complexity_sigma_ : float or None
+        The blur the correction was fitted with (None: no correction).
     complexity_floor_ : float
         Added to the detail before its log: 1e-3 of the training images'
-        median detail. Only with the correction in use.
+        median detail (1e-12 if they are constant). Only with the
+        correction in use.
 
     See Also
     --------

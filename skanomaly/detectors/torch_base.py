@@ -335,14 +335,16 @@ class BaseTorchDetector(BaseDetector):
         self._train(lambda: self._make_net(tuple(X.shape[1:])), X)
 
     def _complexity_sigma(self):
-        """The blur of ``complexity_correction`` in use, or None (no correction)."""
+        """The blur ``complexity_correction`` asks for now, or None.
+
+        None also where the correction does not apply: tabular data with
+        'auto', a score that is not an error (the VAE's likelihoods).
+        """
         setting = getattr(self, "complexity_correction", None)
-        if setting is None or self._error_power is None:
+        if setting is None or self._error_power_in_use() is None:
             return None
         if setting == "auto":
-            if self.image_shape_ is None or self._error_power_in_use() is None:
-                return None
-            return _COMPLEXITY_SIGMA
+            return None if self.image_shape_ is None else _COMPLEXITY_SIGMA
         return float(setting)
 
     def _error_power_in_use(self):
@@ -350,34 +352,48 @@ class BaseTorchDetector(BaseDetector):
         return self._error_power
 
     def _fit_complexity(self, X):
-        """``complexity_floor_`` from the scaled training images ``X``.
+        """``complexity_sigma_`` and ``complexity_floor_`` from the scaled
+        training images ``X``.
 
         Explicit ``complexity_correction`` values that cannot apply (tabular
-        data, a score that is not an error) raise here, before training.
+        data, a score that is not an error, a blur wider than the images)
+        raise here, before training.
         """
         self.__dict__.pop("complexity_floor_", None)
+        self.__dict__.pop("complexity_sigma_", None)
         setting = getattr(self, "complexity_correction", None)
-        if setting is None or self._error_power is None:
+        if self._error_power is None:  # a detector without the parameter
             return
+        name = type(self).__name__
         if isinstance(setting, bool):  # a Real to the validation, not a blur
             raise ValueError(
-                f"{type(self).__name__}: complexity_correction must be 'auto', "
-                f"a blur in pixels (a float > 0) or None; got {setting!r}."
+                f"{name}: complexity_correction must be 'auto', a blur in pixels "
+                f"(a float > 0) or None; got {setting!r}."
             )
-        if setting != "auto":
+        if setting not in (None, "auto"):
             if self.image_shape_ is None:
                 raise ValueError(
-                    f"{type(self).__name__}(complexity_correction={setting!r}) "
-                    "needs images (n_samples, [channels,] height, width); for "
-                    "tabular data use complexity_correction='auto' or None."
+                    f"{name}(complexity_correction={setting!r}) needs images "
+                    "(n_samples, [channels,] height, width); for tabular data "
+                    "use complexity_correction='auto' or None."
                 )
             if self._error_power_in_use() is None:
                 raise ValueError(
-                    f"{type(self).__name__}(complexity_correction={setting!r}) "
-                    "corrects a reconstruction error; the score in use is not "
-                    "one. Use complexity_correction='auto' or None."
+                    f"{name}(complexity_correction={setting!r}) corrects a "
+                    "reconstruction error; the score in use is not one. Use "
+                    "complexity_correction='auto' or None."
+                )
+            largest = max(self.image_shape_[-2:])
+            if setting > largest:
+                # the blur's padding grows with it: bounded memory
+                raise ValueError(
+                    f"{name}(complexity_correction={setting!r}): a blur of "
+                    f"{setting} pixels is wider than the {self.image_shape_[-2]}x"
+                    f"{self.image_shape_[-1]} images; use at most {largest}, "
+                    "'auto' (2 pixels) or None."
                 )
         sigma = self._complexity_sigma()
+        self.complexity_sigma_ = sigma
         if sigma is None:
             return
         chunks = (
@@ -509,13 +525,25 @@ class BaseTorchDetector(BaseDetector):
         """``_score_batch``, corrected by the input's detail if asked.
 
         See ``complexity_correction``: the log of the error minus the log
-        of the image's detail energy, in the error's units.
+        of the image's detail energy, in the error's units. Switched off
+        after ``fit`` (None, or a VAE score that is no error), the raw
+        error; switched on or to another blur, an error: the floor and the
+        threshold belong to the fitted setting.
         """
         score = self._score_batch(net, X_batch)
         sigma = self._complexity_sigma()
-        floor = getattr(self, "complexity_floor_", None)
-        if sigma is None or floor is None:  # files saved before it existed
+        if sigma is None:
             return score
+        fitted = getattr(self, "complexity_sigma_", None)
+        floor = getattr(self, "complexity_floor_", None)
+        if fitted != sigma or floor is None:
+            fitted_with = "no correction" if fitted is None else f"a {fitted} px blur"
+            raise ValueError(
+                f"{type(self).__name__} was fitted with {fitted_with}; "
+                f"complexity_correction={self.complexity_correction!r} was set "
+                "after fit. Refit it: the threshold offset_ is calibrated for "
+                "the fitted score."
+            )
         energy = detail_energy(X_batch.to(score.dtype), sigma)
         return complexity_corrected(
             score, energy, power=self._error_power_in_use(), floor=floor

@@ -79,8 +79,14 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         hurts when the anomalies have more detail than the normal images.
         'auto': a blur of 2 pixels for images, no correction for tabular
         data; a float: the blur's standard deviation in pixels (images
-        only); None: the raw error. Anomaly maps are not corrected. See the
-        user guide, "Plain anomalies: the complexity correction".
+        only); None: the raw error. Anomaly maps are not corrected. Set it
+        before ``fit``: the floor and the threshold are fitted for it (set
+        to None afterwards, the raw error is scored against that
+        threshold; switched on or to another blur, scoring raises). With
+        the likelihood scores (``score_method`` other than
+        'reconstruction_error') 'auto' does nothing and a float is a
+        ValueError.
+        See the user guide, "Plain anomalies: the complexity correction".
 
     Attributes
     ----------
@@ -91,9 +97,12 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         The score ``score_method='auto'`` chose (else ``score_method``).
     offset_, n_features_in_, image_shape_, input_center_, input_scale_
         As in :class:`~skanomaly.AutoEncoder`.
+    complexity_sigma_ : float or None
+        The blur the correction was fitted with (None: no correction).
     complexity_floor_ : float
         Added to the detail before its log: 1e-3 of the training images'
-        median detail. Only with the correction in use.
+        median detail (1e-12 if they are constant). Only with the
+        correction in use.
 
     Examples
     --------

@@ -502,6 +502,46 @@ def check_fitted_values(estimator):
             raise FormatError("its calibration_scores_ holds non-finite values")
         if np.any(scores[1:] < scores[:-1]):
             raise FormatError("its calibration_scores_ is not sorted ascending")
+    _check_complexity_correction(state)
+
+
+def _positive_finite(value):
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _check_complexity_correction(state):
+    """``complexity_sigma_`` and ``complexity_floor_`` of a reconstruction
+    detector: a blur no wider than the images (its padding is allocated when
+    scoring) and a positive finite floor, present together."""
+    if "complexity_floor_" in state and not _positive_finite(
+        state["complexity_floor_"]
+    ):
+        raise FormatError(
+            f"its complexity_floor_ is {_short(state['complexity_floor_'])}, "
+            "not a finite number > 0"
+        )
+    sigma = state.get("complexity_sigma_")
+    if sigma is None:
+        return
+    shape = state.get("image_shape_")
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) >= 2
+        and all(isinstance(side, int) and side > 0 for side in shape)
+    ):
+        raise FormatError("its complexity_sigma_ is set, but it has no image shape")
+    if not _positive_finite(sigma) or sigma > max(shape[-2:]):
+        raise FormatError(
+            f"its complexity_sigma_ is {_short(sigma)}, not a blur of at most "
+            f"{max(shape[-2:])} pixels"
+        )
+    if "complexity_floor_" not in state:
+        raise FormatError("its complexity_sigma_ is set without complexity_floor_")
 
 
 def check_loadable_params(estimator):
