@@ -237,6 +237,27 @@ class BaseTorchDetector(BaseDetector):
     when their loss has not improved for ``n_iter_no_change`` epochs,
     keeping the best epoch's weights.
 
+    ``complexity_correction`` (the reconstruction detectors, ``_error_power``
+    set): any model reconstructs a plain image (a blank or smooth patch, a
+    blurred part) well, so a raw error ranks anomalies plainer than the
+    normal images as the most normal. Serra et al. ("Input complexity and
+    out-of-distribution detection with likelihood-based generative
+    models", ICLR 2020) compare a model's score with a generic model's; here
+    the score becomes ``log(error) - (p / 2) log(detail + floor)``, where
+    ``detail`` is the mean squared difference between the scaled image and
+    its Gaussian blur, ``p`` the power of the errors the score sums (2 or
+    1), and ``complexity_floor_`` 1e-3 of the training images' median
+    detail (1e-12 if they are constant). 'auto' is a 2-px blur on images,
+    nothing on tabular data and on the VAE's likelihood scores; a float is
+    the blur in pixels, at most the images' larger side. It hurts where the
+    anomalies have more detail than the normal images, so it is off by
+    default (measurements: the user guide, "Plain anomalies: the
+    complexity correction"). Set it before ``fit``: the fitted blur
+    (``complexity_sigma_``), the floor and the threshold belong together,
+    so switching it on or to another blur afterwards raises when scoring;
+    switched off, the raw error is scored against the fitted threshold.
+    Anomaly maps are never corrected.
+
     Tabular rows are scored in float64 (the weights are converted for the
     scoring and back, exactly), so that a row's score does not depend on
     how many rows are scored with it: float32 matrix products round

@@ -67,26 +67,10 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         As in :class:`~skanomaly.AutoEncoder` (``max_epochs='auto'``: 30
         epochs, or more for ``min_steps=500`` optimizer steps).
     complexity_correction : 'auto', float or None, default=None
-        Correct the score by how much detail the image has (Serra et al.,
-        "Input complexity and out-of-distribution detection with
-        likelihood-based generative models", ICLR 2020): the anomaly score
-        becomes ``log(error) - log(detail)``, where ``detail`` is the
-        mean squared difference between the (scaled) image and its Gaussian
-        blur, a likelihood ratio against a generic model of images. Use it
-        when anomalies may be *plainer* than the normal images (a blank or
-        smooth patch on a texture, a blurred part): any model reconstructs
-        those well, so the raw error ranks them as the most normal. It
-        hurts when the anomalies have more detail than the normal images.
-        'auto': a blur of 2 pixels for images, no correction for tabular
-        data; a float: the blur's standard deviation in pixels (images
-        only); None: the raw error. Anomaly maps are not corrected. Set it
-        before ``fit``: the floor and the threshold are fitted for it (set
-        to None afterwards, the raw error is scored against that
-        threshold; switched on or to another blur, scoring raises). With
-        the likelihood scores (``score_method`` other than
-        'reconstruction_error') 'auto' does nothing and a float is a
-        ValueError.
-        See the user guide, "Plain anomalies: the complexity correction".
+        Score ``log(error) - log(detail)`` (images; not the likelihood
+        scores), for anomalies plainer
+        than the normal images: 'auto' a 2-px blur, a float the blur in
+        pixels. See :class:`~skanomaly.detectors.torch_base.BaseTorchDetector`.
 
     Attributes
     ----------
@@ -97,12 +81,8 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         The score ``score_method='auto'`` chose (else ``score_method``).
     offset_, n_features_in_, image_shape_, input_center_, input_scale_
         As in :class:`~skanomaly.AutoEncoder`.
-    complexity_sigma_ : float or None
-        The blur the correction was fitted with (None: no correction).
-    complexity_floor_ : float
-        Added to the detail before its log: 1e-3 of the training images'
-        median detail (1e-12 if they are constant). Only with the
-        correction in use.
+    complexity_sigma_, complexity_floor_ : float or None
+        The fitted ``complexity_correction`` (None: none).
 
     Examples
     --------
