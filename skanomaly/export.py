@@ -155,6 +155,10 @@ def export_onnx(detector, path, *, force=False, calibration_scores=True):
     from .persistence.format import write_atomically
 
     check_is_fitted(detector, "offset_")
+    # the threshold it writes belongs to the fitted score
+    check_scoring = getattr(detector, "_check_scoring_setting", None)
+    if check_scoring is not None:
+        check_scoring()
     name = type(detector).__name__
     if not get_detector_tags(detector).onnx_export:
         raise ValueError(

@@ -150,6 +150,10 @@ def report(
     from .persistence.format import write_atomically
 
     check_is_fitted(detector, "offset_")
+    # the threshold it writes belongs to the fitted score
+    check_scoring = getattr(detector, "_check_scoring_setting", None)
+    if check_scoring is not None:
+        check_scoring()
     figures = _matplotlib()
     data = _ReportData(detector, X, y, names, scores, kinds, masks, n_examples)
     sections = [

@@ -559,6 +559,15 @@ def _calibration(values, dtype="float64"):
             ),
             "not stored as an array of float64",
         ),
+        # the fitted values of the parameters the score reads: only compared,
+        # but only plain values of the class's own scoring parameters
+        (
+            _state(scoring_params_={"__dict__": {"score_method": "elbo"}}),
+            r"scoring_params_ is .*, not a dict of plain values of AutoEncoder's "
+            r"scoring parameters \(none\)",
+        ),
+        (_state(scoring_params_=[1]), "scoring_params_ is .1., not a dict of plain"),
+        (_state(scoring_params_="x"), "scoring_params_ is 'x', not a dict of plain"),
     ],
 )
 def test_thresholds_and_calibrations_are_checked(table_model, tmp_path, edit, message):
@@ -1154,3 +1163,19 @@ def test_a_blur_on_a_table_model_is_refused(table_model, tmp_path):
 def test_the_unforged_corrected_model_loads(corrected_model):
     loaded = load(corrected_model)
     assert loaded.complexity_sigma_ == 2.0 and loaded.complexity_floor_ > 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"__dict__": {"score_lambda": [0.5]}},
+        {"__dict__": {"score_lambda": 0.9, "w_con": 50}},
+        {"__dict__": {"__class__": "os.system"}},
+    ],
+)
+def test_a_scoring_record_of_other_parameters_is_refused(tmp_path, value):
+    path = tmp_path / "skip.ska"
+    images = (TABLE.reshape(-1, 1, 8, 8) * 16).astype(np.uint8)
+    save(fast_detector(skanomaly.SkipGANomaly).fit(images), path)
+    forged = _forged(path, tmp_path, _state(scoring_params_=value))
+    _refused(forged, r"scoring_params_ is .*SkipGANomaly's scoring parameters")

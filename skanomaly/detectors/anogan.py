@@ -203,6 +203,15 @@ class AnoGAN(BaseGANDetector):
     True
     """
 
+    _scoring_parameters = (
+        "disc_weight",
+        "search_steps",
+        "search_lr",
+        "search_tol",
+        "search_patience",
+        "search_starts",
+        "score_scaling",
+    )
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,

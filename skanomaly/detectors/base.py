@@ -209,7 +209,12 @@ class BaseDetector(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
       batches of bounded memory.
 
     and declares what it takes in ``__skanomaly_tags__`` (see
-    :class:`DetectorTags`). Pickles and skanomaly files of an earlier version
+    :class:`DetectorTags`). A detector whose score reads constructor
+    parameters (a loss weight of the score, a smoothing) lists them in
+    ``_scoring_parameters``: ``fit`` records their values in
+    ``scoring_params_``, and once one is changed, the threshold (calibrated
+    for the fitted score) is refused until the detector is refitted or the
+    value set back. Pickles and skanomaly files of an earlier version
     that lack a parameter added since load with its default; where the
     default would describe another model than the one saved, the class's
     ``_legacy_parameters`` names the value that reproduces it instead.
@@ -292,6 +297,13 @@ default='auto'
     calibration_ : str
         The scheme used: 'split', 'leave-one-out', 'cross-fit' or
         'training'.
+    scoring_params_ : dict
+        The values, at ``fit``, of the parameters the score reads (empty
+        for detectors whose score reads none). ``decision_function``,
+        ``predict`` and ``conformal_p_values`` raise a ``ValueError`` once
+        one of them differs: the threshold and the calibration scores belong
+        to the fitted score. ``score_samples`` and ``anomaly_map`` follow
+        the current values.
     n_features_in_ : int
         Number of features seen in ``fit`` (for images, channels x height x
         width).
@@ -372,6 +384,9 @@ default='auto'
     # each with the value that reproduces such a detector (which the default
     # need not): pickles and skanomaly files that lack one get this value.
     _legacy_parameters: dict = {}
+    # Constructor parameters the score reads, not only the training: changed
+    # after fit, they change the score that offset_ was calibrated for.
+    _scoring_parameters: tuple = ()
 
     def __init__(
         self,
@@ -471,12 +486,47 @@ width) or (n_samples, channels, height, width)
             self.calibration_ = scheme
             self.calibration_scores_ = _bounded_sorted(scores)
             self.offset_ = self._threshold(self.calibration_scores_, scheme)
+            self.scoring_params_ = self._scoring_setting()
         except BaseException:
             # leave the estimator as it was: nothing half-fitted
             self.__dict__.clear()
             self.__dict__.update(state_before)
             raise
         return self
+
+    def _scoring_setting(self):
+        """The values of ``_scoring_parameters`` that decide the score now.
+
+        A detector whose parameter takes 'auto' returns what it resolves
+        to, so that setting the resolved value explicitly changes nothing.
+        """
+        return {name: getattr(self, name) for name in self._scoring_parameters}
+
+    def _check_scoring_setting(self):
+        """Refuse the threshold once a parameter of the score has changed.
+
+        ``offset_`` and ``calibration_scores_`` are scores of the fitted
+        setting (``scoring_params_``); under another one they would flag
+        far more or far fewer samples than ``contamination``, silently.
+        Models fitted before ``scoring_params_`` existed are not checked.
+        """
+        fitted = getattr(self, "scoring_params_", None)
+        if not fitted:
+            return
+        now = self._scoring_setting()
+        changed = [name for name in fitted if now.get(name) != fitted[name]]
+        if not changed:
+            return
+        was = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
+        current = ", ".join(f"{name}={now.get(name)!r}" for name in changed)
+        raise ValueError(
+            f"{type(self).__name__} was fitted with {was}, and {current} was "
+            "set after fit. Its threshold offset_ and calibration scores belong "
+            "to the fitted score, so predict, decision_function and "
+            "conformal_p_values would flag far more or fewer samples than "
+            f"contamination. Refit it, or set {was} back (score_samples "
+            "ranks samples under either)."
+        )
 
     def _check_confidence(self, scheme):
         """Refuse a per-fit confidence where it has no meaning, before training."""
@@ -632,6 +682,7 @@ width) or (n_samples, channels, height, width)
         p_values : ndarray of shape (n_samples,)
         """
         check_is_fitted(self, "calibration_scores_")
+        self._check_scoring_setting()
         return conformal_p_values(
             self.calibration_scores_,
             self.score_samples(X),
@@ -698,6 +749,8 @@ width) or (n_samples, channels, height, width)
         decision : ndarray of shape (n_samples,)
             ``score_samples(X) - offset_``.
         """
+        check_is_fitted(self, "offset_")
+        self._check_scoring_setting()
         return self.score_samples(X) - self.offset_
 
     def predict(self, X):

@@ -229,6 +229,9 @@ calibration_size, calibration_confidence
     True
     """
 
+    # the schedule: DTE-NP reads it when scoring (the network variants' sizes
+    # are fixed in the fitted module)
+    _scoring_parameters = ("n_steps", "beta_start", "beta_end")
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
         "variant": [StrOptions({"nonparametric", "categorical", "inverse_gamma"})],

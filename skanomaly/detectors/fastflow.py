@@ -225,6 +225,7 @@ class FastFlow(BasePatchDetector):
     True
     """
 
+    _scoring_parameters = ("sigma",)
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **{

@@ -239,6 +239,7 @@ class PaDiM(BasePatchDetector):
     True
     """
 
+    _scoring_parameters = ("sigma",)
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **{

@@ -218,6 +218,7 @@ class PatchCore(BasePatchDetector):
     True
     """
 
+    _scoring_parameters = ("num_neighbors",)
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **PatchFeatures._parameter_constraints,

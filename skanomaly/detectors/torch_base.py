@@ -620,6 +620,18 @@ class BaseTorchDetector(BaseDetector):
         self.residual_center_ = center.astype(np.float32)
         self.residual_scale_ = scale.astype(np.float32)
 
+    def _score_scaling_in_use(self):
+        """``score_scaling`` with 'auto' resolved for the fitted input kind."""
+        if self.score_scaling != "auto":
+            return self.score_scaling
+        return "none" if self.image_shape_ is None else "standardized"
+
+    def _scoring_setting(self):
+        setting = super()._scoring_setting()
+        if "score_scaling" in setting:
+            setting["score_scaling"] = self._score_scaling_in_use()
+        return setting
+
     def _scaled_residual(self, residual):
         """``residual`` in units of its training spread, per ``score_scaling``.
 
@@ -628,10 +640,7 @@ class BaseTorchDetector(BaseDetector):
         scaling existed (no ``residual_scale_``).
         """
         scale = getattr(self, "residual_scale_", None)
-        mode = self.score_scaling
-        if mode == "auto":
-            mode = "none" if self.image_shape_ is None else "standardized"
-        if mode == "none" or scale is None:
+        if self._score_scaling_in_use() == "none" or scale is None:
             return residual
         kwargs = dict(device=residual.device, dtype=residual.dtype)
         center = torch.as_tensor(self.residual_center_, **kwargs)

@@ -94,6 +94,7 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
     (2,)
     """
 
+    _scoring_parameters = ("score_method",)
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,
@@ -212,11 +213,16 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
             return None
         return self._error_power
 
+    def _scoring_setting(self):
+        return {"score_method": self._resolved_score_method()}
+
     def _score_method(self):
         """The score in use: ``score_method``, or what 'auto' chose at fit.
 
         ``set_params(score_method=...)`` after ``fit`` takes effect at once
-        (the same network scores every way).
+        in ``score_samples`` (the same network scores every way); the
+        threshold belongs to the fitted one, so ``predict`` then asks for a
+        refit.
         """
         if self.score_method != "auto":
             return self.score_method

@@ -503,6 +503,31 @@ def check_fitted_values(estimator):
         if np.any(scores[1:] < scores[:-1]):
             raise FormatError("its calibration_scores_ is not sorted ascending")
     _check_complexity_correction(state)
+    if "scoring_params_" in state:
+        _check_scoring_params(type(estimator), state["scoring_params_"])
+
+
+def _check_scoring_params(cls, value):
+    """``scoring_params_``: values of parameters the class's score reads.
+
+    A subset of ``_scoring_parameters`` (a later version may score with
+    more), each a plain value (None, a bool, a number or a string): it is
+    only compared with the current parameters, never used.
+    """
+    names = set(getattr(cls, "_scoring_parameters", ()))
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(name, str) and name in names for name in value)
+        and all(
+            item is None or isinstance(item, (bool, numbers.Real, str))
+            for item in value.values()
+        )
+    ):
+        expected = ", ".join(sorted(names)) or "none"
+        raise FormatError(
+            f"its scoring_params_ is {_short(value)}, not a dict of plain values "
+            f"of {cls.__name__}'s scoring parameters ({expected})"
+        )
 
 
 def _positive_finite(value):
