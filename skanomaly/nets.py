@@ -267,7 +267,33 @@ def _detached(output):
     return output
 
 
-class SelfSupervisedNet(NeuralNet):
+class _InterruptedTraining(BaseException):
+    """A KeyboardInterrupt carried past skorch's ``partial_fit``."""
+
+
+class _InterruptibleNet(NeuralNet):
+    """A net whose training a KeyboardInterrupt stops with the interrupt.
+
+    skorch's ``partial_fit`` catches KeyboardInterrupt and returns the net
+    half-trained, so a detector would calibrate and return it as if fitted
+    (and the CLI save it). Here the interrupt reaches the caller, and the
+    detector's ``fit`` restores its state before it.
+    """
+
+    def fit_loop(self, X, y=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, **fit_params)
+        except KeyboardInterrupt as exc:
+            raise _InterruptedTraining from exc
+
+    def partial_fit(self, X, y=None, classes=None, **fit_params):
+        try:
+            return super().partial_fit(X, y, classes, **fit_params)
+        except _InterruptedTraining as exc:
+            raise exc.__cause__ from None
+
+
+class SelfSupervisedNet(_InterruptibleNet):
     """A skorch net whose criterion compares the module output with the input.
 
     ``criterion(y_pred, X)`` is called with the module's output and the input
@@ -284,7 +310,7 @@ class SelfSupervisedNet(NeuralNet):
         return step
 
 
-class AdversarialNet(NeuralNet):
+class AdversarialNet(_InterruptibleNet):
     """A skorch net with a discriminator and one update of each side per batch.
 
     Parameters
