@@ -94,11 +94,13 @@ def validate_detector_input(
             f"{name} was fitted on images of shape {estimator.image_shape_} "
             "(channels, height, width) but got a 2-D tabular array."
         )
+    # float32 stays float32; anything else (integers, lists, bools) becomes
+    # float64, not float32, which would round integers above 2**24
     X = validate_data(
         estimator,
         X,
         reset=reset,
-        dtype=[np.float32, np.float64],
+        dtype=[np.float64, np.float32],
         ensure_min_samples=min_samples,
     )
     if reset:

@@ -92,6 +92,25 @@ def test_all_outlier_labels_is_an_error(X):
         _Distance().fit(X, -np.ones(len(X)))
 
 
+def test_one_inlier_left_by_y_is_an_error(X):
+    y = -np.ones(len(X))
+    y[0] = 1
+    with pytest.raises(ValueError, match="at least 2 inlier samples.*labels 1 of"):
+        _Distance().fit(X, y)
+
+
+@pytest.mark.parametrize("kind", ["int64", "list"])
+def test_integer_and_list_tables_are_read_in_float64(kind):
+    # large integers (timestamps, counts) lose digits in float32: the same
+    # values as integers, a list or float64 must score alike
+    rng = np.random.default_rng(0)
+    X = (1_700_000_000 + rng.integers(0, 1000, size=(200, 3))).astype(np.float64)
+    given = X.astype(np.int64) if kind == "int64" else X.tolist()
+    det = _Distance().fit(X)
+    np.testing.assert_array_equal(det.score_samples(given), det.score_samples(X))
+    np.testing.assert_array_equal(_Distance().fit(given).center_, det.center_)
+
+
 def test_failed_fit_leaves_nothing_half_fitted(X):
     det = _Distance(fail=True)
     with pytest.raises(RuntimeError, match="blew up"):

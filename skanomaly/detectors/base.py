@@ -463,7 +463,14 @@ width) or (n_samples, channels, height, width)
         state_before = dict(self.__dict__)
         try:
             X = self._validate_input(X, reset=True, min_samples=2)
+            n_given = len(X)
             X = select_inliers(X, y, estimator_name=type(self).__name__)
+            if len(X) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs at least 2 inlier samples to "
+                    f"fit; y labels {len(X)} of the {n_given} samples +1 "
+                    "(inlier) and the others -1."
+                )
             scheme = self._calibration_scheme()
             self._check_confidence(scheme)
             if scheme == "split":
