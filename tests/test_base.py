@@ -111,6 +111,43 @@ def test_integer_and_list_tables_are_read_in_float64(kind):
     np.testing.assert_array_equal(_Distance().fit(given).center_, det.center_)
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            dict(contamination=0.01),
+            "needs at least 99 calibration samples; there are 40",
+        ),
+        (
+            dict(contamination=0.05, calibration_confidence=0.99),
+            "with confidence=0.99 needs at least 90 calibration samples; there are 40",
+        ),
+        (
+            dict(contamination=0.001, calibration=5),
+            "needs at least 999 calibration samples; there are 200",
+        ),
+    ],
+)
+def test_an_unreachable_level_is_refused_before_training(X, params, message):
+    calls = []
+
+    class Counting(_Distance):
+        def _fit(self, X):
+            calls.append(len(X))
+            return super()._fit(X)
+
+    confidence = params.pop("calibration_confidence", None)
+    detector = Counting(**params)
+    detector.calibration_confidence = confidence
+    with pytest.raises(ValueError, match=message):
+        detector.fit(X)
+    assert calls == []
+    # the level the message names as reachable fits
+    detector.set_params(contamination=0.05)
+    detector.calibration_confidence = None
+    detector.fit(X)
+
+
 def test_failed_fit_leaves_nothing_half_fitted(X):
     det = _Distance(fail=True)
     with pytest.raises(RuntimeError, match="blew up"):

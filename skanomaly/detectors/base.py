@@ -473,6 +473,7 @@ width) or (n_samples, channels, height, width)
                 )
             scheme = self._calibration_scheme()
             self._check_confidence(scheme)
+            self._check_level_reachable(scheme, len(X))
             if scheme == "split":
                 scores = self._fit_split(X)
             elif scheme == "cross-fit":
@@ -551,6 +552,32 @@ width) or (n_samples, channels, height, width)
                 "set contamination to a float (such as 0.05), not 'auto'."
             )
 
+    def _n_split_calibration(self, n_samples):
+        """How many of ``n_samples`` ``calibration='split'`` holds out."""
+        size = getattr(self, "calibration_size", 0.2)
+        return min(MAX_CALIBRATION_SCORES, max(1, round(size * n_samples)))
+
+    def _check_level_reachable(self, scheme, n_samples):
+        """Refuse, before training, a level the calibration cannot resolve.
+
+        The threshold needs ``1 / (n + 1) <= contamination`` with ``n``
+        calibration scores (more with ``calibration_confidence``); found
+        only after training, a fit of hours would end in that error.
+        """
+        if self.contamination == "auto" or scheme == "training":
+            return
+        n_scores = n_samples
+        if scheme == "split":
+            n_scores = self._n_split_calibration(n_samples)
+        limit = self.__skanomaly_tags__().max_offset_samples
+        n_scores = min(n_scores, MAX_CALIBRATION_SCORES, limit or n_scores)
+        # the same check and message as the threshold's, on stand-in scores
+        conformal_threshold(
+            np.zeros(n_scores),
+            self.contamination,
+            getattr(self, "calibration_confidence", None),
+        )
+
     def _calibration_scheme(self):
         """The scheme ``calibration`` resolves to for this detector."""
         calibration = getattr(self, "calibration", "auto")
@@ -575,7 +602,7 @@ width) or (n_samples, channels, height, width)
         """Fit on part of ``X``; return the scores of the held-out part."""
         n = len(X)
         size = getattr(self, "calibration_size", 0.2)
-        n_calibration = min(MAX_CALIBRATION_SCORES, max(1, round(size * n)))
+        n_calibration = self._n_split_calibration(n)
         if n - n_calibration < 2:
             raise ValueError(
                 f"calibration='split' holds out calibration_size={size} of the "
