@@ -772,3 +772,17 @@ def test_algorithm_set_after_fit_is_checked_when_scoring():
     det.algorithm = "ball_tree"
     with pytest.raises(ValueError, match="algorithm must be"):
         det.score_samples(X)
+
+
+@pytest.mark.parametrize("algorithm", ["kd_tree", "brute"])
+def test_rows_whose_distances_overflow_score_lowest_with_a_warning(algorithm):
+    # finite rows near 1e155 overflow every squared distance; the tree then
+    # names no neighbour at all (index n), which once raised an IndexError
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    detector = DTE(algorithm=algorithm).fit(X)
+    queries = np.vstack([X[:2], X[2:4] * 1e155])
+    with pytest.warns(RuntimeWarning, match="non-finite score"):
+        scores = detector.score_samples(queries)
+    assert (scores[2:] == np.finfo(np.float64).min).all()
+    np.testing.assert_array_equal(scores[:2], detector.score_samples(X[:2]))
+    assert (detector.predict(queries) == [1, 1, -1, -1]).all()

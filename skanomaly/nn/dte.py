@@ -474,6 +474,12 @@ def tree_neighbours(tree, x, k, exclude=None, workers=1):
     wanted = k if exclude is None else k + 1
     _, index = tree.query(x, k=wanted, workers=workers)
     index = np.asarray(index, dtype=np.int64).reshape(n, wanted)
+    # the tree names no row (index n) where the distance overflows to inf
+    # (values near 1e154): any rows do, their float64 distances overflow as
+    # well, and the score is the brute search's (the lowest, with a warning)
+    missing = index >= tree.n
+    if missing.any():
+        index = np.where(missing, np.arange(wanted)[None, :], index)
     if exclude is None:
         return index
     own = index == np.asarray(exclude)[:, None]
