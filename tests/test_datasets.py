@@ -160,6 +160,23 @@ def test_folder_errors_and_recursion(tmp_path):
     assert list_image_files(tmp_path, recursive=True) == [tmp_path / "sub" / "x.png"]
 
 
+def test_hidden_files_and_folders_are_no_images(tmp_path):
+    # macOS writes a ._name resource fork beside each file on shared drives
+    # and in zips (under __MACOSX/): they carry image extensions, no image
+    Image.fromarray(_gray(3)).save(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    for hidden in (".thumbnails", "__MACOSX"):
+        (tmp_path / hidden).mkdir()
+        (tmp_path / hidden / "a.png").write_bytes(b"junk")
+    assert list_image_files(tmp_path) == [tmp_path / "a.png"]
+    assert list_image_files(tmp_path, recursive=True) == [tmp_path / "a.png"]
+    assert load_image_folder(tmp_path, recursive=True)[0].shape == (1, 1, 6, 8)
+    # a folder given by the user is read even when its own name is hidden
+    (tmp_path / ".cache").mkdir()
+    Image.fromarray(_gray(3)).save(tmp_path / ".cache" / "b.png")
+    assert list_image_files(tmp_path / ".cache") == [tmp_path / ".cache" / "b.png"]
+
+
 def _category(root, with_masks=True):
     for sub in ["train/good", "test/good", "test/hole", "ground_truth/hole"]:
         (root / sub).mkdir(parents=True)

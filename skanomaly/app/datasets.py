@@ -70,6 +70,11 @@ def color_mode_for(channels):
 def list_image_files(folder, *, recursive=False):
     """Image files (by extension) of a folder, sorted by path.
 
+    Hidden files and folders (names starting with ``.``, such as the
+    ``._name.png`` resource forks macOS writes beside each file on shared
+    drives and in zip archives) and ``__MACOSX`` folders are skipped: they
+    are no images.
+
     Parameters
     ----------
     folder : str or path-like
@@ -93,7 +98,15 @@ def list_image_files(folder, *, recursive=False):
     return sorted(
         path
         for path in candidates
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+        if path.suffix.lower() in IMAGE_EXTENSIONS
+        and not _hidden(path.relative_to(folder))
+        and path.is_file()
+    )
+
+
+def _hidden(relative_path):
+    return any(
+        part.startswith(".") or part == "__MACOSX" for part in relative_path.parts
     )
 
 
