@@ -1,6 +1,7 @@
 """Tables in the command line: .csv and .parquet for fit, score and evaluate."""
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -195,3 +196,32 @@ def test_read_table_converts_labels_and_types(tmp_path):
     assert frame.dtypes.tolist() == [np.float64, np.float64]
     assert frame["flag"].tolist() == [1.0, 0.0]
     assert labels.tolist() == [False, True]  # +1 normal, -1 anomaly
+
+
+def test_a_csv_without_a_header_row_warns(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(5, 3)).round(3)
+    path = tmp_path / "noheader.csv"
+    pd.DataFrame(rows).to_csv(path, index=False, header=False)
+    with pytest.warns(UserWarning, match="header row of .* is all numbers"):
+        frame, _ = read_table(path)
+    assert len(frame) == 4  # the first row became the names
+
+
+@pytest.mark.parametrize(
+    "header", ["a,b,c", "0,1,2", "1,2,3", "x,2,y"], ids=["names", "0-n", "1-n", "mix"]
+)
+def test_a_header_row_of_names_or_column_numbers_does_not_warn(tmp_path, header):
+    # pandas.DataFrame(X).to_csv() writes the column numbers 0..n-1
+    path = tmp_path / "t.csv"
+    path.write_text(f"{header}\n0.5,1.5,2.5\n1,2,3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame, _ = read_table(path)
+    assert len(frame) == 2
+
+
+def test_a_duplicated_number_in_the_header_is_still_a_number(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("0.0,0.0,5.5\n1,2,3\n")  # pandas reads "0.0", "0.0.1", "5.5"
+    with pytest.warns(UserWarning, match="all numbers"):
+        read_table(path)

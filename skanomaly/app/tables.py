@@ -75,6 +75,8 @@ def read_table(path, *, label_column=None):
         raise FileNotFoundError(f"{str(path)!r} {what}.")
     frame = _read(pandas, path)
     frame.columns = [str(name) for name in frame.columns]
+    if path.suffix.lower() == ".csv":
+        _warn_if_header_is_data(frame.columns, path)
     if len(frame) == 0:
         raise ValueError(f"{str(path)!r} has a header but no rows.")
     labels = None
@@ -108,6 +110,44 @@ def _read(pandas, path):
     except (pandas.errors.ParserError, UnicodeDecodeError) as exc:
         message = " ".join(str(exc).split())
         raise ValueError(f"Cannot read {str(path)!r} as CSV: {message}") from None
+
+
+def _is_number(name):
+    # pandas renames a repeated name "x" to "x.1", "x.2"...
+    for text in (name, name.rpartition(".")[0]):
+        try:
+            float(text)
+            return True
+        except ValueError:
+            pass
+    return False
+
+
+def _warn_if_header_is_data(names, path):
+    """Warn when a CSV's header row looks like a row of data.
+
+    A file written without a header (``to_csv(header=False)``, ``np.savetxt``)
+    loses its first row to the column names, silently. Names that are all
+    numbers, other than the column numbers ``0..n-1`` or ``1..n`` that
+    ``pandas.DataFrame(X).to_csv()`` writes, are taken for that row.
+    """
+    import warnings
+
+    if not all(_is_number(name) for name in names):
+        return
+    if list(names) in (
+        [str(i) for i in range(len(names))],
+        [str(i + 1) for i in range(len(names))],
+    ):
+        return
+    warnings.warn(
+        f"The header row of {str(path)!r} is all numbers ({_listed(list(names))}), "
+        "so it is probably a row of data: it was read as the column names and "
+        "is not among the rows. Add a header row of column names as the "
+        "file's first line.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_features(frame, path):
