@@ -47,6 +47,7 @@ def validate_detector_input(
     keep_uint8=False,
     tabular=True,
     images=True,
+    float_range=None,
 ):
     """Check ``X`` for a detector and return it as an array.
 
@@ -60,6 +61,7 @@ def validate_detector_input(
     ``reset=False`` ``X`` must match what was recorded. ``tabular`` and
     ``images`` say which kinds the estimator takes (its declared tags); the
     other kind is refused with a message naming what it takes.
+    ``float_range`` is passed to :func:`validate_images`.
     """
     name = type(estimator).__name__
     _refuse_sparse(X, name)
@@ -78,6 +80,7 @@ def validate_detector_input(
             name=name,
             min_samples=min_samples,
             keep_uint8=keep_uint8,
+            float_range=float_range,
             estimator=estimator,
             reset=reset,
         )
@@ -191,6 +194,7 @@ def validate_images(
         # lists, tensors: as an array, so that uint8 is read as value / 255
         # as the dtype recorded says
         X = np.asarray(X)
+    X = _numeric_images(X, name)
     dtype_in = _dtype_name(X)
     fitted = None if reset else getattr(estimator, "image_dtype_", None)
     fitted_range = None
@@ -201,6 +205,11 @@ def validate_images(
         X = _in_fitted_range(
             X, np.dtype(dtype_in), np.dtype(fitted), fitted_range, name
         )
+    elif float_range == UNIT_RANGE and X.dtype.kind in "iu" and X.dtype != np.uint8:
+        # a reader of [0, 1] (the pretrained backbones): integer images are
+        # 8-bit intensities, read as uint8 is (value / 255), as after a fit
+        X = _as_uint8_intensities(X, dtype_in, name)
+        dtype_in = "uint8"
     is_uint8 = getattr(X, "dtype", None) == np.uint8
     X = check_array(
         X,
@@ -353,6 +362,38 @@ def _in_fitted_range(X, dtype, fitted, fitted_range, name):
         stacklevel=4,
     )
     return X.astype(target)
+
+
+def _as_uint8_intensities(X, dtype, name):
+    low, high = (int(X.min()), int(X.max())) if X.size else (0, 0)
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"{name} reads images in [0, 1] and got {dtype} images with values in "
+            f"[{low}, {high}], outside the 8-bit range (0 to 255). Scale them to "
+            "[0, 1] floats (16-bit: divide by 65535) or pass uint8 images."
+        )
+    return X.astype(np.uint8)
+
+
+def _numeric_images(X, name):
+    """``X`` with a numeric dtype: bool, integer or real float.
+
+    Object arrays of numbers become float64; strings, complex numbers and
+    other objects are refused here rather than deep in the value-range code.
+    """
+    kind = X.dtype.kind
+    if kind in "biuf":
+        return X
+    if kind == "O":
+        try:
+            return X.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(
+        f"{name} takes images of numbers (uint8, other integers or floats); got "
+        f"an array of dtype {X.dtype}. Convert the images to numbers first "
+        "(np.asarray(images, dtype=np.float32), or uint8 pixels)."
+    )
 
 
 def _check_float_range(X, float_range, name):

@@ -220,6 +220,9 @@ def test_threshold_from_a_subset_when_scoring_is_costly(X):
         (np.zeros((3, 2, 2, 2, 2)), "rank 5"),
         (np.full((3, 4), np.inf), "infinity"),
         (np.zeros((3, 8, 8, 3)), "channels-last"),
+        (np.zeros((3, 1, 8, 8)).astype(str), "images of numbers.*dtype <U"),
+        (np.zeros((3, 1, 8, 8), complex), "images of numbers.*dtype complex128"),
+        (np.full((3, 1, 8, 8), "x", dtype=object), "images of numbers.*dtype object"),
     ],
 )
 def test_bad_fit_input_is_a_clear_value_error(bad, message):
@@ -361,3 +364,11 @@ def test_a_pickle_without_a_later_parameter_gets_its_default():
     old = pickle.loads(pickle.dumps(earlier))
     assert old.get_params()["algorithm"] == "auto"
     np.testing.assert_array_equal(old.score_samples(X), det.score_samples(X))
+
+
+def test_object_images_of_numbers_are_read_as_floats():
+    images = np.random.default_rng(0).random((6, 1, 4, 4))
+    det = _Distance().fit(images)
+    np.testing.assert_array_equal(
+        det.score_samples(images.astype(object)), det.score_samples(images)
+    )

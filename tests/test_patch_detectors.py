@@ -727,3 +727,22 @@ def test_patch_detectors_fit_offline_with_the_packaged_weights(name):
     maps = det.anomaly_map(bad)
     assert maps.shape == (2, 64, 64)
     assert mask.ravel()[maps.reshape(2, -1).argmax(axis=1)].all()
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint16", "list"])
+def test_integer_images_are_read_as_8_bit_intensities(dtype):
+    # the pretrained backbones read [0, 1]: integers 0..255 are uint8 values,
+    # as the other detectors read them, not floats outside [0, 1]
+    from skanomaly import PaDiM
+    from skanomaly.testing import _images, fast_detector
+
+    images = _images(n_samples=12, shape=(1, 16, 16))
+    given = images.tolist() if dtype == "list" else images.astype(dtype)
+    reference = fast_detector(PaDiM).fit(images)
+    detector = fast_detector(PaDiM).fit(given)
+    assert detector.image_dtype_ == "uint8"
+    np.testing.assert_array_equal(
+        detector.score_samples(images), reference.score_samples(images)
+    )
+    with pytest.raises(ValueError, match=r"values in \[1, 256\], outside the 8-bit"):
+        fast_detector(PaDiM).fit(np.asarray(images, dtype=np.int64) + 1)

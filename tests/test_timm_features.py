@@ -301,13 +301,20 @@ def test_imagenet_weights_come_from_the_hub_cache(empty_offline_hub):
         ({}, _images(channels=4), "1 or 3 channels"),
         ({}, _images().transpose(0, 2, 3, 1), "channels-last"),
         ({}, _images().astype(np.float32), r"values in \[0, 1\].*divide by 255"),
-        ({}, _images().astype(np.int64), r"uint8 images \(0 to 255\)"),
+        ({}, _images().astype(np.int64) * 2, r"outside the 8-bit range \(0 to 255\)"),
     ],
 )
 def test_bad_input(params, X, match):
     params = {"backbone": "resnet18", "weights": None, "image_size": SIZE, **params}
     with pytest.raises(ValueError, match=match):
         TimmFeatures(**params).fit(X)
+
+
+def test_integer_images_in_0_255_read_as_uint8(resnet):
+    images = _images(n=4)
+    np.testing.assert_array_equal(
+        resnet.transform(images.astype(np.int64)), resnet.transform(images)
+    )
 
 
 def test_transform_checks_channels(resnet):

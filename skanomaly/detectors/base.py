@@ -91,6 +91,11 @@ class DetectorTags:
         ``_fit`` and ``_score_samples`` take uint8 images as they are and
         scale them batch by batch (no float copy of the whole input);
         otherwise uint8 images arrive as float32 in [0, 1].
+    unit_range_images : bool, default=False
+        Reads images as values in [0, 1] only (a pretrained backbone with
+        its input normalisation): float images outside it are refused, and
+        integer images are read as 8-bit intensities (value / 255), as
+        ``uint8`` is.
     max_offset_samples : int or None, default=None
         Set ``offset_`` from the scores of at most this many calibration
         samples (a fixed random subset), for detectors whose scoring is
@@ -147,6 +152,7 @@ class DetectorTags:
     anomaly_maps: bool = False
     pretrained_weights: bool = False
     keeps_uint8: bool = False
+    unit_range_images: bool = False
     max_offset_samples: int | None = None
     leave_one_out: bool = False
     onnx_export: bool = False
@@ -433,6 +439,7 @@ default='auto'
             reset=reset,
             min_samples=min_samples,
             keep_uint8=tags.keeps_uint8,
+            float_range=(0.0, 1.0) if tags.unit_range_images else None,
             tabular=tags.tabular,
             images=tags.images,
         )

@@ -168,6 +168,7 @@ class DeepMahalanobis(BaseDetector):
         # uint8 images stay uint8 until each batch is on the device: a
         # quarter of the memory and transfer of float32.
         tags.keeps_uint8 = True
+        tags.unit_range_images = True
         tags.onnx_export = True
         tags.leave_one_out = True
         tags.input_size = native_input_size(self.backbone, self.image_size)

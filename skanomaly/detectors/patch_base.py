@@ -104,6 +104,7 @@ class BasePatchDetector(BaseDetector):
         tags.anomaly_maps = True
         tags.pretrained_weights = True
         tags.keeps_uint8 = True
+        tags.unit_range_images = True
         # scoring all training images would cost as much as the fit
         tags.max_offset_samples = _CALIBRATION_IMAGES
         tags.leave_one_out = True
