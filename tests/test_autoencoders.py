@@ -270,3 +270,15 @@ def test_statistics_beyond_float32_are_an_error_naming_the_column(digits_one_cla
     with pytest.raises(ValueError, match=r"cannot scale column \d+ .*float32"):
         det.fit(X_train * 1e300)
     assert not hasattr(det, "input_scale_")
+
+
+def test_batches_of_one_row_with_batch_norm_are_a_clear_error():
+    X = np.random.default_rng(0).normal(size=(30, 5))
+    detector = AutoEncoder(batch_size=1, max_epochs=1)
+    with pytest.raises(
+        ValueError, match="batches of at least 2 samples.*batch_norm=False"
+    ):
+        detector.fit(X)
+    assert not hasattr(detector, "net_")
+    # without batch normalisation a batch of one trains
+    AutoEncoder(batch_size=1, max_epochs=1, batch_norm=False).fit(X)

@@ -239,3 +239,12 @@ def test_image_pickle_and_random_state(fitted_images):
     np.testing.assert_array_equal(again.score_samples(X), det.score_samples(X))
     other = EGBAD(**{**det.get_params(), "random_state": 1}).fit(X)
     assert not np.allclose(other.score_samples(X), det.score_samples(X))
+
+
+@pytest.mark.parametrize("shape", [(30, 6), (30, 1, 8, 8)], ids=["table", "images"])
+def test_no_hidden_sizes_is_a_clear_error_and_fits_nothing(shape):
+    X = np.random.default_rng(0).random(shape).astype(np.float32)
+    detector = EGBAD(hidden_sizes=(), max_epochs=1)
+    with pytest.raises(ValueError, match=r"at least one hidden size \(hidden_sizes\)"):
+        detector.fit(X)
+    assert not hasattr(detector, "net_")

@@ -118,6 +118,11 @@ class JointDiscriminator(nn.Module):
     ):
         super().__init__()
         input_shape = tuple(input_shape)
+        if len(hidden_sizes) == 0:
+            raise ValueError(
+                "EGBAD's critic needs at least one hidden size (hidden_sizes): "
+                "its last entry is the width of the x, z and joint layers."
+            )
         width = tuple(hidden_sizes)[-1]
         if len(input_shape) == 1:
             self.x_branch = nn.Sequential(*_dense(input_shape[0], width, dropout))
