@@ -1,6 +1,7 @@
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -516,6 +517,19 @@ def test_evaluate_reports_pixel_metrics_with_masks(masked, capsys):
         "AUPRO@0.3": pytest.approx(aupro_score(masks, maps), abs=1e-4),
     }
     assert printed["pixel"] > 0.9  # the white squares are where the masks are
+
+
+def test_evaluate_with_a_missing_mask_fails_before_printing(masked, tmp_path, capsys):
+    # a script must not read results from a command that then fails
+    root, model = masked
+    copy = tmp_path / "tile"
+    shutil.copytree(root, copy)
+    (copy / "ground_truth" / "crack" / "001_mask.png").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(copy)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "001_mask.png" in captured.err
 
 
 def test_evaluate_report_has_the_printed_pixel_metrics(masked, tmp_path, capsys):

@@ -53,27 +53,34 @@ def add_parser(commands):
     return evaluate
 
 
-def _print_pixel_metrics(detector, root, X, anomalous, files):
-    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there.
-
-    Returns the masks (for the report), or None.
-    """
+def _ground_truth_masks(detector, root, X, anomalous, files):
+    """The MVTec ground_truth masks, read before anything is printed (a
+    missing mask fails the command before its output, not after); None
+    without a ground_truth folder or anomaly maps."""
     import numpy as np
 
     from ...detectors.base import get_detector_tags
-    from ...reporting import _pixel_metrics
     from ..datasets import load_mvtec_masks
 
     if not (Path(root) / "ground_truth").is_dir():
         return None
     if not get_detector_tags(detector).anomaly_maps:
-        print(f"(no pixel metrics: {type(detector).__name__} has no anomaly maps)")
         return None
-    masks = load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
+    return load_mvtec_masks(root, files, np.where(anomalous, -1, 1), X.shape[2:])
+
+
+def _print_pixel_metrics(detector, root, X, masks):
+    """Pixel AUROC and AUPRO when the MVTec ground_truth masks are there."""
+    from ...reporting import _pixel_metrics
+
+    if masks is None:
+        if (Path(root) / "ground_truth").is_dir():
+            name = type(detector).__name__
+            print(f"(no pixel metrics: {name} has no anomaly maps)")
+        return
     pixel_auroc, aupro = _pixel_metrics(masks, detector.anomaly_map(X))
     print(f"pixel AUROC  {pixel_auroc:.4f}")
     print(f"AUPRO@0.3    {aupro:.4f}")
-    return masks
 
 
 def _labelled_images(detector, args):
@@ -161,12 +168,14 @@ def run(args):
         X, anomalous, files, kinds, source = _labelled_table(detector, args)
     else:
         X, anomalous, files, kinds, source = _labelled_images(detector, args)
-    scores, _, labels = _scores(detector, X)
-    _print_evaluation(detector, source, anomalous, scores, labels, kinds)
     masks = None
     if kinds is not None:  # images: MVTec masks live next to the test folder
         root = Path(source).parent
-        masks = _print_pixel_metrics(detector, root, X, anomalous, files)
+        masks = _ground_truth_masks(detector, root, X, anomalous, files)
+    scores, _, labels = _scores(detector, X)
+    _print_evaluation(detector, source, anomalous, scores, labels, kinds)
+    if kinds is not None:
+        _print_pixel_metrics(detector, root, X, masks)
     _write_report(
         args, detector, X, files, scores, y=anomalous, kinds=kinds, masks=masks
     )
