@@ -646,3 +646,32 @@ def test_input_size_is_declared_by_the_detector():
     assert get_detector_tags(lite2).input_size == (260, 260)
     assert get_detector_tags(skanomaly.GANomaly()).input_size == (64, 64)
     assert get_detector_tags(skanomaly.Mahalanobis()).input_size is None
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        ("100000", "larger than 16384 pixels a side"),
+        ("64x20000", "larger than 16384 pixels a side"),
+        ("0", "expected a size like 64 or 64x48"),
+    ],
+)
+def test_an_image_size_is_checked_before_anything_is_read(
+    tmp_path, capsys, size, message
+):
+    # --image-size 100000 once asked numpy for 931 GiB
+    status = main(
+        ["fit", "autoencoder", str(tmp_path), "-o", "m.ska", "--image-size", size]
+    )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "--image-size" in err and message in err
+
+
+def test_an_object_npy_names_the_file(tmp_path, capsys):
+    path = tmp_path / "rows.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    status = main(["fit", "mahalanobis", str(path), "-o", str(tmp_path / "m.ska")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "rows.npy" in err and "allow_pickle=False" in err

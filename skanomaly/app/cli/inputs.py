@@ -26,7 +26,10 @@ def _load_data(path, *, image_size, color_mode, recursive, on_error):
         frame, _ = read_table(path)
         return frame, _row_names(path, len(frame))
     if path.suffix.lower() == ".npy" and path.is_file():
-        X = np.load(path, allow_pickle=False)
+        try:
+            X = np.load(path, allow_pickle=False)
+        except ValueError as exc:  # object arrays need pickle: never loaded
+            raise ValueError(f"Cannot read {str(path)!r}: {exc}") from None
         return X, _row_names(path, len(X))
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist.")

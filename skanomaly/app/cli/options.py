@@ -56,17 +56,29 @@ def _name_list(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# Larger than any camera's side: every image is resized to it in memory
+# (float32), so a typo such as 100000 would ask for terabytes.
+_MAX_IMAGE_SIDE = 16384
+
+
 def _image_size(text):
     """'64' or '64x48' (height x width)."""
     from ..._validation import parse_image_size
 
     try:
         parts = [int(part) for part in text.lower().split("x")]
-        return parse_image_size(parts[0] if len(parts) == 1 else tuple(parts))
+        size = parse_image_size(parts[0] if len(parts) == 1 else tuple(parts))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a size like 64 or 64x48 (height x width), got {text!r}"
         ) from None
+    if max(size) > _MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is larger than {_MAX_IMAGE_SIDE} pixels a side; every image "
+            "is resized to it in memory. For large images give the backbone's "
+            "size and tile them (-p tile_size=...)."
+        )
+    return size
 
 
 _LITERALS = {"true": True, "false": False, "none": None, "null": None}
