@@ -137,6 +137,9 @@ def test_bad_tables_give_one_line_errors(tables, model, tmp_path, capsys):
         "nan.csv": test.astype({"load": float}).assign(
             load=lambda t: t["load"].mask(t.index.isin([2, 5, 9]))
         ),
+        "inf.csv": test.astype({"temp": float}).assign(
+            temp=lambda t: t["temp"].mask(t.index.isin([1, 4]), np.inf)
+        ),
         "text.csv": test.assign(site="north"),
         "extra.csv": test.assign(humidity=1.0),
         "missing.csv": test.drop(columns="temp"),
@@ -150,6 +153,7 @@ def test_bad_tables_give_one_line_errors(tables, model, tmp_path, capsys):
     report = tmp_path / "r.html"
     cases = [
         ("nan.csv", "missing values in column(s) 'load' (3 rows)"),
+        ("inf.csv", "infinite values in column(s) 'temp' (2 rows); clip or drop"),
         ("text.csv", "non-numeric column(s) 'site'"),
         ("extra.csv", "has column(s) 'humidity' the model was not fitted on"),
         ("missing.csv", "lacks the training column(s) 'temp'"),

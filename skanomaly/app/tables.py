@@ -165,17 +165,22 @@ def _check_features(frame, path):
             f"{str(path)!r} has non-numeric column(s) {_listed(text)}; every "
             "column must be a number (drop or encode the others first)."
         )
-    missing = frame.isna().sum()
-    missing = missing[missing > 0]
-    if len(missing):
+    _refuse_counted(frame.isna().sum(), path, "missing values", "fill or drop")
+    infinite = np.isinf(frame.astype(np.float64)).sum()
+    _refuse_counted(infinite, path, "infinite values", "clip or drop")
+
+
+def _refuse_counted(counts, path, what, fix):
+    """A one-line error naming the columns with ``what`` and their row counts."""
+    counts = counts[counts > 0]
+    if len(counts):
         where = ", ".join(
             f"{name!r} ({count} row{'s' if count > 1 else ''})"
-            for name, count in list(missing.items())[:_SHOWN]
+            for name, count in list(counts.items())[:_SHOWN]
         )
-        more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        more = f" and {len(counts) - _SHOWN} more" if len(counts) > _SHOWN else ""
         raise ValueError(
-            f"{str(path)!r} has missing values in column(s) {where}{more}; fill "
-            "or drop them first."
+            f"{str(path)!r} has {what} in column(s) {where}{more}; {fix} them first."
         )
 
 
