@@ -282,3 +282,13 @@ def test_batches_of_one_row_with_batch_norm_are_a_clear_error():
     assert not hasattr(detector, "net_")
     # without batch normalisation a batch of one trains
     AutoEncoder(batch_size=1, max_epochs=1, batch_norm=False).fit(X)
+
+
+def test_an_invalid_batch_size_set_after_fit_is_a_clear_error_when_scoring():
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    detector = AutoEncoder(max_epochs=1, random_state=0).fit(X)
+    with pytest.raises(ValueError):  # the refit refuses it; the model stays
+        detector.set_params(batch_size=0).fit(X)
+    with pytest.raises(ValueError, match="batch_size, which is 0: set it to a"):
+        detector.score_samples(X)
+    assert detector.set_params(batch_size=7).score_samples(X).shape == (40,)

@@ -346,7 +346,16 @@ class BaseTorchDetector(BaseDetector):
         )
 
     def _scoring_batch_size(self):
-        return _AUTO_SCORING_BATCH if self.batch_size == "auto" else self.batch_size
+        size = self.batch_size
+        if isinstance(size, str) and size == "auto":
+            return _AUTO_SCORING_BATCH
+        if isinstance(size, Integral) and not isinstance(size, bool) and size >= 1:
+            return int(size)
+        # fit validates it, but set_params after fit does not
+        raise ValueError(
+            f"{type(self).__name__} scores in batches of batch_size, which is "
+            f"{size!r}: set it to a positive int or 'auto'."
+        )
 
     def _fit(self, X):
         check_device(self.device)
