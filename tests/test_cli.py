@@ -597,7 +597,36 @@ def test_score_maps_refuse_to_overwrite_inputs(masked, tmp_path, capsys):
         )
         == 1
     )
-    assert "has no anomaly maps" in capsys.readouterr().err
+    assert "--maps needs a model fitted on images" in capsys.readouterr().err
+    # a detector without maps, fitted on images
+    no_maps = tmp_path / "deep.ska"
+    with_no_maps = skanomaly.DeepMahalanobis(
+        "test_efficientnet", weights=None, image_size=32
+    ).fit(np.random.default_rng(0).integers(0, 255, (12, 3, 20, 20), np.uint8))
+    skanomaly.save(with_no_maps, no_maps)
+    assert (
+        main(["score", str(no_maps), str(folder), "--maps", str(tmp_path / "m")]) == 1
+    )
+    assert "has no anomaly maps; --maps needs" in capsys.readouterr().err
+
+
+def test_score_maps_name_both_inputs_of_one_map_name(masked, tmp_path, capsys):
+    root, model = masked
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.jpg")
+    status = main(["score", str(model), str(folder), "--maps", str(tmp_path / "m")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "for both" in err and "a.jpg" in err and "a.png" in err
+    assert not (tmp_path / "m").exists()
+    # a file beside an image that is no image (annotations) takes no map
+    (folder / "a.jpg").unlink()
+    (folder / "a.json").write_text("{}")
+    status = main(["score", str(model), str(folder), "--maps", str(tmp_path / "m")])
+    assert status == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["a.png"]
 
 
 def _parts_of_different_sizes(folder):

@@ -21,12 +21,25 @@ def _map_paths(files, data, folder):
             paths.append(folder / Path(relative).with_suffix(".png"))
         else:  # rows of a .npy file
             paths.append(folder / f"{data.stem}_{i:05d}.png")
+    first_input = {}
+    for name, path in zip(files, paths):
+        other = first_input.setdefault(path, name)
+        if other != name:  # a.png and a.jpg: the same map name
+            raise ValueError(
+                f"--maps would write {str(path)!r} for both {str(other)!r} and "
+                f"{str(name)!r}; rename one of them or score them separately."
+            )
     return paths
 
 
 def _check_maps_folder(detector, folder, files):
     from ...detectors.base import get_detector_tags
 
+    if getattr(detector, "image_shape_", None) is None:
+        raise ValueError(
+            f"--maps needs a model fitted on images; this {type(detector).__name__} "
+            "was fitted on tabular rows, which have no maps."
+        )
     if not get_detector_tags(detector).anomaly_maps:
         raise ValueError(
             f"{type(detector).__name__} has no anomaly maps; --maps needs a detector "

@@ -13,6 +13,7 @@ would run as a formula get a leading ``'`` (:func:`_csv_text`).
 
 import contextlib
 import os
+from pathlib import Path
 
 
 def _escaped(name):
@@ -57,15 +58,26 @@ def _files_under(folder):
 
 
 def _map_files(data, folder):
-    """The maps ``score --maps folder`` could write for ``data``: one per file."""
-    if os.path.isdir(data):
-        return [
-            os.path.join(
-                folder, os.path.splitext(os.path.relpath(path, data))[0] + ".png"
+    """The maps ``score --maps folder`` could write for ``data``: one per image
+    file (subfolders included; hidden files are no images)."""
+    from ..datasets import IMAGE_EXTENSIONS, _hidden
+
+    if not os.path.isdir(data):
+        return []  # rows of an array: checked by name once the rows are read
+    first_input = {}
+    for path in _files_under(data):
+        relative = Path(path).relative_to(data)
+        if relative.suffix.lower() not in IMAGE_EXTENSIONS or _hidden(relative):
+            continue
+        relative = os.path.splitext(os.path.relpath(path, data))[0] + ".png"
+        output = os.path.join(folder, relative)
+        other = first_input.setdefault(output, path)
+        if other != path:  # a.png and a.jpg: one map name
+            raise ValueError(
+                f"--maps would write {output!r} for both {str(other)!r} and "
+                f"{str(path)!r}; rename one of them or score them separately."
             )
-            for path in _files_under(data)
-        ]
-    return []  # rows of an array: checked by name once the rows are read
+    return list(first_input)
 
 
 def _check_outputs(inputs, outputs, folders=()):
