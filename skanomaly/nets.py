@@ -18,6 +18,8 @@ lists of modules and its initialisation steps); the rest goes through them.
 """
 
 import math
+import signal
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -267,30 +269,58 @@ def _detached(output):
     return output
 
 
-class _InterruptedTraining(BaseException):
-    """A KeyboardInterrupt carried past skorch's ``partial_fit``."""
+class _InterruptWatch:
+    """Whether a SIGINT (Ctrl-C) arrived while it was installed."""
+
+    def __init__(self):
+        self.interrupted = False
+
+
+@contextmanager
+def _watching_interrupts():
+    """Record a Ctrl-C, then handle it as before (KeyboardInterrupt).
+
+    skorch's callbacks stop training by raising KeyboardInterrupt
+    (``EarlyStopping``), so ``partial_fit`` swallows every one: a real
+    Ctrl-C is told apart only by the signal. Signal handlers live in the
+    main thread; elsewhere (worker threads) nothing is watched.
+    """
+    watch = _InterruptWatch()
+    if threading.current_thread() is not threading.main_thread():
+        yield watch
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def record(signum, frame):
+        watch.interrupted = True
+        if callable(previous):
+            return previous(signum, frame)
+        if previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, record)
+    try:
+        yield watch
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _InterruptibleNet(NeuralNet):
-    """A net whose training a KeyboardInterrupt stops with the interrupt.
+    """A net whose training Ctrl-C stops with a KeyboardInterrupt.
 
-    skorch's ``partial_fit`` catches KeyboardInterrupt and returns the net
-    half-trained, so a detector would calibrate and return it as if fitted
-    (and the CLI save it). Here the interrupt reaches the caller, and the
-    detector's ``fit`` restores its state before it.
+    skorch's ``partial_fit`` catches KeyboardInterrupt (its callbacks raise
+    one to stop early) and returns the net half-trained, so a detector would
+    calibrate and return it as if fitted (and the CLI save it). After a
+    Ctrl-C the interrupt reaches the caller, and the detector's ``fit``
+    restores its state before it; early stopping stays as it is.
     """
 
-    def fit_loop(self, X, y=None, **fit_params):
-        try:
-            return super().fit_loop(X, y, **fit_params)
-        except KeyboardInterrupt as exc:
-            raise _InterruptedTraining from exc
-
     def partial_fit(self, X, y=None, classes=None, **fit_params):
-        try:
-            return super().partial_fit(X, y, classes, **fit_params)
-        except _InterruptedTraining as exc:
-            raise exc.__cause__ from None
+        with _watching_interrupts() as watch:
+            super().partial_fit(X, y, classes, **fit_params)
+        if watch.interrupted:
+            raise KeyboardInterrupt
+        return self
 
 
 class SelfSupervisedNet(_InterruptibleNet):

@@ -1,9 +1,14 @@
 """Ctrl-C during training interrupts the fit: nothing half-trained is kept.
 
-skorch's ``partial_fit`` swallows KeyboardInterrupt and returns the net
-half-trained; the detectors' nets let it through, so ``fit`` restores the
-state before it and the command line writes no model.
+skorch's ``partial_fit`` swallows KeyboardInterrupt (its callbacks raise one
+to stop early) and returns the net half-trained; the detectors' nets raise
+it again after a real Ctrl-C (a SIGINT), so ``fit`` restores the state
+before it and the command line writes no model, while early stopping stays
+what it was.
 """
+
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -21,8 +26,8 @@ def interrupt_in_second_epoch(monkeypatch):
 
     def interrupted(self, *args, **kwargs):
         epochs.append(len(self.history))
-        if len(epochs) == 2:
-            raise KeyboardInterrupt
+        if len(epochs) == 2:  # Ctrl-C: the signal, handled where it lands
+            os.kill(os.getpid(), signal.SIGINT)
         return run_single_epoch(self, *args, **kwargs)
 
     def arm():
@@ -69,3 +74,14 @@ def test_the_command_line_writes_no_model_when_interrupted(
     assert status == 130
     assert "interrupted" in capsys.readouterr().err
     assert not model.exists()
+
+
+def test_early_stopping_still_stops_training_quietly():
+    # skorch's EarlyStopping raises KeyboardInterrupt to stop: no Ctrl-C
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    detector = skanomaly.AutoEncoder(
+        max_epochs=200, early_stopping=True, n_iter_no_change=2, random_state=0
+    ).fit(X)
+    assert len(detector.net_.history) < 200
+    assert np.isfinite(detector.offset_)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

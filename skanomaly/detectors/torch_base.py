@@ -139,6 +139,29 @@ _DIVERGED_FACTOR = {False: 2.0, True: 10.0}  # by "has a discriminator"
 _MIN_EPOCHS_TO_DECREASE = 10
 
 
+def _check_batch_norm_batches(detector, net):
+    """Refuse batches of one sample for a net with 1-D batch normalisation.
+
+    BatchNorm1d has no statistics of one row; torch fails at the first step
+    with a message about "values per channel". A function, not a method:
+    FastFlow borrows ``_train``.
+    """
+    if detector.batch_size_ > 1:
+        return
+    modules = [net.module_, getattr(net, "discriminator_", None)]
+    if any(
+        isinstance(layer, torch.nn.BatchNorm1d)
+        for module in modules
+        if module is not None
+        for layer in module.modules()
+    ):
+        raise ValueError(
+            f"{type(detector).__name__} trains batch normalisation on rows, which "
+            "needs batches of at least 2 samples; got batch_size=1. Use a "
+            "larger batch_size, or batch_norm=False where the detector has it."
+        )
+
+
 def _warn_if_diverged(detector, history):
     """Warn when training diverged although every loss stayed finite.
 
@@ -497,34 +520,13 @@ class BaseTorchDetector(BaseDetector):
             )
         with torch_random_state(self.random_seed_, self.device):
             net.initialize()
-            self._check_batch_norm_batches(net)
+            _check_batch_norm_batches(self, net)
             if prepare is not None:
                 prepare(net)
             net.partial_fit(X_train, None)
         self.net_ = net
         self._warn_if_too_few_steps(planned)
         _warn_if_diverged(self, net.history)
-
-    def _check_batch_norm_batches(self, net):
-        """Refuse batches of one sample for a net with 1-D batch normalisation.
-
-        BatchNorm1d has no statistics of one row; torch fails at the first
-        step with a message about "values per channel".
-        """
-        if self.batch_size_ > 1:
-            return
-        modules = [net.module_, getattr(net, "discriminator_", None)]
-        if any(
-            isinstance(layer, torch.nn.BatchNorm1d)
-            for module in modules
-            if module is not None
-            for layer in module.modules()
-        ):
-            raise ValueError(
-                f"{type(self).__name__} trains batch normalisation on rows, which "
-                "needs batches of at least 2 samples; got batch_size=1. Use a "
-                "larger batch_size, or batch_norm=False where the detector has it."
-            )
 
     def _validation_split(self, X):
         """``(X_train, X_valid)``; ``X_valid`` is None without early stopping."""
