@@ -164,23 +164,23 @@ def test_setting_the_resolved_value_of_auto_changes_nothing():
     np.testing.assert_array_equal(egbad.decision_function(images), decision)
 
 
-def test_the_export_refuses_a_changed_score(tmp_path):
-    pytest.importorskip("onnx")
+@pytest.mark.parametrize(
+    ("needs", "write"),
+    [
+        ("onnx", lambda det, X, path: skanomaly.export_onnx(det, path)),
+        ("matplotlib", lambda det, X, path: skanomaly.report(det, X, path)),
+    ],
+    ids=["onnx-export", "report"],
+)
+def test_the_export_and_the_report_refuse_a_changed_score(tmp_path, needs, write):
+    # both write the fitted threshold next to scores of the current setting
+    pytest.importorskip(needs)
     images = _data(fast_detector(skanomaly.SkipGANomaly))
     detector = fast_detector(skanomaly.SkipGANomaly).fit(images)
     detector.set_params(score_lambda=0.0)
     with pytest.raises(ValueError, match="was fitted with score_lambda=0.9"):
-        skanomaly.export_onnx(detector, tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
-
-
-def test_the_report_refuses_a_changed_score(tmp_path):
-    pytest.importorskip("matplotlib")
-    images = _data(fast_detector(skanomaly.SkipGANomaly))
-    detector = fast_detector(skanomaly.SkipGANomaly).fit(images)
-    detector.set_params(score_lambda=0.0)
-    with pytest.raises(ValueError, match="was fitted with score_lambda=0.9"):
-        skanomaly.report(detector, images, tmp_path / "report.html")
+        write(detector, images, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_fitted_setting_survives_save_and_pickle(tmp_path):
