@@ -127,13 +127,21 @@ def test_a_changed_scoring_parameter_refuses_the_threshold(
 ):
     detector, X = fitted_detectors[name]
     fitted_value = detector.get_params()[param]
+    constraints = type(detector)._parameter_constraints[param]
+    if param not in detector.scoring_params_:
+        # read only under another setting (PatchCore's n_probes: faiss only)
+        value = _alternatives(fitted_value, constraints)[0]
+        changed = copy.deepcopy(detector).set_params(**{param: value})
+        np.testing.assert_array_equal(
+            changed.decision_function(X), detector.decision_function(X)
+        )
+        return
     assert detector.scoring_params_[param] == detector._scoring_setting()[param]
     decision = detector.decision_function(X)
     # a value that moves the scores where one does on these tiny models (the
     # refusal does not depend on it: AnoGAN's search stops early here)
     value = _score_moving_value(detector, param, X)
     if value is None:
-        constraints = type(detector)._parameter_constraints[param]
         value = _alternatives(fitted_value, constraints)[0]
     changed = copy.deepcopy(detector).set_params(**{param: value})
     for method in ("decision_function", "predict", "conformal_p_values"):
@@ -203,3 +211,35 @@ def test_a_model_fitted_before_the_record_is_not_checked():
     del detector.scoring_params_
     detector.set_params(score_lambda=0.0)
     assert detector.predict(images).shape == (len(images),)
+
+
+def test_patchcore_records_its_faiss_search_and_probes():
+    pytest.importorskip("faiss")
+    images = _images(n_samples=24, shape=(1, 16, 16))
+    detector = fast_detector(skanomaly.PatchCore, search="faiss", n_probes=1)
+    detector.fit(images)
+    assert detector.scoring_params_ == {
+        "num_neighbors": detector.num_neighbors,
+        "search": "faiss",
+        "n_probes": 1,
+    }
+    for change in ({"n_probes": 16}, {"search": "exact"}):
+        changed = copy.deepcopy(detector).set_params(**change)
+        with pytest.raises(ValueError, match="was fitted with"):
+            changed.predict(images)
+    # the exact search reads no n_probes
+    exact = fast_detector(skanomaly.PatchCore).fit(images)
+    assert "n_probes" not in exact.scoring_params_
+    exact.set_params(n_probes=3).predict(images)
+
+
+@pytest.mark.parametrize("variant", ["categorical", "inverse_gamma"])
+def test_dte_networks_keep_their_schedule_so_changing_it_is_harmless(variant):
+    X = np.random.default_rng(0).normal(size=(60, 4))
+    detector = fast_detector(skanomaly.DTE, variant=variant, n_steps=20).fit(X)
+    assert detector.scoring_params_ == {"variant": variant}
+    decision = detector.decision_function(X)
+    detector.set_params(n_steps=40)
+    np.testing.assert_array_equal(detector.decision_function(X), decision)
+    with pytest.raises(ValueError, match=f"was fitted with variant='{variant}'"):
+        detector.set_params(variant="nonparametric").predict(X)

@@ -533,7 +533,7 @@ width) or (n_samples, channels, height, width)
         if not changed:
             return
         was = ", ".join(f"{name}={fitted[name]!r}" for name in changed)
-        current = ", ".join(f"{name}={now.get(name)!r}" for name in changed)
+        current = ", ".join(f"{name}={now[name]!r}" for name in changed if name in now)
         raise ValueError(
             f"{type(self).__name__} was fitted with {was}, and {current} was "
             "set after fit. Its threshold offset_ and calibration scores belong "

@@ -229,9 +229,9 @@ calibration_size, calibration_confidence
     True
     """
 
-    # the schedule: DTE-NP reads it when scoring (the network variants' sizes
-    # are fixed in the fitted module)
-    _scoring_parameters = ("n_steps", "beta_start", "beta_end")
+    # the schedule: DTE-NP reads it when scoring, the network variants do not
+    # (see _scoring_setting)
+    _scoring_parameters = ("variant", "n_steps", "beta_start", "beta_end")
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
         "variant": [StrOptions({"nonparametric", "categorical", "inverse_gamma"})],
@@ -388,6 +388,11 @@ calibration_size, calibration_confidence
 
     def _score_batch(self, net, X_batch):
         return net.module_.estimated_time(X_batch)
+
+    def _scoring_setting(self):
+        if self.variant != "nonparametric":  # the network holds its schedule
+            return {"variant": self.variant}
+        return super()._scoring_setting()
 
     def _neighbour_module(self):
         variances = _variances(**self._schedule())

@@ -218,7 +218,8 @@ class PatchCore(BasePatchDetector):
     True
     """
 
-    _scoring_parameters = ("num_neighbors",)
+    # n_probes only with search='faiss' (see _scoring_setting)
+    _scoring_parameters = ("num_neighbors", "search", "n_probes")
     _parameter_constraints: dict = {
         **BasePatchDetector._parameter_constraints,
         **PatchFeatures._parameter_constraints,
@@ -383,6 +384,12 @@ class PatchCore(BasePatchDetector):
                 self.memory_bank_, max(1, n_cells), int(rng.randint(2**31 - 1))
             )
         return np.concatenate(bank_images)
+
+    def _scoring_setting(self):
+        setting = super()._scoring_setting()
+        if setting["search"] != "faiss":  # the exact search probes nothing
+            del setting["n_probes"]
+        return setting
 
     def _device_state(self, device):
         bank = torch.from_numpy(self.memory_bank_).to(device)
