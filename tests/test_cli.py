@@ -704,3 +704,14 @@ def test_an_object_npy_names_the_file(tmp_path, capsys):
     assert status == 1
     err = capsys.readouterr().err
     assert "rows.npy" in err and "allow_pickle=False" in err
+
+
+def test_a_size_the_detector_cannot_take_names_the_image_size_flag(tmp_path, capsys):
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((10, 10), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    argv = ["fit", "skipganomaly", str(folder), "-o", str(tmp_path / "m.ska")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "multiples of 4" in err and "--image-size SIZE resizes" in err

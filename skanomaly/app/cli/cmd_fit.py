@@ -118,7 +118,16 @@ def run(args):
     except ImageSizesDiffer as exc:
         image_size = _resize_to(detector, exc)
         X, files = load(image_size=image_size)
-    detector.fit(X)
+    try:
+        detector.fit(X)
+    except ValueError as exc:
+        # a detector's "pad or resize the images first": here the flag does it
+        if X.ndim == 4 and "resize the images" in str(exc):
+            raise ValueError(
+                f"{exc} With skanomaly fit, --image-size SIZE resizes the images "
+                "as they are read."
+            ) from None
+        raise
     if "verbose" in names and "verbose" not in params:
         detector.set_params(verbose=0)  # the saved model keeps the default
     save(detector, out)
