@@ -1168,7 +1168,7 @@ def test_the_unforged_corrected_model_loads(corrected_model):
 @pytest.mark.parametrize(
     "value",
     [
-        {"__dict__": {"score_lambda": [0.5]}},
+        {"__dict__": {"score_lambda": [[0.5]]}},
         {"__dict__": {"score_lambda": 0.9, "w_con": 50}},
         {"__dict__": {"__class__": "os.system"}},
     ],
@@ -1179,3 +1179,43 @@ def test_a_scoring_record_of_other_parameters_is_refused(tmp_path, value):
     save(fast_detector(skanomaly.SkipGANomaly).fit(images), path)
     forged = _forged(path, tmp_path, _state(scoring_params_=value))
     _refused(forged, r"scoring_params_ is .*SkipGANomaly's scoring parameters")
+
+
+class _SizedScore(skanomaly.detectors.base.BaseDetector):
+    """A plugin whose score reads a tuple of sizes."""
+
+    _scoring_parameters = ("widths",)
+
+    def __init__(self, widths=(2, 3)):
+        super().__init__()
+        self.widths = widths
+
+    def _fit(self, X):
+        pass
+
+    def _score_samples(self, X):
+        return -np.abs(X).sum(axis=1)
+
+
+@pytest.mark.parametrize(
+    ("record", "refused"),
+    [
+        ({"widths": (2, 3)}, False),
+        ({"widths": [2, 3]}, False),
+        ({"widths": tuple(range(65))}, True),
+        ({"widths": ((2, 3),)}, True),
+        ({"widths": {"a": 1}}, True),
+    ],
+)
+def test_a_plugins_sequence_scoring_parameter_is_a_plain_value(record, refused):
+    from skanomaly.persistence.estimators import check_fitted_values
+    from skanomaly.persistence.format import FormatError
+
+    detector = _SizedScore().fit(np.random.default_rng(0).normal(size=(30, 2)))
+    assert detector.scoring_params_ == {"widths": (2, 3)}
+    detector.scoring_params_ = record
+    if refused:
+        with pytest.raises(FormatError, match="scoring_params_ is"):
+            check_fitted_values(detector)
+    else:
+        check_fitted_values(detector)

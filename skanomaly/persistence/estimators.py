@@ -511,23 +511,31 @@ def _check_scoring_params(cls, value):
     """``scoring_params_``: values of parameters the class's score reads.
 
     A subset of ``_scoring_parameters`` (a later version may score with
-    more), each a plain value (None, a bool, a number or a string): it is
-    only compared with the current parameters, never used.
+    more), each a plain value (None, a bool, a number or a string) or a
+    short tuple or list of them (a plugin's sizes): it is only compared with
+    the current parameters, never used.
     """
     names = set(getattr(cls, "_scoring_parameters", ()))
     if not (
         isinstance(value, dict)
         and all(isinstance(name, str) and name in names for name in value)
-        and all(
-            item is None or isinstance(item, (bool, numbers.Real, str))
-            for item in value.values()
-        )
+        and all(_plain_or_short_sequence(item) for item in value.values())
     ):
         expected = ", ".join(sorted(names)) or "none"
         raise FormatError(
             f"its scoring_params_ is {_short(value)}, not a dict of plain values "
             f"of {cls.__name__}'s scoring parameters ({expected})"
         )
+
+
+def _plain(item):
+    return item is None or isinstance(item, (bool, numbers.Real, str))
+
+
+def _plain_or_short_sequence(item):
+    if isinstance(item, (tuple, list)):
+        return len(item) <= 64 and all(_plain(part) for part in item)
+    return _plain(item)
 
 
 def _positive_finite(value):
