@@ -118,6 +118,24 @@ def test_score_a_table(tables, model, tmp_path, capsys):
     np.testing.assert_array_equal([float(row[1]) for row in rows], expected)
 
 
+def test_rows_of_a_npy_file_score_as_the_training_columns(
+    tables, model, tmp_path, capsys
+):
+    # an array has no names: one note instead of scikit-learn's warning
+    folder, test = tables
+    rows = tmp_path / "rows.npy"
+    np.save(rows, test[COLUMNS].to_numpy())
+    out = tmp_path / "scores.csv"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["score", str(model), str(rows), "--csv", str(out)]) == 0
+    assert "columns are read as the model's training columns" in capsys.readouterr().err
+    with open(out, newline="") as file:
+        scores = [float(row[1]) for row in list(csv.reader(file))[1:]]
+    expected = skanomaly.load(model).decision_function(test[COLUMNS])
+    np.testing.assert_array_equal(scores, expected)
+
+
 def test_score_report_to_stdout_keeps_the_csv_clean(tables, model, tmp_path, capsys):
     folder, test = tables
     features = tmp_path / "features.parquet"

@@ -62,9 +62,10 @@ def _model_input(detector, path, *, recursive, on_error):
         if is_table_file(path):
             frame, _ = read_table(path)
             return match_columns(frame, detector, path), _row_names(path, len(frame))
-        return _load_data(
+        X, names = _load_data(
             path, image_size=None, color_mode="auto", recursive=False, on_error=on_error
         )
+        return _named_like_fit(X, detector, path), names
     if is_table_file(path):
         raise ValueError(
             f"the model was fitted on images; give a folder of images, not the "
@@ -80,6 +81,27 @@ def _model_input(detector, path, *, recursive, on_error):
         recursive=recursive,
         on_error=on_error,
     )
+
+
+def _named_like_fit(X, detector, path):
+    """Rows of a .npy file for a model fitted on named columns (a table).
+
+    An array has no column names: its columns are taken in the training
+    order, said once, instead of scikit-learn's warning on every call.
+    """
+    import sys
+
+    names = getattr(detector, "feature_names_in_", None)
+    if names is None or getattr(X, "ndim", 0) != 2 or X.shape[1] != len(names):
+        return X  # nothing to name, or the detector's own error follows
+    import pandas
+
+    print(
+        f"note: {Path(path).name} has no column names; its {len(names)} columns "
+        "are read as the model's training columns, in that order.",
+        file=sys.stderr,
+    )
+    return pandas.DataFrame(X, columns=names)
 
 
 def _check_file_output(option, output):
