@@ -94,7 +94,10 @@ def _named_like_fit(X, detector, path):
     names = getattr(detector, "feature_names_in_", None)
     if names is None or getattr(X, "ndim", 0) != 2 or X.shape[1] != len(names):
         return X  # nothing to name, or the detector's own error follows
-    import pandas
+    try:
+        import pandas
+    except ImportError:  # scikit-learn's warning then says the same
+        return X
 
     print(
         f"note: {Path(path).name} has no column names; its {len(names)} columns "
