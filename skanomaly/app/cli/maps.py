@@ -21,14 +21,6 @@ def _map_paths(files, data, folder):
             paths.append(folder / Path(relative).with_suffix(".png"))
         else:  # rows of a .npy file
             paths.append(folder / f"{data.stem}_{i:05d}.png")
-    first_input = {}
-    for name, path in zip(files, paths):
-        other = first_input.setdefault(path, name)
-        if other != name:  # a.png and a.jpg: the same map name
-            raise ValueError(
-                f"--maps would write {str(path)!r} for both {str(other)!r} and "
-                f"{str(name)!r}; rename one of them or score them separately."
-            )
     return paths
 
 

@@ -69,8 +69,7 @@ def _map_files(data, folder):
         relative = Path(path).relative_to(data)
         if relative.suffix.lower() not in IMAGE_EXTENSIONS or _hidden(relative):
             continue
-        relative = os.path.splitext(os.path.relpath(path, data))[0] + ".png"
-        output = os.path.join(folder, relative)
+        output = os.path.join(folder, relative.with_suffix(".png"))
         other = first_input.setdefault(output, path)
         if other != path:  # a.png and a.jpg: one map name
             raise ValueError(
