@@ -184,8 +184,14 @@ def test_switching_the_correction_on_or_to_another_blur_after_fit_is_refused():
     corrected = _fast(AutoEncoder, complexity_correction="auto").fit(images)
     assert corrected.complexity_sigma_ == 2.0
     corrected.set_params(complexity_correction=1.0)
-    with pytest.raises(ValueError, match="fitted with a 2.0 px blur.*Refit"):
+    # the threshold is refused as for any parameter the score reads, and
+    # scoring itself as there is no floor for that blur
+    with pytest.raises(
+        ValueError, match="fitted with complexity_correction=2.0.*Refit"
+    ):
         corrected.predict(images)
+    with pytest.raises(ValueError, match="fitted with a 2.0 px blur.*Refit"):
+        corrected.score_samples(images)
     # off after fit: the raw error of the same network (the correction does
     # not change training, so the raw fit's network is the same)
     corrected.set_params(complexity_correction=None)
@@ -193,6 +199,21 @@ def test_switching_the_correction_on_or_to_another_blur_after_fit_is_refused():
         corrected.score_samples(images),
         _fast(AutoEncoder).fit(images).score_samples(images),
     )
+
+
+def test_switching_the_correction_off_after_fit_refuses_the_threshold():
+    # offset_ is in corrected units: the raw error against it flagged
+    # almost everything or nothing
+    images = np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32)
+    corrected = _fast(AutoEncoder, complexity_correction="auto").fit(images)
+    decision = corrected.decision_function(images)
+    assert corrected.scoring_params_ == {"complexity_correction": 2.0}
+    corrected.set_params(complexity_correction=None)
+    with pytest.raises(ValueError, match="fitted with complexity_correction=2.0"):
+        corrected.predict(images)
+    # the same blur written as a number is the fitted setting
+    corrected.set_params(complexity_correction=2.0)
+    np.testing.assert_array_equal(corrected.decision_function(images), decision)
 
 
 def test_a_vae_switched_to_a_likelihood_after_fit_scores_it_uncorrected():

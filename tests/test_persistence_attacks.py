@@ -564,7 +564,7 @@ def _calibration(values, dtype="float64"):
         (
             _state(scoring_params_={"__dict__": {"score_method": "elbo"}}),
             r"scoring_params_ is .*, not a dict of plain values of AutoEncoder's "
-            r"scoring parameters \(none\)",
+            r"scoring parameters \(complexity_correction\)",
         ),
         (_state(scoring_params_=[1]), "scoring_params_ is .1., not a dict of plain"),
         (_state(scoring_params_="x"), "scoring_params_ is 'x', not a dict of plain"),

@@ -106,11 +106,10 @@ def _declared_probes():
     return cases
 
 
-def _score_moving_value(detector, param, X):
-    """A valid value of ``param`` under which the fitted scores change."""
+def _score_moving_value(detector, param, X, candidates):
+    """One of ``candidates`` under which the fitted scores change, or None."""
     before = detector.score_samples(X)
-    constraints = type(detector)._parameter_constraints[param]
-    for value in _alternatives(detector.get_params()[param], constraints):
+    for value in candidates:
         probe = copy.deepcopy(detector).set_params(**{param: value})
         try:
             after = probe.score_samples(X)
@@ -128,10 +127,17 @@ def test_a_changed_scoring_parameter_refuses_the_threshold(
     detector, X = fitted_detectors[name]
     fitted_value = detector.get_params()[param]
     constraints = type(detector)._parameter_constraints[param]
-    if param not in detector.scoring_params_:
-        # read only under another setting (PatchCore's n_probes: faiss only)
-        value = _alternatives(fitted_value, constraints)[0]
-        changed = copy.deepcopy(detector).set_params(**{param: value})
+    alternatives = _alternatives(fitted_value, constraints)
+    changing = [
+        value
+        for value in alternatives
+        if copy.deepcopy(detector).set_params(**{param: value})._scoring_setting()
+        != detector.scoring_params_
+    ]
+    if not changing:
+        # every other value resolves to the fitted setting here (PatchCore's
+        # n_probes without faiss, a blur of 'auto' on a table): no refusal
+        changed = copy.deepcopy(detector).set_params(**{param: alternatives[0]})
         np.testing.assert_array_equal(
             changed.decision_function(X), detector.decision_function(X)
         )
@@ -140,9 +146,9 @@ def test_a_changed_scoring_parameter_refuses_the_threshold(
     decision = detector.decision_function(X)
     # a value that moves the scores where one does on these tiny models (the
     # refusal does not depend on it: AnoGAN's search stops early here)
-    value = _score_moving_value(detector, param, X)
+    value = _score_moving_value(detector, param, X, changing)
     if value is None:
-        value = _alternatives(fitted_value, constraints)[0]
+        value = changing[0]
     changed = copy.deepcopy(detector).set_params(**{param: value})
     for method in ("decision_function", "predict", "conformal_p_values"):
         with pytest.raises(ValueError, match=rf"was fitted with {param}=") as info:
@@ -161,7 +167,10 @@ def test_a_changed_scoring_parameter_refuses_the_threshold(
 def test_setting_the_resolved_value_of_auto_changes_nothing():
     images = _images()
     vae = fast_detector(skanomaly.VAE).fit(images)
-    assert vae.scoring_params_ == {"score_method": "reconstruction_error"}
+    assert vae.scoring_params_ == {
+        "score_method": "reconstruction_error",
+        "complexity_correction": None,
+    }
     decision = vae.decision_function(images)
     vae.set_params(score_method="reconstruction_error")
     np.testing.assert_array_equal(vae.decision_function(images), decision)
@@ -198,7 +207,10 @@ def test_the_fitted_setting_survives_save_and_pickle(tmp_path):
     detector = fast_detector(skanomaly.SkipGANomaly, score_lambda=0.5).fit(images)
     save(detector, tmp_path / "skip.ska")
     for copy_ in (load(tmp_path / "skip.ska"), pickle.loads(pickle.dumps(detector))):
-        assert copy_.scoring_params_ == {"score_lambda": 0.5}
+        assert copy_.scoring_params_ == {
+            "score_lambda": 0.5,
+            "complexity_correction": None,
+        }
         copy_.set_params(score_lambda=0.9)
         with pytest.raises(ValueError, match="was fitted with score_lambda=0.5"):
             copy_.predict(images)

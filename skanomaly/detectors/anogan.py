@@ -211,6 +211,7 @@ class AnoGAN(BaseGANDetector):
         "search_patience",
         "search_starts",
         "score_scaling",
+        "complexity_correction",
     )
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,

@@ -103,6 +103,7 @@ class AutoEncoder(BaseTorchDetector):
     [1, -1, -1]
     """
 
+    _scoring_parameters = ("complexity_correction",)
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,

@@ -187,7 +187,12 @@ class EGBAD(BaseGANDetector):
     5
     """
 
-    _scoring_parameters = ("disc_weight", "disc_loss", "score_scaling")
+    _scoring_parameters = (
+        "disc_weight",
+        "disc_loss",
+        "score_scaling",
+        "complexity_correction",
+    )
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,

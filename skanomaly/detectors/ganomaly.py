@@ -181,7 +181,7 @@ class GANomaly(BaseGANDetector):
     (3, True)
     """
 
-    _scoring_parameters = ("score_scaling",)
+    _scoring_parameters = ("score_scaling", "complexity_correction")
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,

@@ -163,7 +163,7 @@ class SkipGANomaly(BaseGANDetector):
     (2, 8, 8)
     """
 
-    _scoring_parameters = ("score_lambda",)
+    _scoring_parameters = ("score_lambda", "complexity_correction")
     _parameter_constraints: dict = {
         **BaseGANDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,

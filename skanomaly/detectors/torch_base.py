@@ -278,8 +278,9 @@ class BaseTorchDetector(BaseDetector):
     complexity correction"). Set it before ``fit``: the fitted blur
     (``complexity_sigma_``), the floor and the threshold belong together,
     so switching it on or to another blur afterwards raises when scoring;
-    switched off, the raw error is scored against the fitted threshold.
-    Anomaly maps are never corrected.
+    switched off, ``score_samples`` gives the raw error and the threshold
+    is refused until a refit (``scoring_params_``), as for every parameter
+    the score reads. Anomaly maps are never corrected.
 
     Tabular rows are scored in float64 (the weights are converted for the
     scoring and back, exactly), so that a row's score does not depend on
@@ -581,8 +582,8 @@ class BaseTorchDetector(BaseDetector):
         See ``complexity_correction``: the log of the error minus the log
         of the image's detail energy, in the error's units. Switched off
         after ``fit`` (None, or a VAE score that is no error), the raw
-        error; switched on or to another blur, an error: the floor and the
-        threshold belong to the fitted setting.
+        error (whose threshold ``predict`` refuses); switched on or to
+        another blur, an error: there is no fitted floor for it.
         """
         score = self._score_batch(net, X_batch)
         sigma = self._complexity_sigma()
@@ -663,6 +664,8 @@ class BaseTorchDetector(BaseDetector):
         setting = super()._scoring_setting()
         if "score_scaling" in setting:
             setting["score_scaling"] = self._score_scaling_in_use()
+        if "complexity_correction" in setting:  # the blur in use, or None
+            setting["complexity_correction"] = self._complexity_sigma()
         return setting
 
     def _scaled_residual(self, residual):

@@ -94,7 +94,7 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
     (2,)
     """
 
-    _scoring_parameters = ("score_method",)
+    _scoring_parameters = ("score_method", "complexity_correction")
     _parameter_constraints: dict = {
         **BaseTorchDetector._parameter_constraints,
         "complexity_correction": COMPLEXITY_CONSTRAINT,
@@ -214,7 +214,9 @@ callbacks, contamination, calibration, calibration_size, calibration_confidence
         return self._error_power
 
     def _scoring_setting(self):
-        return {"score_method": self._resolved_score_method()}
+        setting = super()._scoring_setting()
+        setting["score_method"] = self._resolved_score_method()
+        return setting
 
     def _score_method(self):
         """The score in use: ``score_method``, or what 'auto' chose at fit.
